@@ -1,0 +1,146 @@
+"""Backends make a target's branches land in the store.
+
+Every backend implements :class:`Backend`. This module is the one place that chooses a
+backend, and it says why (``branchtrace doctor`` prints the same reasons).
+Optional dependencies are imported inside each backend, never here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol, Sequence
+
+from ..errors import BackendUnavailable, UsageError
+from ..model import ExitInfo, Gap, ModuleMap
+
+if TYPE_CHECKING:
+    from ..store import Encoding, Store
+
+#: Environment variable that overrides ``--backend auto``.
+ENV_BACKEND = "BRANCHTRACE_BACKEND"
+
+
+@dataclass(frozen=True)
+class Target:
+    """What to trace: a program to spawn (``argv``) or a running process (``pid``)."""
+
+    argv: tuple[str, ...] = ()
+    pid: int | None = None
+    env: dict[str, str] | None = None
+    disable_aslr: bool = False   # spawn with address-space randomization off, as GDB does
+
+    def describe(self) -> str:
+        return f"pid {self.pid}" if self.pid is not None else " ".join(self.argv)
+
+
+@dataclass(frozen=True)
+class RecordOptions:
+    start: str | None = None      # symbol to start at; "entry"; None = backend default
+    duration: float | None = None  # stop (detach) after this many seconds
+
+
+@dataclass
+class RunResult:
+    """What a backend learned about the run, besides the records in the store."""
+
+    exit: ExitInfo
+    modules: list[ModuleMap] = field(default_factory=list)
+    threads: list[int] = field(default_factory=list)   # in order of appearance
+    gaps: list[Gap] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)     # things the user should know
+    pid: int = 0
+
+
+@dataclass(frozen=True)
+class Probe:
+    available: bool
+    reason: str
+
+
+class Backend(Protocol):
+    name: str
+    description: str
+    #: the record encoding this backend writes into the store
+    encoding: Encoding
+
+    def probe(self) -> Probe:
+        """Can this backend run here? Never raises."""
+        ...
+
+    def record(self, target: Target, store: Store, options: RecordOptions) -> RunResult:
+        """Run or attach to ``target``, recording into ``store`` until it ends or we detach."""
+        ...
+
+    def interrupt(self) -> None:
+        """Ask a running :meth:`record` to detach soon (safe from a signal handler)."""
+        ...
+
+
+# name -> "module:Class"; the order is the order of preference for "auto".
+_REGISTRY: dict[str, str] = {
+    "ptrace": "branchtrace.backends.ptrace:PtraceBackend",
+}
+
+
+def names() -> list[str]:
+    return list(_REGISTRY)
+
+
+def load(name: str) -> Backend:
+    """Instantiate a backend by name (unknown names are a usage error)."""
+    try:
+        spec = _REGISTRY[name]
+    except KeyError:
+        raise UsageError(
+            f"unknown backend {name!r} (choose from: auto, {', '.join(_REGISTRY)})"
+        ) from None
+    module_name, class_name = spec.split(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    backend: Backend = cls()
+    return backend
+
+
+@dataclass(frozen=True)
+class Choice:
+    backend: Backend
+    reasons: tuple[str, ...]
+
+
+def probe_all() -> list[tuple[str, Probe]]:
+    """Every registered backend with whether it can run here and why (for doctor)."""
+    result = []
+    for name in _REGISTRY:
+        try:
+            result.append((name, load(name).probe()))
+        except ImportError as exc:  # a backend whose own module cannot load
+            result.append((name, Probe(False, f"cannot load: {exc}")))
+    return result
+
+
+def select(requested: str | None = "auto", environ: dict[str, str] | None = None) -> Choice:
+    """Choose the backend: an explicit name, else $BRANCHTRACE_BACKEND, else the first
+    available one in order of preference. Returns it with the reasons for the choice."""
+    env = os.environ if environ is None else environ
+    name = requested or "auto"
+    reasons: list[str] = []
+    if name == "auto" and env.get(ENV_BACKEND):
+        name = env[ENV_BACKEND]
+        reasons.append(f"{ENV_BACKEND}={name}")
+    if name != "auto":
+        backend = load(name)
+        probe = backend.probe()
+        if not probe.available:
+            raise BackendUnavailable(f"backend {name!r} cannot run here: {probe.reason}")
+        reasons.append(f"{name}: requested; {probe.reason}")
+        return Choice(backend, tuple(reasons))
+    candidates: Sequence[str] = list(_REGISTRY)
+    for candidate in candidates:
+        backend = load(candidate)
+        probe = backend.probe()
+        if probe.available:
+            reasons.append(f"{candidate}: chosen; {probe.reason}")
+            return Choice(backend, tuple(reasons))
+        reasons.append(f"{candidate}: skipped [backend-unavailable]; {probe.reason}")
+    raise BackendUnavailable("no backend can run here: " + "; ".join(reasons))

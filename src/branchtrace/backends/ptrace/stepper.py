@@ -1,0 +1,518 @@
+"""The single-stepping engine: every thread of the target, one instruction at a time.
+
+A thread is resumed with PTRACE_SINGLESTEP; at each stop we read its pc. When the pc is
+not the fall-through of the instruction it just ran, that instruction was a taken branch
+(its kind comes from decoding it), or a signal moved the thread (kind ``interrupt``).
+All ptrace requests are made from the thread that created the :class:`Stepper`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ...errors import MemoryLimitError, StoreError, TargetError
+from ...isa import NOT_A_BRANCH, Insn, InsnCache
+from ...model import BranchKind, ExitInfo, Gap, ModuleMap
+from ...symbols import merge_modules, modules_from_maps, read_maps
+from . import sys as pt
+
+if TYPE_CHECKING:
+    from ...store import Store, ThreadBuffer
+
+OPTIONS = (pt.PTRACE_O_TRACECLONE | pt.PTRACE_O_TRACEEXEC | pt.PTRACE_O_TRACEEXIT
+           | pt.PTRACE_O_TRACESYSGOOD)
+_STEP_TRAP = 0x7F | (signal.SIGTRAP << 8)          # WIFSTOPPED with SIGTRAP, no event
+_GROUP_STOP_SIGNALS = {signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
+_FAULT_SIGNALS = {signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGTRAP}
+_SI_KERNEL = 0x80
+
+# Thread modes
+FREE = 0       # running at full speed (before the start point)
+STEPPING = 1
+
+
+@dataclass(eq=False)
+class _Thread:
+    tid: int
+    mode: int
+    buf: ThreadBuffer | None
+    insn: Insn | None = None          # the instruction the thread is about to run
+    lost: int = 0                     # branches we could not store (no buffer)
+    signal_from: int | None = None    # pc where a caught signal was delivered
+    running: bool = False             # resumed and not yet reported by waitpid
+
+
+@dataclass
+class _Fault:
+    signal: int
+    address: int | None
+    pc: int
+    tid: int
+
+
+@dataclass
+class StepResult:
+    exit: ExitInfo
+    modules: list[ModuleMap]
+    threads: list[int]
+    gaps: list[Gap]
+    notes: list[str] = field(default_factory=list)
+
+
+def _pending_signals(tid: int) -> int:
+    """Bitmask of signals pending for a thread (its own and the process's)."""
+    mask = 0
+    try:
+        with open(f"/proc/{tid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith(("SigPnd:", "ShdPnd:")):
+                    mask |= int(line.split()[1], 16)
+    except OSError:
+        pass
+    return mask
+
+
+def _caught_signals(tid: int) -> int:
+    try:
+        with open(f"/proc/{tid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("SigCgt:"):
+                    return int(line.split()[1], 16)
+    except OSError:
+        pass
+    return 0
+
+
+class Stepper:
+    """Drives one traced process. Create it, then call :meth:`spawn` or :meth:`attach`,
+    then :meth:`run`."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.pid = 0
+        self.threads: dict[int, _Thread] = {}
+        self.order: list[int] = []
+        self.modules: list[ModuleMap] = []
+        self.gaps: list[Gap] = []
+        self.notes: list[str] = []
+        self._faults: dict[int, _Fault] = {}   # by signal number, the latest
+        self._last_fault: _Fault | None = None
+        self._mem_fd = -1
+        self._insns = InsnCache(self._read)
+        self._started = False
+        self._breakpoint: tuple[int, int] | None = None   # (address, original byte)
+        self._stop_requested = False
+        self._user_interrupt = False
+        self._owner = threading.get_ident()
+        self._exit: ExitInfo | None = None
+
+    # ---- setup -------------------------------------------------------------------
+
+    def spawn(self, argv: tuple[str, ...], env: dict[str, str] | None,
+              disable_aslr: bool = False) -> int:
+        """Start ``argv`` stopped at its exec, traced. Raises TargetError."""
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        pid = os.fork()
+        if pid == 0:  # child: stop, let the parent seize us, then exec
+            try:
+                os.close(read_end)
+                signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+                signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                if disable_aslr:
+                    pt.disable_aslr()
+                os.kill(os.getpid(), signal.SIGSTOP)
+                if env is None:
+                    os.execvp(argv[0], list(argv))
+                else:
+                    os.execvpe(argv[0], list(argv), env)
+            except OSError as exc:
+                os.write(write_end, str(exc.errno).encode())
+            finally:
+                os._exit(127)
+        os.close(write_end)
+        self.pid = pid
+        try:
+            _, status = os.waitpid(pid, os.WUNTRACED)
+            if not os.WIFSTOPPED(status):
+                raise TargetError(f"could not start {argv[0]}: it ended before exec")
+            pt.ptrace(pt.PTRACE_SEIZE, pid, 0, OPTIONS)
+            os.kill(pid, signal.SIGCONT)
+            self._wait_for_exec(pid, argv[0], read_end)
+        finally:
+            os.close(read_end)
+        self._add_thread(pid, FREE)
+        self._open_mem()
+        self._snapshot_maps()
+        return pid
+
+    def _wait_for_exec(self, pid: int, program: str, errpipe: int) -> None:
+        while True:
+            _, status = os.waitpid(pid, pt.WALL)
+            if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+                data = os.read(errpipe, 64)
+                err = int(data) if data.strip().isdigit() else 0
+                reason = os.strerror(err) if err else "it ended before exec"
+                raise TargetError(f"cannot run {program}: {reason}")
+            event = status >> 16
+            sig = os.WSTOPSIG(status)
+            if event == pt.PTRACE_EVENT_EXEC:
+                return
+            # the group-stop we were seized in, the SIGCONT that ended it: swallow both
+            inject = 0 if (event or sig in (signal.SIGSTOP, signal.SIGCONT)) else sig
+            pt.ptrace(pt.PTRACE_CONT, pid, 0, inject)
+
+    def attach(self, pid: int) -> None:
+        """Seize every thread of a running process and stop each. Raises TargetError."""
+        if pid <= 0 or not os.path.exists(f"/proc/{pid}"):
+            raise TargetError(f"no process with pid {pid}")
+        if pid == os.getpid():
+            raise TargetError("branchtrace cannot trace itself")
+        self.pid = pid
+        seized: set[int] = set()
+        while True:
+            try:
+                tids = {int(t) for t in os.listdir(f"/proc/{pid}/task")}
+            except OSError:
+                raise TargetError(f"no process with pid {pid}") from None
+            new = sorted(tids - seized)
+            if not new:
+                break
+            for tid in new:
+                try:
+                    pt.ptrace(pt.PTRACE_SEIZE, tid, 0, OPTIONS)
+                except OSError as exc:
+                    if exc.errno == 3 and tid != pid:  # ESRCH: the thread just ended
+                        seized.add(tid)
+                        continue
+                    self._release_seized(seized)
+                    raise TargetError(self._attach_error(pid, exc)) from None
+                seized.add(tid)
+                self._add_thread(tid, STEPPING)
+                pt.ptrace(pt.PTRACE_INTERRUPT, tid)
+                self.threads[tid].running = True
+        self._started = True
+        self._open_mem()
+        self._snapshot_maps()
+
+    @staticmethod
+    def _attach_error(pid: int, exc: OSError) -> str:
+        if exc.errno == 3:
+            return f"no process with pid {pid}"
+        reason = exc.strerror or str(exc)
+        hint = ""
+        try:
+            with open("/proc/sys/kernel/yama/ptrace_scope", encoding="ascii") as f:
+                scope = int(f.read().strip())
+            if scope >= 1:
+                hint = f" (kernel.yama.ptrace_scope is {scope})"
+        except (OSError, ValueError):
+            pass
+        if exc.errno == 1:
+            try:
+                with open(f"/proc/{pid}/status", encoding="ascii") as f:
+                    tracer = next((ln.split()[1] for ln in f if ln.startswith("TracerPid:")), "0")
+                if tracer != "0":
+                    hint = f" (it is already traced by pid {tracer})"
+            except OSError:
+                pass
+            if not hint and os.stat(f"/proc/{pid}").st_uid != os.geteuid():
+                hint = " (it belongs to another user)"
+        return f"cannot trace pid {pid}: {reason}{hint}"
+
+    def _release_seized(self, seized: set[int]) -> None:
+        for tid in seized:
+            try:
+                pt.ptrace(pt.PTRACE_DETACH, tid)
+            except OSError:
+                pass
+        self.threads.clear()
+
+    def set_start(self, address: int | None) -> None:
+        """Run at full speed to ``address`` (a breakpoint), or step from here if None."""
+        if address is None:
+            self._started = True
+            self.threads[self.pid].mode = STEPPING
+            return
+        original = pt.write_byte(self.pid, address, 0xCC)
+        self._breakpoint = (address, original)
+
+    # ---- interruption ----------------------------------------------------------------
+
+    def interrupt(self, user: bool = False) -> None:
+        """Detach as soon as possible. ``user``: a Ctrl-C, whose SIGINT the target also
+        got from the terminal and must not die of. Safe to call from a signal handler."""
+        self._stop_requested = True
+        self._user_interrupt = self._user_interrupt or user
+        if threading.get_ident() != self._owner:
+            return
+        for t in list(self.threads.values()):
+            if t.running:
+                try:
+                    pt.ptrace(pt.PTRACE_INTERRUPT, t.tid)
+                except OSError:
+                    pass
+
+    # ---- the loop ----------------------------------------------------------------------
+
+    def run(self) -> StepResult:
+        """Step until the process ends or we detached."""
+        for t in self.threads.values():
+            if not t.running:
+                self._resume(t)
+        threads = self.threads
+        record = self._record
+        insns = self._insns.get
+        peek = pt.peekuser
+        step = pt.ptrace
+        SINGLESTEP, RIP = pt.PTRACE_SINGLESTEP, pt.RIP
+        try:
+            while threads:
+                try:
+                    tid, status = os.waitpid(-1, pt.WALL)
+                except ChildProcessError:
+                    break
+                t = threads.get(tid)
+                if t is not None:
+                    t.running = False
+                # the hot path: a single-step trap of a stepping thread
+                if (status & 0xFFFF) == _STEP_TRAP and t is not None and t.mode == STEPPING \
+                        and not self._stop_requested and t.signal_from is None:
+                    pc = peek(tid, RIP)
+                    prev = t.insn
+                    if prev is not None and pc != prev.address + prev.size:
+                        if prev.kind >= 0:
+                            if prev.kind == BranchKind.OTHER and prev.text == "int3" \
+                                    and self._is_program_int3(t, pc):
+                                continue
+                            record(t, prev.address, pc, prev.kind)
+                        elif pc != prev.address:
+                            record(t, prev.address, pc, BranchKind.OTHER)
+                    t.insn = insns(pc)
+                    step(SINGLESTEP, tid)
+                    t.running = True
+                    continue
+                self._slow_path(tid, t, status)
+        finally:
+            if self._mem_fd >= 0:
+                os.close(self._mem_fd)
+                self._mem_fd = -1
+        for t in self.threads.values():
+            if t.lost:
+                self.gaps.append(Gap(t.tid, 0, t.lost, "no buffer for this thread"))
+        exit_info = self._exit or ExitInfo("detached")
+        return StepResult(exit_info, self.modules, list(self.order), self.gaps, self.notes)
+
+    def _record(self, t: _Thread, from_ip: int, to_ip: int, kind: int) -> None:
+        buf = t.buf
+        if buf is None:
+            t.lost += 1
+            return
+        buf.push(from_ip, to_ip, kind)
+
+    def _is_program_int3(self, t: _Thread, pc: int) -> bool:
+        """An int3 the program ran itself: give it its SIGTRAP, as it would get untraced."""
+        info = pt.getsiginfo(t.tid)
+        if info.si_code != _SI_KERNEL:
+            return False
+        t.insn = self._insns.get(pc)
+        self._resume(t, signal.SIGTRAP)
+        return True
+
+    def _slow_path(self, tid: int, t: _Thread | None, status: int) -> None:
+        if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+            self._thread_gone(tid, status)
+            return
+        if not os.WIFSTOPPED(status):
+            return
+        if t is None:  # a new thread reported before its parent's clone event
+            t = self._add_thread(tid, STEPPING if self._started else FREE)
+        sig = os.WSTOPSIG(status)
+        event = status >> 16
+        if event == pt.PTRACE_EVENT_CLONE:
+            child = pt.geteventmsg(tid)
+            if child not in self.threads:
+                self._add_thread(child, STEPPING if self._started else FREE)
+            self._continue(t)
+        elif event == pt.PTRACE_EVENT_EXEC:
+            self._insns.invalidate()
+            self._breakpoint = None
+            self.notes.append("the program executed a new image (exec); "
+                              "branches before it belong to the old one")
+            self._open_mem()
+            self._snapshot_maps()
+            t.insn = None
+            self._continue(t)
+        elif event == pt.PTRACE_EVENT_EXIT:
+            self._snapshot_maps()
+            self._continue(t, keep_stepping=False)
+        elif event == pt.PTRACE_EVENT_STOP:
+            if sig in _GROUP_STOP_SIGNALS and not self._stop_requested:
+                pt.ptrace(pt.PTRACE_LISTEN, tid)  # stay stopped, as job control asks
+                return
+            self._continue(t)  # an interrupt stop, or the first stop of a new thread
+        elif sig == signal.SIGTRAP and event == 0:
+            self._trap(t)
+        else:
+            self._signal(t, sig)
+
+    def _trap(self, t: _Thread) -> None:
+        pc = pt.peekuser(t.tid, pt.RIP)
+        bp = self._breakpoint
+        if t.mode == FREE and bp is not None and pc - 1 == bp[0]:
+            self._start_at_breakpoint(t, bp)
+            return
+        if t.mode == STEPPING and t.signal_from is not None:
+            # the first instruction of a signal handler
+            self._record(t, t.signal_from, pc, BranchKind.INTERRUPT)
+            t.signal_from = None
+            t.insn = self._insns.get(pc)
+        elif t.mode == STEPPING and t.insn is not None and pc != t.insn.fallthrough:
+            kind = t.insn.kind if t.insn.kind != NOT_A_BRANCH else BranchKind.OTHER
+            if t.insn.kind != NOT_A_BRANCH or pc != t.insn.address:
+                self._record(t, t.insn.address, pc, kind)
+            t.insn = self._insns.get(pc)
+        elif t.mode == STEPPING:
+            t.insn = self._insns.get(pc)
+        self._continue(t)
+
+    def _start_at_breakpoint(self, t: _Thread, bp: tuple[int, int]) -> None:
+        address, original = bp
+        pt.write_byte(t.tid, address, original)
+        pt.pokeuser(t.tid, pt.RIP, address)
+        self._breakpoint = None
+        self._started = True
+        self._insns.invalidate()
+        self._snapshot_maps()  # the libraries the program needs are loaded by now
+        t.mode = STEPPING
+        t.insn = self._insns.get(address)
+        for other in self.threads.values():  # threads started before the start point
+            if other is not t and other.mode == FREE:
+                other.mode = STEPPING
+                other.insn = None
+                if other.running:
+                    try:
+                        pt.ptrace(pt.PTRACE_INTERRUPT, other.tid)
+                    except OSError:
+                        pass
+        self._continue(t)
+
+    def _signal(self, t: _Thread, sig: int) -> None:
+        """A signal is about to be delivered to the thread: pass it on, as a debugger does."""
+        if self._stop_requested and self._user_interrupt and sig == signal.SIGINT:
+            self._continue(t, inject=0)  # the terminal's Ctrl-C was meant for us
+            return
+        pc = pt.peekuser(t.tid, pt.RIP)
+        if sig in _FAULT_SIGNALS or sig == signal.SIGABRT:
+            address: int | None = None
+            if sig in _FAULT_SIGNALS:
+                try:
+                    address = pt.getsiginfo(t.tid).si_addr
+                except OSError:
+                    pass
+            fault = _Fault(sig, address, pc, t.tid)
+            self._faults[sig] = fault
+            self._last_fault = fault
+        if t.mode == STEPPING and _caught_signals(t.tid) & (1 << (sig - 1)):
+            t.signal_from = pc
+        self._continue(t, inject=sig)
+
+    def _continue(self, t: _Thread, inject: int = 0, keep_stepping: bool = True) -> None:
+        """Resume a stopped thread, or detach it when we are stopping."""
+        if self._stop_requested:
+            if self._user_interrupt and _pending_signals(t.tid) & (1 << (signal.SIGINT - 1)) \
+                    and inject == 0:
+                # let the pending Ctrl-C arrive while we still trace, so we can swallow it
+                self._resume(t, 0, step=True)
+                return
+            try:
+                pt.ptrace(pt.PTRACE_DETACH, t.tid, 0, inject)
+            except OSError:
+                pass
+            self._drop(t.tid)
+            return
+        self._resume(t, inject, step=keep_stepping and t.mode == STEPPING)
+
+    def _resume(self, t: _Thread, inject: int = 0, step: bool | None = None) -> None:
+        if step is None:
+            step = t.mode == STEPPING
+        try:
+            pt.ptrace(pt.PTRACE_SINGLESTEP if step else pt.PTRACE_CONT, t.tid, 0, inject)
+            t.running = True
+        except OSError as exc:
+            if exc.errno != 3:  # ESRCH: it died under us; waitpid will tell
+                raise
+
+    def _thread_gone(self, tid: int, status: int) -> None:
+        if tid == self.pid:
+            if os.WIFEXITED(status):
+                self._exit = ExitInfo("exited", code=os.WEXITSTATUS(status))
+            else:
+                sig = os.WTERMSIG(status)
+                fault = self._faults.get(sig)
+                self._exit = ExitInfo(
+                    "signaled", signal=sig,
+                    fault_address=fault.address if fault else None,
+                    fault_pc=fault.pc if fault else None,
+                    tid=fault.tid if fault else None,
+                    core_dumped=os.WCOREDUMP(status),
+                )
+        self._drop(tid)
+
+    def _drop(self, tid: int) -> None:
+        t = self.threads.pop(tid, None)
+        if t is not None and t.buf is not None:
+            self.store.mark_exited(tid)
+
+    # ---- helpers -------------------------------------------------------------------------
+
+    def _add_thread(self, tid: int, mode: int) -> _Thread:
+        buf: ThreadBuffer | None
+        try:
+            buf = self.store.add_thread(tid, should_abort=lambda: self._stop_requested)
+        except MemoryLimitError as exc:
+            buf = None
+            self.notes.append(f"thread {tid} is not recorded: {exc}")
+        t = _Thread(tid, mode, buf)
+        self.threads[tid] = t
+        if tid not in self.order:
+            self.order.append(tid)
+        return t
+
+    def _open_mem(self) -> None:
+        if self._mem_fd >= 0:
+            os.close(self._mem_fd)
+        try:
+            self._mem_fd = os.open(f"/proc/{self.pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise TargetError(f"cannot read the memory of pid {self.pid}: {exc.strerror}") from None
+
+    def _read(self, address: int, n: int) -> bytes:
+        # never read across a page we may not have: stop at the page end, then go on
+        data = b""
+        while len(data) < n:
+            page_left = 4096 - ((address + len(data)) & 4095)
+            try:
+                chunk = os.pread(self._mem_fd, min(n - len(data), page_left), address + len(data))
+            except OSError:
+                break
+            if not chunk:
+                break
+            data += chunk
+        if self._breakpoint is not None:
+            bp, original = self._breakpoint
+            if address <= bp < address + len(data):  # show the code, not our int3
+                i = bp - address
+                data = data[:i] + bytes([original]) + data[i + 1:]
+        return data
+
+    def _snapshot_maps(self) -> None:
+        try:
+            maps = read_maps(self.pid)
+        except TargetError:
+            return
+        self.modules = merge_modules(self.modules, modules_from_maps(maps))
