@@ -1,0 +1,115 @@
+"""What ``run`` and ``attach`` share: the recording options and the report at the end."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from types import FrameType
+from typing import IO, Any
+
+from ..backends import Backend, Target
+from ..recorder import RecordConfig, record
+from ..reporters import crash
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, not {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, not {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, not {text!r}")
+    return value
+
+
+def add_record_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("recording")
+    g.add_argument("--backend", default="auto",
+                   help="auto (default; or $BRANCHTRACE_BACKEND), or a name from `branchtrace doctor`")
+    g.add_argument("--mode", choices=("ring", "stream"), default="ring",
+                   help="ring: keep the newest records per thread (default); "
+                        "stream: lossless, the program waits when the buffer is full")
+    g.add_argument("--buffer", metavar="SIZE",
+                   help="per-thread buffer: records (65536, 64K, 1M) or bytes (16MiB); "
+                        "default 64K records in ring mode")
+    g.add_argument("--memory-limit", metavar="BYTES",
+                   help="most memory the buffers may take (default: what the machine can give)")
+    g.add_argument("--start", metavar="SYMBOL",
+                   help="ptrace: run at full speed to SYMBOL and record from there "
+                        "(default main when the executable has it; 'entry' for the first instruction)")
+    g.add_argument("--disable-randomization", action="store_true",
+                   help="start the program with address-space randomization off (as GDB does), "
+                        "so addresses repeat from run to run")
+    r = p.add_argument_group("report")
+    r.add_argument("--last", type=positive_int, default=16, metavar="N",
+                   help="how many of the last branches to show (default 16)")
+    r.add_argument("--format", choices=("text", "json"), default="text")
+    r.add_argument("--report", choices=("crash", "always", "never"), default="crash",
+                   help="when to print the report: when the program dies of a signal "
+                        "(default), always, or never")
+    r.add_argument("--report-to", metavar="PATH", default=None,
+                   help="write the report to PATH ('-' for stdout; default stderr)")
+
+
+def _open_report(path: str | None) -> tuple[IO[str], bool]:
+    if path is None:
+        return sys.stderr, False
+    if path == "-":
+        return sys.stdout, False
+    return open(path, "w", encoding="utf-8"), True
+
+
+def record_and_report(args: argparse.Namespace, target: Target, duration: float | None = None) -> int:
+    """Record ``target`` with the options in ``args``, print the report, return the exit code."""
+    config = RecordConfig(backend=args.backend, mode=args.mode, buffer=args.buffer,
+                          memory_limit=args.memory_limit, start=args.start, duration=duration)
+    if args.report_to not in (None, "-"):
+        parent = os.path.dirname(os.path.abspath(args.report_to))
+        if not os.path.isdir(parent):
+            from ..errors import UsageError
+
+            raise UsageError(f"--report-to: no such directory: {parent}")
+    interrupted = []
+    previous: Any = None
+
+    def on_start(backend: Backend, reasons: tuple[str, ...]) -> None:
+        nonlocal previous
+
+        def on_sigint(signum: int, frame: FrameType | None) -> None:
+            interrupted.append(signum)
+            backend.interrupt()
+
+        previous = signal.signal(signal.SIGINT, on_sigint)
+
+    try:
+        trace = record(target, config, on_start=on_start)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    ex = trace.exit
+    show = args.report == "always" or (args.report == "crash" and ex.status == "signaled") \
+        or (args.report != "never" and ex.status == "detached")
+    if show:
+        out, close = _open_report(args.report_to)
+        try:
+            crash.render(trace, out, last=args.last, fmt=args.format)
+        finally:
+            if close:
+                out.close()
+            else:
+                out.flush()
+    if ex.status == "detached":
+        return 130 if interrupted else 0
+    return ex.shell_status
