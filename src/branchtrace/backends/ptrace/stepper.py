@@ -18,6 +18,7 @@ from ...errors import MemoryLimitError, StoreError, TargetError
 from ...isa import NOT_A_BRANCH, Insn, InsnCache
 from ...model import BranchKind, ExitInfo, Gap, ModuleMap
 from ...symbols import merge_modules, modules_from_maps, read_maps
+from . import launch
 from . import sys as pt
 
 if TYPE_CHECKING:
@@ -114,123 +115,21 @@ class Stepper:
 
     def spawn(self, argv: tuple[str, ...], env: dict[str, str] | None,
               disable_aslr: bool = False) -> int:
-        """Start ``argv`` stopped at its exec, traced. Raises TargetError."""
-        read_end, write_end = os.pipe2(os.O_CLOEXEC)
-        pid = os.fork()
-        if pid == 0:  # child: stop, let the parent seize us, then exec
-            try:
-                os.close(read_end)
-                signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-                signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
-                signal.signal(signal.SIGINT, signal.SIG_DFL)
-                if disable_aslr:
-                    pt.disable_aslr()
-                os.kill(os.getpid(), signal.SIGSTOP)
-                if env is None:
-                    os.execvp(argv[0], list(argv))
-                else:
-                    os.execvpe(argv[0], list(argv), env)
-            except OSError as exc:
-                os.write(write_end, str(exc.errno).encode())
-            finally:
-                os._exit(127)
-        os.close(write_end)
-        self.pid = pid
-        try:
-            _, status = os.waitpid(pid, os.WUNTRACED)
-            if not os.WIFSTOPPED(status):
-                raise TargetError(f"could not start {argv[0]}: it ended before exec")
-            pt.ptrace(pt.PTRACE_SEIZE, pid, 0, OPTIONS)
-            os.kill(pid, signal.SIGCONT)
-            self._wait_for_exec(pid, argv[0], read_end)
-        finally:
-            os.close(read_end)
-        self._add_thread(pid, FREE)
+        """Start ``argv`` traced, stopped at its exec. Raises TargetError."""
+        self.pid = launch.spawn_traced(argv, env, OPTIONS, disable_aslr)
+        self._add_thread(self.pid, FREE)
         self._open_mem()
         self._snapshot_maps()
-        return pid
-
-    def _wait_for_exec(self, pid: int, program: str, errpipe: int) -> None:
-        while True:
-            _, status = os.waitpid(pid, pt.WALL)
-            if os.WIFEXITED(status) or os.WIFSIGNALED(status):
-                data = os.read(errpipe, 64)
-                err = int(data) if data.strip().isdigit() else 0
-                reason = os.strerror(err) if err else "it ended before exec"
-                raise TargetError(f"cannot run {program}: {reason}")
-            event = status >> 16
-            sig = os.WSTOPSIG(status)
-            if event == pt.PTRACE_EVENT_EXEC:
-                return
-            # the group-stop we were seized in, the SIGCONT that ended it: swallow both
-            inject = 0 if (event or sig in (signal.SIGSTOP, signal.SIGCONT)) else sig
-            pt.ptrace(pt.PTRACE_CONT, pid, 0, inject)
+        return self.pid
 
     def attach(self, pid: int) -> None:
-        """Seize every thread of a running process and stop each. Raises TargetError."""
-        if pid <= 0 or not os.path.exists(f"/proc/{pid}"):
-            raise TargetError(f"no process with pid {pid}")
-        if pid == os.getpid():
-            raise TargetError("branchtrace cannot trace itself")
+        """Seize every thread of a running process and interrupt each. Raises TargetError."""
         self.pid = pid
-        seized: set[int] = set()
-        while True:
-            try:
-                tids = {int(t) for t in os.listdir(f"/proc/{pid}/task")}
-            except OSError:
-                raise TargetError(f"no process with pid {pid}") from None
-            new = sorted(tids - seized)
-            if not new:
-                break
-            for tid in new:
-                try:
-                    pt.ptrace(pt.PTRACE_SEIZE, tid, 0, OPTIONS)
-                except OSError as exc:
-                    if exc.errno == 3 and tid != pid:  # ESRCH: the thread just ended
-                        seized.add(tid)
-                        continue
-                    self._release_seized(seized)
-                    raise TargetError(self._attach_error(pid, exc)) from None
-                seized.add(tid)
-                self._add_thread(tid, STEPPING)
-                pt.ptrace(pt.PTRACE_INTERRUPT, tid)
-                self.threads[tid].running = True
+        for tid in launch.seize_all(pid, OPTIONS):
+            self._add_thread(tid, STEPPING).running = True
         self._started = True
         self._open_mem()
         self._snapshot_maps()
-
-    @staticmethod
-    def _attach_error(pid: int, exc: OSError) -> str:
-        if exc.errno == 3:
-            return f"no process with pid {pid}"
-        reason = exc.strerror or str(exc)
-        hint = ""
-        try:
-            with open("/proc/sys/kernel/yama/ptrace_scope", encoding="ascii") as f:
-                scope = int(f.read().strip())
-            if scope >= 1:
-                hint = f" (kernel.yama.ptrace_scope is {scope})"
-        except (OSError, ValueError):
-            pass
-        if exc.errno == 1:
-            try:
-                with open(f"/proc/{pid}/status", encoding="ascii") as f:
-                    tracer = next((ln.split()[1] for ln in f if ln.startswith("TracerPid:")), "0")
-                if tracer != "0":
-                    hint = f" (it is already traced by pid {tracer})"
-            except OSError:
-                pass
-            if not hint and os.stat(f"/proc/{pid}").st_uid != os.geteuid():
-                hint = " (it belongs to another user)"
-        return f"cannot trace pid {pid}: {reason}{hint}"
-
-    def _release_seized(self, seized: set[int]) -> None:
-        for tid in seized:
-            try:
-                pt.ptrace(pt.PTRACE_DETACH, tid)
-            except OSError:
-                pass
-        self.threads.clear()
 
     def set_start(self, address: int | None) -> None:
         """Run at full speed to ``address`` (a breakpoint), or step from here if None."""
@@ -261,9 +160,9 @@ class Stepper:
 
     def run(self) -> StepResult:
         """Step until the process ends or we detached."""
-        for t in self.threads.values():
-            if not t.running:
-                self._resume(t)
+        for waiting in self.threads.values():
+            if not waiting.running:
+                self._resume(waiting)
         threads = self.threads
         record = self._record
         insns = self._insns.get
@@ -301,9 +200,11 @@ class Stepper:
             if self._mem_fd >= 0:
                 os.close(self._mem_fd)
                 self._mem_fd = -1
-        for t in self.threads.values():
-            if t.lost:
-                self.gaps.append(Gap(t.tid, 0, t.lost, "no buffer for this thread"))
+        for tid in list(self.threads):
+            self._drop(tid)
+        if self._breakpoint is not None:
+            self.notes.append("the start point was never reached, so nothing was recorded; "
+                              "--start entry records from the first instruction")
         exit_info = self._exit or ExitInfo("detached")
         return StepResult(exit_info, self.modules, list(self.order), self.gaps, self.notes)
 
@@ -312,7 +213,10 @@ class Stepper:
         if buf is None:
             t.lost += 1
             return
-        buf.push(from_ip, to_ip, kind)
+        try:
+            buf.push(from_ip, to_ip, kind)
+        except StoreError:  # stream mode, gave up waiting for a free chunk: we are detaching
+            t.lost += 1
 
     def _is_program_int3(self, t: _Thread, pc: int) -> bool:
         """An int3 the program ran itself: give it its SIGTRAP, as it would get untraced."""
@@ -403,8 +307,8 @@ class Stepper:
 
     def _signal(self, t: _Thread, sig: int) -> None:
         """A signal is about to be delivered to the thread: pass it on, as a debugger does."""
-        if self._stop_requested and self._user_interrupt and sig == signal.SIGINT:
-            self._continue(t, inject=0)  # the terminal's Ctrl-C was meant for us
+        if self._stop_requested and (1 << (sig - 1)) & self._swallow_mask():
+            self._continue(t, inject=0)  # our own step trap, or the Ctrl-C meant for us
             return
         pc = pt.peekuser(t.tid, pt.RIP)
         if sig in _FAULT_SIGNALS or sig == signal.SIGABRT:
@@ -421,13 +325,21 @@ class Stepper:
             t.signal_from = pc
         self._continue(t, inject=sig)
 
+    def _swallow_mask(self) -> int:
+        """Signals to take from the program before we detach: SIGTRAP (a single-step
+        trap still in flight) and, after a Ctrl-C, SIGINT."""
+        mask = 1 << (signal.SIGTRAP - 1)
+        if self._user_interrupt:
+            mask |= 1 << (signal.SIGINT - 1)
+        return mask
+
     def _continue(self, t: _Thread, inject: int = 0, keep_stepping: bool = True) -> None:
         """Resume a stopped thread, or detach it when we are stopping."""
         if self._stop_requested:
-            if self._user_interrupt and _pending_signals(t.tid) & (1 << (signal.SIGINT - 1)) \
-                    and inject == 0:
-                # let the pending Ctrl-C arrive while we still trace, so we can swallow it
-                self._resume(t, 0, step=True)
+            if inject == 0 and _pending_signals(t.tid) & self._swallow_mask():
+                # a single-step trap or the terminal's Ctrl-C is still pending: let it
+                # arrive while we trace, and swallow it, or it would kill the program
+                self._resume(t, 0, step=False)
                 return
             try:
                 pt.ptrace(pt.PTRACE_DETACH, t.tid, 0, inject)
@@ -465,8 +377,12 @@ class Stepper:
 
     def _drop(self, tid: int) -> None:
         t = self.threads.pop(tid, None)
-        if t is not None and t.buf is not None:
+        if t is None:
+            return
+        if t.buf is not None:
             self.store.mark_exited(tid)
+        if t.lost:
+            self.gaps.append(Gap(tid, 0, t.lost, "no buffer for this thread (memory limit)"))
 
     # ---- helpers -------------------------------------------------------------------------
 
