@@ -43,7 +43,7 @@ def test_text_crash_report_reads_like_perf_script(build):
     assert "killed by SIGSEGV (Segmentation fault)" in err
     assert "fault address: 0x0" in err
     line = marker_line("crash.c", "CALL_STEP2")
-    assert any(ln.split()[1:2] == ["call"] and f"step1+0x" in ln and f"crash.c:{line}" in ln
+    assert any(ln.split()[1:2] == ["call"] and "step1+0x" in ln and f"crash.c:{line}" in ln
                and "=>" in ln and "step2+0x0 (crash)" in ln for ln in err.splitlines()), err
     assert "Traceback" not in err
 

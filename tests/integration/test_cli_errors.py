@@ -1,0 +1,99 @@
+"""Bad input: one clear line, a non-zero exit, no traceback, and no program left stopped."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import cli
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("branchtrace")
+    return lines[0]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["run", "--", "/nonexistent/program"], "not found"),
+    (["run", "--", "no-such-program-xyz"], "not found"),
+    (["run", "--", "/tmp"], "directory"),
+    (["run", "--buffer", "abc", "--", "true"], "'abc'"),
+    (["run", "--buffer", "0", "--", "true"], "'0'"),
+    (["run", "--buffer", "-5", "--", "true"], "-5"),
+    (["run", "--buffer", "100G", "--", "true"], "memory limit"),
+    (["run", "--buffer", "1TiB", "--", "true"], "memory limit"),
+    (["run", "--buffer", "1M", "--memory-limit", "1MiB", "--", "true"], "memory limit"),
+    (["run", "--memory-limit", "lots", "--", "true"], "'lots'"),
+    (["run", "--backend", "nosuch", "--", "true"], "unknown backend 'nosuch'"),
+    (["run", "--mode", "circular", "--", "true"], "circular"),
+    (["run", "--last", "0", "--", "true"], "'0'"),
+    (["run", "--start", "no_such_function", "--", "/bin/true"], "no_such_function"),
+    (["run"], "no program"),
+    (["run", "--report-to", "/nonexistent/dir/r.json", "--", "true"], "no such directory"),
+    (["attach", "999999999"], "999999999"),
+    (["attach", "0"], "'0'"),
+    (["attach", "abc"], "'abc'"),
+    (["attach", str(os.getpid()), "--duration", "-1"], "-1"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_input(args, words):
+    line = one_line_error(cli(*args))
+    assert words in line
+
+
+def test_over_the_limit_fails_before_anything_runs(tmp_path):
+    marker = tmp_path / "ran"
+    result = cli("run", "--buffer", "1TiB", "--", "/bin/sh", "-c", f"touch {marker}")
+    one_line_error(result)
+    assert not marker.exists()
+
+
+def test_pid_that_cannot_be_traced(build, tmp_path):
+    """A process already under another tracer: say who, leave it running."""
+    exe = build("sleeper")
+    target = subprocess.Popen([str(exe), str(tmp_path / "out"), "10"])
+    holder = subprocess.Popen(
+        ["python3", "-c",
+         "import ctypes,sys,time; libc=ctypes.CDLL(None, use_errno=True);"
+         "libc.ptrace.argtypes=[ctypes.c_long,ctypes.c_long,ctypes.c_void_p,ctypes.c_void_p];"
+         f"r=libc.ptrace(0x4206,{target.pid},None,None); print(r, flush=True); time.sleep(30)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "0"
+        line = one_line_error(cli("attach", str(target.pid), "--duration", "1"))
+        assert f"cannot trace pid {target.pid}" in line and "already traced" in line
+    finally:
+        holder.kill()
+        holder.wait()
+    assert target.wait(timeout=30) == 0
+    assert (tmp_path / "out").read_text().startswith("finished")
+
+
+def test_cannot_trace_ourselves():
+    # the CLI runs in a child: give it its own pid through the shell
+    result = subprocess.run(
+        ["sh", "-c", f'exec {sys.executable} -m branchtrace attach $$'], capture_output=True, text=True,
+        timeout=60)
+    line = one_line_error(result)
+    assert "itself" in line
+
+
+def test_doctor_lists_ptrace():
+    result = cli("doctor")
+    assert result.returncode == 0
+    assert result.stdout.splitlines()[0].split()[:2] == ["ptrace", "yes"]
+    assert "auto chooses: ptrace" in result.stdout
+
+
+def test_env_override_unknown_backend():
+    env = dict(os.environ, BRANCHTRACE_BACKEND="bogus")
+    result = subprocess.run([sys.executable, "-m", "branchtrace", "run", "--", "true"],
+                            capture_output=True, text=True, env=env, timeout=60)
+    assert "unknown backend 'bogus'" in one_line_error(result)

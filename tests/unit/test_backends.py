@@ -1,0 +1,44 @@
+"""Backend selection: one place, and it explains itself."""
+
+from __future__ import annotations
+
+import pytest
+
+from branchtrace import backends
+from branchtrace.errors import BackendUnavailable, UsageError
+
+
+def test_unknown_backend_is_a_usage_error():
+    with pytest.raises(UsageError, match="unknown backend 'nope'"):
+        backends.select("nope", environ={})
+
+
+def test_auto_chooses_an_available_backend_and_says_why():
+    choice = backends.select("auto", environ={})
+    assert choice.backend.name == "ptrace"
+    assert any(r.startswith("ptrace: chosen") for r in choice.reasons)
+
+
+def test_environment_overrides_auto_only():
+    choice = backends.select("auto", environ={backends.ENV_BACKEND: "ptrace"})
+    assert choice.reasons[0] == f"{backends.ENV_BACKEND}=ptrace"
+    with pytest.raises(UsageError):
+        backends.select("auto", environ={backends.ENV_BACKEND: "bogus"})
+    # an explicit name wins over the environment
+    assert backends.select("ptrace", environ={backends.ENV_BACKEND: "bogus"}).backend.name == "ptrace"
+
+
+def test_unavailable_backend_is_refused(monkeypatch):
+    from branchtrace.backends.ptrace import PtraceBackend
+
+    monkeypatch.setattr(PtraceBackend, "probe", lambda self: backends.Probe(False, "no ptrace here"))
+    with pytest.raises(BackendUnavailable, match="no ptrace here"):
+        backends.select("ptrace", environ={})
+    with pytest.raises(BackendUnavailable, match="skipped \\[backend-unavailable\\]; no ptrace here"):
+        backends.select("auto", environ={})
+
+
+def test_probe_all_lists_every_backend():
+    listed = dict(backends.probe_all())
+    assert set(listed) == set(backends.names())
+    assert listed["ptrace"].available, listed["ptrace"].reason
