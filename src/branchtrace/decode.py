@@ -12,8 +12,10 @@ from .model import BRANCH_DTYPE
 from .store import Encoding, RECORD_DTYPES
 
 
-def decode(encoding: Encoding, records: np.ndarray) -> np.ndarray:
-    """Decode one thread's raw records (oldest first) into canonical branches."""
+def decode(encoding: Encoding, records: np.ndarray, blocks: np.ndarray | None = None) -> np.ndarray:
+    """Decode one thread's raw records (oldest first) into canonical branches.
+
+    ``blocks`` is the block table the BLOCKID encoding refers to."""
     if encoding == Encoding.FROMTO:
         if records.dtype != RECORD_DTYPES[Encoding.FROMTO]:
             records = records.view(RECORD_DTYPES[Encoding.FROMTO])

@@ -7,6 +7,7 @@ API. It never prints: what the user should know travels in the trace (``notes``,
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -46,7 +47,11 @@ def store_config(config: RecordConfig, backend: Backend) -> StoreConfig:
     mode = parse_mode(config.mode)
     size = parse_size(config.buffer) if config.buffer is not None else None
     limit = parse_byte_size(config.memory_limit) if config.memory_limit is not None else None
-    return StoreConfig.from_size(size, mode, backend.encoding, memory_limit=limit)
+    config_ = StoreConfig.from_size(size, mode, backend.encoding, memory_limit=limit)
+    capacity = backend.store_capacity(config_.capacity_records, mode)
+    if capacity != config_.capacity_records:
+        config_ = dataclasses.replace(config_, capacity_records=capacity)
+    return config_
 
 
 def record(target: Target, config: RecordConfig = RecordConfig(),
@@ -81,7 +86,8 @@ def record(target: Target, config: RecordConfig = RecordConfig(),
     raw_dtype = RECORD_DTYPES[sconfig.encoding]
     threads = {}
     for tid in result.threads:
-        threads[tid] = decode(sconfig.encoding, concat(collected.get(tid, []), raw_dtype))
+        threads[tid] = decode(sconfig.encoding, concat(collected.get(tid, []), raw_dtype),
+                              result.blocks)
     written = {t.tid: t.written for t in status.threads}
     lost = {t.tid: t.lost for t in status.threads}
     gaps = list(result.gaps)

@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING, Protocol, Sequence
 from ..errors import BackendUnavailable, UsageError
 from ..model import ExitInfo, Gap, ModuleMap
 
+import numpy as np
+
 if TYPE_CHECKING:
-    from ..store import Encoding, Store
+    from ..store import Encoding, Store, StoreMode
 
 #: Environment variable that overrides ``--backend auto``.
 ENV_BACKEND = "BRANCHTRACE_BACKEND"
@@ -51,6 +53,8 @@ class RunResult:
     gaps: list[Gap] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)     # things the user should know
     pid: int = 0
+    #: for the BLOCKID encoding: the block table, indexed by block id (see decode.py)
+    blocks: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,11 @@ class Backend(Protocol):
 
     def probe(self) -> Probe:
         """Can this backend run here? Never raises."""
+        ...
+
+    def store_capacity(self, requested: int, mode: StoreMode) -> int:
+        """The per-thread capacity the backend can record into, given what the user asked
+        for (a backend that writes from machine code may need a power of two)."""
         ...
 
     def record(self, target: Target, store: Store, options: RecordOptions) -> RunResult:

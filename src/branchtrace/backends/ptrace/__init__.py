@@ -18,7 +18,7 @@ from ...errors import TargetError, UsageError
 from .. import Probe, RecordOptions, RunResult, Target
 
 if TYPE_CHECKING:
-    from ...store import Store
+    from ...store import Store, StoreMode
 
 from ...store import Encoding
 
@@ -83,6 +83,9 @@ class PtraceBackend:
         except OSError:
             pass
         return _probe_seize()
+
+    def store_capacity(self, requested: int, mode: StoreMode) -> int:
+        return requested  # the Python producer takes any capacity
 
     def interrupt(self) -> None:
         from .stepper import Stepper
