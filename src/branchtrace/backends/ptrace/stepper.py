@@ -65,16 +65,19 @@ class StepResult:
 
 
 def _pending_signals(tid: int) -> int:
-    """Bitmask of signals pending for a thread (its own and the process's)."""
-    mask = 0
+    """Bitmask of signals pending for a thread (its own and the process's) that it does
+    not block: those it will take as soon as it runs."""
+    pending = blocked = 0
     try:
         with open(f"/proc/{tid}/status", encoding="ascii") as f:
             for line in f:
                 if line.startswith(("SigPnd:", "ShdPnd:")):
-                    mask |= int(line.split()[1], 16)
+                    pending |= int(line.split()[1], 16)
+                elif line.startswith("SigBlk:"):
+                    blocked = int(line.split()[1], 16)
     except OSError:
         pass
-    return mask
+    return pending & ~blocked
 
 
 def _caught_signals(tid: int) -> int:
