@@ -1,7 +1,7 @@
 """The ptrace backend: exact and slow, the reference every other backend is checked against.
 
-It single-steps every thread of the target (about 16k instructions per second on our
-VMs) and records each taken branch as a from/to pair with its kind. To keep that
+It single-steps every thread of the target (about 40k instructions per second on our
+VMs, measured in docs/benchmarks.md) and records each taken branch as a from/to pair with its kind. To keep that
 affordable it runs at full speed to a start point (``main`` by default) and steps from
 there.
 """
@@ -63,7 +63,7 @@ def _start_vaddr(path: str, start: str | None) -> tuple[int | None, str | None]:
 
 class PtraceBackend:
     name = "ptrace"
-    description = "single-steps the target with ptrace; exact, about 16k instructions/s"
+    description = "single-steps the target with ptrace; exact; ~40k instructions/s here"
     encoding = Encoding.FROMTO
 
     def __init__(self) -> None:
