@@ -179,26 +179,32 @@ class Stepper:
                 except ChildProcessError:
                     break
                 t = threads.get(tid)
-                if t is not None:
-                    t.running = False
-                # the hot path: a single-step trap of a stepping thread
-                if (status & 0xFFFF) == _STEP_TRAP and t is not None and t.mode == STEPPING \
-                        and not self._stop_requested and t.signal_from is None:
-                    pc = peek(tid, RIP)
-                    prev = t.insn
-                    if prev is not None and pc != prev.address + prev.size:
-                        if prev.kind >= 0:
-                            if prev.kind == BranchKind.OTHER and prev.text == "int3" \
-                                    and self._is_program_int3(t, pc):
-                                continue
-                            record(t, prev.address, pc, prev.kind)
-                        elif pc != prev.address:
-                            record(t, prev.address, pc, BranchKind.OTHER)
-                    t.insn = insns(pc)
-                    step(SINGLESTEP, tid)
-                    t.running = True
-                    continue
-                self._slow_path(tid, t, status)
+                try:
+                    if t is not None:
+                        t.running = False
+                    # the hot path: a single-step trap of a stepping thread
+                    if (status & 0xFFFF) == _STEP_TRAP and t is not None and t.mode == STEPPING \
+                            and not self._stop_requested and t.signal_from is None:
+                        pc = peek(tid, RIP)
+                        prev = t.insn
+                        if prev is not None and pc != prev.address + prev.size:
+                            if prev.kind >= 0:
+                                if prev.kind == BranchKind.OTHER and prev.text == "int3" \
+                                        and self._is_program_int3(t, pc):
+                                    continue
+                                record(t, prev.address, pc, prev.kind)
+                            elif pc != prev.address:
+                                record(t, prev.address, pc, BranchKind.OTHER)
+                        t.insn = insns(pc)
+                        step(SINGLESTEP, tid)
+                        t.running = True
+                        continue
+                    self._slow_path(tid, t, status)
+                except ProcessLookupError:
+                    # the thread was killed under us (exit_group from another thread,
+                    # SIGKILL): waitpid reports its end next
+                    if t is not None:
+                        t.running = True
         finally:
             if self._mem_fd >= 0:
                 os.close(self._mem_fd)
