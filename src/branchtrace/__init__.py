@@ -6,15 +6,22 @@ The Python API::
     trace = branchtrace.record(branchtrace.Target(argv=("./prog",)),
                                branchtrace.RecordConfig(mode="stream"))
     trace.branches(trace.pid)     # numpy array of (from_ip, to_ip, kind), oldest first
+    trace = branchtrace.record(target, config, output="run.btrace")   # also a trace file
+    trace = branchtrace.open("run.btrace")                            # read it back
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from .backends import Target
 from .errors import BranchtraceError
 from .model import BRANCH_DTYPE, Branch, BranchKind, ExitInfo, Gap, ModuleMap
 from .recorder import RecordConfig, record
 from .trace import Trace
+
+if TYPE_CHECKING:
+    import os
 
 __all__ = [
     "BRANCH_DTYPE",
@@ -27,6 +34,18 @@ __all__ = [
     "RecordConfig",
     "Target",
     "Trace",
+    "open",
     "record",
 ]
 __version__ = "0.1.0"
+
+
+def open(path: str | os.PathLike[str]) -> Trace:  # noqa: A001 - the API's name for it
+    """Read a trace file (written by ``branchtrace run -o FILE``) into a :class:`Trace`.
+
+    Raises :class:`~branchtrace.errors.TraceFormatError` (a :class:`BranchtraceError`)
+    with a one-line message when the file cannot be read at all; a damaged or cut-short
+    file gives what it holds, with gaps and notes saying what is missing."""
+    from .tracefile import open_trace
+
+    return open_trace(path)

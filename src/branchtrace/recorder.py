@@ -1,26 +1,31 @@
-"""Record a target: choose a backend, configure the store, run, collect a :class:`Trace`.
+"""Record a target: choose a backend, configure the store, run, collect a :class:`Trace`,
+and write it to a trace file if asked.
 
 This is the engine behind ``branchtrace run`` and ``branchtrace attach`` and the Python
 API. It never prints: what the user should know travels in the trace (``notes``,
-``gaps``) and through the optional ``on_choice`` callback.
+``gaps``), through the optional ``on_start`` callback and a :class:`RecordListener`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 
-from .backends import Backend, RecordOptions, Target, select
+from .backends import Backend, RecordOptions, RunResult, Target, select
 from .decode import concat, decode
+from .errors import StoreError
 from .model import Gap
 from .sizes import parse_byte_size, parse_size
 from .store import RECORD_DTYPES, Store, StoreConfig, StoreMode, StreamConsumer
-from .trace import Trace
+from .trace import CHUNK_TIMES_DTYPE, Trace
+from .tracefile.format import FileHeader, ThreadInfo
+from .tracefile.writer import TraceWriter, end_info
 
 
 @dataclass(frozen=True)
@@ -54,40 +59,116 @@ def store_config(config: RecordConfig, backend: Backend) -> StoreConfig:
     return config_
 
 
+#: Branches per thread that :func:`record` keeps in memory when it writes a file.
+KEEP_WITH_FILE = 65536
+
+
+class RecordListener(Protocol):
+    """How the engine tells a user interface what it is doing (the CLI's progress line).
+
+    Called from the thread that drains the store: keep it quick, and never raise."""
+
+    def progress(self, records: int, file_bytes: int) -> None:
+        """``records`` raw records and ``file_bytes`` bytes are in the trace file so far."""
+        ...
+
+
+class _Collector:
+    """Where drained records go: the trace file (if any), and memory: all of them, or
+    about the newest ``keep`` per thread. Never raises: a write error is kept in
+    ``error`` (in stream mode the target would wait forever on a consumer that died)."""
+
+    def __init__(self, writer: TraceWriter | None, keep: int | None,
+                 listener: RecordListener | None, start_ns: int) -> None:
+        self.writer, self.listener, self.start_ns = writer, listener, start_ns
+        # BLOCKID makes at most one branch per record: keep a margin of records
+        self.keep = None if keep is None else 4 * keep + 64
+        self.parts: dict[int, list[np.ndarray]] = defaultdict(list)
+        self.held: dict[int, int] = defaultdict(int)      # records in parts
+        self.seen: dict[int, int] = defaultdict(int)      # records taken in all
+        self.times: dict[int, list[tuple[int, int, int, int]]] = defaultdict(list)
+        self.last_ns: dict[int, int] = {}
+        self.error: OSError | None = None
+
+    def take(self, tid: int, records: np.ndarray) -> None:
+        now = time.time_ns()
+        first = self.last_ns.get(tid, self.start_ns)
+        self.last_ns[tid] = now
+        if self.writer is not None and self.error is None:
+            try:
+                self.writer.write_chunk(tid, records, first, now)
+            except OSError as err:
+                self.error = err
+            else:
+                if self.listener is not None:
+                    self.listener.progress(self.writer.records, self.writer.size)
+        self.times[tid].append((self.seen[tid], len(records), first, now))
+        self.seen[tid] += len(records)
+        parts = self.parts[tid]
+        parts.append(records)
+        self.held[tid] += len(records)
+        while self.keep is not None and len(parts) > 1 and self.held[tid] - len(parts[0]) >= self.keep:
+            self.held[tid] -= len(parts.pop(0))
+
+    def dropped(self, tid: int) -> int:
+        """Records of ``tid`` taken but no longer held in memory."""
+        return self.seen[tid] - self.held[tid]
+
+
 def record(target: Target, config: RecordConfig = RecordConfig(),
-           on_start: Callable[[Backend, tuple[str, ...]], None] | None = None) -> Trace:
+           on_start: Callable[[Backend, tuple[str, ...]], None] | None = None, *,
+           output: str | os.PathLike[str] | None = None, keep: int | None = None,
+           listener: RecordListener | None = None) -> Trace:
     """Trace ``target`` until it ends (or we detach) and return the trace.
 
     ``on_start(backend, reasons)`` is called once the backend is chosen and the store
     configured, before the target runs: the caller can keep the backend to interrupt it.
+
+    With ``output``, the trace is also written to that file (mode 0600, overwritten,
+    never through a symbolic link): in stream mode while the target runs, in ring mode
+    at the end; ``listener`` hears of the progress. ``keep`` bounds what the returned
+    trace holds in memory to the newest ``keep`` branches per thread (the file has
+    all of them; ``written``, ``lost`` and the gaps still describe the whole run). It
+    defaults to all of them without ``output``, and to :data:`KEEP_WITH_FILE` with it:
+    read the whole trace back with :func:`branchtrace.open`.
     """
+    if output is not None and keep is None:
+        keep = KEEP_WITH_FILE
     choice = select(config.backend)
     backend = choice.backend
     sconfig = store_config(config, backend)
-    collected: dict[int, list[np.ndarray]] = defaultdict(list)
-    start = time.time()
-    with Store.create(sconfig) as store:
-        if on_start is not None:
-            on_start(backend, choice.reasons)
-        consumer = None
-        if sconfig.mode == StoreMode.STREAM:
-            consumer = StreamConsumer(store, lambda tid, recs: collected[tid].append(recs))
-            consumer.start()
-        try:
-            result = backend.record(target, store, RecordOptions(config.start, config.duration))
-        finally:
-            if consumer is not None:
-                consumer.stop()
-        status = store.status()
-        if consumer is None:
-            for tid in store.tids():
-                collected[tid].append(store.drain(tid, final=True))
-    end = time.time()
-    raw_dtype = RECORD_DTYPES[sconfig.encoding]
-    threads = {}
-    for tid in result.threads:
-        threads[tid] = decode(sconfig.encoding, concat(collected.get(tid, []), raw_dtype),
-                              result.blocks)
+    start_ns = time.time_ns()
+    writer = None
+    if output is not None:
+        header = FileHeader(int(sconfig.encoding), int(sconfig.mode), sconfig.record_size,
+                            sconfig.capacity_records, sconfig.chunk_records, target.pid or 0,
+                            start_ns, backend.name, f"branchtrace {_version()}", target.argv)
+        writer = TraceWriter.create(output, header)
+    sink = _Collector(writer, keep, listener, start_ns)
+    try:
+        with Store.create(sconfig) as store:
+            if on_start is not None:
+                on_start(backend, choice.reasons)
+            consumer = None
+            if sconfig.mode == StoreMode.STREAM:
+                consumer = StreamConsumer(store, sink.take)
+                consumer.start()
+            try:
+                result = backend.record(target, store, RecordOptions(config.start, config.duration))
+            finally:
+                if consumer is not None:
+                    consumer.stop()
+            status = store.status()
+            if consumer is None:
+                for tid in store.tids():
+                    sink.take(tid, store.drain(tid, final=True))
+    except BaseException:
+        if writer is not None and writer.chunks == 0:
+            writer.discard()       # nothing recorded: leave no file behind
+        elif writer is not None:
+            writer.close()         # readable, and says that it was cut short
+        raise
+    end_ns = time.time_ns()
     written = {t.tid: t.written for t in status.threads}
     lost = {t.tid: t.lost for t in status.threads}
     gaps = list(result.gaps)
@@ -96,10 +177,68 @@ def record(target: Target, config: RecordConfig = RecordConfig(),
     for tid, n in lost.items():
         if n and not any(g.tid == tid for g in result.gaps):
             gaps.append(Gap(tid, 0, n, "ring buffer overwrote the oldest records"))
+    pid = result.pid or (target.pid or 0)
+    if writer is not None:
+        waits = {t.tid: t.producer_waits for t in status.threads}
+        _finish_file(writer, sink, result, gaps, written, lost, waits, pid, end_ns)
+    raw_dtype = RECORD_DTYPES[sconfig.encoding]
+    threads, times, cut = {}, {}, {}
+    for tid in result.threads:
+        branches = decode(sconfig.encoding, concat(sink.parts.get(tid, []), raw_dtype),
+                          result.blocks)
+        cut[tid] = sink.dropped(tid)
+        if keep is not None and len(branches) > keep:
+            cut[tid] += len(branches) - keep
+            branches = branches[len(branches) - keep:]
+        threads[tid] = branches
+        times[tid] = _chunk_times(sink.times.get(tid, []), cut[tid], len(branches))
+    if any(cut.values()):
+        gaps = [dataclasses.replace(g, index=max(0, g.index - cut.get(g.tid, 0))) for g in gaps]
     return Trace(
         backend=backend.name, mode=sconfig.mode.name.lower(),
-        argv=target.argv, pid=result.pid or (target.pid or 0), exit=result.exit,
+        argv=target.argv, pid=pid, exit=result.exit,
         modules=result.modules, threads=threads, gaps=gaps, written=written, lost=lost,
-        notes=result.notes, start_time=start, end_time=end,
+        notes=result.notes, start_time=start_ns / 10**9, end_time=end_ns / 10**9,
         producer_waits=sum(t.producer_waits for t in status.threads),
+        capacity=sconfig.capacity_records, chunk_times=times,
     )
+
+
+def _chunk_times(entries: list[tuple[int, int, int, int]], cut: int, n: int) -> np.ndarray:
+    """The drain times of a thread's records, for the ``n`` branches kept after ``cut``."""
+    rows = [(max(0, i - cut), min(i + c, cut + n) - max(i, cut), first, last)
+            for i, c, first, last in entries if i + c > cut and i < cut + n]
+    return np.array(rows, dtype=CHUNK_TIMES_DTYPE)
+
+
+def _finish_file(writer: TraceWriter, sink: _Collector, result: RunResult, gaps: list[Gap],
+                 written: dict[int, int], lost: dict[int, int], waits: dict[int, int],
+                 pid: int, end_ns: int) -> None:
+    """Write what is known only at the end (modules, block table, gaps, notes, threads)
+    and the END record; a write error becomes a :class:`StoreError`."""
+    try:
+        if sink.error is not None:
+            raise sink.error
+        for module in result.modules:
+            writer.write_module(module)
+        if result.blocks is not None:
+            writer.write_blocks(result.blocks)
+        for gap in gaps:
+            writer.write_gap(gap)
+        for note in result.notes:
+            writer.write_note(note)
+        for tid in dict.fromkeys([*result.threads, *writer.kept]):
+            kept = writer.kept.get(tid, 0)
+            writer.write_thread(ThreadInfo(tid, kept, written.get(tid, kept), lost.get(tid, 0),
+                                           waits.get(tid, 0)))
+        writer.finish(end_info(result.exit, pid, end_ns))
+    except OSError as err:
+        writer.close()
+        raise StoreError(f"could not write the trace file {writer.path}: "
+                         f"{err.strerror or err} (it holds what was written before)") from None
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__

@@ -6,12 +6,49 @@ import argparse
 import os
 import signal
 import sys
+import threading
+import time
 from types import FrameType
 from typing import IO, Any
 
 from ..backends import Backend, Target
 from ..recorder import RecordConfig, record
 from ..reporters import crash
+from ..sizes import format_bytes
+
+
+class ProgressLine:
+    """A one-line progress display on a terminal: records, file size, rate; redrawn at
+    most ``hz`` times a second (it is called from the thread that drains the store)."""
+
+    def __init__(self, out: IO[str], hz: float = 4.0) -> None:
+        self.out = out
+        self.period = 1.0 / hz
+        self.start = time.monotonic()
+        self.shown = 0.0
+        self.drawn = False
+        self._lock = threading.Lock()
+
+    def progress(self, records: int, file_bytes: int) -> None:
+        now = time.monotonic()
+        if now - self.shown < self.period:
+            return
+        with self._lock:
+            self.shown = now
+            rate = records / max(now - self.start, 1e-9)
+            self.out.write(f"\r\x1b[Kbranchtrace: {records:,} records, "
+                           f"{format_bytes(file_bytes)} written, {rate:,.0f} records/s")
+            self.out.flush()
+            self.drawn = True
+
+    def finish(self) -> None:
+        """Erase the line (the report, if any, comes next)."""
+        with self._lock:
+            if self.drawn:
+                self.out.write("\r\x1b[K")
+                self.out.flush()
+            self.drawn = False
+            self.shown = float("inf")
 
 
 def positive_int(text: str) -> int:
@@ -49,6 +86,10 @@ def add_record_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--start", metavar="SYMBOL",
                    help="ptrace: run at full speed to SYMBOL and record from there "
                         "(default main when the executable has it; 'entry' for the first instruction)")
+    g.add_argument("-o", "--output", metavar="FILE",
+                   help="also write the trace to FILE (mode 0600; an existing file is "
+                        "overwritten): in stream mode while the program runs, in ring mode at "
+                        "the end; read it with branchtrace.open(FILE)")
     g.add_argument("--disable-randomization", action="store_true",
                    help="start the program with address-space randomization off (as GDB does), "
                         "so addresses repeat from run to run")
@@ -93,9 +134,17 @@ def record_and_report(args: argparse.Namespace, target: Target, duration: float 
 
         previous = signal.signal(signal.SIGINT, on_sigint)
 
+    output = getattr(args, "output", None)
+    progress = None
+    if output is not None and args.mode == "stream" and sys.stderr.isatty():
+        progress = ProgressLine(sys.stderr)
     try:
-        trace = record(target, config, on_start=on_start)
+        # with a file, memory holds only what the report shows; the file has everything
+        trace = record(target, config, on_start=on_start, output=output,
+                       keep=args.last if output is not None else None, listener=progress)
     finally:
+        if progress is not None:
+            progress.finish()
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
     ex = trace.exit

@@ -1,0 +1,355 @@
+"""The trace file format in code: constants, record types, and the payload of each record.
+
+A trace file is a 16-byte preamble (magic, format version) followed by records. Every
+record has a 16-byte frame (sync marker, type, flags, payload length, CRC-32) and a
+typed payload, so a reader can skip a record type it does not know and find the next
+record after a damaged one. The byte layout is specified in docs/trace-format.md; if
+this module and that page disagree, that is a bug.
+
+Payloads are little-endian fields followed by length-prefixed strings. A reader ignores
+bytes at the end of a payload that it does not know: fields can be appended to a record
+without a version change. Only an incompatible change bumps :data:`VERSION`.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import zlib
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+import numpy as np
+
+MAGIC = b"\x89BTR\r\n\x1a\n"
+#: Trace file format version. Changelog:
+#:   1 - first version: header, chunk, gap, module, blocks, note, thread and end records.
+VERSION = 1
+
+PREAMBLE = struct.Struct("<8sII")      # magic, version, reserved (0)
+FRAME = struct.Struct("<4sHHII")       # sync, type, flags, length, crc32
+SYNC = b"BTR\x1e"
+#: The longest payload a record may have; a writer splits larger data over records.
+MAX_RECORD_LENGTH = 64 << 20
+#: The most bytes one chunk (or one block-table record) may decompress to.
+MAX_CHUNK_BYTES = 16 << 20
+#: What the writer aims for: raw bytes of records per chunk.
+CHUNK_BYTES = 1 << 20
+CHUNK_HEAD = struct.Struct("<IIQQQ")   # tid, count, first_index, first_ns, last_ns
+
+
+class RecordType(IntEnum):
+    """Record types. Values are in the file format: never renumber."""
+
+    HEADER = 1
+    CHUNK = 2
+    GAP = 3
+    MODULE = 4
+    BLOCKS = 5
+    NOTE = 6
+    THREAD = 7
+    END = 8
+
+
+def frame(rtype: RecordType, payload: bytes, flags: int = 0) -> bytes:
+    """One whole record: the frame, then ``payload``."""
+    head = struct.pack("<HHI", rtype, flags, len(payload))
+    crc = zlib.crc32(payload, zlib.crc32(head))
+    return SYNC + head + struct.pack("<I", crc) + payload
+
+
+def frame_crc(frame_bytes: bytes, payload: bytes | memoryview) -> int:
+    """The CRC a record with this frame and payload must carry (type, flags, length,
+    payload)."""
+    return zlib.crc32(payload, zlib.crc32(frame_bytes[4:12]))
+
+
+class Malformed(ValueError):
+    """A payload shorter than its fields, or with a field out of range."""
+
+
+class Packer:
+    """Builds a payload."""
+
+    def __init__(self) -> None:
+        self.out = bytearray()
+
+    def pack(self, fmt: str, *values: int) -> Packer:
+        self.out += struct.pack("<" + fmt, *values)
+        return self
+
+    def blob(self, data: bytes) -> Packer:
+        self.out += struct.pack("<I", len(data)) + data
+        return self
+
+    def text(self, value: str) -> Packer:
+        return self.blob(value.encode("utf-8", "surrogateescape"))
+
+    def done(self) -> bytes:
+        return bytes(self.out)
+
+
+class Unpacker:
+    """Reads a payload; every read is checked against what is left."""
+
+    def __init__(self, data: bytes | memoryview) -> None:
+        self.data = memoryview(data)
+        self.pos = 0
+
+    def unpack(self, fmt: str) -> tuple[int, ...]:
+        s = struct.Struct("<" + fmt)
+        if self.pos + s.size > len(self.data):
+            raise Malformed("payload too short")
+        values = s.unpack_from(self.data, self.pos)
+        self.pos += s.size
+        return tuple(int(v) for v in values)
+
+    def one(self, fmt: str) -> int:
+        return self.unpack(fmt)[0]
+
+    def blob(self) -> bytes:
+        n = self.one("I")
+        if n > len(self.data) - self.pos:
+            raise Malformed("string longer than its record")
+        out = bytes(self.data[self.pos:self.pos + n])
+        self.pos += n
+        return out
+
+    def text(self) -> str:
+        return self.blob().decode("utf-8", "surrogateescape")
+
+    def rest(self) -> memoryview:
+        return self.data[self.pos:]
+
+
+@dataclass(frozen=True)
+class FileHeader:
+    """The HEADER record: what is known when recording starts."""
+
+    encoding: int                 # store Encoding value: 1 FROMTO, 2 BLOCKID
+    mode: int                     # store StoreMode value: 1 ring, 2 stream
+    record_size: int              # bytes per raw record
+    capacity: int                 # per-thread buffer capacity, records
+    chunk_records: int            # stream mode: records per store chunk; ring: 0
+    pid: int                      # the target's pid if known at the start (attach), else 0
+    start_ns: int                 # wall clock (CLOCK_REALTIME), ns since the Unix epoch
+    backend: str
+    writer: str                   # "branchtrace 0.1.0"
+    argv: tuple[str, ...] = ()
+
+    def encode(self) -> bytes:
+        p = Packer().pack("HHIQIIQ", self.encoding, self.mode, self.record_size,
+                          self.capacity, self.chunk_records, self.pid, self.start_ns)
+        p.text(self.backend).text(self.writer).pack("I", len(self.argv))
+        for arg in self.argv:
+            p.text(arg)
+        return p.done()
+
+    @classmethod
+    def decode(cls, data: bytes | memoryview) -> FileHeader:
+        u = Unpacker(data)
+        encoding, mode, record_size, capacity, chunk, pid, start = u.unpack("HHIQIIQ")
+        backend, writer = u.text(), u.text()
+        argc = u.one("I")
+        if argc > len(u.rest()) // 4:
+            raise Malformed("more arguments than the record holds")
+        return cls(encoding, mode, record_size, capacity, chunk, pid, start, backend, writer,
+                   tuple(u.text() for _ in range(argc)))
+
+
+@dataclass(frozen=True)
+class ChunkHead:
+    """The fixed part of a CHUNK record; the zstd frame of the raw records follows."""
+
+    tid: int
+    count: int                    # records in the chunk
+    first_index: int              # records of this thread written to the file before it
+    first_ns: int                 # no record of the chunk was produced before this time
+    last_ns: int                  # ... nor after this one (when it was drained)
+
+    def encode(self) -> bytes:
+        return CHUNK_HEAD.pack(self.tid, self.count, self.first_index, self.first_ns,
+                               self.last_ns)
+
+    @classmethod
+    def decode(cls, data: bytes | memoryview) -> ChunkHead:
+        if len(data) < CHUNK_HEAD.size:
+            raise Malformed("chunk record too short")
+        return cls(*CHUNK_HEAD.unpack_from(data))
+
+
+@dataclass(frozen=True)
+class ThreadInfo:
+    """The THREAD record, written at the end: one per thread, in order of appearance."""
+
+    tid: int
+    kept: int                     # records of this thread in the file's chunks
+    written: int                  # records the thread produced
+    lost: int                     # records lost (overwritten by the ring, dropped, ...)
+    producer_waits: int = 0
+
+    def encode(self) -> bytes:
+        return Packer().pack("IIQQQQ", self.tid, 0, self.kept, self.written, self.lost,
+                             self.producer_waits).done()
+
+    @classmethod
+    def decode(cls, data: bytes | memoryview) -> ThreadInfo:
+        tid, _, kept, written, lost, waits = Unpacker(data).unpack("IIQQQQ")
+        return cls(tid, kept, written, lost, waits)
+
+
+#: END record flags: which optional fields hold a value.
+END_CODE, END_SIGNAL, END_FAULT_ADDRESS, END_FAULT_PC, END_TID, END_CORE = (1 << i for i in range(6))
+
+
+@dataclass(frozen=True)
+class EndInfo:
+    """The END record: how the target ended; always the last record."""
+
+    end_ns: int
+    pid: int
+    status: str                   # "exited", "signaled", "detached", ...
+    code: int | None = None
+    signal: int | None = None
+    fault_address: int | None = None
+    fault_pc: int | None = None
+    tid: int | None = None
+    core_dumped: bool = False
+
+    def encode(self) -> bytes:
+        flags = sum(bit for bit, value in (
+            (END_CODE, self.code), (END_SIGNAL, self.signal),
+            (END_FAULT_ADDRESS, self.fault_address), (END_FAULT_PC, self.fault_pc),
+            (END_TID, self.tid)) if value is not None) | (END_CORE if self.core_dumped else 0)
+        return Packer().pack("QIIIiiQQ", self.end_ns, self.pid, self.tid or 0, flags,
+                             self.code or 0, self.signal or 0, self.fault_address or 0,
+                             self.fault_pc or 0).text(self.status).done()
+
+    @classmethod
+    def decode(cls, data: bytes | memoryview) -> EndInfo:
+        u = Unpacker(data)
+        end_ns, pid, tid, flags, code, sig, address, pc = u.unpack("QIIIiiQQ")
+        return cls(end_ns, pid, u.text(),
+                   code if flags & END_CODE else None, sig if flags & END_SIGNAL else None,
+                   address if flags & END_FAULT_ADDRESS else None,
+                   pc if flags & END_FAULT_PC else None, tid if flags & END_TID else None,
+                   bool(flags & END_CORE))
+
+
+@dataclass(frozen=True)
+class GapInfo:
+    tid: int
+    index: int
+    count: int
+    reason: str
+
+    def encode(self) -> bytes:
+        return Packer().pack("IIQQ", self.tid, 0, self.index, self.count).text(self.reason).done()
+
+    @classmethod
+    def decode(cls, data: bytes | memoryview) -> GapInfo:
+        u = Unpacker(data)
+        tid, _, index, count = u.unpack("IIQQ")
+        return cls(tid, index, count, u.text())
+
+
+@dataclass(frozen=True)
+class MappingInfo:
+    start: int
+    end: int
+    offset: int
+    perms: str
+    path: str
+
+
+@dataclass(frozen=True)
+class ModuleInfo:
+    start: int
+    end: int
+    bias: int
+    path: str
+    build_id: str
+    mappings: tuple[MappingInfo, ...] = field(default=())
+
+    def encode(self) -> bytes:
+        p = Packer().pack("QQQ", self.start, self.end, self.bias)
+        p.text(self.path).text(self.build_id).pack("I", len(self.mappings))
+        for m in self.mappings:
+            p.pack("QQQ", m.start, m.end, m.offset).text(m.perms).text(m.path)
+        return p.done()
+
+    @classmethod
+    def decode(cls, data: bytes | memoryview) -> ModuleInfo:
+        u = Unpacker(data)
+        start, end, bias = u.unpack("QQQ")
+        path, build_id, n = u.text(), u.text(), u.one("I")
+        if n > len(u.rest()) // 32:
+            raise Malformed("more mappings than the record holds")
+        maps = []
+        for _ in range(n):
+            s, e, o = u.unpack("QQQ")
+            maps.append(MappingInfo(s, e, o, u.text(), u.text()))
+        return cls(start, end, bias, path, build_id, tuple(maps))
+
+
+# A field format of a block table: optional subarray shape, byte order, kind, size.
+# Only plain numbers, bools and fixed-size bytes: never objects.
+_FIELD_FORMAT = re.compile(r"(\((\d{1,4},){0,2}\d{0,4}\))?[<>|=]?[biufcSV?]\d{0,5}")
+
+
+def dtype_fields(dtype: np.dtype) -> list[tuple[str, str, int]]:
+    """A block-table dtype as (name, format, offset) fields; a plain dtype is one field
+    named ""."""
+    if dtype.names is None:
+        return [("", dtype.str, 0)]
+    out = []
+    for name in dtype.names:
+        sub, offset = dtype.fields[name][:2]  # type: ignore[index]
+        fmt = sub.str if sub.subdtype is None else f"{sub.subdtype[1]}{sub.subdtype[0].str}"
+        out.append((name, fmt.replace(" ", ""), int(offset)))
+    return out
+
+
+def dtype_from_fields(fields: list[tuple[str, str, int]], itemsize: int) -> np.dtype:
+    """The inverse of :func:`dtype_fields`; raises :class:`Malformed` for anything but
+    plain numeric and bytes fields inside ``itemsize``."""
+    for _, fmt, _ in fields:
+        if not _FIELD_FORMAT.fullmatch(fmt):
+            raise Malformed(f"block table field format {fmt!r} is not allowed")
+    try:
+        if len(fields) == 1 and fields[0][0] == "":
+            dtype = np.dtype(fields[0][1])
+        else:
+            dtype = np.dtype({"names": [f[0] for f in fields], "formats": [f[1] for f in fields],
+                              "offsets": [f[2] for f in fields], "itemsize": itemsize})
+    except (TypeError, ValueError, OverflowError) as err:
+        raise Malformed(f"bad block table layout: {err}") from None
+    if dtype.itemsize != itemsize or dtype.hasobject or itemsize < 1:
+        raise Malformed("bad block table layout")
+    return dtype
+
+
+@dataclass(frozen=True)
+class BlocksHead:
+    """The fixed part of a BLOCKS record: rows ``first_id ..`` of the block table, then
+    the zstd frame of ``count * row_size`` bytes."""
+
+    first_id: int
+    count: int
+    row_size: int
+    fields: tuple[tuple[str, str, int], ...]
+
+    def encode(self) -> bytes:
+        p = Packer().pack("QQII", self.first_id, self.count, self.row_size, len(self.fields))
+        for name, fmt, offset in self.fields:
+            p.text(name).text(fmt).pack("I", offset)
+        return p.done()
+
+    @classmethod
+    def decode(cls, data: bytes | memoryview) -> tuple[BlocksHead, memoryview]:
+        u = Unpacker(data)
+        first, count, row_size, n = u.unpack("QQII")
+        if n > len(u.rest()) // 12:
+            raise Malformed("more fields than the record holds")
+        fields = tuple((u.text(), u.text(), u.one("I")) for _ in range(n))
+        return cls(first, count, row_size, fields), u.rest()

@@ -1,0 +1,233 @@
+"""Turn a scanned trace file into a :class:`~branchtrace.trace.Trace`: decompress and
+decode every thread's chunks into canonical branch arrays.
+
+Chunks are decompressed in parallel (zstd and numpy release the GIL). FROMTO records
+decode one by one, so each chunk is decoded straight into its slice of the thread's
+array; other encodings (BLOCKID pairs consecutive records) are decoded per run of
+consecutive chunks. A chunk that is missing or does not decompress becomes a gap with
+the reason ``"corrupt chunk"``; nothing here raises for damaged data.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import zstandard
+
+from ..decode import concat, decode
+from ..errors import TraceFormatError
+from ..model import BRANCH_DTYPE, ExitInfo, Gap, Mapping, ModuleMap
+from ..store import RECORD_DTYPES, Encoding, StoreMode
+from ..trace import CHUNK_TIMES_DTYPE, Trace
+from .format import ModuleInfo
+from .reader import Chunk, TraceFile, scan
+
+CORRUPT = "corrupt chunk"
+
+
+def open_trace(path: str | os.PathLike[str]) -> Trace:
+    """Read the trace file at ``path``. Raises :class:`TraceFormatError` (one line) when
+    the file cannot be used at all; a damaged or cut-short file gives what it holds, with
+    gaps and notes saying what is missing (and ``truncated`` set when cut short)."""
+    return to_trace(scan(path))
+
+
+@dataclass
+class _Hole:
+    start: int        # writer index (records of the thread before it)
+    count: int
+
+
+def to_trace(tf: TraceFile) -> Trace:
+    h = tf.header
+    info = {t.tid: t for t in tf.threads}
+    order = list(dict.fromkeys([t.tid for t in tf.threads] + list(tf.chunks)))
+    threads: dict[int, np.ndarray] = {}
+    times: dict[int, np.ndarray] = {}
+    gaps: list[Gap] = []
+    written: dict[int, int] = {}
+    lost: dict[int, int] = {}
+    notes = list(tf.notes)
+    local = threading.local()        # each worker's decompressor and scratch buffer
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        for tid in order:
+            t = info.get(tid)
+            chunks, holes = _select(tf.chunks.get(tid, []), t.kept if t else None)
+            array, placed, chunk_times, why = _decode_thread(tf, chunks, holes, pool, local)
+            if why:
+                notes.append(f"thread {tid}: {why}")
+            threads[tid], times[tid] = array, chunk_times
+            dropped = [hole for hole, _ in placed]
+            for g in tf.gaps:
+                if g.tid == tid:
+                    gaps.append(Gap(tid, min(_shift(g.index, dropped), len(array)), g.count,
+                                    g.reason))
+            gaps.extend(Gap(tid, index, hole.count, CORRUPT) for hole, index in placed)
+            missing = sum(hole.count for hole in dropped)
+            kept = sum(c.head.count for c in chunks)
+            written[tid] = t.written if t else kept + missing
+            lost[tid] = (t.lost if t else 0) + missing
+    for g in tf.gaps:
+        if g.tid not in threads:
+            gaps.append(Gap(g.tid, g.index, g.count, g.reason))
+    end = tf.end
+    pid = end.pid if end else h.pid or next(iter(threads), 0)
+    if end is None:
+        exit = ExitInfo("unknown")
+    else:
+        exit = ExitInfo(end.status, end.code, end.signal, end.fault_address, end.fault_pc,
+                        end.tid, end.core_dumped)
+    last_ns = max((c.head.last_ns for cs in tf.chunks.values() for c in cs), default=h.start_ns)
+    mode = {StoreMode.RING: "ring", StoreMode.STREAM: "stream"}.get(StoreMode(h.mode), "") \
+        if h.mode in (1, 2) else f"mode {h.mode}"
+    return Trace(
+        backend=h.backend, mode=mode, argv=h.argv, pid=pid, exit=exit,
+        modules=[_module(m) for m in tf.modules], threads=threads, gaps=gaps,
+        written=written, lost=lost, notes=notes + tf.problems,
+        start_time=h.start_ns / 10**9, end_time=(end.end_ns if end else last_ns) / 10**9,
+        producer_waits=sum(t.producer_waits for t in tf.threads), capacity=h.capacity,
+        truncated=tf.truncated, chunk_times=times,
+    )
+
+
+def _module(m: ModuleInfo) -> ModuleMap:
+    return ModuleMap(m.path, m.start, m.end, m.bias, m.build_id,
+                     tuple(Mapping(x.start, x.end, x.perms, x.offset, x.path) for x in m.mappings))
+
+
+def _shift(index: int, holes: list[_Hole]) -> int:
+    """Where writer index ``index`` lands once the records of ``holes`` are gone."""
+    return index - sum(min(h.count, max(0, index - h.start)) for h in holes)
+
+
+def _select(chunks: list[Chunk], kept: int | None) -> tuple[list[Chunk], list[_Hole]]:
+    """The chunks in order, without overlaps, and the holes between them (and at the end,
+    when the THREAD record says more were written)."""
+    out: list[Chunk] = []
+    holes: list[_Hole] = []
+    pos = 0
+    for c in sorted(chunks, key=lambda c: c.head.first_index):
+        if c.head.first_index < pos:
+            continue                       # a duplicate or overlapping chunk
+        if c.head.first_index > pos:
+            holes.append(_Hole(pos, c.head.first_index - pos))
+        out.append(c)
+        pos = c.head.first_index + c.head.count
+    if kept is not None and kept > pos:
+        holes.append(_Hole(pos, kept - pos))
+    return out, holes
+
+
+def _decode_thread(tf: TraceFile, chunks: list[Chunk], holes: list[_Hole],
+                   pool: ThreadPoolExecutor, local: threading.local
+                   ) -> tuple[np.ndarray, list[tuple[_Hole, int]], np.ndarray, str]:
+    """The branches of one thread, its holes with their index in the branches, its
+    chunk times, and why decoding failed (if it did)."""
+    encoding = tf.encoding
+    raw_dtype = RECORD_DTYPES[encoding]
+    per_chunk = encoding == Encoding.FROMTO     # records decode independently
+    total = sum(c.head.count for c in chunks)
+    buffer = np.empty(total, BRANCH_DTYPE if per_chunk else raw_dtype)
+    slots, at = [], 0
+    for c in chunks:
+        slots.append((at, at + c.head.count))
+        at += c.head.count
+
+    def job(k: int) -> bool:
+        a, b = slots[k]
+        return _fill(local, chunks[k].body, buffer[a:b], encoding if per_chunk else None)
+
+    ok = list(pool.map(job, range(len(chunks)))) if len(chunks) > 1 else \
+        [job(k) for k in range(len(chunks))]
+    # The thread in order: good chunks (their index), and holes (missing or bad chunks).
+    items: list[int | _Hole] = []
+    h = 0
+    for k, c in enumerate(chunks):
+        while h < len(holes) and holes[h].start <= c.head.first_index:
+            items.append(holes[h])
+            h += 1
+        items.append(k if ok[k] else _Hole(c.head.first_index, c.head.count))
+    items.extend(holes[h:])
+    pieces: list[np.ndarray] = []
+    times: list[tuple[int, int, int, int]] = []
+    gaps: list[tuple[_Hole, int]] = []
+    n, why, run = 0, "", []
+    for item in [*items, None]:
+        if isinstance(item, int):
+            run.append(item)
+            continue
+        if run:
+            part, err = _decode_run(tf, buffer[slots[run[0]][0]:slots[run[-1]][1]], per_chunk)
+            why = why or err
+            raw_n = sum(chunks[k].head.count for k in run)
+            at_raw, scale = 0, len(part) / raw_n
+            for k in run:
+                head = chunks[k].head
+                lo, hi = round(at_raw * scale), round((at_raw + head.count) * scale)
+                times.append((n + lo, hi - lo, head.first_ns, head.last_ns))
+                at_raw += head.count
+            pieces.append(part)
+            n += len(part)
+            run = []
+        if item is not None:
+            if gaps and gaps[-1][1] == n and gaps[-1][0].start + gaps[-1][0].count == item.start:
+                gaps[-1] = (_Hole(gaps[-1][0].start, gaps[-1][0].count + item.count), n)
+            else:
+                gaps.append((item, n))
+    array = pieces[0] if len(pieces) == 1 else concat(pieces, BRANCH_DTYPE)
+    return array, gaps, np.array(times, dtype=CHUNK_TIMES_DTYPE), why
+
+
+def _decode_run(tf: TraceFile, part: np.ndarray, per_chunk: bool) -> tuple[np.ndarray, str]:
+    """The branches of a run of consecutive good chunks (adjacent in the buffer; already
+    decoded when ``per_chunk``)."""
+    if per_chunk:
+        return part, ""
+    try:
+        return decode(tf.encoding, part, tf.blocks), ""
+    except (TraceFormatError, ValueError, IndexError, TypeError) as err:
+        return np.zeros(0, BRANCH_DTYPE), f"records could not be decoded: {err}"
+
+
+def _fill(local: threading.local, body: bytes, out: np.ndarray,
+          encoding: Encoding | None) -> bool:
+    """Decompress one chunk into ``out`` (decoded when ``encoding`` is given, else raw);
+    False when the chunk is corrupt."""
+    dctx: zstandard.ZstdDecompressor | None = getattr(local, "dctx", None)
+    if dctx is None:
+        dctx = local.dctx = zstandard.ZstdDecompressor()
+    if encoding is None:
+        return _decompress_into(dctx, body, out.view(np.uint8).data)
+    raw_dtype = RECORD_DTYPES[encoding]
+    need = len(out) * raw_dtype.itemsize
+    scratch: bytearray | None = getattr(local, "scratch", None)
+    if scratch is None or len(scratch) < need:
+        scratch = local.scratch = bytearray(need)
+    view = memoryview(scratch)[:need]
+    if not _decompress_into(dctx, body, view):
+        return False
+    decoded = decode(encoding, np.frombuffer(view, raw_dtype))
+    out.view(np.uint8)[:] = decoded.view(np.uint8)     # a plain memcpy: 10x a struct copy
+    return True
+
+
+def _decompress_into(dctx: zstandard.ZstdDecompressor, body: bytes, target: memoryview) -> bool:
+    """Decompress the zstd frame at the start of ``body`` into exactly ``target`` (its
+    declared content size, checked when the file was scanned; bytes after the frame are
+    for future fields)."""
+    try:
+        with dctx.stream_reader(body, read_across_frames=False) as reader:
+            got = 0
+            while got < len(target):
+                n = reader.readinto(target[got:])
+                if not n:
+                    return False
+                got += n
+            return True
+    except zstandard.ZstdError:
+        return False
+
