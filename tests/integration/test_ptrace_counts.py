@@ -96,6 +96,8 @@ def test_start_entry_records_the_dynamic_loader(build):
     trace = record(Target(argv=(str(exe), "1")), RecordConfig(backend="ptrace", start="entry"))
     first = trace.symbolizer.describe(int(trace.branches(trace.pid)["from_ip"][0]))
     assert first.module is not None and "ld-linux" in first.module
+    # libc is mapped after the exec: the maps snapshot at the exit event must have it
+    assert any("libc.so" in m.path for m in trace.modules)
     from_main = record(Target(argv=(str(exe), "1")), RecordConfig(backend="ptrace"))
     assert len(trace.branches(trace.pid)) > len(from_main.branches(from_main.pid)) + 1000
     start = from_main.symbolizer.describe(int(from_main.branches(from_main.pid)["from_ip"][0]))

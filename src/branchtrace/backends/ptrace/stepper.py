@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 OPTIONS = (pt.PTRACE_O_TRACECLONE | pt.PTRACE_O_TRACEEXEC | pt.PTRACE_O_TRACEEXIT
            | pt.PTRACE_O_TRACESYSGOOD)
-_STEP_TRAP = 0x7F | (signal.SIGTRAP << 8)          # WIFSTOPPED with SIGTRAP, no event
+_STEP_TRAP = 0x7F | (signal.SIGTRAP << 8)  # the whole status: stopped by SIGTRAP, no event bits
 _GROUP_STOP_SIGNALS = {signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
 _FAULT_SIGNALS = {signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGTRAP}
 _SI_KERNEL = 0x80
@@ -183,7 +183,7 @@ class Stepper:
                     if t is not None:
                         t.running = False
                     # the hot path: a single-step trap of a stepping thread
-                    if (status & 0xFFFF) == _STEP_TRAP and t is not None and t.mode == STEPPING \
+                    if status == _STEP_TRAP and t is not None and t.mode == STEPPING \
                             and not self._stop_requested and t.signal_from is None:
                         pc = peek(tid, RIP)
                         prev = t.insn
