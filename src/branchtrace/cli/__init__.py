@@ -8,9 +8,9 @@ import sys
 from typing import NoReturn, Sequence
 
 from ..errors import BranchtraceError
-from . import attach, demo, doctor, run
+from . import attach, coverage, crash, demo, doctor, history, profile, run, stats
 
-_COMMANDS = (run, attach, doctor, demo)
+_COMMANDS = (run, attach, doctor, demo, coverage, crash, history, profile, stats)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,0 +1,81 @@
+"""Counts for statistics: branches by kind, the hottest functions and edges.
+
+All of it is numpy over the branch arrays (sorts and bincounts), never a Python loop per
+branch; Python only touches the few rows that are reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..model import BRANCH_DTYPE, BranchKind
+from .functions import FunctionIndex
+
+CALL_KINDS = (BranchKind.CALL, BranchKind.INDIRECT_CALL)
+
+
+@dataclass(frozen=True, slots=True)
+class HotFunction:
+    key: int
+    name: str
+    module: str | None
+    branches: int     # branches taken from inside it
+    calls: int        # calls that entered it at its first byte or anywhere
+
+
+@dataclass(frozen=True, slots=True)
+class Edge:
+    from_ip: int
+    to_ip: int
+    kind: BranchKind
+    count: int
+
+
+def kind_counts(branches: np.ndarray) -> dict[BranchKind, int]:
+    """How many branches of each kind (kinds that never occur are left out)."""
+    counts = np.bincount(branches["kind"], minlength=len(BranchKind))
+    return {k: int(counts[k]) for k in BranchKind if counts[k]}
+
+
+def hot_functions(branches: np.ndarray, functions: FunctionIndex, top: int = 10) -> list[HotFunction]:
+    """The ``top`` functions with the most branches taken from inside them."""
+    if not len(branches) or top <= 0:
+        return []
+    keys = functions.keys(branches["from_ip"]).key
+    u, counts = np.unique(keys, return_counts=True)
+    is_call = np.isin(branches["kind"], CALL_KINDS)
+    callee = functions.keys(branches["to_ip"][is_call]).key
+    cu, ccounts = np.unique(callee, return_counts=True)
+    order = np.lexsort((u, -counts))[:top]
+    out = []
+    for i in order.tolist():
+        key = int(u[i])
+        j = int(np.searchsorted(cu, u[i]))
+        calls = int(ccounts[j]) if j < len(cu) and cu[j] == u[i] else 0
+        info = functions.info(key)
+        out.append(HotFunction(key, info.name, info.module, int(counts[i]), calls))
+    return out
+
+
+def hot_edges(branches: np.ndarray, top: int = 10) -> list[Edge]:
+    """The ``top`` most taken (from, to) pairs, with their kind, most taken first."""
+    if not len(branches) or top <= 0:
+        return []
+    f, t = branches["from_ip"], branches["to_ip"]
+    order = np.lexsort((t, f))
+    fs, ts = f[order], t[order]
+    starts = np.flatnonzero(np.concatenate(([True], (fs[1:] != fs[:-1]) | (ts[1:] != ts[:-1]))))
+    counts = np.diff(np.append(starts, len(fs)))
+    best = np.lexsort((ts[starts], fs[starts], -counts))[:top]
+    kinds = branches["kind"][order][starts]
+    return [Edge(int(fs[starts[i]]), int(ts[starts[i]]), BranchKind(int(kinds[i])), int(counts[i]))
+            for i in best.tolist()]
+
+
+def all_branches(arrays: list[np.ndarray]) -> np.ndarray:
+    """The branches of several threads as one array (for counts over the whole trace)."""
+    if not arrays:
+        return np.zeros(0, dtype=BRANCH_DTYPE)
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)

@@ -1,0 +1,86 @@
+"""Write the code coverage of a trace file: executed basic blocks and edges with hit counts.
+
+Formats:
+  drcov  DynamoRIO's drcov (binary; Lighthouse, bncov, Lightkeeper load it): the
+         executed blocks of every module, without counts
+  lcov   lcov tracefile (genhtml, coverage services): source lines with code and how
+         often they ran, from the DWARF line tables; source files not on disk are left
+         out unless --all-sources
+  json   blocks and taken edges with hit counts, per module:
+           {"format": "branchtrace-coverage", "version": 1,
+            "summary": {"branches", "blocks", "edges", "executed_bytes", "runs",
+                        "dropped_runs", "unmapped_blocks"},
+            "notes": [...],
+            "modules": [{"id", "path", "start", "end", "bias", "build_id",
+                         "blocks": [[offset, size, hits], ...],
+                         "edges": [[from_offset, to_module, to_offset, kind, hits], ...]}],
+            "unmapped": {"blocks": [...], "edges": [...]}}
+         offsets are from the module's start (lowest mapped address); to_module -1
+         means the target lies in no module and to_offset is its address
+
+A block ran when the trace shows control reaching it; code before a thread's first
+recorded branch is not seen (record with --start entry to see the whole program).
+Example: branchtrace coverage prog.btrace --format lcov -o prog.info && genhtml -o html prog.info
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+
+from ..analysis.coverage import compute
+from ..errors import UsageError
+from ..reporters import coverage_json, drcov, lcov
+from ..reporters.render import check_output, render, render_bytes
+from ..tracefile import open_trace
+from .history import warn
+
+NAME = "coverage"
+FORMATS = ("drcov", "lcov", "json")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", metavar="FILE", help="a trace file (branchtrace run -o FILE ...)")
+    p.add_argument("--format", required=True, choices=FORMATS, help="output format")
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="where to write ('-' for stdout)")
+    p.add_argument("--test-name", default="", metavar="NAME",
+                   help="lcov: the test name (TN:) of the record")
+    p.add_argument("--all-sources", action="store_true",
+                   help="lcov: keep source files that are not on disk")
+
+
+def main(args: argparse.Namespace) -> int:
+    if not re.fullmatch(r"\w*", args.test_name, re.ASCII):
+        raise UsageError(f"--test-name: letters, digits and '_' only, not {args.test_name!r}")
+    check_output(args.output)
+    trace = open_trace(args.file)
+    cov = compute(trace)
+    warnings = list(cov.notes)
+    lost = sum(g.count for g in trace.gaps)
+    if lost:
+        warnings.append(f"{lost} branch record(s) were lost while recording; "
+                        "the code around those gaps is not counted")
+    if args.format == "drcov":
+        left_out = cov.unmapped_blocks
+        render_bytes(args.output, lambda out: drcov.render(cov, out))
+        if left_out:
+            warnings.append(f"{left_out} executed block(s) lie in no module: left out of "
+                            "the drcov file")
+    elif args.format == "lcov":
+        lines = lcov.line_coverage(cov, all_sources=args.all_sources)
+        render(args.output,
+               lambda out: lcov.render(cov, out, test_name=args.test_name, lines=lines))
+        if lines.missing_sources:
+            warnings.append(f"{len(lines.missing_sources)} source file(s) not on disk left "
+                            f"out (e.g. {lines.missing_sources[0]}); --all-sources keeps them")
+        if not lines.files:
+            warnings.append("no source lines: the code that ran has no DWARF line "
+                            "information (build with -g)")
+    else:
+        render(args.output, lambda out: coverage_json.render(cov, out))
+    warn(trace)
+    for warning in warnings:
+        print(f"branchtrace: warning: {warning}", file=sys.stderr)
+    return 0

@@ -1,0 +1,83 @@
+"""Show what a recorded program did, as GDB's record history shows it.
+
+--calls (default): the function call history, GDB's `record function-call-history`:
+one numbered line per function segment (a stretch of execution in one function
+instance; a function that makes two calls shows as three segments), indented by call
+depth. GDB's modifiers are options:
+  --lines        /l  the source lines each segment ran:   at fib.c:5,6
+  --insn-ranges  /i  the instruction numbers it ran:       inst 12,25
+  --no-indent        no indentation by call depth (GDB indents only with /c;
+                     here indenting is the default)
+--insns: the instruction history, GDB's `record instruction-history`: every
+instruction run, numbered from 1, decoded (capstone) from the binaries on disk
+between one branch's target and the next branch's source.
+  --source       /s  interleave the source lines (from DWARF)
+
+Example: branchtrace history fib.btrace --calls --lines --insn-ranges --last 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import UsageError
+from ..reporters import history
+from ..reporters.render import check_output, pick_threads, render
+from ..trace import Trace
+from ..tracefile import open_trace
+from ._record import positive_int
+
+NAME = "history"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", metavar="FILE", help="a trace file (branchtrace run -o FILE ...)")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--calls", action="store_true",
+                      help="the function call history (the default)")
+    what.add_argument("--insns", action="store_true", help="the instruction history")
+    c = p.add_argument_group("call history (GDB's /l /i /c)")
+    c.add_argument("--lines", action="store_true",
+                   help="/l: the source lines of each segment (at FILE:FIRST,LAST)")
+    c.add_argument("--insn-ranges", action="store_true",
+                   help="/i: the instruction numbers of each segment (inst FIRST,LAST)")
+    c.add_argument("--no-indent", action="store_true",
+                   help="do not indent by call depth (GDB's output without /c)")
+    i = p.add_argument_group("instruction history (GDB's /s)")
+    i.add_argument("--source", action="store_true",
+                   help="/s: interleave source lines with the instructions")
+    p.add_argument("--last", type=positive_int, metavar="N",
+                   help="only the last N segments (--calls) or instructions (--insns)")
+    p.add_argument("--thread", type=positive_int, metavar="TID",
+                   help="only this thread (default: every thread, one after the other)")
+    p.add_argument("-o", "--output", default="-", metavar="OUT",
+                   help="where to write ('-', the default: stdout)")
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.insns and (args.lines or args.insn_ranges or args.no_indent):
+        raise UsageError("--lines, --insn-ranges and --no-indent go with --calls, not --insns")
+    if not args.insns and args.source:
+        raise UsageError("--source goes with --insns")
+    check_output(args.output)
+    trace = open_trace(args.file)
+    pick_threads(trace, args.thread)
+    if args.insns:
+        render(args.output, lambda out: history.render_insns(
+            trace, out, tid=args.thread, last=args.last, source=args.source))
+    else:
+        render(args.output, lambda out: history.render_calls(
+            trace, out, tid=args.thread, last=args.last, indent=not args.no_indent,
+            insn_ranges=args.insn_ranges, lines=args.lines))
+    warn(trace)
+    return 0
+
+
+def warn(trace: Trace) -> None:
+    """Say on stderr what makes a report incomplete: a cut-short file, missing binaries."""
+    if trace.truncated:
+        print("branchtrace: warning: the trace file was cut short; it is read up to its "
+              "last whole record", file=sys.stderr)
+    for warning in trace.symbolizer.warnings:
+        print(f"branchtrace: warning: {warning}", file=sys.stderr)

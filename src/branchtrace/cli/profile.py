@@ -1,0 +1,49 @@
+"""Write a profile of a trace file: call stacks rebuilt from its calls and returns.
+
+Formats:
+  perfetto    Chrome trace-event JSON with one complete event per call, a timeline per
+              thread: open it in https://ui.perfetto.dev (or chrome://tracing)
+  speedscope  speedscope's evented JSON: open it in https://www.speedscope.app
+  collapsed   "a;b;c WEIGHT" lines for flamegraph.pl, weighted by the branches taken
+              with that stack
+
+Branches carry no timestamps: times are spread evenly over the branches recorded
+between the trace's timestamps (per chunk in a trace file), so they are estimates.
+Example: branchtrace profile fib.btrace --format perfetto -o fib.json
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ..reporters import collapsed, perfetto, speedscope
+from ..reporters.render import check_output, pick_threads, render
+from ..tracefile import open_trace
+from ._record import positive_int
+from .history import warn
+
+NAME = "profile"
+FORMATS = ("perfetto", "speedscope", "collapsed")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", metavar="FILE", help="a trace file (branchtrace run -o FILE ...)")
+    p.add_argument("--format", required=True, choices=FORMATS, help="output format")
+    p.add_argument("-o", "--output", default="-", metavar="OUT",
+                   help="where to write ('-', the default: stdout)")
+    p.add_argument("--thread", type=positive_int, metavar="TID",
+                   help="only this thread (default: every thread)")
+
+
+def main(args: argparse.Namespace) -> int:
+    check_output(args.output)
+    trace = open_trace(args.file)
+    pick_threads(trace, args.thread)
+    if args.format == "perfetto":
+        render(args.output, lambda out: perfetto.render(trace, out, tid=args.thread))
+    elif args.format == "speedscope":
+        render(args.output, lambda out: speedscope.render(trace, out, tid=args.thread))
+    else:
+        render(args.output, lambda out: collapsed.render(trace, out, tid=args.thread))
+    warn(trace)
+    return 0

@@ -1,0 +1,81 @@
+"""Collapsed stacks for flamegraph.pl (and speedscope, inferno): ``a;b;c WEIGHT`` lines.
+
+Each line is a call stack of the rebuilt call stacks, outermost first, and the number
+of branches taken while it was the stack (a function's own branches, not its callees').
+With several threads, each stack starts with ``thread TID``. Lines are sorted by stack;
+``;`` inside a name becomes ``:``.
+"""
+
+from __future__ import annotations
+
+from typing import IO
+
+import numpy as np
+
+from ..analysis import CallTrace, CodeReader, FunctionIndex, call_trace
+from ..trace import Trace
+from .render import pick_threads
+
+
+def stack_tree(ct: CallTrace) -> tuple[list[int], list[int], list[int]]:
+    """The distinct call stacks as a tree: (parent node or -1, function key, branches
+    taken with exactly this stack) per node; a node comes after its parent."""
+    m = len(ct.frame_function)
+    real = ~ct.is_gap
+    per_frame = np.bincount(ct.seg_frame[real], weights=ct.seg_branches[real], minlength=m)
+    parent = ct.frame_parent.tolist()
+    func = ct.frame_function.tolist()
+    node_of: dict[int, int] = {}                     # frame -> node
+    nodes: dict[tuple[int, int], int] = {}           # (parent node, function) -> node
+    node_parent: list[int] = []
+    node_func: list[int] = []
+    weight: list[int] = []
+    for f in np.flatnonzero(per_frame > 0).tolist():
+        chain = []
+        g = f
+        while g >= 0 and g not in node_of:
+            chain.append(g)
+            g = parent[g]
+        node = node_of[g] if g >= 0 else -1
+        for h in reversed(chain):
+            up = node
+            node = nodes.setdefault((up, func[h]), len(node_parent))
+            if node == len(node_parent):
+                node_parent.append(up)
+                node_func.append(func[h])
+                weight.append(0)
+            node_of[h] = node
+        weight[node] += int(per_frame[f])
+    return node_parent, node_func, weight
+
+
+def stack_weights(ct: CallTrace) -> dict[tuple[int, ...], int]:
+    """Branches taken per call stack (a tuple of function keys, outermost first)."""
+    node_parent, node_func, weight = stack_tree(ct)
+    paths: list[tuple[int, ...]] = []
+    for up, key in zip(node_parent, node_func):
+        paths.append((paths[up] if up >= 0 else ()) + (key,))
+    return {paths[i]: w for i, w in enumerate(weight) if w}
+
+
+def render(trace: Trace, out: IO[str], *, tid: int | None = None) -> None:
+    """Write the collapsed stacks of each thread (or of ``tid``) to ``out``."""
+    tids = pick_threads(trace, tid)
+    functions = FunctionIndex(trace.symbolizer)
+    reader = CodeReader(trace.symbolizer)
+    lines: list[str] = []
+    names: dict[int, str] = {}
+    for t in tids:
+        node_parent, node_func, weight = stack_tree(
+            call_trace(trace, t, functions=functions, reader=reader))
+        prefix = f"thread {t};" if len(tids) > 1 else ""
+        text: list[str] = []                 # each node's stack, built from its parent's
+        for up, key, w in zip(node_parent, node_func, weight):
+            name = names.get(key)
+            if name is None:
+                name = names[key] = functions.name(key).replace(";", ":")
+            text.append(f"{text[up]};{name}" if up >= 0 else prefix + name)
+            if w:
+                lines.append(f"{text[-1]} {w}\n")
+    lines.sort()
+    out.write("".join(lines))
