@@ -62,7 +62,7 @@ def main() -> int:
             branchtrace.open(path).symbolizer.resolve(targets)
 
         t_sym = median_time(resolve)
-    print(f"| branches | file size | open + decode | branches/s | symbolize (cold caches) | addresses/s |")
+    print("| branches | file size | open + decode | branches/s | symbolize (cold caches) | addresses/s |")
     print("|---:|---:|---:|---:|---:|---:|")
     print(f"| {n:,} | {size / 2**20:.1f} MiB | {t_open:.2f} s | {n / t_open / 1e6:.1f}M "
           f"| {t_sym:.2f} s | {n / t_sym / 1e6:.1f}M |")
