@@ -36,6 +36,7 @@ class RecordConfig:
     memory_limit: str | None = None  # bytes, e.g. "1GiB"
     start: str | None = None
     duration: float | None = None
+    only: tuple[str, ...] = ()       # stalker: report only branches from or into these modules
 
 
 def parse_mode(mode: str) -> StoreMode:
@@ -154,7 +155,7 @@ def record(target: Target, config: RecordConfig = RecordConfig(),
                 consumer = StreamConsumer(store, sink.take)
                 consumer.start()
             try:
-                result = backend.record(target, store, RecordOptions(config.start, config.duration))
+                result = backend.record(target, store, RecordOptions(config.start, config.duration, config.only))
             finally:
                 if consumer is not None:
                     consumer.stop()

@@ -41,6 +41,7 @@ class Target:
 class RecordOptions:
     start: str | None = None      # symbol to start at; "entry"; None = backend default
     duration: float | None = None  # stop (detach) after this many seconds
+    only: tuple[str, ...] = ()     # stalker: report only branches from or into these modules
 
 
 @dataclass
@@ -89,6 +90,7 @@ class Backend(Protocol):
 
 # name -> "module:Class"; the order is the order of preference for "auto".
 _REGISTRY: dict[str, str] = {
+    "stalker": "branchtrace.backends.stalker:StalkerBackend",
     "ptrace": "branchtrace.backends.ptrace:PtraceBackend",
 }
 

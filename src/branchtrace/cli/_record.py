@@ -90,6 +90,9 @@ def add_record_arguments(p: argparse.ArgumentParser) -> None:
                    help="also write the trace to FILE (mode 0600; an existing file is "
                         "overwritten): in stream mode while the program runs, in ring mode at "
                         "the end; read it with branchtrace.open(FILE)")
+    g.add_argument("--only", metavar="MODULE[,MODULE...]", default="",
+                   help="stalker: report only branches from or into these modules "
+                        "(file names like myprog,libfoo.so; default: every module)")
     g.add_argument("--disable-randomization", action="store_true",
                    help="start the program with address-space randomization off (as GDB does), "
                         "so addresses repeat from run to run")
@@ -114,8 +117,10 @@ def _open_report(path: str | None) -> tuple[IO[str], bool]:
 
 def record_and_report(args: argparse.Namespace, target: Target, duration: float | None = None) -> int:
     """Record ``target`` with the options in ``args``, print the report, return the exit code."""
+    only = tuple(name for name in args.only.split(",") if name)
     config = RecordConfig(backend=args.backend, mode=args.mode, buffer=args.buffer,
-                          memory_limit=args.memory_limit, start=args.start, duration=duration)
+                          memory_limit=args.memory_limit, start=args.start, duration=duration,
+                          only=only)
     if args.report_to not in (None, "-"):
         parent = os.path.dirname(os.path.abspath(args.report_to))
         if not os.path.isdir(parent):

@@ -1,0 +1,159 @@
+"""The Stalker backend: Frida's Stalker with inline recording, ring or lossless stream.
+
+Every thread of the target runs under Stalker, which recompiles the program block by
+block; our transform (agent/recorder.c, a CModule) puts a few flag-free instructions
+at the start of every block that append the block's 32-bit id to the thread's buffer
+in the shared store. Each block is described once in the block table
+(:mod:`branchtrace.blocks`), and decode turns id sequences into branches. About 1-2 ns
+per block: a few times slower than the program, not a million. docs/stalker.md has
+the design.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from typing import TYPE_CHECKING
+
+from ...errors import UsageError
+from ...store import Encoding, StoreMode
+from .. import Probe, RecordOptions, RunResult, Target
+
+if TYPE_CHECKING:
+    from ...store import Store
+    from .host import Host
+
+#: The most records a thread's buffer may hold: the emitted code addresses it with
+#: 32-bit displacements.
+MAX_CAPACITY = 1 << 28
+
+
+class StalkerBackend:
+    name = "stalker"
+    description = "Frida Stalker with inline recording; every thread, a few times native speed"
+    encoding = Encoding.BLOCKID
+
+    def __init__(self, only: tuple[str, ...] = ()) -> None:
+        #: report only branches into or out of these modules (names or paths)
+        self.only = tuple(only)
+        self._host: Host | None = None
+        self._interrupted = False
+
+    def probe(self) -> Probe:
+        return _probe()
+
+    def store_capacity(self, requested: int, mode: StoreMode) -> int:
+        """Any capacity works (the ring wraps with jrcxz, the stream by whole chunks);
+        past :data:`MAX_CAPACITY` :meth:`record` refuses (the store's memory limit
+        usually refuses first)."""
+        return requested
+
+    def interrupt(self) -> None:
+        self._interrupted = True
+        host = self._host
+        if host is not None:
+            host.interrupt()
+
+    def record(self, target: Target, store: Store, options: RecordOptions) -> RunResult:
+        from ..ptrace import _find_program, _start_vaddr
+        from .host import Host
+        from .launch import Launcher
+
+        if store.capacity > MAX_CAPACITY:
+            raise UsageError(
+                f"the stalker backend takes at most {MAX_CAPACITY} records per thread, "
+                f"not {store.capacity}"
+            )
+        self._interrupted = False
+        notes: list[str] = []
+        start_vaddr: int | None = None
+        if target.pid is None:
+            path = _find_program(target.argv[0])
+            if options.start not in (None, "entry"):
+                start_vaddr, note = _start_vaddr(path, options.start)
+                notes.extend([note] if note else [])
+        elif options.start not in (None, "entry"):
+            notes.append("--start only applies to programs we start; attached from now on")
+        only = self.only or options.only  # the constructor's, else --only
+        host = Host(store, only)
+        self._host = host
+        if self._interrupted:
+            host.interrupt()
+        try:
+            if target.pid is not None:
+                host.start(target.pid)
+            else:
+                launcher = Launcher(target.argv, target.env, target.disable_aslr)
+                pid = launcher.start()
+                try:
+                    host.start(pid, launcher, start_vaddr)
+                except BaseException:
+                    launcher.abandon()  # the reaper kills it
+                    raise
+            ended = host.wait(options.duration)
+            if not ended:
+                host.stop()
+            result = host.finish(ended)
+        finally:
+            self._host = None
+            host.stop()
+            host.close()
+        return RunResult(result.exit, result.modules, result.threads, result.gaps,
+                         notes + result.notes, pid=host.pid, blocks=result.blocks)
+
+
+_probe_cache: Probe | None = None
+_probe_lock = threading.Lock()
+
+
+def _probe() -> Probe:
+    """frida importable, Linux x86-64, and attaching to a stopped test program works."""
+    global _probe_cache
+    with _probe_lock:
+        if _probe_cache is None:
+            _probe_cache = _probe_uncached()
+        return _probe_cache
+
+
+def _probe_uncached() -> Probe:
+    from .host import machine_ok
+
+    why = machine_ok()
+    if why:
+        return Probe(False, why)
+    try:
+        import frida
+    except ImportError:
+        return Probe(False, "the frida package is not installed (pip install frida)")
+    import shutil
+
+    true = shutil.which("true") or "/bin/true"
+    from .launch import Launcher
+
+    launcher = Launcher((true,))
+    try:
+        pid = launcher.start()
+    except Exception as err:  # noqa: BLE001 - any failure means "cannot run here"
+        return Probe(False, f"cannot start a test program under ptrace: {err}")
+    try:
+        device = frida.get_local_device()
+        session = device.attach(pid)
+        script = session.create_script("send(Process.arch)")
+        got: list[object] = []
+        script.on("message", lambda m, d: got.append(m.get("payload")))
+        script.load()
+        script.unload()
+        session.detach()
+        launcher.go()
+        device.resume(pid)
+        if got != ["x64"]:
+            return Probe(False, f"Frida attached but its agent did not answer ({got})")
+        return Probe(True, f"Frida {frida.__version__} attaches here (tested on a stopped "
+                           "program)")
+    except Exception as err:  # noqa: BLE001
+        return Probe(False, f"Frida cannot attach here: {err}")
+    finally:
+        launcher.abandon()
+        if not launcher.ended.wait(5):
+            os.kill(pid, signal.SIGKILL)

@@ -1,0 +1,510 @@
+/*
+ * branchtrace Stalker agent: follows every thread of the target with Stalker and a
+ * CModule transform (recorder.h, emit.c, signals.c, recorder.c) that makes each block
+ * append its id to the thread's region of the shared store. The host
+ * (backends/stalker/host.py) drives it through rpc.exports and answers its slot
+ * requests; bulk data never travels as messages.
+ *
+ * How threads get followed:
+ *   - the main thread of a program we started sits at its entry point; a one-shot
+ *     Interceptor hook there makes it follow itself as soon as it runs;
+ *   - threads that exist when we attach are followed from the agent's thread;
+ *   - new threads follow themselves from the thread observer's onAdded, which Frida
+ *     calls in the new thread before its start routine runs.
+ * Frida's own threads are never followed, and blocks of Frida's own code (the agent,
+ * interceptor trampolines) get no recording code (recorder.c, bt_is_tool).
+ */
+'use strict';
+
+const PROT_NONE = 0, PROT_RW = 3, PROT_RX = 5;
+const MAP_SHARED = 0x01, MAP_PRIVATE = 0x02, MAP_FIXED = 0x10, MAP_ANON = 0x20;
+const MAP_NORESERVE = 0x4000;
+const O_RDWR = 2, O_CLOEXEC = 0x80000;
+const PAGE = 4096;
+
+/* BtConfig field offsets (recorder.c) */
+const CFG = { table: 0, blocks: 8, capacity: 16, ranges: 24, nranges: 32, bmi2: 36,
+              abort: 40, hostPid: 44, modules: 48, isTool: 56, threads: 64,
+              signals: 72, size: 80 };
+const THREAD_SLOTS = 4096, NSIG = 65;
+/* signals Frida's exception handler owns: their handlers are left alone */
+const FRIDA_SIGNALS = new Set([4, 5, 6, 7, 8, 11, 31]);
+const SA_SIGINFO = 4;
+/* BtThread field offsets (recorder.c) */
+const TH = { cursor: 24, chunkEnd: 32, slow: 40, entry: 56, region: 64, capacity: 72,
+             chunk: 80, inSlow: 104, nopend: 112, flush: 120, sinkEnd: 128, npending: 136 };
+
+const libc = {};
+let params = null;
+let cm = null;
+let cfg = null;
+let tablePtr = null;
+let threadObserver = null;
+let moduleObserver = null;
+let entryHook = null;
+let stopping = false;
+const followed = new Map();     // tid -> { ctx: NativePointer, base, size }
+const refused = new Set();      // tids that got no slot
+const keep = [];                // objects the C side points to
+
+function fn(name, ret, args) {
+  return new NativeFunction(Module.getGlobalExportByName(name), ret, args);
+}
+
+function mmap(addr, size, prot, flags, fd, offset) {
+  const p = libc.mmap(addr, size, prot, flags, fd, offset);
+  if (p.equals(ptr(-1)))
+    throw new Error(`mmap of ${size} bytes failed`);
+  return p;
+}
+
+function openFile(path) {
+  const fd = libc.open(Memory.allocUtf8String(path), O_RDWR | O_CLOEXEC, 0);
+  if (fd < 0)
+    throw new Error(`cannot open ${path} in the target`);
+  return fd;
+}
+
+/* One reservation per thread: [region][entry page][private context page]. */
+function mapThread(tid, slot) {
+  const p = params;
+  const size = p.regionBytes + 2 * PAGE;
+  const base = mmap(NULL, size, PROT_NONE, MAP_PRIVATE | MAP_ANON | MAP_NORESERVE, -1, 0);
+  const fd = openFile(p.storePath);
+  try {
+    const entryOffset = p.tableOffset + p.entrySize * slot.index;
+    const entryPage = entryOffset - (entryOffset % PAGE);
+    mmap(base, p.regionBytes, PROT_RW, MAP_SHARED | MAP_FIXED, fd, slot.regionOffset);
+    mmap(base.add(p.regionBytes), PAGE, PROT_RW, MAP_SHARED | MAP_FIXED, fd, entryPage);
+    const ctx = mmap(base.add(p.regionBytes + PAGE), PAGE, PROT_RW,
+                     MAP_PRIVATE | MAP_ANON | MAP_FIXED, -1, 0);
+    const entry = base.add(p.regionBytes + (entryOffset - entryPage));
+    cm.threadInit(ctx, entry, base, uint64(p.capacity), uint64(p.chunk), p.mode, tid,
+                  uint64(p.regionBytes));
+    cm.registerThread(ctx);
+    return { ctx: ctx, base: base, size: size };
+  } finally {
+    libc.close(fd);
+  }
+}
+
+/* Ask the host for store slots (it owns the store); blocks until it answers. */
+function requestSlots(tids) {
+  const key = 'slots:' + tids.join(',');
+  let reply = null;
+  send({ type: 'slots', tids: tids, key: key });
+  recv(key, m => { reply = m; }).wait();
+  return reply.slots;   // [{tid, index, regionOffset} | {tid, error}]
+}
+
+function prepare(slot) {
+  if (slot.error !== undefined) {
+    refused.add(slot.tid);
+    return null;
+  }
+  const t = mapThread(slot.tid, slot);
+  followed.set(slot.tid, t);
+  return t;
+}
+
+function isOurs(tid) {
+  return Cloak.hasThread(tid);
+}
+
+/* In a forked child this agent is a copy with no tracer behind it: never ask, never wait. */
+function inChild() {
+  return libc.getpid() !== params.pid;
+}
+
+function followNew(tids) {
+  if (inChild())
+    return;
+  tids = tids.filter(tid => !followed.has(tid) && !refused.has(tid) && !isOurs(tid));
+  if (tids.length === 0 || stopping)
+    return;
+  for (const slot of requestSlots(tids)) {
+    const t = prepare(slot);
+    if (t !== null)
+      Stalker.follow(slot.tid, { transform: cm.transform, data: t.ctx });
+  }
+}
+
+/* The main thread of a program we started is stopped at its entry point: make it
+ * follow itself when it gets there. */
+function followAtEntry(entry, slot) {
+  const t = prepare(slot);
+  if (t === null)
+    return;
+  let done = false;
+  /* a probe (a function, not {onEnter}): Interceptor leaves the stack alone, and at the
+   * entry point the word at the stack pointer is argc, not a return address */
+  entryHook = Interceptor.attach(ptr(entry), function () {
+    if (done || Process.getCurrentThreadId() !== slot.tid)
+      return;
+    done = true;
+    Stalker.follow(slot.tid, { transform: cm.transform, data: t.ctx });
+    setTimeout(() => {
+      if (entryHook !== null) {
+        entryHook.detach();
+        entryHook = null;
+      }
+    }, 0);
+  });
+}
+
+/* --only: give the transform the address ranges of the named modules; it flags every
+ * other block FOREIGN, and decode reports only branches that leave from or land in a
+ * named module. The other modules still run under Stalker: excluding them
+ * (Stalker.exclude) would run them natively, but then nothing they call back is traced
+ * either, and main itself is called back from libc. */
+function restrictTo(only) {
+  const ranges = [];
+  const matched = new Set();
+  for (const m of Process.enumerateModules()) {
+    const name = only.find(n => m.name === n || m.path === n);
+    if (name !== undefined) {
+      matched.add(name);
+      ranges.push([m.base, m.base.add(m.size)]);
+    }
+  }
+  ranges.sort((a, b) => a[0].compare(b[0]));
+  const buf = Memory.alloc(Math.max(16, ranges.length * 16));
+  ranges.forEach(([lo, hi], i) => {
+    buf.add(16 * i).writePointer(lo);
+    buf.add(16 * i + 8).writePointer(hi);
+  });
+  keep.push(buf);
+  cfg.add(CFG.ranges).writePointer(buf);
+  cfg.add(CFG.nranges).writeU32(ranges.length);
+  return Array.from(matched);
+}
+
+/* Signal handlers run where the kernel sends them, outside Stalker's code: the program's
+ * handlers are installed wrapped in bt_signal_entry, which records the entry into the
+ * handler and the return from it (recorder.c). sigaction's own caller sees its handler. */
+const originalActions = new Map();   // signal -> the program's struct sigaction (a copy)
+
+function wrapSignalHandlers(table) {
+  const sigaction = Module.findGlobalExportByName('sigaction');
+  if (sigaction === null)
+    return;
+  libc.sigaction = new NativeFunction(sigaction, 'int', ['int', 'pointer', 'pointer']);
+  const wrapper = cm.bt_signal_entry;
+  Interceptor.attach(sigaction, {
+    onEnter(args) {
+      const sig = args[0].toInt32();
+      this.sig = -1;
+      if (sig <= 0 || sig >= NSIG || FRIDA_SIGNALS.has(sig) || stopping)
+        return;
+      this.sig = sig;
+      this.oldact = args[2];
+      const entry = table.add(16 * sig);
+      this.previous = { handler: entry.readPointer(), siginfo: entry.add(8).readU32() };
+      const act = args[1];
+      if (act.isNull())
+        return;
+      const handler = act.readPointer();
+      if (handler.compare(ptr(1)) <= 0 || handler.equals(wrapper)) {
+        entry.writePointer(NULL);      // SIG_DFL or SIG_IGN: nothing of ours
+        originalActions.delete(sig);
+        return;
+      }
+      originalActions.set(sig, Memory.dup(act, 152));
+      const flags = act.add(136).readS32();   // struct sigaction: handler, mask[128], flags
+      const copy = Memory.dup(act, 152);
+      this.copy = copy;
+      copy.writePointer(wrapper);
+      copy.add(136).writeS32(flags | SA_SIGINFO);
+      args[1] = copy;
+      entry.writePointer(handler);
+      entry.add(8).writeU32((flags & SA_SIGINFO) !== 0 ? 1 : 0);
+      entry.add(12).writeU32(cm.signalBlock(handler));
+    },
+    onLeave(retval) {
+      if (this.sig < 0 || this.oldact.isNull())
+        return;
+      if (this.oldact.readPointer().equals(wrapper) && !this.previous.handler.isNull()) {
+        this.oldact.writePointer(this.previous.handler);
+        if (!this.previous.siginfo) {
+          const flags = this.oldact.add(136).readS32();
+          this.oldact.add(136).writeS32(flags & ~SA_SIGINFO);
+        }
+      }
+    },
+  });
+}
+
+/* Detaching: the kernel must not call bt_signal_entry once the CModule is gone. */
+function restoreSignalHandlers() {
+  for (const [sig, act] of originalActions)
+    libc.sigaction(sig, act, NULL);
+  originalActions.clear();
+}
+
+/* Stalker stops following a thread when it calls glibc's __call_tls_dtors (its idea of
+ * "the thread is exiting"), but exit() calls it too, before the program's destructors
+ * and atexit handlers run. Follow the thread again when it returns from there. */
+function refollowAfterTlsDtors() {
+  const address = Module.findGlobalExportByName('__call_tls_dtors');
+  if (address === null)
+    return;
+  Interceptor.attach(address, {
+    onLeave() {
+      const tid = Process.getCurrentThreadId();
+      const t = followed.get(tid);
+      if (t !== undefined && !stopping)
+        Stalker.follow(tid, { transform: cm.transform, data: t.ctx });
+    },
+  });
+}
+
+/* A thread that forks while Stalker follows it leaves a child that crashes at once
+ * (Frida 17.26, reproduced with no transform at all). So the forking thread stops
+ * being followed around fork(); the parent follows itself again afterwards, the
+ * child (untraced anyway) runs natively. */
+function unfollowAroundFork() {
+  const address = Module.findGlobalExportByName('fork');
+  if (address === null)
+    return;
+  Interceptor.attach(address, {
+    onEnter() {
+      const tid = Process.getCurrentThreadId();
+      this.t = followed.get(tid);
+      if (this.t !== undefined && !stopping)
+        Stalker.unfollow(tid);
+    },
+    onLeave(retval) {
+      if (this.t === undefined || stopping || retval.toInt32() === 0)
+        return;
+      Stalker.follow(Process.getCurrentThreadId(), { transform: cm.transform, data: this.t.ctx });
+    },
+  });
+}
+
+/* Attached (not our child): the tracer cannot wait for the exit status, so the agent
+ * reports the code passed to _exit, synchronously, before the process is gone. */
+function hookExit() {
+  const address = Module.findGlobalExportByName('_exit');
+  if (address === null)
+    return;
+  Interceptor.attach(address, function (args) {   // a probe: the stack is left alone
+    if (inChild())
+      return;
+    send({ type: 'exit', code: args[0].toInt32() & 0xff });
+    recv('exit-ack', () => {}).wait();
+  });
+}
+
+/* Where a thread really was: the last block it recorded (under Stalker the pc of a
+ * fault is in Stalker's code slab, not in the program). */
+function lastBlockOf(tid) {
+  const t = followed.get(tid);
+  if (t === undefined)
+    return null;
+  const entry = t.ctx.add(TH.entry).readPointer();
+  const region = t.ctx.add(TH.region).readPointer();
+  const capacity = t.ctx.add(TH.capacity).readU64().toNumber();
+  const written = entry.add(16).readU64();
+  if (written.equals(0))
+    return null;
+  const slot = written.sub(1).toNumber() % capacity;
+  const id = region.add(4 * slot).readU32();
+  if (id >= params.tableCapacity)
+    return null;
+  const b = tablePtr.add(64 + 32 * id);
+  return { id: id, start: b.readU64().toString(), end: b.add(16).readU64().toString() };
+}
+
+/* The instruction of the block whose bytes the faulting slab instruction has: Stalker
+ * copies most instructions unchanged. null when none or several match. */
+function matchInstruction(block, pc) {
+  let at = ptr(block.start);
+  const end = ptr(block.end);
+  const hits = [];
+  try {
+    while (at.compare(end) < 0) {
+      const insn = Instruction.parse(at);
+      const bytes = new Uint8Array(at.readByteArray(insn.size));
+      const slab = new Uint8Array(pc.readByteArray(insn.size));
+      if (bytes.every((v, i) => v === slab[i]))
+        hits.push(at);
+      at = insn.next;
+    }
+  } catch (e) {
+    return null;
+  }
+  return hits.length === 1 ? hits[0] : null;
+}
+
+function onException(details) {
+  if (inChild())
+    return false;
+  const tid = Process.getCurrentThreadId();
+  const info = {
+    type: 'crash', tid: tid, kind: details.type, pc: details.address.toString(),
+    memory: details.memory ? details.memory.address.toString() : null,
+    block: null, realPc: null,
+  };
+  try {
+    if (followed.has(tid)) {
+      info.block = lastBlockOf(tid);
+      if (info.block !== null) {
+        const real = matchInstruction(info.block, details.address);
+        info.realPc = real !== null ? real.toString() : null;
+      }
+    } else {
+      info.realPc = info.pc;   // not under Stalker: the pc is the program's
+    }
+  } catch (e) {
+    info.error = String(e);
+  }
+  send(info);
+  recv('crash-ack', () => {}).wait();
+  return false;   // let the program die of its signal (or its own handler run)
+}
+
+rpc.exports = {
+  init(p) {
+    params = p;
+    libc.open = fn('open', 'int', ['pointer', 'int', 'int']);
+    libc.close = fn('close', 'int', ['int']);
+    libc.mmap = fn('mmap', 'pointer', ['pointer', 'size_t', 'int', 'int', 'int', 'int64']);
+    libc.mprotect = fn('mprotect', 'int', ['pointer', 'size_t', 'int']);
+    libc.getpid = fn('getpid', 'int', []);
+    params.pid = libc.getpid();
+
+    cfg = Memory.alloc(CFG.size);   // CModule data is read-only: the config lives here
+    cm = new CModule(p.source, {
+      bt_config: cfg,
+      kill: Module.getGlobalExportByName('kill'),
+      __errno_location: Module.getGlobalExportByName('__errno_location'),
+      syscall: Module.getGlobalExportByName('syscall'),
+    });
+    cm.threadInit = new NativeFunction(cm.bt_thread_init, 'void',
+        ['pointer', 'pointer', 'pointer', 'uint64', 'uint64', 'uint', 'uint', 'uint64']);
+    cm.updateModules = new NativeFunction(cm.bt_update_modules, 'void', []);
+    cm.registerThread = new NativeFunction(cm.bt_register_thread, 'void', ['pointer']);
+    cm.signalBlock = new NativeFunction(cm.bt_signal_block, 'uint', ['pointer']);
+
+    const fd = openFile(p.tablePath);
+    tablePtr = mmap(NULL, p.tableBytes, PROT_RW, MAP_SHARED, fd, 0);
+    libc.close(fd);
+    cfg.add(CFG.table).writePointer(tablePtr);
+    cfg.add(CFG.blocks).writePointer(tablePtr.add(64));
+    cfg.add(CFG.capacity).writeU64(uint64(p.tableCapacity));
+    cfg.add(CFG.bmi2).writeU32(p.bmi2 ? 1 : 0);
+    cfg.add(CFG.hostPid).writeU32(p.hostPid);
+    const isTool = new NativeCallback(address => Cloak.hasRangeContaining(address) ? 1 : 0,
+                                      'int', ['pointer']);
+    keep.push(isTool);
+    cfg.add(CFG.isTool).writePointer(isTool);
+    cm.updateModules();
+
+    const threads = Memory.alloc(8 * THREAD_SLOTS);
+    const signals = Memory.alloc(16 * NSIG);
+    keep.push(threads, signals);
+    cfg.add(CFG.threads).writePointer(threads);
+    cfg.add(CFG.signals).writePointer(signals);
+    const matched = p.only.length > 0 ? restrictTo(p.only) : [];
+    wrapSignalHandlers(signals);
+    refollowAfterTlsDtors();
+    unfollowAroundFork();
+
+    Process.setExceptionHandler(onException);
+    if (p.entry !== null) {
+      for (const slot of p.slots) {
+        if (slot.tid === Process.id)
+          followAtEntry(p.entry, slot);
+      }
+    }
+    threadObserver = Process.attachThreadObserver({
+      onAdded(thread) {
+        /* existing threads are reported from this thread, new ones from themselves */
+        const mine = thread.id === Process.getCurrentThreadId();
+        if (mine && Cloak.hasCurrentThread())
+          return;
+        if (mine || p.entry === null)
+          followNew([thread.id]);
+      },
+      onRemoved(thread) {
+        if (followed.has(thread.id) && !inChild())
+          send({ type: 'gone', tid: thread.id });
+      },
+    });
+    moduleObserver = Process.attachModuleObserver({
+      onAdded(module) {
+        cm.updateModules();
+        if (!inChild())
+          send({ type: 'modules' });
+      },
+    });
+    if (p.entry === null)
+      hookExit();
+    return {
+      followed: Array.from(followed.keys()),
+      onlyMatched: matched,
+      modules: Process.enumerateModules().map(m => m.name),
+    };
+  },
+
+  /* Stop recording; the program goes on. Stalker lets go of a thread only at its next
+   * block switch (and a thread may sit in a system call inside Stalker's code for a
+   * long time), so code of ours may still run after we leave: its memory stays valid,
+   * but private. */
+  stop() {
+    stopping = true;
+    for (const o of [threadObserver, moduleObserver, entryHook]) {
+      if (o !== null)
+        o.detach();
+    }
+    threadObserver = moduleObserver = entryHook = null;
+    for (const tid of followed.keys())
+      Stalker.unfollow(tid);
+    restoreSignalHandlers();
+    const stubs = leftoverStubs();
+    const anon = MAP_PRIVATE | MAP_ANON | MAP_FIXED | MAP_NORESERVE;
+    for (const t of followed.values()) {
+      t.ctx.add(TH.flush).writePointer(stubs.clear);
+      if (params.mode === 2) {
+        const bytes = 4 * params.chunk;
+        const sink = mmap(NULL, bytes, PROT_RW, MAP_PRIVATE | MAP_ANON | MAP_NORESERVE, -1, 0);
+        t.ctx.add(TH.sinkEnd).writePointer(sink.add(bytes));
+        t.ctx.add(TH.slow).writePointer(stubs.discard);
+      }
+      /* the store's pages go back to the tracer; late writes land in private memory */
+      mmap(t.base, params.regionBytes + PAGE, PROT_RW, anon, -1, 0);
+    }
+    mmap(tablePtr, params.tableBytes, PROT_RW, anon, -1, 0);
+    /* only now (their writes go to private memory): producers waiting for the consumer
+     * stop waiting */
+    cfg.add(CFG.abort).writeU32(1);
+    let busy = true;   // no thread may be inside bt_stream_slow when the CModule goes
+    for (let i = 0; i < 500 && busy; i++) {
+      Thread.sleep(0.002);
+      busy = Array.from(followed.values()).some(t => t.ctx.add(TH.inSlow).readS32() !== 0);
+    }
+    Stalker.garbageCollect();
+    return { busy: busy };
+  },
+
+};
+
+/* After stop, in memory of our own that outlives the CModule (rdi = the context):
+ *   +0  what a full chunk calls instead of bt_stream_slow: start over in a private sink
+ *       mov rax, [rdi+chunk]; neg rax; mov [rdi+cursor], rax
+ *       mov rax, [rdi+sink_end]; mov [rdi+chunk_end], rax; ret
+ *   +32 what pending signal records call instead of bt_flush_pending: forget them
+ *       mov qword [rdi+nopend], 1; mov dword [rdi+npending], 0; ret */
+function leftoverStubs() {
+  const page = mmap(NULL, PAGE, PROT_RW, MAP_PRIVATE | MAP_ANON, -1, 0);
+  page.writeByteArray([
+    0x48, 0x8b, 0x47, TH.chunk, 0x48, 0xf7, 0xd8, 0x48, 0x89, 0x47, TH.cursor,
+    0x48, 0x8b, 0x87, TH.sinkEnd, 0, 0, 0, 0x48, 0x89, 0x47, TH.chunkEnd, 0xc3,
+  ]);
+  page.add(32).writeByteArray([
+    0x48, 0xc7, 0x47, TH.nopend, 1, 0, 0, 0,
+    0xc7, 0x87, TH.npending, 0, 0, 0, 0, 0, 0, 0, 0xc3,
+  ]);
+  libc.mprotect(page, PAGE, PROT_RX);
+  return { discard: page, clear: page.add(32) };
+}

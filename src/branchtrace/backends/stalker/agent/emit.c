@@ -1,0 +1,348 @@
+/*
+ * branchtrace Stalker recorder, part 2 of 4: the machine code each block starts with
+ * (docs/stalker.md, "The emitted code"), the stream mode's slow path, and the set-up
+ * of a thread's context.
+ */
+
+/* ------------------------------------------------------------------------------------ */
+/* A tiny byte emitter: the sequences are short and fixed, raw bytes keep them exact.    */
+
+typedef struct { guint8 b[320]; guint n; gboolean bad; } BtCode;
+
+static void e1 (BtCode * c, guint8 v) { c->b[c->n++] = v; }
+static void e4 (BtCode * c, guint32 v)
+{
+  e1 (c, v & 0xff); e1 (c, (v >> 8) & 0xff); e1 (c, (v >> 16) & 0xff); e1 (c, v >> 24);
+}
+static void e8 (BtCode * c, guint64 v) { e4 (c, (guint32) v); e4 (c, (guint32) (v >> 32)); }
+static void en (BtCode * c, const guint8 * bytes, guint n)
+{
+  guint i;
+  for (i = 0; i != n; i++)
+    e1 (c, bytes[i]);
+}
+
+/* registers in ModRM encoding */
+#define RAX 0
+#define RCX 1
+#define RDX 2
+
+#define OFF_SAVE_RAX 0
+#define OFF_SAVE_RCX 8
+#define OFF_SAVE_RDX 16
+#define OFF_CURSOR 24
+#define OFF_CHUNK_END 32
+#define OFF_SLOW 40
+#define OFF_NOPEND 112
+#define OFF_FLUSH 120
+
+/* mov [T], rax (moffs64: needs no register); mov rax, T; save rcx (and rdx); then
+ * `mov rcx, [rax+nopend]; jrcxz pend`: records a signal handler left are appended
+ * first. Returns where the jrcxz displacement goes (patched by emit_pend). */
+static guint
+emit_enter (BtCode * c, guint64 T, gboolean save_rdx, guint * back)
+{
+  guint pos;
+
+  e1 (c, 0x48); e1 (c, 0xa3); e8 (c, T);
+  e1 (c, 0x48); e1 (c, 0xb8); e8 (c, T);
+  en (c, (const guint8 []) { 0x48, 0x89, 0x48, OFF_SAVE_RCX }, 4);
+  if (save_rdx)
+    en (c, (const guint8 []) { 0x48, 0x89, 0x50, OFF_SAVE_RDX }, 4);
+  en (c, (const guint8 []) { 0x48, 0x8b, 0x48, OFF_NOPEND }, 4);   /* mov rcx, [rax+nopend] */
+  e1 (c, 0xe3); pos = c->n; e1 (c, 0);                             /* jrcxz pend */
+  *back = c->n;
+  return pos;
+}
+
+/* jmp back to `target` (already emitted) */
+static void
+emit_jmp_back (BtCode * c, guint target)
+{
+  gint32 rel = (gint32) target - (gint32) (c->n + 2);
+  if (rel >= -128)
+  {
+    e1 (c, 0xeb); e1 (c, (guint8) (gint8) rel);
+  }
+  else
+  {
+    e1 (c, 0xe9); e4 (c, (guint32) ((gint32) target - (gint32) (c->n + 4)));
+  }
+}
+
+/* patch a forward rel8 at `pos` to land here */
+static void
+patch_here (BtCode * c, guint pos)
+{
+  guint rel = c->n - (pos + 1);
+  if (rel >= 128)
+    c->bad = TRUE;                      /* never with these sequences; refuse, not misjump */
+  c->b[pos] = (guint8) rel;
+}
+
+/* patch a forward rel32 at `pos` to land here */
+static void
+patch_here32 (BtCode * c, guint pos)
+{
+  guint32 rel = c->n - (pos + 4);
+  c->b[pos] = rel & 0xff;
+  c->b[pos + 1] = (rel >> 8) & 0xff;
+  c->b[pos + 2] = (rel >> 16) & 0xff;
+  c->b[pos + 3] = rel >> 24;
+}
+
+/* A call into C on the thread's stack, below the red zone, with every register the
+ * emitted code did not save pushed, rdi = T; `fn` is the offset of the pointer in T. */
+static void
+emit_call_out (BtCode * c, guint64 T, guint8 fn)
+{
+  en (c, (const guint8 []) { 0x48, 0x8d, 0x64, 0x24, 0x80 }, 5);     /* lea rsp, [rsp-128] */
+  e1 (c, 0x9c);                                                       /* pushfq */
+  en (c, (const guint8 []) { 0x52, 0x56, 0x57, 0x41, 0x50, 0x41, 0x51, 0x41, 0x52, 0x41,
+      0x53, 0x53 }, 12);                            /* push rdx rsi rdi r8 r9 r10 r11 rbx */
+  en (c, (const guint8 []) { 0x48, 0x89, 0xc7 }, 3);                 /* mov rdi, rax */
+  en (c, (const guint8 []) { 0x48, 0x89, 0xe3 }, 3);                 /* mov rbx, rsp */
+  en (c, (const guint8 []) { 0x48, 0x83, 0xe4, 0xf0 }, 4);           /* and rsp, -16 */
+  en (c, (const guint8 []) { 0xff, 0x50, fn }, 3);                   /* call [rax+fn] */
+  en (c, (const guint8 []) { 0x48, 0x89, 0xdc }, 3);                 /* mov rsp, rbx */
+  en (c, (const guint8 []) { 0x5b, 0x41, 0x5b, 0x41, 0x5a, 0x41, 0x59, 0x41, 0x58, 0x5f,
+      0x5e, 0x5a }, 12);                            /* pop rbx r11 r10 r9 r8 rdi rsi rdx */
+  e1 (c, 0x9d);                                                       /* popfq */
+  en (c, (const guint8 []) { 0x48, 0x8d, 0xa4, 0x24, 0x80, 0, 0, 0 }, 8); /* lea rsp,[rsp+128] */
+  e1 (c, 0x48); e1 (c, 0xb8); e8 (c, T);                            /* mov rax, T */
+}
+
+/* pend: flush what a signal handler left, then go on where the check was */
+static void
+emit_pend (BtCode * c, guint64 T, guint pos, guint back)
+{
+  patch_here (c, pos);
+  emit_call_out (c, T, OFF_FLUSH);
+  emit_jmp_back (c, back);
+}
+
+/* written += 1 through `reg`: mov reg, [rax+W]; lea reg, [reg+1]; mov [rax+W], reg */
+static void
+emit_publish (BtCode * c, gint32 w, guint reg)
+{
+  guint8 modrm_mem = 0x80 | (reg << 3);          /* [rax+disp32] */
+  guint8 modrm_lea = 0x40 | (reg << 3) | reg;    /* [reg+disp8] */
+  e1 (c, 0x48); e1 (c, 0x8b); e1 (c, modrm_mem); e4 (c, (guint32) w);
+  e1 (c, 0x48); e1 (c, 0x8d); e1 (c, modrm_lea); e1 (c, 1);
+  e1 (c, 0x48); e1 (c, 0x89); e1 (c, modrm_mem); e4 (c, (guint32) w);
+}
+
+/* restore rdx (optional) and rcx, then rax last: mov rax, [rax] */
+static void
+emit_leave (BtCode * c, gboolean restore_rdx)
+{
+  if (restore_rdx)
+    en (c, (const guint8 []) { 0x48, 0x8b, 0x50, OFF_SAVE_RDX }, 4);
+  en (c, (const guint8 []) { 0x48, 0x8b, 0x48, OFF_SAVE_RCX }, 4);
+  en (c, (const guint8 []) { 0x48, 0x8b, 0x00 }, 3);
+}
+
+/* mov dword [rax + rcx*4 + disp32], id */
+static void
+emit_store_id (BtCode * c, gint32 disp, guint32 id)
+{
+  e1 (c, 0xc7); e1 (c, 0x84); e1 (c, 0x88); e4 (c, (guint32) disp); e4 (c, id);
+}
+
+static gboolean build_record (BtCode * out, BtThread * t, guint32 id);
+
+static gboolean
+emit_record (GumX86Writer * cw, BtThread * t, guint32 id)
+{
+  BtCode c;
+
+  if (!build_record (&c, t, id))
+    return FALSE;
+  gum_x86_writer_put_bytes (cw, c.b, c.n);
+  return TRUE;
+}
+
+/* The code for block `id` of thread `t`, into `out` (320 bytes); its length, 0 if none.
+ * For the tests: they disassemble it. */
+guint
+bt_build_code (BtThread * t, guint32 id, guint8 * out)
+{
+  BtCode c;
+  guint i;
+
+  if (!build_record (&c, t, id))
+    return 0;
+  for (i = 0; i != c.n; i++)
+    out[i] = c.b[i];
+  return c.n;
+}
+
+static gboolean
+build_record (BtCode * out, BtThread * t, guint32 id)
+{
+  BtCode c;
+  guint64 T = GPOINTER_TO_SIZE (t);
+  gint64 region = (gint64) GPOINTER_TO_SIZE (t->region) - (gint64) T;
+  gint32 w = (gint32) ((gint64) GPOINTER_TO_SIZE (t->entry) + 16 - (gint64) T);
+  guint jpos, bpos, spos, ppos, pback;
+
+  c.n = 0;
+  c.bad = FALSE;
+
+  if (t->mode == 1 && t->ring_pow2 == 16)
+  {
+    /* ring of 2^16 records: movzx ecx, word [rax+W] is written % 65536 */
+    ppos = emit_enter (&c, T, FALSE, &pback);
+    e1 (&c, 0x0f); e1 (&c, 0xb7); e1 (&c, 0x88); e4 (&c, (guint32) w);
+    emit_store_id (&c, (gint32) region, id);
+    emit_publish (&c, w, RCX);
+    emit_leave (&c, FALSE);
+    e1 (&c, 0xe9); spos = c.n; e4 (&c, 0);                              /* jmp body */
+    emit_pend (&c, T, ppos, pback);
+    patch_here32 (&c, spos);
+  }
+  else if (t->mode == 1 && t->ring_pow2 != 0 && bt_config.use_bmi2)
+  {
+    /* ring of 2^k records with BMI2: rcx = (written << (64-k)) >> (64-k) */
+    ppos = emit_enter (&c, T, TRUE, &pback);
+    e1 (&c, 0xba); e4 (&c, 64 - t->ring_pow2);                       /* mov edx, 64-k */
+    en (&c, (const guint8 []) { 0xc4, 0xe2, 0xe9, 0xf7, 0x88 }, 5);  /* shlx rcx, [rax+W], rdx */
+    e4 (&c, (guint32) w);
+    en (&c, (const guint8 []) { 0xc4, 0xe2, 0xeb, 0xf7, 0xc9 }, 5);  /* shrx rcx, rcx, rdx */
+    emit_store_id (&c, (gint32) region, id);
+    emit_publish (&c, w, RCX);
+    emit_leave (&c, TRUE);
+    e1 (&c, 0xe9); spos = c.n; e4 (&c, 0);                              /* jmp body */
+    emit_pend (&c, T, ppos, pback);
+    patch_here32 (&c, spos);
+  }
+  else if (t->mode == 1)
+  {
+    /* any capacity: cursor = slot - capacity counts up to 0, where jrcxz wraps it */
+    ppos = emit_enter (&c, T, FALSE, &pback);
+    en (&c, (const guint8 []) { 0x48, 0x8b, 0x48, OFF_CURSOR }, 4);  /* mov rcx, [rax+cursor] */
+    emit_store_id (&c, (gint32) (region + (gint64) t->capacity * 4), id);
+    en (&c, (const guint8 []) { 0x48, 0x8d, 0x49, 0x01 }, 4);        /* lea rcx, [rcx+1] */
+    e1 (&c, 0xe3); jpos = c.n; e1 (&c, 0);                            /* jrcxz wrap */
+    bpos = c.n;
+    en (&c, (const guint8 []) { 0x48, 0x89, 0x48, OFF_CURSOR }, 4);  /* mov [rax+cursor], rcx */
+    emit_publish (&c, w, RCX);
+    emit_leave (&c, FALSE);
+    e1 (&c, 0xe9); spos = c.n; e4 (&c, 0);                              /* jmp body */
+    patch_here (&c, jpos);
+    e1 (&c, 0x48); e1 (&c, 0xc7); e1 (&c, 0xc1);                      /* wrap: mov rcx, -cap */
+    e4 (&c, (guint32) (-(gint64) t->capacity));
+    emit_jmp_back (&c, bpos);
+    emit_pend (&c, T, ppos, pback);
+    patch_here32 (&c, spos);
+  }
+  else
+  {
+    /* stream: cursor = written - reserved_end counts up to 0; jrcxz takes the slow path */
+    ppos = emit_enter (&c, T, TRUE, &pback);
+    en (&c, (const guint8 []) { 0x48, 0x8b, 0x48, OFF_CURSOR }, 4);     /* mov rcx, [rax+cursor] */
+    en (&c, (const guint8 []) { 0x48, 0x8b, 0x50, OFF_CHUNK_END }, 4);  /* mov rdx, [rax+chunk_end] */
+    e1 (&c, 0xc7); e1 (&c, 0x04); e1 (&c, 0x8a); e4 (&c, id);           /* mov dword [rdx+rcx*4], id */
+    en (&c, (const guint8 []) { 0x48, 0x8d, 0x49, 0x01 }, 4);           /* lea rcx, [rcx+1] */
+    en (&c, (const guint8 []) { 0x48, 0x89, 0x48, OFF_CURSOR }, 4);     /* mov [rax+cursor], rcx */
+    emit_publish (&c, w, RDX);
+    e1 (&c, 0xe3); jpos = c.n; e1 (&c, 0);                               /* jrcxz slow */
+    bpos = c.n;
+    emit_leave (&c, TRUE);
+    e1 (&c, 0xe9); spos = c.n; e4 (&c, 0);                                 /* jmp body */
+    emit_pend (&c, T, ppos, pback);
+    patch_here (&c, jpos);
+    emit_call_out (&c, T, OFF_SLOW);                                     /* slow: reserve */
+    emit_jmp_back (&c, bpos);
+    patch_here32 (&c, spos);
+  }
+
+  *out = c;
+  return !c.bad;
+}
+
+void bt_flush_pending (BtThread * t);
+
+/* Stream mode: the reserved chunk is full (written == reserved_end, published). Reserve
+ * the next one, waiting while the consumer has not freed it. Runs on the thread's
+ * stack with every register the emitted code did not save pushed. */
+void
+bt_stream_slow (BtThread * t)
+{
+  volatile guint64 * e = t->entry;
+  guint64 end = t->reserved_end + t->chunk;
+  guint64 slot;
+  gulong delay = 50;
+  guint spins = 0;
+
+  g_atomic_int_add (&t->in_slow, 1);
+  /* the chunk [end - chunk, end) is free once consumed >= end - capacity */
+  if (end > t->capacity && e[3] < end - t->capacity && !bt_config.abort)
+  {
+    e[5] = e[5] + 1;                  /* producer_waits: one per wait episode */
+    while (e[3] < end - t->capacity && !bt_config.abort)
+    {
+      g_usleep (delay);               /* 50 us doubling up to 2 ms, like the Python producer */
+      delay = MIN (delay * 2, 2000);
+      if (++spins % 256 == 0 && bt_config.host_pid != 0 &&
+          kill ((int) bt_config.host_pid, 0) != 0 && *__errno_location () == 3)
+        bt_config.abort = 1;          /* ESRCH: the tracer is gone, nobody will drain */
+    }
+  }
+  t->reserved_end = end;
+  e[7] = end;                         /* the reserved_end scratch word, for readers */
+  slot = end % t->capacity;
+  if (slot == 0)
+    slot = t->capacity;
+  t->chunk_end = GPOINTER_TO_SIZE (t->region) + slot * 4;
+  t->cursor = -(gint64) t->chunk;
+  g_atomic_int_add (&t->in_slow, -1);
+}
+
+/* Set up a thread context once the agent has mapped its memory. */
+void
+bt_thread_init (BtThread * t, volatile guint64 * entry, guint32 * region, guint64 capacity,
+                guint64 chunk, guint32 mode, guint32 tid, guint64 region_bytes)
+{
+  guint64 w = entry[2];
+  guint32 k;
+
+  t->entry = entry;
+  t->region = region;
+  t->capacity = capacity;
+  t->chunk = chunk;
+  t->mode = mode;
+  t->tid = tid;
+  t->region_bytes = region_bytes;
+  t->slow = bt_stream_slow;
+  t->flush = bt_flush_pending;
+  t->nopend = 1;
+  t->npending = 0;
+  t->in_slow = 0;
+  t->ring_pow2 = 0;
+  for (k = 1; k < 63; k++)
+    if (((guint64) 1 << k) == capacity)
+      t->ring_pow2 = k;
+  if (mode == 1)
+  {
+    t->cursor = (gint64) (w % capacity) - (gint64) capacity;
+    entry[6] = w % capacity;          /* the slot_cursor scratch word */
+  }
+  else
+  {
+    /* a chunk another producer began was reserved by it (docs/store-format.md) */
+    guint64 end = (w + chunk - 1) / chunk * chunk;
+    t->reserved_end = end;
+    t->cursor = (gint64) w - (gint64) end;
+    if (end == w)
+    {
+      bt_stream_slow (t);             /* at a chunk boundary: reserve the next chunk */
+    }
+    else
+    {
+      guint64 slot = end % capacity;
+      entry[7] = end;
+      t->chunk_end = GPOINTER_TO_SIZE (region) + (slot == 0 ? capacity : slot) * 4;
+    }
+  }
+}

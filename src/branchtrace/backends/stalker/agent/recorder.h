@@ -1,0 +1,111 @@
+/*
+ * branchtrace Stalker recorder, part 1 of 4: the types shared by the C code compiled in
+ * the target (the agent concatenates recorder.h, emit.c, signals.c and recorder.c into
+ * one CModule: TinyCC compiles a single translation unit).
+ */
+
+#include <gum/gumstalker.h>
+#include <gum/gummodulemap.h>
+
+typedef struct _BtThread BtThread;
+typedef struct _BtConfig BtConfig;
+typedef struct _BtBlock BtBlock;
+typedef struct _BtTableHeader BtTableHeader;
+typedef struct _BtSignal BtSignal;
+
+/* A handler the program installed, which the kernel now reaches through ours. */
+struct _BtSignal
+{
+  gpointer handler;          /* the program's */
+  guint32 siginfo;           /* it was installed with SA_SIGINFO */
+  guint32 block;             /* the id of its synthetic block (0: none) */
+};
+
+#define BT_THREAD_SLOTS 4096
+#define BT_NSIG 65
+#define BT_NO_ID 0xffffffffU
+
+/* The per-thread context. The emitted code uses the first fields, at fixed offsets
+ * (agent.js has the same offsets). */
+struct _BtThread
+{
+  guint64 save_rax;          /*   0 */
+  guint64 save_rcx;          /*   8 */
+  guint64 save_rdx;          /*  16 */
+  gint64 cursor;             /*  24 ring: slot - capacity; stream: written - reserved_end */
+  guint64 chunk_end;         /*  32 stream: address just past the reserved chunk */
+  gpointer slow;             /*  40 stream: called when the chunk is full (rdi = T) */
+  guint64 reserved_end;      /*  48 stream: position where the reserved chunk ends */
+  volatile guint64 * entry;  /*  56 the thread entry (8 words) in the shared table page */
+  guint32 * region;          /*  64 */
+  guint64 capacity;          /*  72 records per region */
+  guint64 chunk;             /*  80 stream: records per chunk */
+  guint32 mode;              /*  88 1 = ring, 2 = stream */
+  guint32 tid;               /*  92 */
+  guint64 region_bytes;      /*  96 */
+  volatile gint in_slow;     /* 104 threads inside bt_stream_slow (0 or 1) */
+  guint32 ring_pow2;         /* 108 ring: log2(capacity) when a power of two, else 0 */
+  volatile guint64 nopend;   /* 112 1; 0 while signal records wait in `pending` */
+  gpointer flush;            /* 120 called when nopend is 0 (rdi = T) */
+  guint64 sink_end;          /* 128 after detaching: end of a private chunk-sized sink */
+  volatile gint npending;    /* 136 */
+  guint32 reserved;          /* 140 */
+  guint32 pending[32];       /* 144 ids a signal handler left for the next block to append */
+};
+
+/* The block table entry: 32 bytes, little-endian (branchtrace/blocks.py BLOCK_DTYPE). */
+struct _BtBlock
+{
+  guint64 start;             /* address of the first instruction */
+  guint64 last;              /* address of the last instruction */
+  guint64 end;               /* address after the last instruction (fall-through) */
+  guint8 kind;               /* BranchKind of the last instruction */
+  guint8 flags;              /* BT_FLAG_* */
+  guint16 ninsn;             /* instructions in the block (saturating) */
+  guint32 reserved;
+};
+
+struct _BtTableHeader
+{
+  gchar magic[8];            /* "BTBLOCKS" */
+  guint32 version;
+  guint32 entry_size;
+  guint64 capacity;          /* entries the file holds */
+  volatile gint count;       /* ids handed out so far (may pass capacity: overflow) */
+};
+
+#define BT_FLAG_VALID 1
+#define BT_FLAG_FOREIGN 2
+#define BT_FLAG_UNRECORDED 4
+#define BT_FLAG_TOOL 8
+#define BT_FLAG_HOOKED 16
+#define BT_FLAG_ASYNC 32
+
+/* BranchKind values (branchtrace/model.py). */
+enum
+{
+  BT_OTHER = 0, BT_CALL = 1, BT_RETURN = 2, BT_JUMP = 3, BT_COND = 4,
+  BT_INDIRECT_JUMP = 5, BT_INDIRECT_CALL = 6, BT_SYSCALL = 7,
+};
+
+struct _BtConfig
+{
+  BtTableHeader * table;     /*  0 */
+  BtBlock * blocks;          /*  8 */
+  guint64 table_capacity;    /* 16 */
+  guint64 * ranges;          /* 24 sorted [start, end) pairs of the --only modules */
+  guint32 nranges;           /* 32 */
+  guint32 use_bmi2;          /* 36 */
+  volatile gint abort;       /* 40 stop waiting for the consumer */
+  guint32 host_pid;          /* 44 */
+  GumModuleMap * modules;    /* 48 the program's modules (Frida's own are not in it) */
+  gint (* is_tool) (guint64 address);  /* 56 the agent: is this Frida's own code? */
+  BtThread ** threads;       /* 64 BT_THREAD_SLOTS contexts, open addressing by tid */
+  BtSignal * signals;        /* 72 BT_NSIG handlers the program installed, wrapped */
+};
+
+/* Provided by the agent: CModule data is read-only, writable memory comes from outside. */
+extern BtConfig bt_config;
+extern int kill (int pid, int sig);
+extern long syscall (long number, ...);
+extern int * __errno_location (void);

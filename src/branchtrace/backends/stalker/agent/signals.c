@@ -1,0 +1,157 @@
+/*
+ * branchtrace Stalker recorder, part 3 of 4: signal handlers (docs/stalker.md,
+ * "Signal handlers").
+ */
+
+/* Signal handlers run outside Stalker's code (the kernel enters them directly), so their
+ * inside is not recorded; their entry and return are. Each wrapped handler has a
+ * synthetic block (start = the handler, kind RETURN, flag ASYNC): decode makes the
+ * transition into it an INTERRUPT and the one out of it a RETURN. After the handler,
+ * the interrupted block's id is appended again: the thread goes on inside it. */
+
+void
+bt_register_thread (BtThread * t)
+{
+  guint32 i = t->tid % BT_THREAD_SLOTS, n;
+
+  for (n = 0; n != BT_THREAD_SLOTS; n++, i = (i + 1) % BT_THREAD_SLOTS)
+  {
+    if (bt_config.threads[i] == NULL || bt_config.threads[i]->tid == t->tid)
+    {
+      bt_config.threads[i] = t;
+      return;
+    }
+  }
+}
+
+static BtThread *
+bt_current_thread (void)
+{
+  guint32 tid = (guint32) syscall (186);   /* gettid */
+  guint32 i = tid % BT_THREAD_SLOTS, n;
+
+  for (n = 0; n != BT_THREAD_SLOTS; n++, i = (i + 1) % BT_THREAD_SLOTS)
+  {
+    BtThread * t = bt_config.threads[i];
+    if (t == NULL)
+      return NULL;
+    if (t->tid == tid)
+      return t;
+  }
+  return NULL;
+}
+
+/* What the emitted code does, in C (the thread is not running it: it is in a handler). */
+static void
+bt_append (BtThread * t, guint32 id)
+{
+  volatile guint64 * e = t->entry;
+  guint64 w = e[2];
+
+  if (t->mode == 1)
+  {
+    guint64 slot;
+    if (t->ring_pow2 == 16 || (t->ring_pow2 != 0 && bt_config.use_bmi2))
+    {
+      slot = w & (t->capacity - 1);
+    }
+    else
+    {
+      slot = (guint64) (t->cursor + (gint64) t->capacity);
+      t->cursor = (slot + 1 == t->capacity) ? -(gint64) t->capacity : t->cursor + 1;
+    }
+    t->region[slot] = id;
+    e[2] = w + 1;
+    return;
+  }
+  if (t->cursor == 0)
+    ((void (*) (BtThread *)) t->slow) (t);
+  ((guint32 *) GSIZE_TO_POINTER (t->chunk_end))[t->cursor] = id;
+  t->cursor++;
+  e[2] = w + 1;
+  if (t->cursor == 0)
+    ((void (*) (BtThread *)) t->slow) (t);
+}
+
+static guint32
+bt_last_id (BtThread * t)
+{
+  guint64 w = t->entry[2];
+
+  return (w == 0) ? BT_NO_ID : t->region[(w - 1) % t->capacity];
+}
+
+/* Leave `id` for the thread's next block to append (a handler must not touch the
+ * buffer: the thread may be in the middle of the emitted code). */
+static void
+bt_leave_pending (BtThread * t, guint32 id)
+{
+  gint n = t->npending;
+  if (n < 32)
+  {
+    t->pending[n] = id;
+    t->npending = n + 1;
+  }
+  t->nopend = 0;
+}
+
+/* Called from a block's first instructions when nopend is 0: append what handlers left,
+ * with signals blocked meanwhile. */
+void
+bt_flush_pending (BtThread * t)
+{
+  guint64 all = ~(guint64) 0, old = 0;
+  gint i;
+
+  syscall (14, 0, &all, &old, 8);       /* rt_sigprocmask (SIG_BLOCK) */
+  for (i = 0; i < t->npending; i++)
+    bt_append (t, t->pending[i]);
+  t->npending = 0;
+  t->nopend = 1;
+  syscall (14, 2, &old, NULL, 8);       /* rt_sigprocmask (SIG_SETMASK) */
+}
+
+/* The handler the kernel calls for every signal whose handler we wrapped (SA_SIGINFO). */
+void
+bt_signal_entry (int sig, gpointer info, gpointer uctx)
+{
+  BtSignal * s;
+  BtThread * t;
+  guint32 interrupted = BT_NO_ID;
+
+  if (sig <= 0 || sig >= BT_NSIG)
+    return;
+  s = &bt_config.signals[sig];
+  t = (s->block != 0) ? bt_current_thread () : NULL;
+  if (t != NULL)
+  {
+    interrupted = (t->npending > 0) ? t->pending[t->npending - 1] : bt_last_id (t);
+    bt_leave_pending (t, s->block);
+  }
+  if (s->siginfo)
+    ((void (*) (int, gpointer, gpointer)) s->handler) (sig, info, uctx);
+  else
+    ((void (*) (int)) s->handler) (sig);
+  if (t != NULL && interrupted != BT_NO_ID)
+    bt_leave_pending (t, interrupted);
+}
+
+/* A synthetic block for a handler: its id. */
+guint32
+bt_signal_block (gpointer handler)
+{
+  guint64 id = (guint32) g_atomic_int_add (&bt_config.table->count, 1);
+  BtBlock * b;
+
+  if (id >= bt_config.table_capacity)
+    return 0;
+  b = &bt_config.blocks[id];
+  b->start = GPOINTER_TO_SIZE (handler);
+  b->last = GPOINTER_TO_SIZE (handler);
+  b->end = GPOINTER_TO_SIZE (handler);
+  b->kind = BT_RETURN;
+  b->ninsn = 0;
+  b->reserved = 0;
+  b->flags = BT_FLAG_VALID | BT_FLAG_ASYNC;
+  return (guint32) id;
+}

@@ -1,0 +1,416 @@
+"""The Frida side of the Stalker backend: one session on one target.
+
+:class:`Host` attaches to the target (a program :mod:`.launch` left stopped at its
+entry point, or a running pid), loads the agent (agent/agent.js, which compiles
+agent/recorder.c as a CModule), answers the agent's requests for thread slots in the
+store, keeps the module maps up to date, learns how the target ends, and detaches.
+
+Thread slots: the store belongs to the tracer, so only the tracer may call
+``store.add_thread``. The agent asks for a slot synchronously (``send`` then
+``recv().wait()``) from the new thread itself, before following it: the thread runs
+none of its own code until it has a buffer, and a thread that gets none (memory limit)
+runs untraced and becomes a :class:`~branchtrace.model.Gap`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from ...blocks import DEFAULT_TABLE_CAPACITY, create_table, read_table, table_bytes
+from ...errors import BranchtraceError, MemoryLimitError, TargetError, UsageError
+from ...model import ExitInfo, Gap, ModuleMap
+from ...store import HEADER_SIZE, THREAD_ENTRY_SIZE, Store
+from ...symbols import merge_modules, modules_from_maps, read_maps
+from .launch import Launcher
+
+#: Signals that Frida's exception types stand for.
+_SIGNAL_OF_EXCEPTION = {
+    "abort": 6, "access-violation": 11, "guard-page": 11, "illegal-instruction": 4,
+    "stack-overflow": 11, "arithmetic": 8, "breakpoint": 5, "single-step": 5, "system": 31,
+}
+_POLL = 0.02  # seconds between checks of the end conditions
+_STOP_TIMEOUT = 10.0
+
+
+#: The C code compiled in the target, in this order into one CModule (one translation
+#: unit: TinyCC compiles a single source).
+C_SOURCES = ("recorder.h", "emit.c", "signals.c", "recorder.c")
+
+
+def agent_source() -> tuple[str, str]:
+    """The agent script and the recorder's C source, from package data."""
+    folder = resources.files("branchtrace.backends.stalker") / "agent"
+    c_source = "\n".join(f"#line 1 \"{name}\"\n" + (folder / name).read_text("utf-8")
+                         for name in C_SOURCES)
+    return (folder / "agent.js").read_text("utf-8"), c_source
+
+
+def has_bmi2() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return " bmi2" in line
+    except OSError:
+        pass
+    return False
+
+
+@dataclass
+class Crash:
+    """What the agent saw of a fatal exception, before the program died of it."""
+
+    tid: int
+    signal: int
+    fault_address: int | None
+    fault_pc: int | None
+    exact_pc: bool
+
+
+@dataclass
+class HostResult:
+    exit: ExitInfo
+    modules: list[ModuleMap]
+    threads: list[int]
+    gaps: list[Gap]
+    notes: list[str] = field(default_factory=list)
+    blocks: Any = None
+
+
+class Host:
+    """One Frida session recording one target into ``store``."""
+
+    def __init__(self, store: Store, only: tuple[str, ...] = (),
+                 table_capacity: int = DEFAULT_TABLE_CAPACITY) -> None:
+        self.store = store
+        self.only = only
+        self.table_capacity = table_capacity
+        self.table_path = create_table(store.path.parent, store.path.stem, table_capacity)
+        self.pid = 0
+        self.threads: list[int] = []
+        self.gaps: list[Gap] = []
+        self.notes: list[str] = []
+        self.modules: list[ModuleMap] = []
+        self.crash: Crash | None = None
+        self.exit_code: int | None = None     # reported by the agent (attach mode)
+        self._lock = threading.Lock()
+        self._ended = threading.Event()
+        self._interrupted = False
+        self._session: Any = None
+        self._script: Any = None
+        self._device: Any = None
+        self._launcher: Launcher | None = None
+        self._agent_errors: list[str] = []
+
+    # -- starting ------------------------------------------------------------------------
+
+    def start(self, pid: int, launcher: Launcher | None = None,
+              start_vaddr: int | None = None) -> None:
+        """Attach to ``pid`` and start recording every thread.
+
+        With a ``launcher`` the target is a program we started, stopped at its entry
+        point; it is resumed once its main thread is set to follow itself from there (or
+        from ``start_vaddr``, an address of the executable's ELF image), and the
+        launcher tells how it ended.
+        """
+        import frida
+
+        self.pid = pid
+        self._launcher = launcher
+        spawned = launcher is not None
+        if launcher is not None:
+            threading.Thread(target=self._wait_child, args=(launcher,),
+                             name="branchtrace-end", daemon=True).start()
+        if launcher is None:
+            _check_attachable(pid)
+        self._device = frida.get_local_device()
+        try:
+            self._session = self._device.attach(pid)
+        except frida.ProcessNotFoundError:
+            raise TargetError(f"no process with pid {pid}") from None
+        except frida.PermissionDeniedError as err:
+            raise TargetError(f"cannot trace pid {pid}: {err}") from None
+        except frida.core.RPCException as err:
+            raise TargetError(f"cannot trace pid {pid}: {err}") from None
+        except Exception as err:  # frida's errors have no common base class
+            if type(err).__module__.startswith(("frida", "_frida")):
+                raise TargetError(f"cannot trace pid {pid}: {err}") from None
+            raise
+        self._session.on("detached", self._on_detached)
+        self._refresh_modules()
+        script_source, c_source = agent_source()
+        self._script = self._session.create_script(script_source, name="branchtrace")
+        self._script.on("message", self._on_message)
+        self._script.load()
+        slots = [self._slot_for(pid)] if spawned else []  # the main thread, at its entry
+        params = {
+            "source": c_source, "storePath": str(self.store.path),
+            "tablePath": str(self.table_path), "tableBytes": table_bytes(self.table_capacity),
+            "tableCapacity": self.table_capacity, "regionBytes": self.store.region_bytes,
+            "tableOffset": HEADER_SIZE, "entrySize": THREAD_ENTRY_SIZE,
+            "capacity": self.store.capacity, "chunk": self.store.chunk_records,
+            "mode": int(self.store.mode), "hostPid": os.getpid(), "bmi2": has_bmi2(),
+            "only": list(self.only), "slots": slots,
+            "entry": self._start_address(launcher, start_vaddr),
+        }
+        try:
+            reply = self._script.exports_sync.init(params)
+        except frida.core.RPCException as err:
+            raise TargetError(f"the Stalker agent could not start in pid {pid}: {err}") from None
+        missing = [name for name in self.only if name not in reply["onlyMatched"]]
+        if missing:
+            self.stop()
+            raise UsageError(
+                f"--only: no module {', '.join(map(repr, missing))} in pid {pid} "
+                f"(modules: {', '.join(reply['modules'])})"
+            )
+        if launcher is not None:
+            launcher.go()
+            self._device.resume(pid)
+            _continue_if_stopped(pid)
+
+    def _start_address(self, launcher: Launcher | None, vaddr: int | None) -> str | None:
+        """Where the main thread starts to follow itself (None: attached, no such thing)."""
+        if launcher is None:
+            return None
+        if vaddr is None:
+            return str(launcher.entry)
+        exe = os.path.realpath(f"/proc/{self.pid}/exe")
+        for module in self.modules:
+            if os.path.realpath(module.path) == exe:
+                return str(vaddr + module.bias)
+        raise TargetError(f"cannot find {exe} in the memory map of pid {self.pid}")
+
+    def _slot_for(self, tid: int) -> dict[str, Any]:
+        """Give ``tid`` a buffer in the store (or say why not) and remember it."""
+        with self._lock:
+            if tid not in self.threads:
+                self.threads.append(tid)
+            try:
+                self.store.add_thread(tid)
+            except MemoryLimitError as err:
+                self.gaps.append(Gap(tid, 0, 0, f"not recorded: {err}"))
+                return {"tid": tid, "error": str(err)}
+            except BranchtraceError as err:
+                return {"tid": tid, "error": str(err)}
+            slot = self.store._slot(tid)
+            return {"tid": tid, "index": slot,
+                    "regionOffset": int(self.store._table["region_offset"][slot])}
+
+    # -- messages from the agent (on Frida's thread) ----------------------------------------
+
+    def _on_message(self, message: dict[str, Any], data: bytes | None) -> None:
+        if message.get("type") == "error":
+            self._agent_errors.append(str(message.get("description", message)))
+            return
+        payload = message.get("payload") or {}
+        kind = payload.get("type")
+        if kind == "slots":  # the thread waits for the answer: always give one
+            slots: list[dict[str, Any]] = []
+            try:
+                slots = [self._slot_for(int(tid)) for tid in payload["tids"]]
+            finally:
+                self._post({"type": payload["key"], "slots": slots})
+        elif kind == "gone":
+            with self._lock:
+                try:
+                    self.store.mark_exited(int(payload["tid"]))
+                except BranchtraceError:
+                    pass
+        elif kind == "modules":
+            self._refresh_modules()
+        elif kind == "crash":
+            try:
+                self._on_crash(payload)
+            finally:
+                self._post({"type": "crash-ack"})
+        elif kind == "exit":
+            try:
+                self.exit_code = int(payload["code"])
+                self._refresh_modules()
+            finally:
+                self._post({"type": "exit-ack"})
+
+    def _post(self, message: dict[str, Any]) -> None:
+        script = self._script
+        if script is not None:
+            with contextlib.suppress(Exception):  # the session is going away: nobody waits
+                script.post(message)
+
+    def _on_crash(self, p: dict[str, Any]) -> None:
+        try:
+            self._refresh_modules()
+            real, block, memory = p.get("realPc"), p.get("block"), p.get("memory")
+            pc = int(real, 0) if real else int(block["start"], 0) if block else int(p["pc"], 0)
+            self.crash = Crash(
+                tid=int(p["tid"]), signal=_SIGNAL_OF_EXCEPTION.get(p.get("kind", ""), 0),
+                fault_address=int(memory, 0) if memory is not None else None,
+                fault_pc=pc, exact_pc=bool(real) or not block,
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            self._agent_errors.append(f"bad crash report {p!r}: {err}")
+
+    def _on_detached(self, reason: str, crash: Any) -> None:
+        if reason in ("process-terminated", "process-replaced"):
+            self._ended.set()
+
+    def _refresh_modules(self) -> None:
+        try:
+            maps = read_maps(self.pid)
+        except TargetError:
+            return
+        mods = modules_from_maps(maps)
+        with self._lock:
+            self.modules = merge_modules(self.modules, mods)
+
+    def _wait_child(self, launcher: Launcher) -> None:
+        launcher.ended.wait()
+        self._ended.set()
+
+    # -- running and ending ----------------------------------------------------------------
+
+    def interrupt(self) -> None:
+        """Detach soon (safe from a signal handler: it only sets a flag)."""
+        self._interrupted = True
+
+    def wait(self, duration: float | None) -> bool:
+        """Until the target ends (True) or we are interrupted or time is up (False)."""
+        deadline = None if not duration else time.monotonic() + duration
+        while not self._ended.is_set():
+            if self._interrupted or (deadline is not None and time.monotonic() >= deadline):
+                return False
+            self._ended.wait(_POLL)
+        return True
+
+    def stop(self) -> None:
+        """Stop following every thread and detach; the target goes on at native speed."""
+        import frida
+
+        script, session = self._script, self._session
+        self._script = self._session = None
+        if script is not None:
+            try:
+                reply = script.exports_sync.stop()
+                if reply.get("busy"):
+                    self.notes.append(
+                        "a thread was still waiting for a free chunk when we detached"
+                    )
+            except (frida.InvalidOperationError, frida.core.RPCException,
+                    frida.TransportError):
+                pass
+            try:
+                script.unload()
+            except (frida.InvalidOperationError, frida.TransportError):
+                pass
+        if session is not None:
+            try:
+                session.detach()
+            except (frida.InvalidOperationError, frida.TransportError):
+                pass
+
+    def finish(self, ended: bool) -> HostResult:
+        """How the run ended, with the block table, once the target is gone or detached."""
+        exit_info = self._exit_info(ended)
+        if not ended:
+            self._refresh_modules()
+        blocks, overflow = read_table(self.table_path)
+        self.table_path.unlink(missing_ok=True)
+        notes = list(self.notes)
+        if overflow:
+            notes.append(f"the block table was full: {overflow} blocks ran unrecorded")
+        if self.crash is not None and not self.crash.exact_pc and exit_info.fault_pc:
+            notes.append(
+                "the fault pc is the start of the last block the crashing thread recorded "
+                "(under Stalker the real pc is in Stalker's code)"
+            )
+        notes.extend(f"agent error: {e}" for e in self._agent_errors)
+        for tid in self.threads:
+            try:
+                self.store.mark_exited(tid)
+            except BranchtraceError:
+                pass
+        return HostResult(exit_info, self.modules, list(self.threads), self.gaps, notes,
+                          blocks)
+
+    def _exit_info(self, ended: bool) -> ExitInfo:
+        if not ended:
+            return ExitInfo("detached")
+        crash = self.crash
+        if self._launcher is not None:
+            info = self._launcher.join()
+            if info.status == "signaled" and crash is not None and crash.signal == info.signal:
+                return ExitInfo("signaled", signal=info.signal,
+                                fault_address=crash.fault_address, fault_pc=crash.fault_pc,
+                                tid=crash.tid, core_dumped=info.core_dumped)
+            return info
+        if crash is not None:
+            return ExitInfo("signaled", signal=crash.signal, fault_address=crash.fault_address,
+                            fault_pc=crash.fault_pc, tid=crash.tid)
+        return ExitInfo("exited", code=self.exit_code)
+
+    def close(self) -> None:
+        self.table_path.unlink(missing_ok=True)
+
+
+def _continue_if_stopped(pid: int) -> None:
+    """device.resume ends Frida's hold; if the group stop is still on, end it too."""
+    for _ in range(50):
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return
+        if state == "T":
+            os.kill(pid, signal.SIGCONT)
+            return
+        if state != "t":
+            return
+        time.sleep(0.002)
+
+
+def _tracer_of(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status", encoding="utf-8", errors="replace") as f:
+            status = f.read()
+    except OSError:
+        raise TargetError(f"no process with pid {pid}") from None
+    for line in status.splitlines():
+        if line.startswith("TracerPid:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _check_attachable(pid: int) -> None:
+    """The reasons Frida would give badly, in one line each."""
+    if pid == os.getpid():
+        raise TargetError("branchtrace cannot trace itself")
+    tracer = _tracer_of(pid)
+    deadline = time.monotonic() + 2.0
+    while tracer and os.path.exists(f"/proc/self/task/{tracer}"):
+        # one of our own threads: Frida still cleaning up after an earlier session
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+        tracer = _tracer_of(pid)
+    if tracer and not os.path.exists(f"/proc/self/task/{tracer}"):
+        raise TargetError(f"cannot trace pid {pid}: it is already traced by pid {tracer}")
+    if os.stat(f"/proc/{pid}").st_uid != os.geteuid() and os.geteuid() != 0:
+        raise TargetError(f"cannot trace pid {pid}: it belongs to another user")
+
+
+def machine_ok() -> str | None:
+    """Why this machine cannot run the backend at all (None: it may)."""
+    if platform.system() != "Linux":
+        return f"only Linux is supported, this is {platform.system()}"
+    if platform.machine() != "x86_64":
+        return f"only x86-64 is supported, this is {platform.machine()}"
+    return None
+

@@ -1,0 +1,121 @@
+"""Starting a program for Frida: run it to its entry point, then leave it stopped.
+
+Frida's own spawn (``device.spawn``) crashes the target on the kernels we run on (the
+child dies of SIGSEGV or SIGTRAP once resumed, even with no script loaded), while
+attaching to a running or stopped process works. So the program is started by the
+reaper (:mod:`.reaper`, a small separate process that stays its parent): traced, with
+a breakpoint on its ELF entry point (``AT_ENTRY``, where the dynamic loader hands over
+to ``_start``: shared libraries are mapped and initialized, not a line of the program
+has run), which is taken out again before the reaper detaches with SIGSTOP. Frida then
+attaches to the stopped process and holds it until ``device.resume``.
+
+:class:`Launcher` is our side of the reaper: it reads when the program is ready and
+how it ended, and tells the reaper when Frida holds the program.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from ...errors import TargetError
+from ...model import ExitInfo
+
+_REAPER = Path(__file__).with_name("reaper.py")
+
+
+class Launcher:
+    """Start ``argv`` stopped at its entry point (:meth:`start`), let it go (:meth:`go`),
+    and learn how it ended (:attr:`ended`, :meth:`join`)."""
+
+    def __init__(self, argv: tuple[str, ...], env: dict[str, str] | None = None,
+                 disable_aslr: bool = False) -> None:
+        self.argv = argv
+        self.env = env
+        self.disable_aslr = disable_aslr
+        self.pid = 0
+        self.entry = 0
+        self.exit: ExitInfo | None = None
+        self.ended = threading.Event()
+        self._reaper: subprocess.Popen[bytes] | None = None
+        self._status: int = -1
+        self._control: int = -1
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> int:
+        """Start the program; its pid once it is stopped at its entry point."""
+        status_r, status_w = os.pipe2(os.O_CLOEXEC)
+        control_r, control_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            self._reaper = subprocess.Popen(
+                [sys.executable, "-S", "-I", str(_REAPER), str(status_w), str(control_r),
+                 "0" if self.disable_aslr else "1", "--", *self.argv],
+                pass_fds=(status_w, control_r), env=self.env, stdin=None,
+            )
+        except OSError as err:
+            for fd in (status_r, status_w, control_r, control_w):
+                os.close(fd)
+            raise TargetError(f"cannot start the launcher for {self.argv[0]}: {err}") from None
+        os.close(status_w)
+        os.close(control_r)
+        self._status, self._control = status_r, control_w
+        line = self._readline()
+        if not line.startswith("ready "):
+            self._close_control()
+            self._reaper.wait()
+            reason = line[len("error "):] if line.startswith("error ") else "the launcher died"
+            raise TargetError(f"cannot run {self.argv[0]}: {reason}")
+        _, pid, entry = line.split()
+        self.pid, self.entry = int(pid), int(entry)
+        self._thread = threading.Thread(target=self._wait_end, name="branchtrace-reaper",
+                                        daemon=True)
+        self._thread.start()
+        return self.pid
+
+    def go(self) -> None:
+        """Frida holds the program now: the reaper must no longer kill it if we vanish."""
+        try:
+            os.write(self._control, b"go\n")
+        except OSError:
+            pass
+        self._close_control()
+
+    def abandon(self) -> None:
+        """We will not resume the program: the reaper kills it."""
+        self._close_control()
+
+    def join(self, timeout: float | None = None) -> ExitInfo:
+        self.ended.wait(timeout)
+        return self.exit or ExitInfo("exited")
+
+    def _close_control(self) -> None:
+        if self._control >= 0:
+            os.close(self._control)
+            self._control = -1
+
+    def _readline(self) -> str:
+        data = b""
+        while not data.endswith(b"\n"):
+            try:
+                chunk = os.read(self._status, 256)
+            except InterruptedError:
+                continue
+            if not chunk:
+                break
+            data += chunk
+        return data.decode("utf-8", "replace").strip()
+
+    def _wait_end(self) -> None:
+        line = self._readline()
+        parts = line.split()
+        if parts[:1] == ["exit"] and len(parts) == 2 and parts[1] != "-1":
+            self.exit = ExitInfo("exited", code=int(parts[1]))
+        elif parts[:1] == ["signal"] and len(parts) == 3:
+            self.exit = ExitInfo("signaled", signal=int(parts[1]), core_dumped=parts[2] == "1")
+        os.close(self._status)
+        if self._reaper is not None:
+            self._reaper.wait()
+        self.ended.set()

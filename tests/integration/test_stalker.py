@@ -1,0 +1,176 @@
+"""The Stalker backend, for real: crash reports, exact counts, threads, a lossless stream
+with a slow consumer, byte-identical output, --only, and attach/detach."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import cli, marker_line
+
+from branchtrace.backends import RecordOptions, Target
+from branchtrace.backends.stalker import StalkerBackend
+from branchtrace.decode import decode
+from branchtrace.model import BranchKind
+from branchtrace.recorder import RecordConfig, record
+from branchtrace.store import Encoding, Store, StoreConfig, StoreMode, StreamConsumer
+from branchtrace.symbols import Symbolizer
+
+if not StalkerBackend().probe().available:
+    pytest.skip(f"stalker cannot run here: {StalkerBackend().probe().reason}",
+                allow_module_level=True)
+
+
+def kinds_inside(branches: np.ndarray, sym: Symbolizer, function: str) -> Counter[str]:
+    found = sym.resolve(branches["from_ip"])
+    names = np.array(found.function_names + ("",))[found.function]
+    return Counter(BranchKind(int(k)).label for k in branches["kind"][names == function])
+
+
+def expected_work(n: int) -> Counter[str]:
+    return Counter({"cond": (n + 1) // 2, "jump": n // 2, "return": n})
+
+
+def test_crash_report_names_the_calls(build, tmp_path):
+    exe = build("crash")
+    report = tmp_path / "report.json"
+    result = cli("run", "--backend", "stalker", "--last", "8", "--format", "json",
+                 "--report-to", str(report), "--", str(exe))
+    assert result.returncode == 128 + 11, result.stderr
+    doc = json.loads(report.read_text())
+    assert doc["exit"]["status"] == "signaled"
+    assert doc["exit"]["signal"]["name"] == "SIGSEGV"
+    assert doc["exit"]["fault_address"] == 0
+    # under Stalker the pc is in Stalker's code: the agent maps it back to the program
+    assert doc["exit"]["fault_pc"]["function"] == "step2"
+    assert doc["exit"]["fault_pc"]["line"] == marker_line("crash.c", "CRASH_LINE")
+    calls = [(b["from"]["function"], b["to"]["function"], b["from"]["line"], b["to"]["offset"])
+             for b in doc["branches"] if b["kind"] == "call"]
+    assert calls[-2:] == [
+        ("main", "step1", marker_line("crash.c", "CALL_STEP1"), 0),
+        ("step1", "step2", marker_line("crash.c", "CALL_STEP2"), 0),
+    ]
+    assert all(b["thread"] == doc["pid"] for b in doc["branches"])
+
+
+@pytest.mark.parametrize("mode", ["ring", "stream"])
+@pytest.mark.parametrize("n", [1000, 333])
+def test_loop_counts_are_exact(build, mode, n):
+    exe = build("loop")
+    trace = record(Target(argv=(str(exe), str(n))), RecordConfig(backend="stalker", mode=mode))
+    assert trace.backend == "stalker"
+    assert trace.exit.status == "exited" and trace.exit.code == 0
+    assert list(trace.threads) == [trace.pid]
+    b = trace.branches(trace.pid)
+    assert kinds_inside(b, trace.symbolizer, "work") == expected_work(n)
+    assert trace.lost == {trace.pid: 0} and trace.gaps == []
+    # every call into work comes from main
+    to = trace.symbolizer.resolve(b["to_ip"])
+    to_names = np.array(to.function_names + ("",))[to.function]
+    assert int(((b["kind"] == BranchKind.CALL) & (to_names == "work")).sum()) == n
+
+
+def test_threads_each_record_their_own_work(build):
+    exe = build("threads")
+    trace = record(Target(argv=(str(exe),)), RecordConfig(backend="stalker", mode="stream"))
+    assert trace.exit.code == 0
+    assert len(trace.threads) == 5 and next(iter(trace.threads)) == trace.pid
+    workers = [tid for tid in trace.threads if tid != trace.pid]
+    got = sorted(kinds_inside(trace.branches(t), trace.symbolizer, "work")["return"]
+                 for t in workers)
+    assert got == [50, 100, 150, 200]
+    for tid in workers:
+        counts = kinds_inside(trace.branches(tid), trace.symbolizer, "work")
+        assert counts == expected_work(counts["return"])
+    assert kinds_inside(trace.branches(trace.pid), trace.symbolizer, "work") == Counter()
+
+
+def test_stream_with_a_slow_consumer_loses_nothing(build):
+    exe = build("loop")
+    config = StoreConfig(StoreMode.STREAM, Encoding.BLOCKID, 2048, 1024)  # 2 chunks of 1024
+    drained: list[np.ndarray] = []
+
+    def slow_sink(tid: int, records: np.ndarray) -> None:
+        time.sleep(0.0005)      # slower than the program: it must wait for free chunks
+        drained.append(records)
+
+    with Store.create(config) as store:
+        consumer = StreamConsumer(store, slow_sink).start()
+        result = StalkerBackend().record(Target(argv=(str(exe), "20000")), store,
+                                         RecordOptions())
+        consumer.stop()
+        status = store.status()
+    assert result.exit.code == 0
+    (thread,) = status.threads
+    ids = np.concatenate(drained)
+    assert thread.written == len(ids) == consumer.total > 20000 * 4
+    assert thread.lost == 0 and thread.producer_waits > 0
+    branches = decode(Encoding.BLOCKID, ids, result.blocks)
+    assert kinds_inside(branches, Symbolizer(result.modules), "work") == expected_work(20000)
+
+
+def test_ring_keeps_the_newest_records(build):
+    exe = build("loop")
+    target = Target(argv=(str(exe), "200"), disable_aslr=True)
+    full = record(target, RecordConfig(backend="stalker", mode="stream"))
+    ring = record(target, RecordConfig(backend="stalker", mode="ring", buffer="500"))
+    assert ring.lost[ring.pid] == ring.written[ring.pid] - 500
+    kept, everything = ring.branches(ring.pid), full.branches(full.pid)
+    assert 100 < len(kept) < 500
+    # same program, same addresses: the ring's branches are the end of the full sequence
+    assert np.array_equal(kept, everything[-len(kept):])
+
+
+def test_output_is_byte_identical(tmp_path):
+    data = tmp_path / "data"
+    rng = np.random.default_rng(3)
+    data.write_bytes(rng.integers(0, 16, 1 << 20, dtype=np.uint8).tobytes())  # compressible
+    native = subprocess.run(["gzip", "-9", "-c", str(data)], capture_output=True, check=True)
+    traced = subprocess.run([sys.executable, "-m", "branchtrace", "run", "--backend", "stalker",
+                             "--", "gzip", "-9", "-c", str(data)], capture_output=True,
+                            timeout=120, check=False)
+    assert traced.returncode == 0, traced.stderr
+    assert hashlib.sha256(traced.stdout).hexdigest() == hashlib.sha256(native.stdout).hexdigest()
+
+
+def test_only_traces_the_named_module(build):
+    exe = build("loop")
+    config = StoreConfig(StoreMode.RING, Encoding.BLOCKID, 1 << 16)
+    with Store.create(config) as store:
+        result = StalkerBackend(only=(exe.name,)).record(Target(argv=(str(exe), "300")), store,
+                                                         RecordOptions())
+        ids = store.drain(result.pid)
+    branches = decode(Encoding.BLOCKID, ids, result.blocks)
+    sym = Symbolizer(result.modules)
+    assert kinds_inside(branches, sym, "work") == expected_work(300)
+    module = next(m for m in result.modules if m.path == str(exe))
+
+    def inside(a: np.ndarray) -> np.ndarray:
+        return (a >= module.start) & (a < module.end)
+
+    # every branch leaves from or lands in the program itself: none inside libc
+    assert (inside(branches["from_ip"]) | inside(branches["to_ip"])).all()
+
+
+def test_attach_then_detach_leaves_the_program_running(build, tmp_path):
+    exe = build("sleeper")
+    out = tmp_path / "out"
+    program = subprocess.Popen([str(exe), str(out), "30"])
+    try:
+        time.sleep(0.3)
+        trace = record(Target(pid=program.pid),
+                       RecordConfig(backend="stalker", mode="stream", duration=0.5))
+        assert trace.exit.status == "detached" and trace.pid == program.pid
+        assert len(trace.branches(program.pid)) > 0
+        assert program.wait(timeout=60) == 0
+    finally:
+        if program.poll() is None:
+            program.kill()
+    assert Path(out).read_text().startswith("finished")
