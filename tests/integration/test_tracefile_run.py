@@ -182,3 +182,22 @@ def test_record_api_writes_the_file_and_keeps_the_newest_in_memory(build, tmp_pa
     # the times of the kept branches come from the chunks they were drained in
     times = trace.chunk_times[trace.pid]
     assert int(times["count"].sum()) == 10 and int(times["index"][0]) == 0
+
+
+@pytest.mark.parametrize("mode", ["ring", "stream"])
+def test_block_id_traces_round_trip_through_a_file(build, tmp_path, mode):
+    """The stalker backend's encoding (block ids + block table) written and read back."""
+    from branchtrace.backends import load
+
+    if not load("stalker").probe().available:
+        pytest.skip("the stalker backend cannot run here")
+    exe, n = build("loop"), 2000
+    out = tmp_path / "loop.btrace"
+    result = cli("run", "--backend", "stalker", "--mode", mode, "-o", str(out), "--", str(exe), str(n))
+    assert result.returncode == 0, result.stderr
+    trace = branchtrace.open(out)
+    assert (trace.backend, trace.mode) == ("stalker", mode) and not trace.truncated
+    assert kinds_inside(trace, trace.pid, "work") == expected_work(n)
+    memory = record(Target(argv=(str(exe), str(n))), RecordConfig(backend="stalker", mode=mode))
+    assert kinds_inside(memory, memory.pid, "work") == expected_work(n)
+    assert trace.lost.get(trace.pid, 0) == 0
