@@ -128,16 +128,52 @@ def test_ring_keeps_the_newest_records(build):
     assert np.array_equal(kept, everything[-len(kept):])
 
 
-def test_output_is_byte_identical(tmp_path):
-    data = tmp_path / "data"
-    rng = np.random.default_rng(3)
-    data.write_bytes(rng.integers(0, 16, 1 << 20, dtype=np.uint8).tobytes())  # compressible
-    native = subprocess.run(["gzip", "-9", "-c", str(data)], capture_output=True, check=True)
+def _same_output(argv: list[str], mode: str = "ring") -> None:
+    native = subprocess.run(argv, capture_output=True, check=True, timeout=120)
     traced = subprocess.run([sys.executable, "-m", "branchtrace", "run", "--backend", "stalker",
-                             "--", "gzip", "-9", "-c", str(data)], capture_output=True,
-                            timeout=120, check=False)
+                             "--mode", mode, "--", *argv], capture_output=True,
+                            timeout=300, check=False)
     assert traced.returncode == 0, traced.stderr
     assert hashlib.sha256(traced.stdout).hexdigest() == hashlib.sha256(native.stdout).hexdigest()
+    assert len(native.stdout) > 0
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory) -> Path:
+    data = tmp_path_factory.mktemp("data") / "data"
+    rng = np.random.default_rng(3)
+    data.write_bytes(rng.integers(0, 16, 1 << 20, dtype=np.uint8).tobytes())  # compressible
+    return data
+
+
+@pytest.mark.parametrize("mode", ["ring", "stream"])
+def test_output_is_byte_identical(data_file, mode):
+    _same_output(["gzip", "-9", "-c", str(data_file)], mode)
+
+
+def test_xz_output_is_byte_identical(data_file):
+    _same_output(["xz", "-6", "-c", str(data_file)])
+
+
+def test_python_output_is_byte_identical():
+    import os
+
+    python = os.path.realpath(sys.executable)
+    _same_output([python, "-S", "-c", "import hashlib\ns=0\nfor i in range(200000): s+=i*i%7\n"
+                  "print(s, hashlib.sha256(str(s).encode()).hexdigest())"])
+
+
+def test_sqlite_output_is_byte_identical():
+    import shutil
+
+    if shutil.which("sqlite3") is None:
+        pytest.skip("the sqlite3 program is not installed")
+    _same_output(["sqlite3", ":memory:", "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 "
+                  "FROM c WHERE x<200000) SELECT sum(x*x % 7), count(*) FROM c;"])
+
+
+def test_threaded_output_is_byte_identical(build):
+    _same_output([str(build("threads"))], "stream")
 
 
 def test_only_traces_the_named_module(build):
