@@ -34,7 +34,7 @@ from ..errors import UsageError
 from ..reporters import coverage_json, drcov, lcov
 from ..reporters.render import check_output, render, render_bytes
 from ..tracefile import open_trace
-from .history import warn
+from ._file import warn
 
 NAME = "coverage"
 FORMATS = ("drcov", "lcov", "json")

@@ -19,20 +19,18 @@ Example: branchtrace history fib.btrace --calls --lines --insn-ranges --last 20
 from __future__ import annotations
 
 import argparse
-import sys
 
 from ..errors import UsageError
 from ..reporters import history
-from ..reporters.render import check_output, pick_threads, render
-from ..trace import Trace
-from ..tracefile import open_trace
+from ..reporters.render import render
+from ._file import add_file_arguments, load, warn
 from ._record import positive_int
 
 NAME = "history"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("file", metavar="FILE", help="a trace file (branchtrace run -o FILE ...)")
+    add_file_arguments(p, "only this thread (default: every thread, one after the other)")
     what = p.add_mutually_exclusive_group()
     what.add_argument("--calls", action="store_true",
                       help="the function call history (the default)")
@@ -49,10 +47,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="/s: interleave source lines with the instructions")
     p.add_argument("--last", type=positive_int, metavar="N",
                    help="only the last N segments (--calls) or instructions (--insns)")
-    p.add_argument("--thread", type=positive_int, metavar="TID",
-                   help="only this thread (default: every thread, one after the other)")
-    p.add_argument("-o", "--output", default="-", metavar="OUT",
-                   help="where to write ('-', the default: stdout)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -60,9 +54,7 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError("--lines, --insn-ranges and --no-indent go with --calls, not --insns")
     if not args.insns and args.source:
         raise UsageError("--source goes with --insns")
-    check_output(args.output)
-    trace = open_trace(args.file)
-    pick_threads(trace, args.thread)
+    trace = load(args)
     if args.insns:
         render(args.output, lambda out: history.render_insns(
             trace, out, tid=args.thread, last=args.last, source=args.source))
@@ -73,11 +65,3 @@ def main(args: argparse.Namespace) -> int:
     warn(trace)
     return 0
 
-
-def warn(trace: Trace) -> None:
-    """Say on stderr what makes a report incomplete: a cut-short file, missing binaries."""
-    if trace.truncated:
-        print("branchtrace: warning: the trace file was cut short; it is read up to its "
-              "last whole record", file=sys.stderr)
-    for warning in trace.symbolizer.warnings:
-        print(f"branchtrace: warning: {warning}", file=sys.stderr)

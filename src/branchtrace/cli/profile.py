@@ -17,28 +17,20 @@ from __future__ import annotations
 import argparse
 
 from ..reporters import collapsed, perfetto, speedscope
-from ..reporters.render import check_output, pick_threads, render
-from ..tracefile import open_trace
-from ._record import positive_int
-from .history import warn
+from ..reporters.render import render
+from ._file import add_file_arguments, load, warn
 
 NAME = "profile"
 FORMATS = ("perfetto", "speedscope", "collapsed")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("file", metavar="FILE", help="a trace file (branchtrace run -o FILE ...)")
+    add_file_arguments(p)
     p.add_argument("--format", required=True, choices=FORMATS, help="output format")
-    p.add_argument("-o", "--output", default="-", metavar="OUT",
-                   help="where to write ('-', the default: stdout)")
-    p.add_argument("--thread", type=positive_int, metavar="TID",
-                   help="only this thread (default: every thread)")
 
 
 def main(args: argparse.Namespace) -> int:
-    check_output(args.output)
-    trace = open_trace(args.file)
-    pick_threads(trace, args.thread)
+    trace = load(args)
     if args.format == "perfetto":
         render(args.output, lambda out: perfetto.render(trace, out, tid=args.thread))
     elif args.format == "speedscope":
