@@ -13,7 +13,7 @@ It compiles tests/fixtures/loop.c, and for each N measures
   - the branches recorded by one ``branchtrace.record(...)`` call (start=entry),
 plus the bare Python start-up (``python -c "import branchtrace"``) as a reference.
 Nothing is subtracted: the traced times include Python start-up.
-The results go, as a markdown table, to docs/benchmarks.md (overwritten).
+The results go, as a markdown table, to docs/benchmarks.md (its own section is replaced; the others are kept).
 """
 
 from __future__ import annotations
@@ -89,6 +89,17 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:,.1f} ms"
 
 
+def replace_section(document: str, section: str) -> str:
+    """Put ``section`` (starting with its "## " heading) in place of the section of the same
+    heading in ``document``, or append it; the other sections are kept."""
+    heading = section.splitlines()[0]
+    parts = document.split("\n## ")
+    head = parts[0] if parts[0].strip() else "# Benchmarks\n"
+    kept = [("## " + p) for p in parts[1:] if ("## " + p).splitlines()[0] != heading]
+    return "\n".join([head.rstrip("\n") + "\n", section.rstrip("\n") + "\n",
+                      *[k.rstrip("\n") + "\n" for k in kept]])
+
+
 def main() -> None:
     for tool in ("gcc", "valgrind"):
         if shutil.which(tool) is None:
@@ -121,14 +132,12 @@ def main() -> None:
     total = time.perf_counter() - began
 
     lines = [
-        "# Benchmarks",
-        "",
         "## ptrace backend: single-stepping rate and slowdown",
         "",
         "How fast the `ptrace` backend single-steps `tests/fixtures/loop.c` (built with "
         "`gcc -g -O0`; it runs `work(i)` N times) and how much slower a traced run is than "
         "a native one. Rerun with `python bench/ptrace_rate.py` (needs gcc and valgrind; "
-        f"about {total / 60:.0f} min); it rewrites this file.",
+        f"about {total / 60:.0f} min); it rewrites this section.",
         "",
         f"Machine: `nproc` = {len(os.sched_getaffinity(0))}, "
         f"{cpu_model()}, Linux {platform.release()}, Python {platform.python_version()}.",
@@ -159,7 +168,8 @@ def main() -> None:
                  f"| {ms(python_startup)} | | | | |")
     lines.append("")
     OUTPUT.parent.mkdir(parents=True, exist_ok=True)
-    OUTPUT.write_text("\n".join(lines))
+    OUTPUT.write_text(replace_section(OUTPUT.read_text() if OUTPUT.exists() else "",
+                                      "\n".join(lines)))
     print(f"wrote {OUTPUT} ({total:.0f} s)")
 
 
