@@ -55,3 +55,15 @@ def cli(*args: str, timeout: float = 120, env: dict[str, str] | None = None,
 @pytest.fixture
 def run_cli():
     return cli
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--soak", action="store_true", default=False,
+                     help="run the long soak variants of the reliability tests (minutes)")
+
+
+@pytest.fixture
+def soak(request: pytest.FixtureRequest) -> bool:
+    """True when the long variants were asked for (``pytest --soak``): tests scale up
+    their counts instead of skipping."""
+    return bool(request.config.getoption("--soak"))

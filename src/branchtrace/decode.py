@@ -5,6 +5,9 @@ Vectorized: numpy does the work, never a Python loop per record.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from .blocks import FLAG_ASYNC, FLAG_FOREIGN, FLAG_HOOKED, FLAG_VALID, HOOK_RESUME_SPAN
@@ -12,13 +15,15 @@ from .errors import TraceFormatError
 from .model import BRANCH_DTYPE, BranchKind
 from .store import RECORD_DTYPES, Encoding
 
-_CHUNK = 1 << 22  # block ids decoded at a time
+_CHUNK = 1 << 20  # block ids decoded at a time (small enough for malloc to reuse its memory)
 
 
-def decode(encoding: Encoding, records: np.ndarray, blocks: np.ndarray | None = None) -> np.ndarray:
+def decode(encoding: Encoding, records: np.ndarray, blocks: np.ndarray | None = None,
+           pool: ThreadPoolExecutor | None = None) -> np.ndarray:
     """Decode one thread's raw records (oldest first) into canonical branches.
 
-    ``blocks`` is the block table the BLOCKID encoding refers to."""
+    ``blocks`` is the block table the BLOCKID encoding refers to; ``pool``, if given,
+    runs the parts of a long sequence in parallel."""
     if encoding == Encoding.FROMTO:
         if records.dtype != RECORD_DTYPES[Encoding.FROMTO]:
             records = records.view(RECORD_DTYPES[Encoding.FROMTO])
@@ -30,11 +35,12 @@ def decode(encoding: Encoding, records: np.ndarray, blocks: np.ndarray | None = 
     if encoding == Encoding.BLOCKID:
         if blocks is None:
             raise TraceFormatError("cannot decode block ids without a block table")
-        return decode_blocks(records, blocks)
+        return decode_blocks(records, blocks, pool)
     raise TraceFormatError(f"cannot decode records of encoding {int(encoding)}")
 
 
-def decode_blocks(ids: np.ndarray, blocks: np.ndarray) -> np.ndarray:
+def decode_blocks(ids: np.ndarray, blocks: np.ndarray,
+                  pool: ThreadPoolExecutor | None = None) -> np.ndarray:
     """Taken branches from a thread's sequence of executed block ids (oldest first).
 
     Consecutive blocks ``prev -> cur`` were joined by a taken branch exactly when
@@ -49,44 +55,104 @@ def decode_blocks(ids: np.ndarray, blocks: np.ndarray) -> np.ndarray:
     a hook of the tracer's (FLAG_HOOKED) goes on a few bytes further on, once the hook
     has run: that is no branch of the program's either. A signal handler's block
     (FLAG_ASYNC) is entered by an INTERRUPT from wherever the thread was.
+
+    Long sequences are cut into spans of ``_CHUNK`` ids (overlapping by one), decoded
+    in two parallel passes on ``pool`` (numpy releases the GIL; a pool of our own when
+    none is given): the first finds where each span's taken branches are, the second
+    writes them straight into their place in the one result array.
     """
     ids = np.asarray(ids)
     if len(ids) < 2:
         return np.zeros(0, dtype=BRANCH_DTYPE)
-    # Per-block columns, plus one sentinel row (index len(blocks)) for unknown ids.
-    n = len(blocks)
-    flags = np.append(blocks["flags"], 0).astype(np.uint8)
-    start = np.append(blocks["start"], 0).astype(np.uint64)
-    end = np.append(blocks["end"], 0).astype(np.uint64)
-    last = np.append(blocks["last"], 0).astype(np.uint64)
-    kind = np.append(blocks["kind"], 0).astype(np.uint8)
-    known = (flags & FLAG_VALID) != 0
-    foreign = (flags & FLAG_FOREIGN) != 0
-    hooked = (flags & FLAG_HOOKED) != 0
-    interrupt = (flags & FLAG_ASYNC) != 0
-    pieces = []
-    for lo in range(0, len(ids) - 1, _CHUNK):  # bounded temporaries, never per record
-        chunk = ids[lo:lo + _CHUNK + 1].astype(np.int64)
-        chunk[(chunk < 0) | (chunk >= n)] = n
-        prev, cur = chunk[:-1], chunk[1:]
-        taken = (start[cur] != end[prev]) & known[prev] & known[cur]
-        taken &= ~(foreign[prev] & foreign[cur])
-        resumed = hooked[prev] & (start[cur] > start[prev]) & (
-            start[cur] <= start[prev] + np.uint64(HOOK_RESUME_SPAN))
-        taken &= ~resumed
-        p, c = prev[taken], cur[taken]
-        out = np.empty(len(p), dtype=BRANCH_DTYPE)
-        out["from_ip"] = last[p]
-        out["to_ip"] = start[c]
-        out["kind"] = np.where(interrupt[c], np.uint8(BranchKind.INTERRUPT), kind[p])
-        pieces.append(out)
-    return concat(pieces, BRANCH_DTYPE)
+    table = _Table(blocks)
+    spans = [(lo, min(lo + _CHUNK, len(ids) - 1)) for lo in range(0, len(ids) - 1, _CHUNK)]
+    if len(spans) == 1:
+        return table.fill(ids, table.taken(ids), None)
+    if pool is None:
+        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as own:
+            return _two_passes(table, ids, spans, own)
+    return _two_passes(table, ids, spans, pool)
+
+
+def _two_passes(table: _Table, ids: np.ndarray, spans: list[tuple[int, int]],
+                pool: ThreadPoolExecutor) -> np.ndarray:
+    found = list(pool.map(lambda span: table.taken(ids[span[0]:span[1] + 1]), spans))
+    starts = np.cumsum([0] + [len(at) for at in found])
+    out = np.empty(int(starts[-1]), dtype=BRANCH_DTYPE)
+
+    def fill(k: int) -> None:
+        lo, hi = spans[k]
+        table.fill(ids[lo:hi + 1], found[k], out[starts[k]:starts[k + 1]])
+
+    list(pool.map(fill, range(len(spans))))
+    return out
+
+
+class _Table:
+    """The block table's columns, each with one sentinel row (index ``n``) that stands
+    for every id the table does not know."""
+
+    def __init__(self, blocks: np.ndarray) -> None:
+        self.n = n = len(blocks)
+        self.flags = np.append(blocks["flags"], 0).astype(np.uint8)
+        self.start = np.append(blocks["start"], 0).astype(np.uint64)
+        self.end = np.append(blocks["end"], 0).astype(np.uint64)
+        self.last = np.append(blocks["last"], 0).astype(np.uint64)
+        self.kind = np.append(blocks["kind"], 0).astype(np.uint8)
+        self.hooked = bool(np.any(self.flags[:n] & FLAG_HOOKED))
+        self.interrupts = bool(np.any(self.flags[:n] & FLAG_ASYNC))
+
+    def rows(self, chunk: np.ndarray) -> np.ndarray:
+        """The table row of each id (native-width indices, which gather twice as fast
+        as uint32 ones); unknown ids get the sentinel row."""
+        idx = chunk.astype(np.intp)
+        if chunk.dtype.kind == "u":
+            np.minimum(idx, self.n, out=idx)
+        else:
+            idx[(idx < 0) | (idx >= self.n)] = self.n
+        return idx
+
+    def taken(self, chunk: np.ndarray) -> np.ndarray:
+        """Positions ``i`` in ``chunk`` where ``chunk[i] -> chunk[i + 1]`` is a taken
+        branch. Each column is gathered once per id (``prev`` and ``cur`` are the same
+        gather, shifted)."""
+        idx = self.rows(chunk)
+        starts = self.start.take(idx)
+        flags = self.flags.take(idx)
+        taken = starts[1:] != self.end.take(idx[:-1])
+        # Both ends known, and not both outside the --only modules.
+        both = flags[:-1] & flags[1:]
+        taken &= (both & np.uint8(FLAG_VALID | FLAG_FOREIGN)) == FLAG_VALID
+        if self.hooked:
+            at = np.flatnonzero(taken & ((flags[:-1] & np.uint8(FLAG_HOOKED)) != 0))
+            prev, cur = starts[at], starts[at + 1]
+            resumed = (cur > prev) & (cur <= prev + np.uint64(HOOK_RESUME_SPAN))
+            taken[at[resumed]] = False
+        return np.flatnonzero(taken)
+
+    def fill(self, chunk: np.ndarray, at: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+        """The branches at positions ``at`` of ``chunk``, written into ``out`` (a new
+        array when None)."""
+        src = self.rows(chunk.take(at))
+        dst = self.rows(chunk.take(at + 1))
+        if out is None:
+            out = np.empty(len(at), dtype=BRANCH_DTYPE)
+        out["from_ip"] = self.last.take(src)
+        out["to_ip"] = self.start.take(dst)
+        kinds = self.kind.take(src)
+        if self.interrupts:
+            entered = (self.flags.take(dst) & np.uint8(FLAG_ASYNC)) != 0
+            kinds = np.where(entered, np.uint8(BranchKind.INTERRUPT), kinds)
+        out["kind"] = kinds
+        return out
 
 
 def concat(parts: list[np.ndarray], dtype: np.dtype) -> np.ndarray:
-    """Join drained pieces (possibly none) into one array."""
+    """Join drained pieces (possibly none) into one array. Rows are copied as bytes:
+    numpy copies packed structured rows field by field, ten times slower."""
     if not parts:
         return np.zeros(0, dtype=dtype)
     if len(parts) == 1:
         return parts[0]
-    return np.concatenate(parts)
+    raw = np.concatenate([np.ascontiguousarray(part).view(np.uint8) for part in parts])
+    return raw.view(dtype)

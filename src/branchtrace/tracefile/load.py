@@ -161,7 +161,8 @@ def _decode_thread(tf: TraceFile, chunks: list[Chunk], holes: list[_Hole],
             run.append(item)
             continue
         if run:
-            part, err = _decode_run(tf, buffer[slots[run[0]][0]:slots[run[-1]][1]], per_chunk)
+            part, err = _decode_run(tf, buffer[slots[run[0]][0]:slots[run[-1]][1]], per_chunk,
+                                     pool)
             why = why or err
             raw_n = sum(chunks[k].head.count for k in run)
             at_raw, scale = 0, len(part) / raw_n
@@ -182,13 +183,14 @@ def _decode_thread(tf: TraceFile, chunks: list[Chunk], holes: list[_Hole],
     return array, gaps, np.array(times, dtype=CHUNK_TIMES_DTYPE), why
 
 
-def _decode_run(tf: TraceFile, part: np.ndarray, per_chunk: bool) -> tuple[np.ndarray, str]:
+def _decode_run(tf: TraceFile, part: np.ndarray, per_chunk: bool,
+                pool: ThreadPoolExecutor) -> tuple[np.ndarray, str]:
     """The branches of a run of consecutive good chunks (adjacent in the buffer; already
     decoded when ``per_chunk``)."""
     if per_chunk:
         return part, ""
     try:
-        return decode(tf.encoding, part, tf.blocks), ""
+        return decode(tf.encoding, part, tf.blocks, pool), ""
     except (TraceFormatError, ValueError, IndexError, TypeError) as err:
         return np.zeros(0, BRANCH_DTYPE), f"records could not be decoded: {err}"
 
@@ -210,8 +212,9 @@ def _fill(local: threading.local, body: bytes, out: np.ndarray,
     view = memoryview(scratch)[:need]
     if not _decompress_into(dctx, body, view):
         return False
-    decoded = decode(encoding, np.frombuffer(view, raw_dtype))
-    out.view(np.uint8)[:] = decoded.view(np.uint8)     # a plain memcpy: 10x a struct copy
+    raw = np.frombuffer(view, raw_dtype)
+    for name in BRANCH_DTYPE.names or ():
+        out[name] = raw[name]            # field by field: 10x faster than a struct copy
     return True
 
 
