@@ -123,7 +123,8 @@ class Gap:
 class ExitInfo:
     """How the target ended (or that we let it go on)."""
 
-    status: str                      # "exited", "signaled", "detached", "running"
+    status: str                      # "exited", "signaled", "detached", "running", or
+                                     # "unknown" (a trace file that does not say: cut short)
     code: int | None = None          # exit code when status == "exited"
     signal: int | None = None        # signal number when status == "signaled"
     fault_address: int | None = None  # siginfo si_addr of the fatal signal, if any
