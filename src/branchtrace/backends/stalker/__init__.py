@@ -39,6 +39,9 @@ class StalkerBackend:
         self.only = tuple(only)
         self._host: Host | None = None
         self._interrupted = False
+        #: BRANCHTRACE_STALKER_CHECK=1: per thread, the blocks the last record() counted
+        #: apart from the store (check.py); None when off
+        self.check_counts: dict[int, int] | None = None
 
     def probe(self) -> Probe:
         return _probe()
@@ -66,6 +69,7 @@ class StalkerBackend:
                 f"not {store.capacity}"
             )
         self._interrupted = False
+        self.check_counts = None
         notes: list[str] = []
         start_vaddr: int | None = None
         if target.pid is None:
@@ -95,6 +99,7 @@ class StalkerBackend:
             if not ended:
                 host.stop()
             result = host.finish(ended)
+            self.check_counts = result.check
         finally:
             self._host = None
             host.stop()

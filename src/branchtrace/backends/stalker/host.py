@@ -29,6 +29,7 @@ from ...errors import BranchtraceError, MemoryLimitError, TargetError, UsageErro
 from ...model import ExitInfo, Gap, ModuleMap
 from ...store import HEADER_SIZE, THREAD_ENTRY_SIZE, Store
 from ...symbols import merge_modules, modules_from_maps, read_maps
+from .check import CheckCounters, enabled
 from .launch import Launcher
 
 #: Signals that Frida's exception types stand for.
@@ -83,6 +84,8 @@ class HostResult:
     gaps: list[Gap]
     notes: list[str] = field(default_factory=list)
     blocks: Any = None
+    #: BRANCHTRACE_STALKER_CHECK: blocks each thread executed, counted apart from the store
+    check: dict[int, int] | None = None
 
 
 class Host:
@@ -94,6 +97,7 @@ class Host:
         self.only = only
         self.table_capacity = table_capacity
         self.table_path = create_table(store.path.parent, store.path.stem, table_capacity)
+        self.check = CheckCounters(store.path.parent, store.path.stem, 4096) if enabled() else None
         self.pid = 0
         self.threads: list[int] = []
         self.gaps: list[Gap] = []
@@ -160,6 +164,7 @@ class Host:
             "mode": int(self.store.mode), "hostPid": os.getpid(), "bmi2": has_bmi2(),
             "only": list(self.only), "slots": slots,
             "entry": self._start_address(launcher, start_vaddr),
+            "checkPath": str(self.check.path) if self.check is not None else None,
         }
         try:
             reply = self._script.exports_sync.init(params)
@@ -203,7 +208,8 @@ class Host:
                 return {"tid": tid, "error": str(err)}
             slot = self.store._slot(tid)
             return {"tid": tid, "index": slot,
-                    "regionOffset": int(self.store._table["region_offset"][slot])}
+                    "regionOffset": int(self.store._table["region_offset"][slot]),
+                    "checkIndex": self.check.assign(tid) if self.check is not None else None}
 
     # -- messages from the agent (on Frida's thread) ----------------------------------------
 
@@ -337,8 +343,9 @@ class Host:
                 self.store.mark_exited(tid)
             except BranchtraceError:
                 pass
+        check = self.check.read() if self.check is not None else None
         return HostResult(exit_info, self.modules, list(self.threads), self.gaps, notes,
-                          blocks)
+                          blocks, check)
 
     def _exit_info(self, ended: bool) -> ExitInfo:
         if not ended:
@@ -358,6 +365,8 @@ class Host:
 
     def close(self) -> None:
         self.table_path.unlink(missing_ok=True)
+        if self.check is not None:
+            self.check.close()
 
 
 def _continue_if_stopped(pid: int) -> None:

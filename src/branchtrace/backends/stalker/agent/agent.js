@@ -32,7 +32,8 @@ const FRIDA_SIGNALS = new Set([4, 5, 6, 7, 8, 11, 31]);
 const SA_SIGINFO = 4;
 /* BtThread field offsets (recorder.c) */
 const TH = { cursor: 24, chunkEnd: 32, slow: 40, entry: 56, region: 64, capacity: 72,
-             chunk: 80, inSlow: 104, nopend: 112, flush: 120, sinkEnd: 128, npending: 136 };
+             chunk: 80, inSlow: 104, nopend: 112, flush: 120, sinkEnd: 128, npending: 136,
+             check: 272 };
 
 const libc = {};
 let params = null;
@@ -65,10 +66,11 @@ function openFile(path) {
   return fd;
 }
 
-/* One reservation per thread: [region][entry page][private context page]. */
+/* One reservation per thread: [region][entry page][private context page], and with
+ * BRANCHTRACE_STALKER_CHECK a page of the check file holding the thread's counter. */
 function mapThread(tid, slot) {
   const p = params;
-  const size = p.regionBytes + 2 * PAGE;
+  const size = p.regionBytes + (p.checkPath !== null ? 3 : 2) * PAGE;
   const base = mmap(NULL, size, PROT_NONE, MAP_PRIVATE | MAP_ANON | MAP_NORESERVE, -1, 0);
   const fd = openFile(p.storePath);
   try {
@@ -81,8 +83,24 @@ function mapThread(tid, slot) {
     const entry = base.add(p.regionBytes + (entryOffset - entryPage));
     cm.threadInit(ctx, entry, base, uint64(p.capacity), uint64(p.chunk), p.mode, tid,
                   uint64(p.regionBytes));
+    if (p.checkPath !== null && slot.checkIndex !== null)
+      mapCheck(ctx, base.add(p.regionBytes + 2 * PAGE), slot.checkIndex);
     cm.registerThread(ctx);
     return { ctx: ctx, base: base, size: size };
+  } finally {
+    libc.close(fd);
+  }
+}
+
+/* The thread's block counter (tests: docs/stalker.md, "Checking the stream"): word
+ * `index` of the check file, in a shared page right after the context page, so that
+ * the emitted code reaches it as T + a displacement. Set before the thread is followed. */
+function mapCheck(ctx, at, index) {
+  const fd = openFile(params.checkPath);
+  try {
+    const offset = 8 * index;
+    mmap(at, PAGE, PROT_RW, MAP_SHARED | MAP_FIXED, fd, offset - (offset % PAGE));
+    ctx.add(TH.check).writePointer(at.add(offset % PAGE));
   } finally {
     libc.close(fd);
   }

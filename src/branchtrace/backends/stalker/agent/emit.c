@@ -132,6 +132,16 @@ emit_publish (BtCode * c, gint32 w, guint reg)
   e1 (c, 0x48); e1 (c, 0x89); e1 (c, modrm_mem); e4 (c, (guint32) w);
 }
 
+/* BRANCHTRACE_STALKER_CHECK (tests): count the block in a word of its own, apart from
+ * the store, with rcx (saved, and loaded again by every variant after this):
+ * mov rcx, [rax+check]; lea rcx, [rcx+1]; mov [rax+check], rcx. Nothing when off. */
+static void
+emit_check (BtCode * c, gint32 check)
+{
+  if (check != 0)
+    emit_publish (c, check, RCX);
+}
+
 /* restore rdx (optional) and rcx, then rax last: mov rax, [rax] */
 static void
 emit_leave (BtCode * c, gboolean restore_rdx)
@@ -185,14 +195,18 @@ build_record (BtCode * out, BtThread * t, guint32 id)
   gint64 region = (gint64) GPOINTER_TO_SIZE (t->region) - (gint64) T;
   gint32 w = (gint32) ((gint64) GPOINTER_TO_SIZE (t->entry) + 16 - (gint64) T);
   guint jpos, bpos, spos, ppos, pback;
+  gint32 check;
 
   c.n = 0;
   c.bad = FALSE;
+  check = (t->check != NULL)
+      ? (gint32) ((gint64) GPOINTER_TO_SIZE (t->check) - (gint64) T) : 0;
 
   if (t->mode == 1 && t->ring_pow2 == 16)
   {
     /* ring of 2^16 records: movzx ecx, word [rax+W] is written % 65536 */
     ppos = emit_enter (&c, T, FALSE, &pback);
+    emit_check (&c, check);
     e1 (&c, 0x0f); e1 (&c, 0xb7); e1 (&c, 0x88); e4 (&c, (guint32) w);
     emit_store_id (&c, (gint32) region, id);
     emit_publish (&c, w, RCX);
@@ -205,6 +219,7 @@ build_record (BtCode * out, BtThread * t, guint32 id)
   {
     /* ring of 2^k records with BMI2: rcx = (written << (64-k)) >> (64-k) */
     ppos = emit_enter (&c, T, TRUE, &pback);
+    emit_check (&c, check);
     e1 (&c, 0xba); e4 (&c, 64 - t->ring_pow2);                       /* mov edx, 64-k */
     en (&c, (const guint8 []) { 0xc4, 0xe2, 0xe9, 0xf7, 0x88 }, 5);  /* shlx rcx, [rax+W], rdx */
     e4 (&c, (guint32) w);
@@ -220,6 +235,7 @@ build_record (BtCode * out, BtThread * t, guint32 id)
   {
     /* any capacity: cursor = slot - capacity counts up to 0, where jrcxz wraps it */
     ppos = emit_enter (&c, T, FALSE, &pback);
+    emit_check (&c, check);
     en (&c, (const guint8 []) { 0x48, 0x8b, 0x48, OFF_CURSOR }, 4);  /* mov rcx, [rax+cursor] */
     emit_store_id (&c, (gint32) (region + (gint64) t->capacity * 4), id);
     en (&c, (const guint8 []) { 0x48, 0x8d, 0x49, 0x01 }, 4);        /* lea rcx, [rcx+1] */
@@ -240,6 +256,7 @@ build_record (BtCode * out, BtThread * t, guint32 id)
   {
     /* stream: cursor = written - reserved_end counts up to 0; jrcxz takes the slow path */
     ppos = emit_enter (&c, T, TRUE, &pback);
+    emit_check (&c, check);
     en (&c, (const guint8 []) { 0x48, 0x8b, 0x48, OFF_CURSOR }, 4);     /* mov rcx, [rax+cursor] */
     en (&c, (const guint8 []) { 0x48, 0x8b, 0x50, OFF_CHUNK_END }, 4);  /* mov rdx, [rax+chunk_end] */
     e1 (&c, 0xc7); e1 (&c, 0x04); e1 (&c, 0x8a); e4 (&c, id);           /* mov dword [rdx+rcx*4], id */

@@ -51,6 +51,8 @@ struct _BtThread
   volatile gint npending;    /* 136 */
   guint32 reserved;          /* 140 */
   guint32 pending[32];       /* 144 ids a signal handler left for the next block to append */
+  volatile guint64 * check;  /* 272 BRANCHTRACE_STALKER_CHECK: a block counter apart from
+                              *     the store (a shared page the tracer reads); else NULL */
 };
 
 /* The block table entry: 32 bytes, little-endian (branchtrace/blocks.py BLOCK_DTYPE). */
