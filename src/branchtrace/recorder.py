@@ -148,15 +148,21 @@ def record(target: Target, config: RecordConfig = RecordConfig(),
     sink = _Collector(writer, keep, listener, start_ns)
     try:
         with Store.create(sconfig) as store:
-            if on_start is not None:
-                on_start(backend, choice.reasons)
+            prepare = getattr(backend, "prepare", None)
+            if prepare is not None:  # before any thread of ours: the ptrace backend forks
+                prepare(store)
             consumer = None
-            if sconfig.mode == StoreMode.STREAM:
-                consumer = StreamConsumer(store, sink.take)
-                consumer.start()
             try:
+                if on_start is not None:
+                    on_start(backend, choice.reasons)
+                if sconfig.mode == StoreMode.STREAM:
+                    consumer = StreamConsumer(store, sink.take)
+                    consumer.start()
                 result = backend.record(target, store, RecordOptions(config.start, config.duration, config.only))
             finally:
+                release = getattr(backend, "release", None)
+                if release is not None:
+                    release()
                 if consumer is not None:
                     consumer.stop()
             status = store.status()

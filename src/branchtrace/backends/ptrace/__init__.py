@@ -19,6 +19,7 @@ from .. import Probe, RecordOptions, RunResult, Target
 
 if TYPE_CHECKING:
     from ...store import Store, StoreMode
+    from .process import TracerProcess
 
 from ...store import Encoding
 
@@ -62,12 +63,16 @@ def _start_vaddr(path: str, start: str | None) -> tuple[int | None, str | None]:
 
 
 class PtraceBackend:
+    """Traces from a process of its own (:mod:`.process`, :mod:`.tracer`), so that the
+    program survives branchtrace being killed; the records cross in the store."""
+
     name = "ptrace"
     description = "single-steps the target with ptrace; exact; ~40k instructions/s here"
     encoding = Encoding.FROMTO
 
     def __init__(self) -> None:
-        self._stepper: object | None = None
+        self._tracer: TracerProcess | None = None
+        self._interrupted = False
 
     def probe(self) -> Probe:
         if platform.machine() != "x86_64":
@@ -87,64 +92,49 @@ class PtraceBackend:
     def store_capacity(self, requested: int, mode: StoreMode) -> int:
         return requested  # the Python producer takes any capacity
 
-    def interrupt(self) -> None:
-        from .stepper import Stepper
+    def prepare(self, store: Store) -> None:
+        """Fork the tracer process now, before the caller starts any thread."""
+        from .process import TracerProcess
 
-        if isinstance(self._stepper, Stepper):
-            self._stepper.interrupt(user=True)
+        if self._tracer is None:
+            self._tracer = TracerProcess.fork(store.path)
+
+    def release(self) -> None:
+        """End and reap the tracer process (detaching it first if it still traces)."""
+        tracer, self._tracer = self._tracer, None
+        if tracer is not None:
+            tracer.close()
+
+    def interrupt(self) -> None:
+        self._interrupted = True
+        if self._tracer is not None:
+            self._tracer.interrupt()
 
     def record(self, target: Target, store: Store, options: RecordOptions) -> RunResult:
-        from .stepper import Stepper
+        from .wire import Request
 
-        stepper = Stepper(store)
         note: str | None = None
         if target.pid is not None:
-            stepper.attach(target.pid)
+            request = Request(pid=target.pid, duration=options.duration)
         else:
             path = _find_program(target.argv[0])
             start_vaddr, note = _start_vaddr(path, options.start)
-            stepper.spawn(target.argv, target.env, target.disable_aslr)
-            if start_vaddr is not None:
-                stepper.set_start(start_vaddr + _bias_of(stepper, path))
-            else:
-                stepper.set_start(None)
-        self._stepper = stepper
-        timer_set = _arm_timer(options.duration, stepper)
+            request = Request(target.argv, target.env, target.disable_aslr, path=path,
+                              start_vaddr=start_vaddr, duration=options.duration)
+        self.prepare(store)
+        assert self._tracer is not None
         try:
-            result = stepper.run()
+            if self._interrupted:
+                self._tracer.interrupt()
+            reply = self._tracer.run(request)
         finally:
-            if timer_set:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-            self._stepper = None
+            self.release()
+            self._interrupted = False
+        assert reply.result is not None
+        result = reply.result
         notes = ([note] if note else []) + result.notes
         return RunResult(result.exit, result.modules, result.threads, result.gaps, notes,
-                         pid=stepper.pid)
-
-
-def _bias_of(stepper: object, path: str) -> int:
-    from .stepper import Stepper
-
-    assert isinstance(stepper, Stepper)
-    real = os.path.realpath(path)
-    for module in stepper.modules:
-        if os.path.realpath(module.path) == real:
-            return module.bias
-    raise TargetError(f"cannot find {path} in the memory map of pid {stepper.pid}")
-
-
-def _arm_timer(duration: float | None, stepper: object) -> bool:
-    """Detach after ``duration`` seconds (only from the main thread, where signals go)."""
-    from .stepper import Stepper
-
-    if not duration or not isinstance(stepper, Stepper):
-        return False
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        raise UsageError("--duration needs the tracer to run in the main thread")
-    signal.signal(signal.SIGALRM, lambda *_: stepper.interrupt())
-    signal.setitimer(signal.ITIMER_REAL, duration)
-    return True
+                         pid=reply.pid)
 
 
 _probe_cache: Probe | None = None

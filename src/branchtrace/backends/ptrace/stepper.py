@@ -109,6 +109,7 @@ class Stepper:
         self._insns = InsnCache(self._read)
         self._started = False
         self._breakpoint: tuple[int, int] | None = None   # (address, original byte)
+        self._detached_before_start = False
         self._stop_requested = False
         self._user_interrupt = False
         self._owner = threading.get_ident()
@@ -166,6 +167,8 @@ class Stepper:
         for waiting in self.threads.values():
             if not waiting.running:
                 self._resume(waiting)
+        if self._stop_requested:  # asked before we ran: now there is something to interrupt
+            self.interrupt()
         threads = self.threads
         record = self._record
         insns = self._insns.get
@@ -211,7 +214,7 @@ class Stepper:
                 self._mem_fd = -1
         for tid in list(self.threads):
             self._drop(tid)
-        if self._breakpoint is not None:
+        if self._breakpoint is not None or self._detached_before_start:
             self.notes.append("the start point was never reached, so nothing was recorded; "
                               "--start entry records from the first instruction")
         exit_info = self._exit or ExitInfo("detached")
@@ -350,6 +353,7 @@ class Stepper:
                 # arrive while we trace, and swallow it, or it would kill the program
                 self._resume(t, 0, step=False)
                 return
+            self._remove_breakpoint(t)
             try:
                 pt.ptrace(pt.PTRACE_DETACH, t.tid, 0, inject)
             except OSError:
@@ -357,6 +361,20 @@ class Stepper:
             self._drop(t.tid)
             return
         self._resume(t, inject, step=keep_stepping and t.mode == STEPPING)
+
+    def _remove_breakpoint(self, t: _Thread) -> None:
+        """Before the first detach: put back the byte our start-point int3 replaced, or
+        the program would die of SIGTRAP when it got there untraced."""
+        if self._breakpoint is None:
+            return
+        address, original = self._breakpoint
+        try:
+            pt.write_byte(t.tid, address, original)
+        except OSError:
+            return
+        self._breakpoint = None
+        self._detached_before_start = True
+        self._insns.invalidate()
 
     def _resume(self, t: _Thread, inject: int = 0, step: bool | None = None) -> None:
         if step is None:

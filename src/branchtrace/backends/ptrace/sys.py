@@ -131,6 +131,17 @@ def disable_aslr() -> None:
         _libc.personality(current | ADDR_NO_RANDOMIZE)
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def set_parent_death_signal(sig: int) -> None:
+    """Have the kernel send ``sig`` to this process when the thread that forked it ends."""
+    _libc.prctl.restype = ctypes.c_int
+    ctypes.set_errno(0)
+    _check(_libc.prctl(ctypes.c_int(PR_SET_PDEATHSIG), ctypes.c_ulong(sig), ctypes.c_ulong(0),
+                       ctypes.c_ulong(0), ctypes.c_ulong(0)))
+
+
 def write_byte(tid: int, address: int, value: int) -> int:
     """Replace one byte of the tracee's memory; return the byte that was there."""
     word = peekdata(tid, address)

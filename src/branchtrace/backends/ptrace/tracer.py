@@ -1,0 +1,123 @@
+"""The ptrace tracer process: the side of the fork that single-steps the target.
+
+branchtrace forks this process (see :mod:`.process`) before it starts any thread. It
+reads one :class:`~.wire.Request`, traces the target with a :class:`~.stepper.Stepper`
+that writes records straight into the shared-memory store, and writes one
+:class:`~.wire.Reply`. It ends with ``os._exit``: nothing of the parent's (atexit
+handlers, buffered output, the store's owner) runs here.
+
+Why a process of its own: when a tracer is killed, the kernel detaches its tracees but
+leaves the trap flag of a single-stepping thread set, and the program dies of SIGTRAP.
+Nothing can catch SIGKILL, so the tracer must outlive branchtrace: it asks the kernel
+for :data:`DETACH` when branchtrace dies (``PR_SET_PDEATHSIG``), and on that signal
+it detaches every thread cleanly (PTRACE_DETACH clears the trap flag; the stepper
+swallows a single-step trap still pending), then exits. The program runs on.
+
+Signals it takes (each asks the stepper to detach soon):
+:data:`DETACH` (SIGUSR1: branchtrace died, or gave up), :data:`USER_STOP` (SIGUSR2:
+branchtrace's ``interrupt()``, a Ctrl-C), SIGINT (the terminal's Ctrl-C reaches the
+whole process group: swallowed in the program too), SIGALRM (``--duration``), SIGTERM
+and SIGHUP.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from types import FrameType
+from typing import NoReturn
+
+from ...errors import TargetError
+from ...store import Store
+from . import sys as pt
+from . import wire
+from .stepper import Stepper
+
+DETACH = signal.SIGUSR1
+USER_STOP = signal.SIGUSR2
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGALRM, DETACH, USER_STOP)
+
+
+class _Control:
+    """What the signal handlers share with the tracing code."""
+
+    stepper: Stepper | None = None
+    stop = False
+    user = False
+
+
+_control = _Control()
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    user = signum in (signal.SIGINT, USER_STOP)
+    _control.stop = True
+    _control.user = _control.user or user
+    if _control.stepper is not None:
+        _control.stepper.interrupt(user=user)
+
+
+def serve(store_path: Path, commands: int, replies: int, parent: int) -> NoReturn:
+    """The whole life of the tracer process (in the child of the fork)."""
+    code = 0
+    try:
+        for sig in _SIGNALS:
+            signal.signal(sig, _on_signal)
+        pt.set_parent_death_signal(DETACH)
+        if os.getppid() != parent:  # branchtrace died before the line above
+            os._exit(0)
+        request = wire.receive(commands)
+        if isinstance(request, wire.Request):
+            reply = _answer(store_path, request)
+            if os.getppid() != parent:
+                _remove_orphan_store(store_path)
+            try:
+                wire.send(replies, reply)
+            except OSError:  # nobody is listening any more
+                pass
+    except BaseException:
+        code = 1
+    finally:
+        os._exit(code)
+
+
+def _answer(store_path: Path, request: wire.Request) -> wire.Reply:
+    stepper: Stepper | None = None
+    try:
+        with Store.open(store_path) as store:
+            stepper = Stepper(store)
+            _control.stepper = stepper
+            if _control.stop:
+                stepper.interrupt(user=_control.user)
+            if request.pid is not None:
+                stepper.attach(request.pid)
+            else:
+                stepper.spawn(request.argv, request.env, request.disable_aslr)
+                start = request.start_vaddr
+                stepper.set_start(None if start is None else start + _bias_of(stepper, request.path))
+            if request.duration:
+                signal.setitimer(signal.ITIMER_REAL, request.duration)
+            result = stepper.run()
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            return wire.Reply(result, stepper.pid)
+    except BaseException as exc:
+        return wire.error_reply(exc, stepper.pid if stepper is not None else 0)
+
+
+def _bias_of(stepper: Stepper, path: str) -> int:
+    real = os.path.realpath(path)
+    for module in stepper.modules:
+        if os.path.realpath(module.path) == real:
+            return module.bias
+    raise TargetError(f"cannot find {path} in the memory map of pid {stepper.pid}")
+
+
+def _remove_orphan_store(path: Path) -> None:
+    """branchtrace died: remove its store file (and the private directory made for it)."""
+    try:
+        path.unlink(missing_ok=True)
+        if path.parent.name.startswith("branchtrace-"):
+            path.parent.rmdir()
+    except OSError:
+        pass
