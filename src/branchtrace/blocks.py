@@ -99,8 +99,11 @@ def create_table(directory: Path, stem: str, capacity: int = DEFAULT_TABLE_CAPAC
 
 def read_header(path: Path) -> np.void:
     """The checked header of the table file at ``path``."""
-    with open(path, "rb") as f:
-        raw = f.read(TABLE_HEADER_SIZE)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(TABLE_HEADER_SIZE)
+    except OSError as err:
+        raise TraceFormatError(f"{path}: cannot read the block table: {err.strerror or err}") from None
     if len(raw) < TABLE_HEADER_SIZE:
         raise TraceFormatError(f"{path}: not a block table (only {len(raw)} bytes)")
     head: np.void = np.frombuffer(raw, TABLE_HEADER_DTYPE)[0]
@@ -122,9 +125,15 @@ def read_table(path: Path) -> tuple[np.ndarray, int]:
     head = read_header(path)
     capacity, count = int(head["capacity"]), int(head["count"])
     n = min(capacity, count)
-    with open(path, "rb") as f:
-        f.seek(TABLE_HEADER_SIZE)
-        raw = f.read(n * BLOCK_DTYPE.itemsize)
+    try:
+        with open(path, "rb") as f:
+            # Checked before reading: a hostile count must not size an allocation.
+            if TABLE_HEADER_SIZE + n * BLOCK_DTYPE.itemsize > os.fstat(f.fileno()).st_size:
+                raise TraceFormatError(f"{path}: block table is truncated")
+            f.seek(TABLE_HEADER_SIZE)
+            raw = f.read(n * BLOCK_DTYPE.itemsize)
+    except OSError as err:
+        raise TraceFormatError(f"{path}: cannot read the block table: {err.strerror or err}") from None
     if len(raw) < n * BLOCK_DTYPE.itemsize:
         raise TraceFormatError(f"{path}: block table is truncated")
     return np.frombuffer(raw, BLOCK_DTYPE).copy(), max(0, count - capacity)

@@ -102,6 +102,11 @@ class Store:
         if not np.array_equal(store._table["region_offset"][:n], expected):
             store.close(unlink=False)
             raise StoreError(f"{path}: corrupt thread table (bad region offsets)")
+        states = store._table["state"][:n]
+        if np.any(states > max(ThreadState)):
+            store.close(unlink=False)
+            raise StoreError(f"{path}: corrupt thread table (thread state "
+                             f"{int(states.max())})")
         return store
 
     # -- the six operations ------------------------------------------------------------
@@ -320,13 +325,15 @@ class Store:
 
     def _held(self, slot: int, written: int | None = None) -> int:
         w = self._word(slot, "written") if written is None else written
-        held = w - self._word(slot, "consumed")
+        held = max(0, w - self._word(slot, "consumed"))   # never negative, even if corrupt
         return min(held, self.capacity) if self.mode == StoreMode.RING else held
 
     def _thread_status(self, slot: int) -> ThreadStatus:
         w, c = self._word(slot, "written"), self._word(slot, "consumed")
         lost = self._word(slot, "lost_acc") + self._overwritten(w, c)
-        return ThreadStatus(self._word(slot, "tid"), ThreadState(self._word(slot, "state")),
+        state = self._word(slot, "state")
+        return ThreadStatus(self._word(slot, "tid"),
+                            ThreadState(state) if state <= max(ThreadState) else ThreadState.ACTIVE,
                             self._held(slot, w), w, c, lost, self._word(slot, "producer_waits"))
 
     def _overwritten(self, written: int, consumed: int) -> int:
@@ -360,6 +367,8 @@ class Store:
     def _copy(self, slot: int, start: int, end: int) -> np.ndarray:
         """A copy of the records at absolute positions [start, end), oldest first."""
         region, n = self._region(slot), max(0, end - start)
+        if n > self.capacity:                  # a corrupt table: the region holds no more
+            start, n = end - self.capacity, self.capacity
         s = start % self.capacity
         if s + n <= self.capacity:
             return region[s:s + n].copy()

@@ -10,8 +10,10 @@ the reason ``"corrupt chunk"``; nothing here raises for damaged data.
 
 from __future__ import annotations
 
+import bisect
 import os
 import threading
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -23,10 +25,19 @@ from ..errors import TraceFormatError
 from ..model import BRANCH_DTYPE, ExitInfo, Gap, Mapping, ModuleMap
 from ..store import RECORD_DTYPES, Encoding, StoreMode
 from ..trace import CHUNK_TIMES_DTYPE, Trace
-from .format import ModuleInfo
+from .format import GapInfo, ModuleInfo
 from .reader import Chunk, TraceFile, scan
 
 CORRUPT = "corrupt chunk"
+#: A thread's chunks are decompressed into one buffer allocated up front from the sizes
+#: their headers declare. A chunk declaring more than this many times its compressed
+#: bytes (plus _TRUSTED_BYTES) is first decompressed into a small scratch buffer to check
+#: that it really holds its declared size: forged zstd frame headers must not make the
+#: reader allocate gigabytes. So what is allocated before a check is at most 8 x the
+#: file (real traces that compress better than 8:1 pay one more decompression pass).
+_TRUSTED_RATIO = 8
+_TRUSTED_BYTES = 64 << 10
+_PROBE_BYTES = 1 << 20
 
 
 def open_trace(path: str | os.PathLike[str]) -> Trace:
@@ -52,6 +63,9 @@ def to_trace(tf: TraceFile) -> Trace:
     written: dict[int, int] = {}
     lost: dict[int, int] = {}
     notes = list(tf.notes)
+    gaps_of: dict[int, list[GapInfo]] = defaultdict(list)
+    for g in tf.gaps:
+        gaps_of[g.tid].append(g)
     local = threading.local()        # each worker's decompressor and scratch buffer
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         for tid in order:
@@ -61,13 +75,11 @@ def to_trace(tf: TraceFile) -> Trace:
             if why:
                 notes.append(f"thread {tid}: {why}")
             threads[tid], times[tid] = array, chunk_times
-            dropped = [hole for hole, _ in placed]
-            for g in tf.gaps:
-                if g.tid == tid:
-                    gaps.append(Gap(tid, min(_shift(g.index, dropped), len(array)), g.count,
-                                    g.reason))
+            shift = _Shifter([hole for hole, _ in placed])
+            for g in gaps_of.get(tid, ()):
+                gaps.append(Gap(tid, min(shift(g.index), len(array)), g.count, g.reason))
             gaps.extend(Gap(tid, index, hole.count, CORRUPT) for hole, index in placed)
-            missing = sum(hole.count for hole in dropped)
+            missing = shift.total
             kept = sum(c.head.count for c in chunks)
             written[tid] = t.written if t else kept + missing
             lost[tid] = (t.lost if t else 0) + missing
@@ -99,9 +111,24 @@ def _module(m: ModuleInfo) -> ModuleMap:
                      tuple(Mapping(x.start, x.end, x.perms, x.offset, x.path) for x in m.mappings))
 
 
-def _shift(index: int, holes: list[_Hole]) -> int:
-    """Where writer index ``index`` lands once the records of ``holes`` are gone."""
-    return index - sum(min(h.count, max(0, index - h.start)) for h in holes)
+class _Shifter:
+    """Where a writer index lands once the records of ``holes`` (in order, not
+    overlapping) are gone: a binary search, so many gaps and holes stay cheap."""
+
+    def __init__(self, holes: list[_Hole]) -> None:
+        self.holes = sorted(holes, key=lambda h: h.start)
+        self.starts = [h.start for h in self.holes]
+        self.before = [0]                     # records in holes[:k]
+        for h in self.holes:
+            self.before.append(self.before[-1] + h.count)
+        self.total = self.before[-1]
+
+    def __call__(self, index: int) -> int:
+        k = bisect.bisect_right(self.starts, index)
+        if k == 0:
+            return index
+        last = self.holes[k - 1]
+        return index - self.before[k - 1] - min(last.count, index - last.start)
 
 
 def _select(chunks: list[Chunk], kept: int | None) -> tuple[list[Chunk], list[_Hole]]:
@@ -131,7 +158,13 @@ def _decode_thread(tf: TraceFile, chunks: list[Chunk], holes: list[_Hole],
     raw_dtype = RECORD_DTYPES[encoding]
     per_chunk = encoding == Encoding.FROMTO     # records decode independently
     total = sum(c.head.count for c in chunks)
-    buffer = np.empty(total, BRANCH_DTYPE if per_chunk else raw_dtype)
+    chunks, holes = _verified(chunks, holes, raw_dtype.itemsize, pool, local)
+    total = sum(c.head.count for c in chunks)
+    try:
+        buffer = np.empty(total, BRANCH_DTYPE if per_chunk else raw_dtype)
+    except MemoryError:
+        raise TraceFormatError(
+            f"{tf.path}: not enough memory to decode its {total} records") from None
     slots, at = [], 0
     for c in chunks:
         slots.append((at, at + c.head.count))
@@ -181,6 +214,48 @@ def _decode_thread(tf: TraceFile, chunks: list[Chunk], holes: list[_Hole],
                 gaps.append((item, n))
     array = pieces[0] if len(pieces) == 1 else concat(pieces, BRANCH_DTYPE)
     return array, gaps, np.array(times, dtype=CHUNK_TIMES_DTYPE), why
+
+
+def _verified(chunks: list[Chunk], holes: list[_Hole], record_size: int,
+              pool: ThreadPoolExecutor, local: threading.local
+              ) -> tuple[list[Chunk], list[_Hole]]:
+    """The chunks, without those whose size is out of proportion to their compressed
+    bytes and that do not decompress to it; those join the holes."""
+    def job(c: Chunk) -> bool:
+        size = c.head.count * record_size
+        return size <= _TRUSTED_RATIO * len(c.body) + _TRUSTED_BYTES \
+            or _probe(local, c.body, size)
+
+    if all(c.head.count * record_size <= _TRUSTED_RATIO * len(c.body) + _TRUSTED_BYTES
+           for c in chunks):
+        return chunks, holes
+    ok = list(pool.map(job, chunks))
+    bad = [_Hole(c.head.first_index, c.head.count) for c, good in zip(chunks, ok) if not good]
+    good_chunks = [c for c, good in zip(chunks, ok) if good]
+    return good_chunks, sorted(holes + bad, key=lambda h: h.start)
+
+
+def _probe(local: threading.local, body: bytes, size: int) -> bool:
+    """Whether the zstd frame at the start of ``body`` decompresses to exactly ``size``
+    bytes, using a fixed scratch buffer (nothing of that size is allocated)."""
+    dctx: zstandard.ZstdDecompressor | None = getattr(local, "dctx", None)
+    if dctx is None:
+        dctx = local.dctx = zstandard.ZstdDecompressor()
+    probe: bytearray | None = getattr(local, "probe", None)
+    if probe is None:
+        probe = local.probe = bytearray(_PROBE_BYTES)
+    view = memoryview(probe)
+    try:
+        with dctx.stream_reader(body, read_across_frames=False) as reader:
+            got = 0
+            while got < size:
+                n = reader.readinto(view[:min(len(view), size - got)])
+                if not n:
+                    return False
+                got += n
+            return reader.readinto(view[:1]) == 0
+    except zstandard.ZstdError:
+        return False
 
 
 def _decode_run(tf: TraceFile, part: np.ndarray, per_chunk: bool,

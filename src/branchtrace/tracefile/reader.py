@@ -277,14 +277,26 @@ def _take(tf: TraceFile, rtype: int, payload: bytes, pos: int,
         if not 0 < nbytes <= MAX_CHUNK_BYTES or zstandard.frame_content_size(frame_body) != nbytes:
             raise Malformed("bad block table record")
         dtype = dtype_from_fields(list(bhead.fields), bhead.row_size)
-        raw = zstandard.ZstdDecompressor().decompress(frame_body, max_output_size=nbytes)
-        if len(raw) != nbytes:
-            raise Malformed("bad block table record")
+        raw = _inflate(frame_body, nbytes)
         blocks.append((bhead, np.frombuffer(raw, dtype)))
     elif rtype == RecordType.HEADER:
         tf.problems.append(f"a second header (at byte {pos}) was ignored")
     else:
         s.unknown += 1
+
+
+def _inflate(body: bytes | memoryview, size: int) -> bytes:
+    """The ``size`` bytes the zstd frame at the start of ``body`` holds, decompressed a
+    piece at a time: memory grows with what the frame really holds, not with what its
+    header claims."""
+    out = bytearray()
+    with zstandard.ZstdDecompressor().stream_reader(body, read_across_frames=False) as r:
+        while len(out) < size:
+            piece = r.read(min(_WINDOW, size - len(out)))
+            if not piece:
+                raise Malformed("bad block table record")
+            out += piece
+    return bytes(out)
 
 
 def _assemble_blocks(parts: list[tuple[BlocksHead, np.ndarray]],

@@ -1,0 +1,479 @@
+"""Hostile input for every reader: trace files, store files and block table files.
+
+tests/unit/test_tracefile_fuzz.py damages trace files at random; most of that damage is
+caught by the records' CRCs. Here the damage comes with a correct CRC (the record is
+re-framed after a field is changed), so the payload decoders themselves meet hostile
+length and count fields, and the store and the block table (which have no CRC) are
+fuzzed too. Every read must give a result or one BranchtraceError, within a time bound,
+and its peak allocation (tracemalloc) must stay below a small multiple of the file size
+plus a constant: a length field must never make a reader allocate what the file does
+not hold.
+
+atheris (coverage-guided fuzzing) is not used: it is not in this machine's package
+registry, so it cannot be installed here; hypothesis drives the inputs instead. The
+default example counts keep this file to seconds; ``pytest --soak`` multiplies them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import struct
+import time
+import tracemalloc
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from branchtrace.blocks import BLOCK_DTYPE, TABLE_HEADER_SIZE, create_table, read_table
+from branchtrace.errors import BranchtraceError
+from branchtrace.model import Gap, Mapping, ModuleMap
+from branchtrace.store import HEADER_DTYPE, HEADER_SIZE, THREAD_DTYPE, Encoding, Store, StoreConfig, StoreMode
+from branchtrace.tracefile import TraceWriter, open_trace
+from branchtrace.tracefile.format import (
+    FRAME,
+    PREAMBLE,
+    BlocksHead,
+    ChunkHead,
+    EndInfo,
+    FileHeader,
+    RecordType,
+    ThreadInfo,
+    frame,
+)
+
+TIME_LIMIT = 10.0           # seconds one read may take
+SLACK = 8 << 20             # the constant of the memory bound: scratch buffers, pools
+HOSTILE = [0, 1, 2, 0x7FFF_FFFF, 1 << 31, 0xFFFF_FFFF, 1 << 32, 1 << 40, 1 << 62,
+           (1 << 63) - 1, (1 << 64) - 1]
+MEASURED: dict[str, tuple[int, int]] = {}   # worst peak and its file size, per reader
+
+
+def examples(soak: bool, n: int) -> Any:
+    return settings(max_examples=n * 20 if soak else n, deadline=None, derandomize=True,
+                    suppress_health_check=list(HealthCheck))
+
+
+@contextmanager
+def bounded(what: str, size: int) -> Iterator[None]:
+    """Fail a read that takes longer than TIME_LIMIT (SIGALRM interrupts a hang) or
+    whose peak allocation passes 4 x the file size + SLACK."""
+    def expire(signum: int, frame: object) -> None:
+        raise TimeoutError(f"reading a hostile {what} took over {TIME_LIMIT} s")
+
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, TIME_LIMIT)
+    tracemalloc.start()
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    worst = MEASURED.get(what, (0, 0))
+    if peak - 4 * size > worst[0] - 4 * worst[1]:
+        MEASURED[what] = (peak, size)
+    assert peak < 4 * size + SLACK, f"{what} of {size} bytes: peak allocation {peak}"
+
+
+def read_trace(path: Path, data: bytes) -> None:
+    path.write_bytes(data)
+    with bounded("trace file", len(data)):
+        try:
+            trace = open_trace(path)
+        except BranchtraceError as err:
+            assert "\n" not in str(err)
+            return
+    assert trace.total() >= 0
+    for tid, branches in trace.threads.items():
+        assert len(branches) <= 8 * len(data) + (1 << 20), tid
+
+
+# -- trace files ---------------------------------------------------------------------------
+
+def records(data: bytes) -> list[tuple[int, int, bytes]]:
+    """(offset, type, payload) of every record of a valid file."""
+    out, pos = [], PREAMBLE.size
+    while pos + FRAME.size <= len(data):
+        rtype, length = struct.unpack_from("<H", data, pos + 4)[0], struct.unpack_from("<I", data, pos + 8)[0]
+        out.append((pos, rtype, data[pos + FRAME.size:pos + FRAME.size + length]))
+        pos += FRAME.size + length
+    return out
+
+
+def rebuild(data: bytes, changed: dict[int, bytes], extra_before_end: bytes = b"") -> bytes:
+    """The file with the payloads of records ``changed`` (by index) replaced and their
+    CRCs made right again."""
+    out = bytearray(data[:PREAMBLE.size])
+    recs = records(data)
+    for i, (_, rtype, payload) in enumerate(recs):
+        if rtype == RecordType.END:
+            out += extra_before_end
+        out += frame(RecordType(rtype), changed.get(i, payload))
+    return bytes(out)
+
+
+def _write_fromto(path: Path) -> None:
+    r = np.random.default_rng(7)
+    w = TraceWriter.create(path, FileHeader(int(Encoding.FROMTO), int(StoreMode.STREAM), 24,
+                                            4096, 1024, 9, 1, "ptrace", "t", ("./p", "a b")))
+    raw = np.zeros(3000, [("from_ip", "<u8"), ("to_ip", "<u8"), ("kind", "u1"), ("pad", "V7")])
+    raw["from_ip"], raw["to_ip"] = r.integers(0, 1 << 47, 3000), r.integers(0, 1 << 47, 3000)
+    raw["kind"] = r.integers(0, 9, 3000)
+    for tid in (9, 10):
+        for k in range(3):
+            w.write_chunk(tid, raw[k * 1000:(k + 1) * 1000], 1 + k, 2 + k)
+        w.write_thread(ThreadInfo(tid, 3000, 3100, 100))
+    w.write_module(ModuleMap("/bin/p", 0x1000, 0x9000, 0x1000, "beef",
+                             (Mapping(0x1000, 0x9000, "r-xp", 0, "/bin/p"),)))
+    w.write_gap(Gap(10, 5, 100, "lost"))
+    w.write_note("a note")
+    w.finish(EndInfo(3, 9, "signaled", signal=11, fault_address=0, fault_pc=0x1234, tid=9))
+
+
+def _write_blockid(path: Path) -> None:
+    r = np.random.default_rng(8)
+    table = np.zeros(64, BLOCK_DTYPE)
+    table["start"] = 0x1000 + 16 * np.arange(64)
+    table["last"], table["end"] = table["start"] + 8, table["start"] + 12
+    table["kind"], table["flags"], table["ninsn"] = np.arange(64) % 9, 1, 3
+    w = TraceWriter.create(path, FileHeader(int(Encoding.BLOCKID), int(StoreMode.RING), 4,
+                                            4096, 0, 5, 1, "stalker", "t", ("p",)))
+    for k in range(3):
+        w.write_chunk(5, r.integers(0, 64, 2000).astype("<u4"), 1, 2)
+    w.write_thread(ThreadInfo(5, 6000, 6000, 0))
+    w.write_blocks(table)
+    w.finish(EndInfo(3, 5, "exited", code=0))
+
+
+@pytest.fixture(scope="module", params=["fromto", "blockid"])
+def valid(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    path = tmp_path_factory.mktemp("fuzzr") / f"{request.param}.btrace"
+    (_write_fromto if request.param == "fromto" else _write_blockid)(path)
+    trace = open_trace(path)
+    assert trace.total() > 0 and not trace.truncated
+    return path.read_bytes()
+
+
+def test_truncated_at_every_record_boundary(valid: bytes, tmp_path: Path) -> None:
+    """Cut at, and one byte either side of, every frame start, frame end, string and
+    zstd frame start: the part before the cut is read, with the file marked cut short."""
+    cuts = {0, 1, 7, 8, PREAMBLE.size - 1, PREAMBLE.size, len(valid) - 1}
+    for pos, _, payload in records(valid):
+        for at in (pos, pos + 4, pos + 12, pos + FRAME.size, pos + FRAME.size + 32,
+                   pos + FRAME.size + len(payload)):
+            cuts.update((at - 1, at, at + 1))
+    whole_records = 0
+    for cut in sorted(c for c in cuts if 0 <= c < len(valid)):
+        read_trace(tmp_path / "t.btrace", valid[:cut])
+        if cut > PREAMBLE.size + FRAME.size + len(records(valid)[0][2]):
+            trace = open_trace(tmp_path / "t.btrace")
+            assert trace.truncated and trace.exit.status == "unknown"
+            whole_records += 1
+    assert whole_records > 10
+
+
+# Offsets of the length and count fields of each record type's payload (see format.py).
+LENGTH_FIELDS = {
+    RecordType.HEADER: [(8, "Q"), (16, "I"), (32, "I")],     # capacity, chunk records, backend
+    RecordType.CHUNK: [(0, "I"), (4, "I"), (8, "Q")],        # tid, count, first_index
+    RecordType.THREAD: [(8, "Q"), (16, "Q"), (24, "Q")],     # kept, written, lost
+    RecordType.GAP: [(8, "Q"), (16, "Q"), (24, "I")],        # index, count, reason length
+    RecordType.MODULE: [(24, "I")],                          # path length
+    RecordType.BLOCKS: [(0, "Q"), (8, "Q"), (16, "I"), (20, "I"), (24, "I")],
+    RecordType.END: [(40, "I")],                             # status length
+}
+
+
+def test_every_named_length_field_hostile(valid: bytes, tmp_path: Path) -> None:
+    """Each length/count field of each record, set to each hostile value, CRC intact."""
+    tried = 0
+    for i, (_, rtype, payload) in enumerate(records(valid)):
+        for offset, fmt in LENGTH_FIELDS.get(RecordType(rtype), []):
+            for value in HOSTILE:
+                if offset + struct.calcsize(fmt) > len(payload):
+                    continue
+                patched = bytearray(payload)
+                struct.pack_into("<" + fmt, patched, offset, value & ((1 << (8 * struct.calcsize(fmt))) - 1))
+                read_trace(tmp_path / "t.btrace", rebuild(valid, {i: bytes(patched)}))
+                tried += 1
+    assert tried > 100
+
+
+def test_hostile_fields_with_valid_crc(valid: bytes, tmp_path: Path, soak: bool) -> None:
+    recs = records(valid)
+
+    @examples(soak, 80)
+    @given(which=st.integers(0, len(recs) - 1), where=st.floats(0, 1, exclude_max=True),
+           value=st.one_of(st.sampled_from(HOSTILE), st.integers(0, (1 << 64) - 1)),
+           wide=st.booleans())
+    def run(which: int, where: float, value: int, wide: bool) -> None:
+        payload = bytearray(recs[which][2])
+        size = 8 if wide else 4
+        if len(payload) < size:
+            return
+        at = int(where * (len(payload) - size + 1))
+        payload[at:at + size] = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+        read_trace(tmp_path / "t.btrace", rebuild(valid, {which: bytes(payload)}))
+
+    run()
+
+
+def test_payloads_cut_or_grown_with_valid_crc(valid: bytes, tmp_path: Path, soak: bool) -> None:
+    """A record whose payload is cut short (strings and counts past its end) or has
+    junk appended, framed correctly."""
+    recs = records(valid)
+
+    @examples(soak, 60)
+    @given(which=st.integers(0, len(recs) - 1), keep=st.floats(0, 1),
+           junk=st.binary(max_size=64))
+    def run(which: int, keep: float, junk: bytes) -> None:
+        payload = recs[which][2]
+        read_trace(tmp_path / "t.btrace",
+                   rebuild(valid, {which: payload[:int(keep * len(payload))] + junk}))
+
+    run()
+
+
+def forged_chunks(n: int, records_each: int, record_size: int, first_tid: int = 77,
+                  one_thread: bool = True) -> bytes:
+    """CHUNK records whose zstd frame header declares ``records_each`` records but holds
+    none of them (the frame stops after its header)."""
+    whole = zstandard.ZstdCompressor().compress(b"\0" * (records_each * record_size))
+    header_only = whole[:zstandard.frame_header_size(whole)] + b"\0\0\0"
+    return b"".join(frame(RecordType.CHUNK, ChunkHead(
+        first_tid if one_thread else first_tid + i, records_each,
+        i * records_each if one_thread else 0, 1, 2).encode() + header_only) for i in range(n))
+
+
+@pytest.mark.parametrize("many", [1, 40, 2000])
+def test_forged_chunk_sizes_allocate_nothing(valid: bytes, tmp_path: Path, many: int) -> None:
+    """Chunks claiming 16 MiB each (2000 of them: 32 GiB) in a file of a few hundred KiB:
+    the thread keeps its real chunks, the forged ones become a corrupt-chunk gap."""
+    record_size = struct.unpack_from("<I", records(valid)[0][2], 4)[0]
+    data = rebuild(valid, {}, forged_chunks(many, (16 << 20) // record_size, record_size))
+    read_trace(tmp_path / "t.btrace", data)
+    trace = open_trace(tmp_path / "t.btrace")
+    assert len(trace.threads[77]) == 0
+    assert sum(g.count for g in trace.gaps if g.tid == 77) == many * ((16 << 20) // record_size)
+
+
+def test_forged_blocks_record_allocates_nothing(valid: bytes, tmp_path: Path) -> None:
+    """BLOCKS records claiming 16 MiB of table rows each, holding only a frame header."""
+    whole = zstandard.ZstdCompressor().compress(b"\0" * (16 << 20))
+    header_only = whole[:zstandard.frame_header_size(whole)]
+    forged = b"".join(frame(RecordType.BLOCKS, BlocksHead(
+        i << 20, (16 << 20) // 32, 32, (("", "V32", 0),)).encode() + header_only)
+        for i in range(200))
+    read_trace(tmp_path / "t.btrace", rebuild(valid, {}, forged))
+
+
+def test_many_gaps_and_holes_stay_fast(valid: bytes, tmp_path: Path) -> None:
+    """Thousands of GAP records and missing chunks on one thread: no quadratic work."""
+    record_size = struct.unpack_from("<I", records(valid)[0][2], 4)[0]
+    rows = zstandard.ZstdCompressor().compress(b"\0" * record_size)
+    extra = bytearray()
+    for i in range(4000):     # one-record chunks with a hole after each, and a gap each
+        extra += frame(RecordType.CHUNK, ChunkHead(99, 1, 2 * i, 1, 2).encode() + rows)
+        extra += frame(RecordType.GAP, struct.pack("<IIQQ", 99, 0, 2 * i, 1) + b"\0\0\0\0")
+    began = time.monotonic()
+    read_trace(tmp_path / "t.btrace", rebuild(valid, {}, bytes(extra)))
+    assert time.monotonic() - began < 5
+
+
+def test_files_that_are_not_regular(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path in (tmp_path, fifo, tmp_path / "missing"):
+        with bounded("trace file", 0), pytest.raises(BranchtraceError):
+            open_trace(path)
+
+
+# -- store files ---------------------------------------------------------------------------
+
+def _store_bytes(directory: Path, mode: StoreMode) -> bytes:
+    chunk = 64 if mode == StoreMode.STREAM else 0
+    config = StoreConfig(mode, Encoding.FROMTO, 256, chunk, None, 8)
+    store = Store.create(config, directory)
+    try:
+        for tid in (100, 101, 102):
+            buf = store.add_thread(tid)
+            for k in range(40 * (tid - 99)):
+                buf.push(0x1000 + k, 0x2000 + k, 1)
+        store.mark_exited(101)
+        return store.path.read_bytes()
+    finally:
+        store.close(unlink=True)
+
+
+@pytest.fixture(scope="module", params=[StoreMode.RING, StoreMode.STREAM])
+def store_file(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    return _store_bytes(tmp_path_factory.mktemp("store"), request.param)
+
+
+def read_store(path: Path, data: bytes) -> None:
+    """Open the store as the tracer does and use every read operation on each thread."""
+    path.write_bytes(data)
+    with bounded("store file", len(data)):
+        try:
+            store = Store.open(path)
+        except BranchtraceError as err:
+            assert "\n" not in str(err)
+            return
+        try:
+            status = store.status()
+            assert status.held >= 0 and status.memory_used <= len(data)
+            for tid in store.tids():
+                held = store.size(tid)
+                assert 0 <= held
+                peek = store.peek(tid)
+                assert len(peek) <= store.capacity
+                if len(peek):
+                    store.get(tid, 0)
+                assert len(store.drain(tid, final=False)) <= store.capacity
+                assert len(store.drain(tid)) <= store.capacity
+        except BranchtraceError as err:
+            assert "\n" not in str(err)
+        finally:
+            store.close(unlink=False)
+
+
+HEADER_FIELDS = [(name, HEADER_DTYPE.fields[name][1], HEADER_DTYPE.fields[name][0].itemsize)
+                 for name in HEADER_DTYPE.names or () if name != "magic"]
+ENTRY_FIELDS = [(name, THREAD_DTYPE.fields[name][1], THREAD_DTYPE.fields[name][0].itemsize)
+                for name in THREAD_DTYPE.names or ()]
+
+
+def test_store_reads_back(store_file: bytes, tmp_path: Path) -> None:
+    path = tmp_path / "s.bts"
+    path.write_bytes(store_file)
+    with Store.open(path) as store:
+        assert store.tids() == [100, 101, 102] and store.size(101) == 80
+
+
+def test_store_every_header_and_entry_field_hostile(store_file: bytes, tmp_path: Path) -> None:
+    tried = 0
+    targets = [(HEADER_SIZE * 0 + off, size) for _, off, size in HEADER_FIELDS]
+    for slot in range(4):
+        targets += [(HEADER_SIZE + 64 * slot + off, size) for _, off, size in ENTRY_FIELDS]
+    for at, size in targets:
+        for value in HOSTILE:
+            data = bytearray(store_file)
+            data[at:at + size] = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+            read_store(tmp_path / "s.bts", bytes(data))
+            tried += 1
+    assert tried > 300
+
+
+def test_store_truncated_at_every_boundary(store_file: bytes, tmp_path: Path) -> None:
+    with Store.open(_copy(store_file, tmp_path / "v.bts")) as store:
+        ends = [store.regions_offset + k * store.region_bytes for k in range(4)]
+    for at in {0, 8, 96, HEADER_SIZE, HEADER_SIZE + 64, *ends}:
+        for cut in (at - 1, at, at + 1):
+            if 0 <= cut < len(store_file):
+                read_store(tmp_path / "s.bts", store_file[:cut])
+
+
+def test_store_random_damage(store_file: bytes, tmp_path: Path, soak: bool) -> None:
+    limit = HEADER_SIZE + 64 * 8
+
+    @examples(soak, 80)
+    @given(flips=st.lists(st.tuples(st.integers(0, limit - 1), st.integers(0, 7)),
+                          min_size=1, max_size=6),
+           wide=st.lists(st.tuples(st.integers(0, limit // 8 - 1),
+                                   st.sampled_from(HOSTILE)), max_size=2))
+    def run(flips: list[tuple[int, int]], wide: list[tuple[int, int]]) -> None:
+        data = bytearray(store_file)
+        for at, bit in flips:
+            data[at] ^= 1 << bit
+        for word, value in wide:
+            struct.pack_into("<Q", data, 8 * word, value)
+        read_store(tmp_path / "s.bts", bytes(data))
+
+    run()
+
+
+def _copy(data: bytes, path: Path) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+# -- block tables --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def table_file(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    path = create_table(tmp_path_factory.mktemp("blocks"), "t", capacity=256)
+    rows = np.zeros(100, BLOCK_DTYPE)
+    rows["start"], rows["flags"] = 0x1000 + 16 * np.arange(100), 1
+    with open(path, "r+b") as f:
+        f.seek(TABLE_HEADER_SIZE)
+        f.write(rows.tobytes())
+        f.seek(24)
+        f.write(struct.pack("<I", 100))
+    table, overflow = read_table(path)
+    assert len(table) == 100 and overflow == 0
+    return path.read_bytes()
+
+
+def read_blocks(path: Path, data: bytes) -> None:
+    path.write_bytes(data)
+    with bounded("block table file", len(data)):
+        try:
+            table, overflow = read_table(path)
+        except BranchtraceError as err:
+            assert "\n" not in str(err)
+            return
+    assert len(table) * BLOCK_DTYPE.itemsize <= len(data) and overflow >= 0
+
+
+def test_block_table_hostile_capacity_and_count(table_file: bytes, tmp_path: Path) -> None:
+    """capacity 2^40 and count 2^32-1 in a 8 KiB file: one error, nothing allocated."""
+    for capacity in HOSTILE:
+        for count in (0, 100, 257, 0xFFFF_FFFF):
+            data = bytearray(table_file)
+            struct.pack_into("<QI", data, 16, capacity & ((1 << 64) - 1), count)
+            read_blocks(tmp_path / "b", bytes(data))
+    data = bytearray(table_file)
+    struct.pack_into("<QI", data, 16, 1 << 40, 0xFFFF_FFFF)
+    (tmp_path / "b").write_bytes(data)
+    with pytest.raises(BranchtraceError, match="truncated"):
+        read_table(tmp_path / "b")
+
+
+def test_block_table_random_damage(table_file: bytes, tmp_path: Path, soak: bool) -> None:
+    @examples(soak, 80)
+    @given(cut=st.integers(0, len(table_file)),
+           flips=st.lists(st.tuples(st.integers(0, TABLE_HEADER_SIZE - 1), st.integers(0, 7)),
+                          max_size=6))
+    def run(cut: int, flips: list[tuple[int, int]]) -> None:
+        data = bytearray(table_file[:cut])
+        for at, bit in flips:
+            if at < len(data):
+                data[at] ^= 1 << bit
+        read_blocks(tmp_path / "b", bytes(data))
+
+    run()
+
+
+def test_block_table_not_a_file(tmp_path: Path) -> None:
+    for path in (tmp_path, tmp_path / "missing"):
+        with pytest.raises(BranchtraceError):
+            read_table(path)
+
+
+def test_zz_report_measured_bounds(capsys: pytest.CaptureFixture[str]) -> None:
+    """Print the worst peak allocation seen per reader (``pytest -s`` shows it)."""
+    with capsys.disabled():
+        for what, (peak, size) in sorted(MEASURED.items()):
+            print(f"\n  {what}: worst peak {peak} bytes for a {size}-byte file "
+                  f"(bound {4 * size + SLACK})")
+    assert all(peak < 4 * size + SLACK for peak, size in MEASURED.values())
+
