@@ -4,11 +4,16 @@ builds the parser and maps errors to exit codes."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 from typing import NoReturn, Sequence
 
 from ..errors import BranchtraceError
 from . import attach, coverage, crash, demo, doctor, history, profile, run, stats
+
+#: Set to show the traceback of an internal error (a bug) instead of one line.
+DEBUG_ENV = "BRANCHTRACE_DEBUG"
 
 _COMMANDS = (run, attach, doctor, demo, coverage, crash, history, profile, stats)
 
@@ -33,6 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _say(message: str) -> None:
+    """Print ``message`` on stderr as one line, whatever it holds."""
+    print(" ".join(message.strip().splitlines()) or "branchtrace: error", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
@@ -40,10 +50,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.handler(args)
         return code
     except BranchtraceError as exc:
-        print(f"branchtrace: error: {exc}", file=sys.stderr)
+        _say(f"branchtrace: error: {exc}")
         return exc.exit_code
     except KeyboardInterrupt:
         print("branchtrace: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 141
+    except OSError as exc:
+        # a file or system error no command turned into a message of its own
+        where = f"{exc.filename}: " if exc.filename else ""
+        _say(f"branchtrace: error: {where}{exc.strerror or exc}")
+        return 2
+    except Exception as exc:  # a bug: still one line, unless asked for the traceback
+        if os.environ.get(DEBUG_ENV):
+            traceback.print_exc()
+        else:
+            _say(f"branchtrace: internal error: {type(exc).__name__}: {exc} "
+                 f"(set {DEBUG_ENV}=1 for the traceback)")
+        return 70

@@ -12,9 +12,11 @@ from types import FrameType
 from typing import IO, Any
 
 from ..backends import Backend, Target
+from ..errors import UsageError
 from ..recorder import RecordConfig, record
 from ..reporters import crash
 from ..sizes import format_bytes
+from ..trace import Trace
 
 
 class ProgressLine:
@@ -107,12 +109,45 @@ def add_record_arguments(p: argparse.ArgumentParser) -> None:
                    help="write the report to PATH ('-' for stdout; default stderr)")
 
 
+def check_report_path(path: str | None) -> None:
+    """Fail now, before anything runs, if the report could not be written to ``path``."""
+    if path in (None, "-"):
+        return
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise UsageError(f"--report-to: no such directory: {parent}")
+    if os.path.isdir(path):
+        raise UsageError(f"--report-to: {path} is a directory")
+    if not os.access(path if os.path.exists(path) else parent, os.W_OK):
+        raise UsageError(f"--report-to: cannot write {path}: permission denied")
+
+
 def _open_report(path: str | None) -> tuple[IO[str], bool]:
     if path is None:
         return sys.stderr, False
     if path == "-":
         return sys.stdout, False
-    return open(path, "w", encoding="utf-8"), True
+    try:
+        return open(path, "w", encoding="utf-8"), True
+    except OSError as err:
+        raise UsageError(f"--report-to: cannot write {path}: {err.strerror or err}") from None
+
+
+def _write_report(trace: Trace, args: argparse.Namespace) -> None:
+    out, close = _open_report(args.report_to)
+    try:
+        try:
+            crash.render(trace, out, last=args.last, fmt=args.format)
+        finally:
+            if close:
+                out.close()
+            else:
+                out.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as err:
+        raise UsageError(f"cannot write the report to {args.report_to or 'stderr'}: "
+                         f"{err.strerror or err}") from None
 
 
 def record_and_report(args: argparse.Namespace, target: Target, duration: float | None = None) -> int:
@@ -121,12 +156,7 @@ def record_and_report(args: argparse.Namespace, target: Target, duration: float 
     config = RecordConfig(backend=args.backend, mode=args.mode, buffer=args.buffer,
                           memory_limit=args.memory_limit, start=args.start, duration=duration,
                           only=only)
-    if args.report_to not in (None, "-"):
-        parent = os.path.dirname(os.path.abspath(args.report_to))
-        if not os.path.isdir(parent):
-            from ..errors import UsageError
-
-            raise UsageError(f"--report-to: no such directory: {parent}")
+    check_report_path(args.report_to)
     interrupted = []
     previous: Any = None
 
@@ -156,14 +186,7 @@ def record_and_report(args: argparse.Namespace, target: Target, duration: float 
     show = args.report == "always" or (args.report == "crash" and ex.status == "signaled") \
         or (args.report != "never" and ex.status == "detached")
     if show:
-        out, close = _open_report(args.report_to)
-        try:
-            crash.render(trace, out, last=args.last, fmt=args.format)
-        finally:
-            if close:
-                out.close()
-            else:
-                out.flush()
+        _write_report(trace, args)
     if ex.status == "detached":
         return 130 if interrupted else 0
     return ex.shell_status

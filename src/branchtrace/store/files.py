@@ -1,5 +1,10 @@
 """The store file on disk: where a new one goes, reserving its memory, and checks.
 
+Where: a fresh ``mkdtemp`` directory (mode 0700, an unguessable name) under /dev/shm
+or the temporary directory; or a directory the caller names, which must be ours and
+writable by no one else. The file gets a random name and is made with
+``O_CREAT|O_EXCL|O_NOFOLLOW``, mode 0600: never a file or link someone made first.
+
 :func:`create_file` makes a fresh store file (header, empty thread table, the first
 region); :func:`open_file` opens an existing one after checking its header. Mapping
 the file and everything after that is :class:`~branchtrace.store.core.Store`'s job.
@@ -11,6 +16,7 @@ import errno
 import os
 import secrets
 import shutil
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -56,6 +62,26 @@ def _default_parent() -> str:
     return tempfile.gettempdir()
 
 
+def check_directory(directory: Path) -> None:
+    """Refuse a directory another user could plant files in: it must be a real directory
+    (not a symbolic link), owned by us, and writable by no one else. Raises
+    :class:`StoreError` with the reason."""
+    try:
+        st = os.lstat(directory)
+    except OSError as err:
+        raise StoreError(f"cannot use {directory} for the store: {err.strerror}") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise StoreError(f"refusing {directory} for the store: it is a symbolic link")
+    if not stat.S_ISDIR(st.st_mode):
+        raise StoreError(f"cannot use {directory} for the store: not a directory")
+    if st.st_uid != os.geteuid():
+        raise StoreError(f"refusing {directory} for the store: it belongs to uid "
+                         f"{st.st_uid}, not to us (uid {os.geteuid()})")
+    if st.st_mode & 0o022:
+        raise StoreError(f"refusing {directory} for the store: others may write to it "
+                         f"(mode {stat.S_IMODE(st.st_mode):04o}; use a mode like 0700)")
+
+
 def _check_header(h: np.void, file_size: int) -> str | None:
     """Why the header ``h`` is not a store this code can read (None if it is)."""
     if bytes(h["magic"]).ljust(8, b"\0") != MAGIC:
@@ -94,7 +120,14 @@ def create_file(config: StoreConfig, directory: Path | None) -> tuple[Path, int,
     """
     owned: Path | None = None
     if directory is None:
-        owned = Path(tempfile.mkdtemp(prefix="branchtrace-", dir=_default_parent()))
+        parent = _default_parent()
+        try:   # mode 0700, a name no one can guess or make first
+            owned = Path(tempfile.mkdtemp(prefix="branchtrace-", dir=parent))
+        except OSError as err:
+            raise StoreError(f"cannot make a directory for the store in {parent}: "
+                             f"{err.strerror}") from None
+    else:
+        check_directory(Path(directory))
     where = owned if owned is not None else Path(directory or ".")
     path = where / f"btstore-{secrets.token_hex(8)}.bts"
     fd = -1

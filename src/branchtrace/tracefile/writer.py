@@ -8,6 +8,7 @@ other than the header may come in any order; the END record comes last.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import stat
 import threading
@@ -49,6 +50,42 @@ def _why(path: Path, err: OSError) -> str:
     return f"cannot write the trace file {path}: {err.strerror or err}"
 
 
+def _open_private(path: Path) -> int:
+    """Open ``path`` for a new trace: created mode 0600, or an existing regular file of
+    ours, emptied and set to 0600. Refused: a symbolic link (O_NOFOLLOW), a file of
+    another user or with other hard links (left untouched: nothing is truncated before
+    these checks), and a file another branchtrace is writing (an exclusive ``flock``,
+    held until the writer closes). Other files (/dev/null, a FIFO) are written as is."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as err:
+        raise UsageError(_why(path, err)) from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode):
+            if st.st_uid != os.geteuid():
+                raise UsageError(f"cannot write the trace file {path}: it belongs to uid "
+                                 f"{st.st_uid}, not overwriting another user's file")
+            if st.st_nlink > 1:
+                raise UsageError(f"cannot write the trace file {path}: it has "
+                                 f"{st.st_nlink} hard links, not overwriting it")
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UsageError(f"cannot write the trace file {path}: another branchtrace "
+                                 "is writing it") from None
+            os.ftruncate(fd, 0)
+            os.fchmod(fd, 0o600)   # an existing file keeps its mode otherwise
+    except OSError as err:
+        os.close(fd)
+        raise UsageError(_why(path, err)) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 class TraceWriter:
     """An open trace file. Build with :meth:`create`; end with :meth:`finish` (which
     writes the END record) or :meth:`close` (which leaves the file cut short).
@@ -70,17 +107,12 @@ class TraceWriter:
     def create(cls, path: str | os.PathLike[str], header: FileHeader,
                level: int = LEVEL) -> TraceWriter:
         """Create (or overwrite) ``path``, mode 0600, never through a symbolic link, and
-        write the preamble and the HEADER record. Errors are :class:`UsageError`."""
+        write the preamble and the HEADER record. Errors are :class:`UsageError`; what
+        is refused is listed in :func:`_open_private`."""
         p = Path(path)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
-        try:
-            fd = os.open(p, flags, 0o600)
-        except OSError as err:
-            raise UsageError(_why(p, err)) from None
+        fd = _open_private(p)
         writer = cls(p, fd, level)
         try:
-            if stat.S_ISREG(os.fstat(fd).st_mode):
-                os.fchmod(fd, 0o600)   # an existing file keeps its mode otherwise
             writer._append(PREAMBLE.pack(MAGIC, VERSION, 0)
                            + frame(RecordType.HEADER, header.encode()))
         except OSError as err:

@@ -108,25 +108,11 @@ def _release(seized: list[int]) -> None:
 
 def attach_error(pid: int, exc: OSError) -> str:
     """Why we may not trace ``pid``, in one line."""
+    from ..permissions import denied_reason
+
     if exc.errno == _ESRCH:
         return f"no process with pid {pid}"
     reason = exc.strerror or str(exc)
-    hint = ""
-    try:
-        with open("/proc/sys/kernel/yama/ptrace_scope", encoding="ascii") as f:
-            scope = int(f.read().strip())
-        if scope >= 1:
-            hint = f" (kernel.yama.ptrace_scope is {scope})"
-    except (OSError, ValueError):
-        pass
     if exc.errno == _EPERM:
-        try:
-            with open(f"/proc/{pid}/status", encoding="ascii") as f:
-                tracer = next((ln.split()[1] for ln in f if ln.startswith("TracerPid:")), "0")
-            if tracer != "0":
-                hint = f" (it is already traced by pid {tracer})"
-            elif os.stat(f"/proc/{pid}").st_uid != os.geteuid():
-                hint = " (it belongs to another user)"
-        except OSError:
-            pass
-    return f"cannot trace pid {pid}: {reason}{hint}"
+        return f"cannot trace pid {pid}: {reason}: {denied_reason(pid)}"
+    return f"cannot trace pid {pid}: {reason}"

@@ -141,7 +141,9 @@ class Host:
         except frida.ProcessNotFoundError:
             raise TargetError(f"no process with pid {pid}") from None
         except frida.PermissionDeniedError as err:
-            raise TargetError(f"cannot trace pid {pid}: {err}") from None
+            from ..permissions import denied_reason
+
+            raise TargetError(f"cannot trace pid {pid}: {err}: {denied_reason(pid)}") from None
         except frida.core.RPCException as err:
             raise TargetError(f"cannot trace pid {pid}: {err}") from None
         except Exception as err:  # frida's errors have no common base class
@@ -411,8 +413,15 @@ def _check_attachable(pid: int) -> None:
         tracer = _tracer_of(pid)
     if tracer and not os.path.exists(f"/proc/self/task/{tracer}"):
         raise TargetError(f"cannot trace pid {pid}: it is already traced by pid {tracer}")
-    if os.stat(f"/proc/{pid}").st_uid != os.geteuid() and os.geteuid() != 0:
-        raise TargetError(f"cannot trace pid {pid}: it belongs to another user")
+    from ..permissions import denied_reason, has_cap_sys_ptrace, other_owner
+
+    owner = other_owner(pid)
+    if owner is not None and not has_cap_sys_ptrace():
+        raise TargetError(f"cannot trace pid {pid}: {denied_reason(pid)}")
+    if owner is not None:
+        raise TargetError(f"cannot trace pid {pid} with the stalker backend: it runs as "
+                          f"another user (uid {owner}) and could not map our private "
+                          "buffers; use --backend ptrace")
 
 
 def machine_ok() -> str | None:
