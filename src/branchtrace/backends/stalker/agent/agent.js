@@ -25,7 +25,7 @@ const PAGE = 4096;
 /* BtConfig field offsets (recorder.c) */
 const CFG = { table: 0, blocks: 8, capacity: 16, ranges: 24, nranges: 32, bmi2: 36,
               abort: 40, hostPid: 44, modules: 48, isTool: 56, threads: 64,
-              signals: 72, size: 80 };
+              signals: 72, hostStat: 80, size: 88 };
 const THREAD_SLOTS = 4096, NSIG = 65;
 /* signals Frida's exception handler owns: their handlers are left alone */
 const FRIDA_SIGNALS = new Set([4, 5, 6, 7, 8, 11, 31]);
@@ -112,7 +112,9 @@ function requestSlots(tids) {
   let reply = null;
   send({ type: 'slots', tids: tids, key: key });
   recv(key, m => { reply = m; }).wait();
-  return reply.slots;   // [{tid, index, regionOffset} | {tid, error}]
+  if (reply === null)   // the script is being unloaded (the tracer went away)
+    return tids.map(tid => ({ tid: tid, error: 'the tracer is gone' }));
+  return reply.slots;   // [{tid, index, regionOffset, checkIndex} | {tid, error}]
 }
 
 function prepare(slot) {
@@ -412,6 +414,10 @@ rpc.exports = {
     cfg.add(CFG.capacity).writeU64(uint64(p.tableCapacity));
     cfg.add(CFG.bmi2).writeU32(p.bmi2 ? 1 : 0);
     cfg.add(CFG.hostPid).writeU32(p.hostPid);
+    const hostStat = Memory.allocUtf8String(`/proc/${p.hostPid}/stat`);
+    keep.push(hostStat);
+    cfg.add(CFG.hostStat).writePointer(hostStat);
+    cm.tracerGone = new NativeFunction(cm.bt_tracer_gone, 'int', []);
     const isTool = new NativeCallback(address => Cloak.hasRangeContaining(address) ? 1 : 0,
                                       'int', ['pointer']);
     keep.push(isTool);
@@ -465,47 +471,75 @@ rpc.exports = {
     };
   },
 
-  /* Stop recording; the program goes on. Stalker lets go of a thread only at its next
-   * block switch (and a thread may sit in a system call inside Stalker's code for a
-   * long time), so code of ours may still run after we leave: its memory stays valid,
-   * but private. */
   stop() {
-    stopping = true;
-    for (const o of [threadObserver, moduleObserver, entryHook]) {
-      if (o !== null)
-        o.detach();
-    }
-    threadObserver = moduleObserver = entryHook = null;
-    for (const tid of followed.keys())
-      Stalker.unfollow(tid);
-    restoreSignalHandlers();
-    const stubs = leftoverStubs();
-    const anon = MAP_PRIVATE | MAP_ANON | MAP_FIXED | MAP_NORESERVE;
-    for (const t of followed.values()) {
-      t.ctx.add(TH.flush).writePointer(stubs.clear);
-      if (params.mode === 2) {
-        const bytes = 4 * params.chunk;
-        const sink = mmap(NULL, bytes, PROT_RW, MAP_PRIVATE | MAP_ANON | MAP_NORESERVE, -1, 0);
-        t.ctx.add(TH.sinkEnd).writePointer(sink.add(bytes));
-        t.ctx.add(TH.slow).writePointer(stubs.discard);
-      }
-      /* the store's pages go back to the tracer; late writes land in private memory */
-      mmap(t.base, params.regionBytes + PAGE, PROT_RW, anon, -1, 0);
-    }
-    mmap(tablePtr, params.tableBytes, PROT_RW, anon, -1, 0);
-    /* only now (their writes go to private memory): producers waiting for the consumer
-     * stop waiting */
-    cfg.add(CFG.abort).writeU32(1);
-    let busy = true;   // no thread may be inside bt_stream_slow when the CModule goes
-    for (let i = 0; i < 500 && busy; i++) {
-      Thread.sleep(0.002);
-      busy = Array.from(followed.values()).some(t => t.ctx.add(TH.inSlow).readS32() !== 0);
-    }
-    Stalker.garbageCollect();
-    return { busy: busy };
+    return stopRecording();
   },
 
+  /* Frida calls this before it unloads the script, also when the tracer died (SIGKILL)
+   * without stopping us: stop recording the same way, so that the program runs on,
+   * and, when the tracer is gone for good, remove the files it can no longer remove. */
+  dispose() {
+    if (stopping || cm === null)
+      return;
+    stopRecording();
+    if (cm.tracerGone() !== 0)
+      removeTracerFiles();
+  },
 };
+
+/* Stop recording; the program goes on. Stalker lets go of a thread only at its next
+ * block switch (and a thread may sit in a system call inside Stalker's code for a
+ * long time), so code of ours may still run after we leave: its memory stays valid,
+ * but private. */
+function stopRecording() {
+  stopping = true;
+  for (const o of [threadObserver, moduleObserver, entryHook]) {
+    if (o !== null)
+      o.detach();
+  }
+  threadObserver = moduleObserver = entryHook = null;
+  for (const tid of followed.keys())
+    Stalker.unfollow(tid);
+  restoreSignalHandlers();
+  const stubs = leftoverStubs();
+  const anon = MAP_PRIVATE | MAP_ANON | MAP_FIXED | MAP_NORESERVE;
+  for (const t of followed.values()) {
+    t.ctx.add(TH.flush).writePointer(stubs.clear);
+    if (params.mode === 2) {
+      const bytes = 4 * params.chunk;
+      const sink = mmap(NULL, bytes, PROT_RW, MAP_PRIVATE | MAP_ANON | MAP_NORESERVE, -1, 0);
+      t.ctx.add(TH.sinkEnd).writePointer(sink.add(bytes));
+      t.ctx.add(TH.slow).writePointer(stubs.discard);
+    }
+    /* the store's pages go back to the tracer; late writes land in private memory */
+    mmap(t.base, params.regionBytes + PAGE, PROT_RW, anon, -1, 0);
+  }
+  mmap(tablePtr, params.tableBytes, PROT_RW, anon, -1, 0);
+  /* only now (their writes go to private memory): producers waiting for the consumer
+   * stop waiting */
+  cfg.add(CFG.abort).writeU32(1);
+  let busy = true;   // no thread may be inside bt_stream_slow when the CModule goes
+  for (let i = 0; i < 500 && busy; i++) {
+    Thread.sleep(0.002);
+    busy = Array.from(followed.values()).some(t => t.ctx.add(TH.inSlow).readS32() !== 0);
+  }
+  Stalker.garbageCollect();
+  return { busy: busy };
+}
+
+/* The store, the block table and the check file of a tracer that died (they live in
+ * /dev/shm: memory), and the private directory it made for them (branchtrace-*). */
+function removeTracerFiles() {
+  const unlink = fn('unlink', 'int', ['pointer']);
+  const rmdir = fn('rmdir', 'int', ['pointer']);
+  for (const path of [params.storePath, params.tablePath, params.checkPath]) {
+    if (path !== null)
+      unlink(Memory.allocUtf8String(path));
+  }
+  const dir = params.storePath.substring(0, params.storePath.lastIndexOf('/'));
+  if (dir.substring(dir.lastIndexOf('/') + 1).startsWith('branchtrace-'))
+    rmdir(Memory.allocUtf8String(dir));
+}
 
 /* After stop, in memory of our own that outlives the CModule (rdi = the context):
  *   +0  what a full chunk calls instead of bt_stream_slow: start over in a private sink

@@ -280,6 +280,30 @@ build_record (BtCode * out, BtThread * t, guint32 id)
 
 void bt_flush_pending (BtThread * t);
 
+/* Is the tracer gone (nobody will ever drain)? It no longer exists, or it is a zombie:
+ * killed, and its parent has not reaped it yet (kill(pid, 0) still succeeds then). */
+gboolean
+bt_tracer_gone (void)
+{
+  gchar buf[512];
+  glong fd, n, i;
+
+  if (bt_config.host_pid == 0)
+    return FALSE;
+  if (kill ((int) bt_config.host_pid, 0) != 0 && *__errno_location () == 3)
+    return TRUE;                      /* ESRCH */
+  if (bt_config.host_stat == NULL)
+    return FALSE;
+  fd = syscall (2, bt_config.host_stat, 0x80000);   /* open (O_RDONLY | O_CLOEXEC) */
+  if (fd < 0)
+    return *__errno_location () == 2;               /* ENOENT: gone */
+  n = syscall (0, fd, buf, sizeof (buf) - 1);       /* read */
+  syscall (3, fd);                                  /* close */
+  for (i = n - 1; i > 0 && buf[i] != ')'; i--)
+    ;
+  return i > 0 && i + 2 < n && (buf[i + 2] == 'Z' || buf[i + 2] == 'X');
+}
+
 /* Stream mode: the reserved chunk is full (written == reserved_end, published). Reserve
  * the next one, waiting while the consumer has not freed it. Runs on the thread's
  * stack with every register the emitted code did not save pushed. */
@@ -301,9 +325,8 @@ bt_stream_slow (BtThread * t)
     {
       g_usleep (delay);               /* 50 us doubling up to 2 ms, like the Python producer */
       delay = MIN (delay * 2, 2000);
-      if (++spins % 256 == 0 && bt_config.host_pid != 0 &&
-          kill ((int) bt_config.host_pid, 0) != 0 && *__errno_location () == 3)
-        bt_config.abort = 1;          /* ESRCH: the tracer is gone, nobody will drain */
+      if (++spins % 64 == 0 && bt_tracer_gone ())
+        bt_config.abort = 1;          /* nobody will drain: overwrite from now on */
     }
   }
   t->reserved_end = end;

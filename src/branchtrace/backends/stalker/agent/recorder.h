@@ -104,6 +104,7 @@ struct _BtConfig
   gint (* is_tool) (guint64 address);  /* 56 the agent: is this Frida's own code? */
   BtThread ** threads;       /* 64 BT_THREAD_SLOTS contexts, open addressing by tid */
   BtSignal * signals;        /* 72 BT_NSIG handlers the program installed, wrapped */
+  const gchar * host_stat;   /* 80 "/proc/<tracer pid>/stat": is the tracer a zombie? */
 };
 
 /* Provided by the agent: CModule data is read-only, writable memory comes from outside. */
