@@ -1,0 +1,236 @@
+"""Programs whose code cannot be named: stripped, without DWARF, with broken DWARF,
+deleted while they run, and JIT code with no file behind it.
+
+Each is recorded with every available backend (``branchtrace run --report always``),
+then every report is made from the trace file: crash, history --calls, stats, coverage
+(drcov, lcov, json) and the three profiles. Every one must come out with a zero exit and
+no traceback (BRANCHTRACE_DEBUG=1 turns an internal error into one), showing the raw
+address in hex where no name is known. The broken-DWARF copies are made by overwriting
+the contents of the .debug_* sections, found with pyelftools, in a copy of the binary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import struct
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from elftools.elf.elffile import ELFFile
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from branchtrace.backends import probe_all
+from branchtrace.cli import DEBUG_ENV, main
+from branchtrace.model import ModuleMap
+from branchtrace.symbols import Symbolizer, clear_elf_cache
+
+from conftest import FIXTURES, cli
+
+BACKENDS = [name for name, probe in probe_all() if probe.available]
+DEBUG_SECTIONS = (".debug_info", ".debug_line", ".debug_abbrev", ".debug_str",
+                  ".debug_line_str", ".debug_aranges", ".debug_rnglists", ".debug_str_offsets")
+SEGV = 128 + signal.SIGSEGV
+HEX = r"0x[0-9a-f]+"
+
+
+def debug_sections(path: Path) -> dict[str, tuple[int, int]]:
+    """(file offset, size) of each .debug_* section of the ELF file at ``path``."""
+    with open(path, "rb") as f:
+        elf = ELFFile(f)
+        return {s.name: (s["sh_offset"], s["sh_size"]) for s in elf.iter_sections()
+                if s.name in DEBUG_SECTIONS and s["sh_type"] != "SHT_NOBITS"}
+
+
+def break_dwarf(src: Path, dst: Path, how: str, seed: int = 0) -> Path:
+    """A copy of ``src`` whose DWARF sections are overwritten: ``ff`` (all bytes 0xff),
+    ``random`` (random bytes), or ``lengths`` (each unit's length field says 4 GiB, or
+    DWARF64 with 2^63, with the rest of the section left as it was)."""
+    data = bytearray(src.read_bytes())
+    r = random.Random(seed)
+    sections = debug_sections(src)
+    assert ".debug_line" in sections and ".debug_info" in sections
+    for name, (offset, size) in sections.items():
+        if how == "ff":
+            data[offset:offset + size] = b"\xff" * size
+        elif how == "random":
+            data[offset:offset + size] = r.randbytes(size)
+        elif how == "lengths" and size >= 12:
+            data[offset:offset + 12] = (b"\xf0\xff\xff\xff" + bytes(8) if name == ".debug_line"
+                                        else b"\xff\xff\xff\xff" + struct.pack("<Q", 1 << 63))
+    dst.write_bytes(bytes(data))
+    dst.chmod(0o755)
+    return dst
+
+
+def gcc(out: Path, source: str, *flags: str) -> Path:
+    subprocess.run(["gcc", "-O0", *flags, "-o", str(out), str(FIXTURES / source)], check=True,
+                   capture_output=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def binaries(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("hostile")
+    with_dwarf = gcc(d / "nosym_g", "rel_nosym.c", "-g")
+    stripped = gcc(d / "nosym_stripped", "rel_nosym.c")
+    subprocess.run(["strip", str(stripped)], check=True)
+    return {
+        "stripped": stripped,
+        "nodwarf": gcc(d / "nosym_nodwarf", "rel_nosym.c"),
+        "dwarf_ff": break_dwarf(with_dwarf, d / "nosym_dwarf_ff", "ff"),
+        "dwarf_random": break_dwarf(with_dwarf, d / "nosym_dwarf_random", "random", 5),
+        "dwarf_lengths": break_dwarf(with_dwarf, d / "nosym_dwarf_lengths", "lengths"),
+        "deleted": with_dwarf,          # copied per run: the program unlinks its copy
+        "jit": gcc(d / "rel_jit", "rel_jit.c"),
+    }
+
+
+VARIANTS = ["stripped", "nodwarf", "dwarf_ff", "dwarf_random", "dwarf_lengths", "deleted", "jit"]
+REPORTS = [
+    ("crash",), ("history", "--calls"), ("stats",),
+    ("coverage", "--format", "drcov"), ("coverage", "--format", "lcov"),
+    ("coverage", "--format", "json"),
+    ("profile", "--format", "perfetto"), ("profile", "--format", "speedscope"),
+    ("profile", "--format", "collapsed"),
+]
+
+
+def run_report(args: tuple[str, ...], trace: Path, out: Path,
+               capsys: pytest.CaptureFixture[str]) -> tuple[str, str]:
+    """One report, in this process (the CLI's own main); its exit code must be 0."""
+    argv = [*args, str(trace)]
+    if args[0] in ("coverage", "profile"):
+        argv += ["-o", str(out)]
+    code = main(argv)
+    stdout, stderr = capsys.readouterr()
+    assert code == 0, (argv, stderr)
+    assert "Traceback" not in stderr and "internal error" not in stderr, stderr
+    return stdout, stderr
+
+
+def check_output(args: tuple[str, ...], stdout: str, out: Path) -> None:
+    if args[0] == "coverage" and args[2] == "drcov":
+        assert out.read_bytes().startswith(b"DRCOV VERSION")
+    elif args[0] == "coverage" and args[2] == "json":
+        assert json.loads(out.read_text())
+    elif args[0] == "coverage":
+        assert out.exists()                         # lcov: no lines at all without DWARF
+    elif args[0] == "profile" and args[2] != "collapsed":
+        assert json.loads(out.read_text())
+    elif args[0] == "profile":
+        assert re.search(r" \d+$", out.read_text(), re.M)
+    else:
+        assert stdout.strip(), args
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_report_comes_out(binaries: dict[str, Path], tmp_path: Path, backend: str,
+                                variant: str, capsys: pytest.CaptureFixture[str],
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    exe, args = binaries[variant], ["crash"]
+    if variant == "deleted":
+        exe = Path(shutil.copy(exe, tmp_path / "doomed"))
+        args = ["unlink", "crash"]
+    trace = tmp_path / "t.btrace"
+    env = dict(os.environ, **{DEBUG_ENV: "1"})
+    done = cli("run", "--backend", backend, "--mode", "stream", "--report", "always",
+               "-o", str(trace), "--", str(exe), *args, env=env, timeout=180)
+    assert "Traceback" not in done.stderr and "internal error" not in done.stderr, done.stderr
+    assert done.returncode == SEGV, done.stderr
+    assert done.stdout == ("jit 87\n" if variant == "jit" else "sum 20\n")
+    if variant == "deleted":
+        assert not exe.exists()
+    fault = re.search(r"faulted at:\s+(.*)", done.stderr)
+    assert fault, done.stderr
+    where = fault.group(1)
+    if variant in ("stripped", "deleted"):      # nothing names the code: its address
+        assert re.fullmatch(rf"{HEX} {HEX} \({exe.name}( \(deleted\))?\)", where), where
+    elif variant == "jit":                      # no module either
+        assert re.fullmatch(rf"{HEX} {HEX}", where), where
+    else:                                       # the symbol table still names it
+        assert re.match(rf"{HEX} boom\+0x1a \({exe.name}\)", where), where
+        if variant == "nodwarf":
+            assert "rel_nosym.c" not in where
+
+    monkeypatch.setenv(DEBUG_ENV, "1")
+    capsys.readouterr()
+    for report in REPORTS:
+        out = tmp_path / f"out-{'-'.join(report)}"
+        stdout, _ = run_report(report, trace, out, capsys)
+        check_output(report, stdout, out)
+        if report == ("crash",):
+            assert "SIGSEGV" in stdout
+            assert re.search(r"faulted at:\s+" + re.escape(where), stdout), stdout
+
+
+# -- the symbolizer alone, on DWARF damaged at random ----------------------------------------
+
+@pytest.fixture(scope="module")
+def dwarf_binary(binaries: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("dwarf")
+    return gcc(d / "nosym_g", "rel_nosym.c", "-g")
+
+
+def symbolize(path: Path) -> tuple[list[str], list[str]]:
+    """Resolve every 4th address of 64 KiB mapped at a PIE bias, with a new cache (the
+    file changes under the same name): the function names found, and a sample of
+    descriptions."""
+    clear_elf_cache()
+    bias = 0x5555_5555_4000
+    sym = Symbolizer([ModuleMap(str(path), bias, bias + 0x10000, bias)])
+    addresses = np.arange(bias, bias + 0x10000, 4, dtype=np.uint64)
+    res = sym.resolve(addresses)
+    assert len(res.function) == len(addresses)
+    names = [res.function_names[f] for f in set(res.function.tolist()) if f >= 0]
+    return names, [sym.describe(int(a)).short() for a in addresses[::256]]
+
+
+def test_symbolizer_names_functions_despite_broken_dwarf(binaries: dict[str, Path]) -> None:
+    for variant in ("dwarf_ff", "dwarf_random", "dwarf_lengths", "nodwarf", "stripped"):
+        names, described = symbolize(binaries[variant])
+        assert all(re.fullmatch(rf"({HEX}|\w+\+{HEX}) \(\S+\)", d) for d in described), described
+        assert any(d.startswith("0x") for d in described)       # unnamed bytes: in hex
+        if variant == "stripped":
+            assert "boom" not in names
+        else:
+            assert {"main", "boom", "sum", "twice"} <= set(names), (variant, names)
+
+
+def test_symbolizer_random_dwarf_damage(dwarf_binary: Path, tmp_path: Path, soak: bool) -> None:
+    """Random runs of bytes, and hostile 4- and 8-byte values, written into the DWARF
+    sections: resolving never raises and stays fast."""
+    sections = sorted(debug_sections(dwarf_binary).items())
+    original = dwarf_binary.read_bytes()
+
+    @settings(max_examples=400 if soak else 25, deadline=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(edits=st.lists(st.tuples(st.integers(0, len(sections) - 1), st.floats(0, 1),
+                                    st.one_of(st.binary(min_size=1, max_size=16),
+                                              st.sampled_from([b"\xff" * 4, b"\xff" * 12,
+                                                               b"\xf0\xff\xff\xff",
+                                                               struct.pack("<Q", 1 << 40)]))),
+                          min_size=1, max_size=6))
+    def run(edits: list[tuple[int, float, bytes]]) -> None:
+        data = bytearray(original)
+        for which, where, value in edits:
+            offset, size = sections[which][1]
+            at = offset + int(where * max(0, size - len(value)))
+            data[at:at + min(len(value), size)] = value[:size]
+        path = tmp_path / "damaged"
+        path.write_bytes(bytes(data))
+        began = time.monotonic()
+        symbolize(path)
+        assert time.monotonic() - began < 10
+
+    run()
+    clear_elf_cache()
