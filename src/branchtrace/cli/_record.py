@@ -15,7 +15,7 @@ from ..backends import Backend, Target
 from ..errors import UsageError
 from ..recorder import RecordConfig, record
 from ..reporters import crash
-from ..sizes import format_bytes
+from ..sizes import format_bytes, parse_byte_size, parse_size
 from ..trace import Trace
 
 
@@ -109,6 +109,26 @@ def add_record_arguments(p: argparse.ArgumentParser) -> None:
                    help="write the report to PATH ('-' for stdout; default stderr)")
 
 
+def check_before_start(args: argparse.Namespace) -> None:
+    """The checks that need no backend: sizes, the trace file's and the report's paths.
+    They fail in one line before any backend is probed or any program started."""
+    if args.buffer is not None:
+        parse_size(args.buffer)
+    if args.memory_limit is not None:
+        parse_byte_size(args.memory_limit)
+    output = getattr(args, "output", None)
+    if output is not None:
+        parent = os.path.dirname(os.path.abspath(output))
+        if not os.path.isdir(parent):
+            raise UsageError(f"cannot write the trace file {output}: no such directory {parent}")
+        if os.path.islink(output):
+            raise UsageError(f"cannot write the trace file {output}: it is a symbolic link "
+                             "(not following it)")
+        if os.path.isdir(output):
+            raise UsageError(f"cannot write the trace file {output}: it is a directory")
+    check_report_path(args.report_to)
+
+
 def check_report_path(path: str | None) -> None:
     """Fail now, before anything runs, if the report could not be written to ``path``."""
     if path in (None, "-"):
@@ -156,7 +176,7 @@ def record_and_report(args: argparse.Namespace, target: Target, duration: float 
     config = RecordConfig(backend=args.backend, mode=args.mode, buffer=args.buffer,
                           memory_limit=args.memory_limit, start=args.start, duration=duration,
                           only=only)
-    check_report_path(args.report_to)
+    check_before_start(args)
     interrupted = []
     previous: Any = None
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..backends import Target
 from ..errors import TargetError
-from ._record import add_record_arguments, check_report_path, record_and_report
+from ._record import add_record_arguments, check_before_start, record_and_report
 
 NAME = "demo"
 
@@ -47,7 +47,7 @@ def build_example(cache: Path | None = None) -> Path:
 
 
 def main(args: argparse.Namespace) -> int:
-    check_report_path(args.report_to)
+    check_before_start(args)
     exe = build_example()
     print(f"branchtrace demo: running {exe} (it crashes on purpose)", flush=True)
     return record_and_report(args, Target(argv=(str(exe),), disable_aslr=args.disable_randomization))
