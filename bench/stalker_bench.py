@@ -3,12 +3,15 @@
 Run on purpose (it is not a test):
 
     python bench/stalker_bench.py                       # median of 5, valgrind too
-    python bench/stalker_bench.py --runs 3 --valgrind-runs 1
+    python bench/stalker_bench.py --runs 3 --valgrind-runs 1 --stock-runs 1
     python bench/stalker_bench.py --quick               # smaller inputs, for a smoke run
 
-Workloads (inputs are generated, deterministic):
-  gzip    ``gzip -9 -c`` of a generated text corpus (~10 MB; --quick: 2 MB)
-  xz      ``xz -6 -c`` of a smaller corpus (~0.9 MB; --quick: 0.2 MB)
+Workloads (inputs are generated, deterministic), sized so that valgrind's 5 runs of
+every workload take about 30 minutes in all (lackey runs ~250-1000x native): about
+0.3-0.5 s native for gzip and xz (not less: the ring <= 4x target includes branchtrace's
+~0.7 s fixed cost), about 0.1-0.15 s for the others:
+  gzip    ``gzip -9 -c`` of a generated text corpus (7 MB; --quick: 1.5 MB)
+  xz      ``xz -6 -c`` of a smaller corpus (0.55 MB; --quick: 0.1 MB)
   python3 ``python3 -S -c "s=0; for i in range(N): s+=i*i%7; print(s)"`` with the real
           interpreter binary (``os.path.realpath(sys.executable)``, not a venv symlink)
   sqlite3 ``sqlite3 :memory:`` with a recursive CTE of N rows
@@ -21,8 +24,12 @@ unmeasured warm-up run of the native command):
   ring     ``branchtrace run --backend stalker --mode ring --report never -- CMD``
   stream   ``branchtrace run --backend stalker --mode stream --report never -o F -- CMD``
            (F: a fresh trace file per run, deleted afterwards)
+  follow   ``ring``'s command with BRANCHTRACE_STALKER_VARIANT=follow: the same launch and
+           follow, a transform that only keeps instructions (Stalker alone, no recording)
+  stock    ``ring``'s command with BRANCHTRACE_STALKER_VARIANT=stock: Frida's own
+           Stalker.follow with block events, parsed (Stalker.parse) and counted in onReceive
   valgrind ``valgrind --tool=lackey --trace-superblocks=yes --log-file=/dev/null CMD``
-           (slow: ~100-250x; --valgrind-runs sets how many runs it gets)
+           (slow: ~250-1000x; --valgrind-runs sets how many runs it gets)
 Every run's stdout is hashed (sha256) and compared with the native stdout; a mismatch
 is marked in the table (and the exit status must be 0).
 The fixed cost (``branchtrace run --backend stalker --report never -- /bin/true``) is
@@ -71,12 +78,13 @@ def make_corpus(path: Path, size: int, seed: int = 1) -> None:
     path.write_text("".join(parts)[:size])
 
 
-def run_once(argv: list[str], cwd: Path, out: Path) -> tuple[float, str, int, str]:
+def run_once(argv: list[str], cwd: Path, out: Path,
+             env: dict[str, str] | None = None) -> tuple[float, str, int, str]:
     """Wall seconds, sha256 of stdout, exit status, stderr tail of one run."""
     with open(out, "wb") as fo:
         t0 = time.perf_counter()
         proc = subprocess.run(argv, cwd=cwd, stdout=fo, stderr=subprocess.PIPE,
-                              stdin=subprocess.DEVNULL)
+                              stdin=subprocess.DEVNULL, env=env, check=False)
         elapsed = time.perf_counter() - t0
     h = hashlib.sha256(out.read_bytes()).hexdigest()
     return elapsed, h, proc.returncode, proc.stderr.decode(errors="replace")[-300:]
@@ -85,6 +93,9 @@ def run_once(argv: list[str], cwd: Path, out: Path) -> tuple[float, str, int, st
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=5, help="runs per column (median), default 5")
+    ap.add_argument("--stock-runs", type=int, default=None,
+                    help="runs of the stock column (default: --runs; 0 leaves it out; "
+                         "Frida's block events run ~100x native)")
     ap.add_argument("--valgrind-runs", type=int, default=None,
                     help="runs of the valgrind column (default: --runs; 0 leaves it out)")
     ap.add_argument("--quick", action="store_true", help="smaller inputs")
@@ -93,20 +104,21 @@ def main() -> int:
                     help="append the section to docs/benchmarks.md")
     args = ap.parse_args()
     vruns = args.runs if args.valgrind_runs is None else args.valgrind_runs
+    sruns = args.runs if args.stock_runs is None else args.stock_runs
     bt = branchtrace_argv()
     q = args.quick
 
     tmp = Path(tempfile.mkdtemp(prefix="stalker-bench-"))
     try:
         big, small = tmp / "corpus-big.txt", tmp / "corpus-small.txt"
-        make_corpus(big, 2_000_000 if q else 10_000_000)
-        make_corpus(small, 200_000 if q else 900_000, seed=2)
+        make_corpus(big, 1_500_000 if q else 7_000_000)
+        make_corpus(small, 100_000 if q else 550_000, seed=2)
         loop = tmp / "loop"
         subprocess.run(["gcc", "-O0", "-o", str(loop), str(FIXTURE)], check=True)
         py = os.path.realpath(sys.executable)
-        py_n = 600_000 if q else 3_000_000
-        sq_n = 200_000 if q else 1_100_000
-        loop_n = 15_000_000 if q else 75_000_000
+        py_n = 150_000 if q else 450_000
+        sq_n = 100_000 if q else 350_000
+        loop_n = 10_000_000 if q else 35_000_000
         workloads = [
             ("gzip", f"`gzip -9 -c` {big.stat().st_size / 1e6:.1f} MB text",
              ["gzip", "-9", "-c", str(big)]),
@@ -116,8 +128,8 @@ def main() -> int:
              [py, "-S", "-c", f"s=0\nfor i in range({py_n}): s+=i*i%7\nprint(s)"]),
             ("sqlite3", f"`sqlite3 :memory:` recursive CTE, N={sq_n:,}",
              ["sqlite3", ":memory:",
-              "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE "
-              f"x<{sq_n}) SELECT sum(x*x % 7) FROM c;"]),
+              ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE "
+               f"x<{sq_n}) SELECT sum(x*x % 7) FROM c;")]),
             ("loop", f"`loop.c` -O0, N={loop_n:,}", [str(loop), str(loop_n)]),
         ]
         if args.only:
@@ -131,9 +143,20 @@ def main() -> int:
                                     "--report", "never", "--"] + c,
             "stream": lambda c: bt + ["run", "--backend", "stalker", "--mode", "stream",
                                       "--report", "never", "-o", str(trace), "--"] + c,
+            # the same launch and follow; BRANCHTRACE_STALKER_VARIANT (envs below)
+            "follow": lambda c: bt + ["run", "--backend", "stalker", "--mode", "ring",
+                                      "--report", "never", "--"] + c,
+            "stock": lambda c: bt + ["run", "--backend", "stalker", "--mode", "ring",
+                                     "--report", "never", "--"] + c,
             "valgrind": lambda c: ["valgrind", "--tool=lackey", "--trace-superblocks=yes",
                                    "--log-file=/dev/null"] + c,
         }
+        clean = {k: v for k, v in os.environ.items()
+                 if k not in ("BRANCHTRACE_STALKER_VARIANT", "BRANCHTRACE_STALKER_CHECK")}
+        envs = {c: clean for c in columns}
+        envs.update({c: {**clean, "BRANCHTRACE_STALKER_VARIANT": c} for c in ("follow", "stock")})
+        columns = {c: columns[c] for c in ("native", "follow", "stock", "ring", "stream",
+                                             "valgrind")}
         out = tmp / "stdout"
 
         def measure(argv_by_col: dict, nruns: dict, ref: str | None):
@@ -144,7 +167,7 @@ def main() -> int:
                 for col, argv in argv_by_col.items():
                     if i >= nruns[col]:
                         continue
-                    t, h, rc, err = run_once(argv, tmp, out)
+                    t, h, rc, err = run_once(argv, tmp, out, envs.get(col))
                     times[col].append(t)
                     if col == "stream" and trace.exists():
                         extra.setdefault("trace_mb", []).append(trace.stat().st_size / 1e6)
@@ -173,13 +196,14 @@ def main() -> int:
                 raise SystemExit(f"{name}: native run exited {rc}: {err}")
             argv_by_col = {c: f(cmd) for c, f in columns.items()}
             nruns = {c: args.runs for c in columns}
-            nruns["valgrind"] = vruns
-            if vruns == 0:
-                del argv_by_col["valgrind"], nruns["valgrind"]
+            nruns["valgrind"], nruns["stock"] = vruns, sruns
+            for col in ("valgrind", "stock"):
+                if nruns[col] == 0:
+                    del argv_by_col[col], nruns[col]
             times, bad, extra = measure(argv_by_col, nruns, ref)
             med = {c: statistics.median(v) for c, v in times.items() if v}
             rows.append((name, desc, med, {c: len(v) for c, v in times.items()}, bad, extra))
-            print(f"  medians: " + ", ".join(f"{c}={v:.3f}" for c, v in med.items()),
+            print("  medians: " + ", ".join(f"{c}={v:.3f}" for c, v in med.items()),
                   file=sys.stderr, flush=True)
 
         section = render(rows, fixed, ft["fixed"], fb["fixed"], args, vruns)
@@ -194,9 +218,10 @@ def main() -> int:
 
 def cpu_model() -> str:
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return platform.processor() or "unknown"
@@ -208,6 +233,8 @@ def render(rows, fixed, fixed_times, fixed_bad, args, vruns) -> str:
         cmd += f" --runs {args.runs}"
     if args.valgrind_runs is not None:
         cmd += f" --valgrind-runs {args.valgrind_runs}"
+    if args.stock_runs is not None:
+        cmd += f" --stock-runs {args.stock_runs}"
     if args.quick:
         cmd += " --quick"
     try:
@@ -225,7 +252,8 @@ def render(rows, fixed, fixed_times, fixed_bad, args, vruns) -> str:
     L.append(f"Each figure is the median wall time of {args.runs} runs (after one unmeasured "
              f"warm-up run of the native command), all columns interleaved run by run in one "
              f"invocation; **valgrind: {vruns} run(s) per workload** "
-             f"{'(it runs ~100-250x native, so fewer runs to meet the time budget)' if vruns < args.runs else ''}. "
+             f"{'(it runs ~250-1000x native, so fewer runs to meet the time budget)' if vruns < args.runs else ''}"
+             f"{f'; stock: {args.stock_runs} run(s) per workload' if args.stock_runs is not None else ''}. "
              "Ratios are to native. *ring* = `branchtrace run --backend stalker --mode ring "
              "--report never -- CMD`; *stream* = `... --mode stream --report never -o "
              "FILE.btrace -- CMD` (lossless, to a compressed trace file); *valgrind* = "
@@ -239,22 +267,23 @@ def render(rows, fixed, fixed_times, fixed_bad, args, vruns) -> str:
              f"median of {len(fixed_times)}: **{fixed:.3f} s** "
              f"(runs: {', '.join(f'{t:.3f}' for t in fixed_times)})"
              f"{'; FAILURES: ' + '; '.join(fixed_bad) if fixed_bad else ''}.\n")
-    L.append("| workload | native s | ring | stream | valgrind | valgrind / ring | "
-             "ring - fixed | stream - fixed | stream trace MB | stdout |")
-    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    L.append("| workload | native s | follow | stock | ring | stream | valgrind | "
+             "valgrind / ring | ring - fixed | stream - fixed | stream trace MB | stdout |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     targets = []
     for name, desc, med, n, bad, extra in rows:
         nat = med["native"]
         ring, stream, vg = med.get("ring"), med.get("stream"), med.get("valgrind")
-        r = lambda x: f"{x / nat:.2f}x" if x is not None else "-"
-        rf = lambda x: f"{(x - fixed) / nat:.2f}x" if x is not None else "-"
+        r = lambda x, nat=nat: f"{x / nat:.2f}x" if x is not None else "-"
+        rf = lambda x, nat=nat: f"{(x - fixed) / nat:.2f}x" if x is not None else "-"
         vr = f"{vg / ring:.1f}x" if vg and ring else "-"
         vs = f"{vg / stream:.1f}x" if vg and stream else "-"
         mb = (f"{statistics.median(extra['trace_mb']):.1f}" if extra.get("trace_mb") else "-")
         problems = [f"{c}: {'; '.join(b)}" for c, b in bad.items() if b]
         ok = "**MISMATCH/FAIL: " + " / ".join(problems) + "**" if problems else \
             "identical (all runs)"
-        L.append(f"| {desc} | {nat:.3f} | {r(ring)} | {r(stream)} | "
+        L.append(f"| {desc} | {nat:.3f} | {r(med.get('follow'))} | {r(med.get('stock'))} | "
+                 f"{r(ring)} | {r(stream)} | "
                  f"{r(vg)} ({n.get('valgrind', 0)} run{'s' if n.get('valgrind', 0) != 1 else ''}) "
                  f"| {vr} | {rf(ring)} | {rf(stream)} | {mb} | {ok} |")
         t = []
@@ -279,15 +308,13 @@ def render(rows, fixed, fixed_times, fixed_bad, args, vruns) -> str:
              "(fixed cost included):\n")
     L.extend(targets)
     L.append("")
-    L.append("Columns of the issue left out: *Stalker following with no recording* and "
-             "*Frida's stock Stalker `block` events*. Both need a plain Frida session on the "
-             "program, and `frida.spawn` (`device.spawn`) kills the child on this kernel "
-             "(SIGSEGV at a garbage pc or SIGTRAP once resumed, even with no script), as does "
-             "detaching a session that still has a script loaded; see docs/stalker.md, "
-             "\"How a run goes\". The backend's own follow-only measurement in docs/stalker.md "
-             "(Stalker following with a transform that only keeps instructions, inside the "
-             "backend's own launcher) is 0.656 s against 0.337 s native on `gzip -9 -c` of "
-             "5.4 MB: **1.95x** (time from resume to exit, so without the fixed cost).\n")
+    L.append("*follow* = the same `branchtrace run --backend stalker --mode ring` with "
+             "`BRANCHTRACE_STALKER_VARIANT=follow`: the same launch and follow of every thread, "
+             "with a transform that only keeps instructions (Stalker's own cost, nothing "
+             "recorded); *stock* = `BRANCHTRACE_STALKER_VARIANT=stock`: Frida's own "
+             "`Stalker.follow` with `events: {block: true}` and an `onReceive` that parses "
+             "(`Stalker.parse`) and counts the events, the classic way of using Stalker "
+             "(docs/stalker.md). Both include the same fixed cost as *ring*.\n")
     return "\n".join(L) + "\n"
 
 

@@ -122,7 +122,7 @@ def _probe() -> Probe:
 
 
 def _probe_uncached() -> Probe:
-    from .host import machine_ok
+    from .agent_code import machine_ok
 
     why = machine_ok()
     if why:

@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import platform
 import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
 
 from ...blocks import DEFAULT_TABLE_CAPACITY, create_table, read_table, table_bytes
@@ -29,6 +27,7 @@ from ...errors import BranchtraceError, MemoryLimitError, TargetError, UsageErro
 from ...model import ExitInfo, Gap, ModuleMap
 from ...store import HEADER_SIZE, THREAD_ENTRY_SIZE, Store
 from ...symbols import merge_modules, modules_from_maps, read_maps
+from .agent_code import VARIANT_ENV, agent_source, benchmark_variant, has_bmi2
 from .check import CheckCounters, enabled
 from .launch import Launcher
 
@@ -39,30 +38,6 @@ _SIGNAL_OF_EXCEPTION = {
 }
 _POLL = 0.02  # seconds between checks of the end conditions
 _STOP_TIMEOUT = 10.0
-
-
-#: The C code compiled in the target, in this order into one CModule (one translation
-#: unit: TinyCC compiles a single source).
-C_SOURCES = ("recorder.h", "emit.c", "signals.c", "recorder.c")
-
-
-def agent_source() -> tuple[str, str]:
-    """The agent script and the recorder's C source, from package data."""
-    folder = resources.files("branchtrace.backends.stalker") / "agent"
-    c_source = "\n".join(f"#line 1 \"{name}\"\n" + (folder / name).read_text("utf-8")
-                         for name in C_SOURCES)
-    return (folder / "agent.js").read_text("utf-8"), c_source
-
-
-def has_bmi2() -> bool:
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return " bmi2" in line
-    except OSError:
-        pass
-    return False
 
 
 @dataclass
@@ -93,6 +68,7 @@ class Host:
 
     def __init__(self, store: Store, only: tuple[str, ...] = (),
                  table_capacity: int = DEFAULT_TABLE_CAPACITY) -> None:
+        self.variant = benchmark_variant()
         self.store = store
         self.only = only
         self.table_capacity = table_capacity
@@ -102,6 +78,9 @@ class Host:
         self.threads: list[int] = []
         self.gaps: list[Gap] = []
         self.notes: list[str] = []
+        if self.variant:
+            self.notes.append(f"{VARIANT_ENV}={self.variant}: a benchmarking variant, "
+                              "nothing was recorded")
         self.modules: list[ModuleMap] = []
         self.crash: Crash | None = None
         self.exit_code: int | None = None     # reported by the agent (attach mode)
@@ -167,6 +146,7 @@ class Host:
             "only": list(self.only), "slots": slots,
             "entry": self._start_address(launcher, start_vaddr),
             "checkPath": str(self.check.path) if self.check is not None else None,
+            "variant": self.variant,
         }
         try:
             reply = self._script.exports_sync.init(params)
@@ -422,13 +402,3 @@ def _check_attachable(pid: int) -> None:
         raise TargetError(f"cannot trace pid {pid} with the stalker backend: it runs as "
                           f"another user (uid {owner}) and could not map our private "
                           "buffers; use --backend ptrace")
-
-
-def machine_ok() -> str | None:
-    """Why this machine cannot run the backend at all (None: it may)."""
-    if platform.system() != "Linux":
-        return f"only Linux is supported, this is {platform.system()}"
-    if platform.machine() != "x86_64":
-        return f"only x86-64 is supported, this is {platform.machine()}"
-    return None
-

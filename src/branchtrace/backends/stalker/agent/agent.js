@@ -127,6 +127,24 @@ function prepare(slot) {
   return t;
 }
 
+/* How a thread is followed. BRANCHTRACE_STALKER_VARIANT (a benchmarking aid, see
+ * docs/stalker.md) swaps our recording for `follow`: a transform that only keeps the
+ * instructions, or `stock`: Frida's own block events, parsed and counted in onReceive. */
+let stockBlocks = 0;
+
+function followOptions(ctx) {
+  if (params.variant === 'follow')
+    return { transform: cm.bt_transform_keep };
+  if (params.variant === 'stock')
+    return {
+      events: { block: true },
+      onReceive(events) {
+        stockBlocks += Stalker.parse(events).length;
+      },
+    };
+  return { transform: cm.transform, data: ctx };
+}
+
 function isOurs(tid) {
   return Cloak.hasThread(tid);
 }
@@ -145,7 +163,7 @@ function followNew(tids) {
   for (const slot of requestSlots(tids)) {
     const t = prepare(slot);
     if (t !== null)
-      Stalker.follow(slot.tid, { transform: cm.transform, data: t.ctx });
+      Stalker.follow(slot.tid, followOptions(t.ctx));
   }
 }
 
@@ -162,7 +180,7 @@ function followAtEntry(entry, slot) {
     if (done || Process.getCurrentThreadId() !== slot.tid)
       return;
     done = true;
-    Stalker.follow(slot.tid, { transform: cm.transform, data: t.ctx });
+    Stalker.follow(slot.tid, followOptions(t.ctx));
     setTimeout(() => {
       if (entryHook !== null) {
         entryHook.detach();
@@ -273,7 +291,7 @@ function refollowAfterTlsDtors() {
       const tid = Process.getCurrentThreadId();
       const t = followed.get(tid);
       if (t !== undefined && !stopping)
-        Stalker.follow(tid, { transform: cm.transform, data: t.ctx });
+        Stalker.follow(tid, followOptions(t.ctx));
     },
   });
 }
@@ -296,7 +314,7 @@ function unfollowAroundFork() {
     onLeave(retval) {
       if (this.t === undefined || stopping || retval.toInt32() === 0)
         return;
-      Stalker.follow(Process.getCurrentThreadId(), { transform: cm.transform, data: this.t.ctx });
+      Stalker.follow(Process.getCurrentThreadId(), followOptions(this.t.ctx));
     },
   });
 }

@@ -140,3 +140,14 @@ transform (GumStalkerIterator * iterator, GumStalkerOutput * output, gpointer us
     b->flags = flags;                 /* last: the entry is complete */
   }
 }
+
+/* BRANCHTRACE_STALKER_VARIANT=follow (benchmarks): Stalker following, nothing recorded. */
+void
+bt_transform_keep (GumStalkerIterator * iterator, GumStalkerOutput * output,
+                   gpointer user_data)
+{
+  const cs_insn * insn;
+
+  while (gum_stalker_iterator_next (iterator, &insn))
+    gum_stalker_iterator_keep (iterator);
+}

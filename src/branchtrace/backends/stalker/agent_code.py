@@ -1,0 +1,58 @@
+"""What the host loads into the target: the agent script, the recorder's C source (one
+CModule), the machine features the emitted code may use, and the benchmarking variant.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from importlib import resources
+
+from ...errors import UsageError
+
+#: The C code compiled in the target, in this order into one CModule (one translation
+#: unit: TinyCC compiles a single source).
+C_SOURCES = ("recorder.h", "emit.c", "signals.c", "recorder.c")
+
+
+def agent_source() -> tuple[str, str]:
+    """The agent script and the recorder's C source, from package data."""
+    folder = resources.files("branchtrace.backends.stalker") / "agent"
+    c_source = "\n".join(f"#line 1 \"{name}\"\n" + (folder / name).read_text("utf-8")
+                         for name in C_SOURCES)
+    return (folder / "agent.js").read_text("utf-8"), c_source
+
+
+#: Benchmarking aid (docs/stalker.md): ``follow`` follows every thread with a transform
+#: that only keeps instructions, ``stock`` uses Frida's own block events; neither records.
+VARIANT_ENV = "BRANCHTRACE_STALKER_VARIANT"
+VARIANTS = ("follow", "stock")
+
+
+def benchmark_variant() -> str:
+    value = os.environ.get(VARIANT_ENV, "")
+    if value and value not in VARIANTS:
+        raise UsageError(f"{VARIANT_ENV}={value!r}: choose one of {', '.join(VARIANTS)} "
+                         "(or leave it unset)")
+    return value
+
+
+def has_bmi2() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return " bmi2" in line
+    except OSError:
+        pass
+    return False
+
+
+def machine_ok() -> str | None:
+    """Why this machine cannot run the backend at all (None: it may)."""
+    if platform.system() != "Linux":
+        return f"only Linux is supported, this is {platform.system()}"
+    if platform.machine() != "x86_64":
+        return f"only x86-64 is supported, this is {platform.machine()}"
+    return None
+
