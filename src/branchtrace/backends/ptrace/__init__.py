@@ -147,9 +147,13 @@ def _probe_seize() -> Probe:
         return _probe_cache
     from . import sys as pt
 
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:
-        try:
+        try:  # if we are killed before we kill it, it must not linger
+            pt.set_parent_death_signal(signal.SIGKILL)
+            if os.getppid() != parent:
+                os._exit(0)
             signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM])
             signal.sigwait([signal.SIGTERM])
         finally:

@@ -45,6 +45,7 @@ class _Control:
     stepper: Stepper | None = None
     stop = False
     user = False
+    abandoned = False   # DETACH came: branchtrace died (or gave up, and removes it too)
 
 
 _control = _Control()
@@ -54,6 +55,7 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
     user = signum in (signal.SIGINT, USER_STOP)
     _control.stop = True
     _control.user = _control.user or user
+    _control.abandoned = _control.abandoned or signum == DETACH
     if _control.stepper is not None:
         _control.stepper.interrupt(user=user)
 
@@ -70,12 +72,14 @@ def serve(store_path: Path, commands: int, replies: int, parent: int) -> NoRetur
         request = wire.receive(commands)
         if isinstance(request, wire.Request):
             reply = _answer(store_path, request)
-            if os.getppid() != parent:
+            if _control.abandoned or os.getppid() != parent:
                 _remove_orphan_store(store_path)
             try:
                 wire.send(replies, reply)
             except OSError:  # nobody is listening any more
                 pass
+        else:  # the pipe closed before a request: branchtrace died, or has no use for us
+            _remove_orphan_store(store_path)
     except BaseException:
         code = 1
     finally:
@@ -114,7 +118,8 @@ def _bias_of(stepper: Stepper, path: str) -> int:
 
 
 def _remove_orphan_store(path: Path) -> None:
-    """branchtrace died: remove its store file (and the private directory made for it)."""
+    """branchtrace died: remove its store file (and the private directory made for it).
+    Harmless if branchtrace lives on: it only reads a store it has mapped."""
     try:
         path.unlink(missing_ok=True)
         if path.parent.name.startswith("branchtrace-"):
