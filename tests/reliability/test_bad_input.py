@@ -174,7 +174,7 @@ RECORD_OPTIONS = [
     (["--mode", "circular"], "circular"),
     (["--format", "xml"], "xml"),
     (["--report", "sometimes"], "sometimes"),
-    (["-o", "{root}/missing-dir/t.btrace"], "no such directory"),
+    (["-o", "{root}/missing-dir/t.btrace"], "no such file or directory"),
     (["-o", "{root}/adir"], "directory"),
     (["-o", "{root}/link.btrace"], "symbolic link"),
     (["--report-to", "{root}/missing-dir/r.txt"], "no such directory"),

@@ -120,12 +120,12 @@ def check_before_start(args: argparse.Namespace) -> None:
     if output is not None:
         parent = os.path.dirname(os.path.abspath(output))
         if not os.path.isdir(parent):
-            raise UsageError(f"cannot write the trace file {output}: no such directory {parent}")
+            raise UsageError(f"cannot write the trace file {output}: No such file or directory")
         if os.path.islink(output):
             raise UsageError(f"cannot write the trace file {output}: it is a symbolic link "
                              "(not following it)")
         if os.path.isdir(output):
-            raise UsageError(f"cannot write the trace file {output}: it is a directory")
+            raise UsageError(f"cannot write the trace file {output}: Is a directory")
     check_report_path(args.report_to)
 
 
