@@ -5,12 +5,15 @@
   partial trace file reads up to its last whole chunk (truncated), and the store's
   files in /dev/shm are removed by the agent;
 - the program SIGKILLed mid-run: the file holds every record, ends with the kill, and
-  reads cleanly.
+  reads cleanly;
+- Ctrl-C (SIGINT to the whole process group): branchtrace detaches and exits 130, the
+  program goes on to its normal end; a SIGINT sent to the program alone still kills it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -178,3 +181,52 @@ def test_killing_the_program_ends_the_file_with_the_kill(build, tmp_path):
     assert t.exit.status == "signaled" and t.exit.signal == 9 and not t.truncated
     assert t.gaps == [] and t.lost == {pid: 0}
     assert len(t.branches(pid)) > 0
+
+
+def test_ctrl_c_detaches_and_the_program_goes_on(build, tmp_path):
+    exe = build("sleeper")
+    out, report = tmp_path / "out", tmp_path / "report.json"
+    # a new session: branchtrace and its program share a process group, as at a terminal
+    tracer = subprocess.Popen(
+        [sys.executable, "-m", "branchtrace", "run", "--backend", "stalker", "--format", "json",
+         "--report-to", str(report), "--", str(exe), str(out), "60"],
+        start_new_session=True, stderr=subprocess.PIPE, text=True)
+    try:
+        pid = program_of(tracer, exe.name[:15])
+        time.sleep(0.3)
+        os.killpg(tracer.pid, signal.SIGINT)   # what Ctrl-C at the terminal does
+        _, err = tracer.communicate(timeout=60)
+    finally:
+        if tracer.poll() is None:
+            tracer.kill()
+            tracer.wait()
+    assert tracer.returncode == 130, err
+    assert "Traceback" not in err
+    doc = json.loads(report.read_text())
+    assert doc["exit"]["status"] == "detached" and doc["pid"] == pid
+    assert doc["branches"], "it recorded something before the interrupt"
+    assert state_of(pid) not in ("T", "t")              # not left stopped
+    wait_until(lambda: out.exists() and out.read_text().endswith("\n"), 30,
+               "the program to finish")
+    assert out.read_text().startswith("finished")       # it went on to its normal end
+
+
+def test_sigint_to_the_program_alone_still_kills_it(build, tmp_path):
+    exe = build("sleeper")
+    out, report = tmp_path / "out", tmp_path / "report.json"
+    tracer = subprocess.Popen(
+        [sys.executable, "-m", "branchtrace", "run", "--backend", "stalker", "--format", "json",
+         "--report-to", str(report), "--", str(exe), str(out), "60"],
+        start_new_session=True, stderr=subprocess.PIPE, text=True)
+    try:
+        pid = program_of(tracer, exe.name[:15])
+        os.kill(pid, signal.SIGINT)   # not from the terminal: branchtrace was not interrupted
+        _, err = tracer.communicate(timeout=60)
+    finally:
+        if tracer.poll() is None:
+            tracer.kill()
+            tracer.wait()
+    assert tracer.returncode == 128 + signal.SIGINT, err
+    doc = json.loads(report.read_text())
+    assert doc["exit"]["status"] == "signaled" and doc["exit"]["signal"]["name"] == "SIGINT"
+    assert not out.exists()

@@ -266,8 +266,11 @@ class Host:
     # -- running and ending ----------------------------------------------------------------
 
     def interrupt(self) -> None:
-        """Detach soon (safe from a signal handler: it only sets a flag)."""
+        """Detach soon (safe from a Python signal handler). The agent hears of it too: a
+        Ctrl-C that reached the program as well is then swallowed there (agent.js,
+        standInForSigint), and the program goes on."""
         self._interrupted = True
+        self._post({"type": "interrupt"})
 
     def wait(self, duration: float | None) -> bool:
         """Until the target ends (True) or we are interrupted or time is up (False)."""

@@ -25,11 +25,11 @@ const PAGE = 4096;
 /* BtConfig field offsets (recorder.c) */
 const CFG = { table: 0, blocks: 8, capacity: 16, ranges: 24, nranges: 32, bmi2: 36,
               abort: 40, hostPid: 44, modules: 48, isTool: 56, threads: 64,
-              signals: 72, hostStat: 80, size: 88 };
+              signals: 72, hostStat: 80, interrupted: 88, inSigint: 92, size: 96 };
 const THREAD_SLOTS = 4096, NSIG = 65;
 /* signals Frida's exception handler owns: their handlers are left alone */
 const FRIDA_SIGNALS = new Set([4, 5, 6, 7, 8, 11, 31]);
-const SA_SIGINFO = 4;
+const SA_SIGINFO = 4, SA_RESTART = 0x10000000, SIGINT = 2;
 /* BtThread field offsets (recorder.c) */
 const TH = { cursor: 24, chunkEnd: 32, slow: 40, entry: 56, region: 64, capacity: 72,
              chunk: 80, inSlow: 104, nopend: 112, flush: 120, sinkEnd: 128, npending: 136,
@@ -242,9 +242,16 @@ function wrapSignalHandlers(table) {
       if (act.isNull())
         return;
       const handler = act.readPointer();
+      if (sig === SIGINT)
+        sigintOurs = false;
       if (handler.compare(ptr(1)) <= 0 || handler.equals(wrapper)) {
         entry.writePointer(NULL);      // SIG_DFL or SIG_IGN: nothing of ours
         originalActions.delete(sig);
+        if (sig === SIGINT && handler.isNull()) {
+          this.copy = sigintAction(act);  // SIG_DFL: Ctrl-C for branchtrace is swallowed
+          args[1] = this.copy;
+          sigintOurs = true;
+        }
         return;
       }
       originalActions.set(sig, Memory.dup(act, 152));
@@ -261,6 +268,11 @@ function wrapSignalHandlers(table) {
     onLeave(retval) {
       if (this.sig < 0 || this.oldact.isNull())
         return;
+      if (this.oldact.readPointer().equals(cm.bt_sigint)) {
+        this.oldact.writePointer(NULL);   // the program's own setting: SIG_DFL
+        this.oldact.add(136).writeS32(0);
+        return;
+      }
       if (this.oldact.readPointer().equals(wrapper) && !this.previous.handler.isNull()) {
         this.oldact.writePointer(this.previous.handler);
         if (!this.previous.siginfo) {
@@ -272,11 +284,41 @@ function wrapSignalHandlers(table) {
   });
 }
 
-/* Detaching: the kernel must not call bt_signal_entry once the CModule is gone. */
+/* Detaching: the kernel must not call bt_signal_entry (or bt_sigint) once the CModule is
+ * gone. */
 function restoreSignalHandlers() {
   for (const [sig, act] of originalActions)
     libc.sigaction(sig, act, NULL);
   originalActions.clear();
+  if (sigintOurs) {
+    libc.sigaction(SIGINT, Memory.alloc(152), NULL);   // zeroes: SIG_DFL
+    sigintOurs = false;
+  }
+}
+
+/* Ctrl-C at a terminal reaches the program too (it is in branchtrace's process group).
+ * While the program leaves SIGINT at SIG_DFL, bt_sigint (signals.c) stands in for it:
+ * it swallows the signal when the host says it was interrupted (a message, just below),
+ * else it dies of it as SIG_DFL would. */
+let sigintOurs = false;
+
+function sigintAction(template) {
+  const act = Memory.alloc(152);      // struct sigaction: handler, mask[128], flags, restorer
+  if (template !== null)
+    Memory.copy(act, template, 152);
+  act.writePointer(cm.bt_sigint);
+  act.add(136).writeS32(SA_SIGINFO | SA_RESTART);
+  keep.push(act);
+  return act;
+}
+
+function standInForSigint() {
+  recv('interrupt', () => { cfg.add(CFG.interrupted).writeU32(1); });
+  const old = Memory.alloc(152);
+  if (libc.sigaction(SIGINT, NULL, old) !== 0 || !old.readPointer().isNull())
+    return;                           // the program ignores it or has a handler
+  if (libc.sigaction(SIGINT, sigintAction(null), NULL) === 0)
+    sigintOurs = true;
 }
 
 /* Stalker stops following a thread when it calls glibc's __call_tls_dtors (its idea of
@@ -448,6 +490,9 @@ rpc.exports = {
     cfg.add(CFG.threads).writePointer(threads);
     cfg.add(CFG.signals).writePointer(signals);
     const matched = p.only.length > 0 ? restrictTo(p.only) : [];
+    libc.sigaction = fn('sigaction', 'int', ['int', 'pointer', 'pointer']);
+    if (p.entry !== null)   // a program we started: in our process group, Ctrl-C hits it too
+      standInForSigint();
     wrapSignalHandlers(signals);
     refollowAfterTlsDtors();
     unfollowAroundFork();
@@ -536,10 +581,11 @@ function stopRecording() {
   /* only now (their writes go to private memory): producers waiting for the consumer
    * stop waiting */
   cfg.add(CFG.abort).writeU32(1);
-  let busy = true;   // no thread may be inside bt_stream_slow when the CModule goes
-  for (let i = 0; i < 500 && busy; i++) {
+  let busy = true;   // no thread may be inside bt_stream_slow or bt_sigint when the
+  for (let i = 0; i < 600 && busy; i++) {   // CModule goes
     Thread.sleep(0.002);
-    busy = Array.from(followed.values()).some(t => t.ctx.add(TH.inSlow).readS32() !== 0);
+    busy = Array.from(followed.values()).some(t => t.ctx.add(TH.inSlow).readS32() !== 0) ||
+        cfg.add(CFG.inSigint).readS32() !== 0;
   }
   Stalker.garbageCollect();
   return { busy: busy };

@@ -105,6 +105,8 @@ struct _BtConfig
   BtThread ** threads;       /* 64 BT_THREAD_SLOTS contexts, open addressing by tid */
   BtSignal * signals;        /* 72 BT_NSIG handlers the program installed, wrapped */
   const gchar * host_stat;   /* 80 "/proc/<tracer pid>/stat": is the tracer a zombie? */
+  volatile gint interrupted; /* 88 the tracer was interrupted (Ctrl-C): it detaches */
+  volatile gint in_sigint;   /* 92 threads inside bt_sigint */
 };
 
 /* Provided by the agent: CModule data is read-only, writable memory comes from outside. */

@@ -155,3 +155,34 @@ bt_signal_block (gpointer handler)
   b->flags = BT_FLAG_VALID | BT_FLAG_ASYNC;
   return (guint32) id;
 }
+
+/* SIGINT while the program has SIG_DFL for it (docs/stalker.md, "Ctrl-C"). A terminal's
+ * Ctrl-C reaches the whole process group: branchtrace, which detaches, and the program,
+ * which must go on, as under the ptrace backend. Wait (up to 1 s) for the tracer's word
+ * that it was interrupted: then the signal was the user's Ctrl-C, and it is swallowed.
+ * Without it, do what SIG_DFL does: restore it and raise the signal again (blocked
+ * while we are in the handler, it is delivered when we return: the program dies of it). */
+void
+bt_sigint (int sig, gpointer info, gpointer uctx)
+{
+  glong pid = syscall (39);                        /* getpid */
+  guint i;
+  struct { gpointer handler; gulong flags; gpointer restorer; guint64 mask; } dfl;
+
+  if (bt_current_thread () == NULL && syscall (186) != pid &&
+      syscall (234, pid, pid, sig) == 0)           /* tgkill: to the main thread */
+    return;                                        /* a thread of Frida's got it */
+  g_atomic_int_add (&bt_config.in_sigint, 1);
+  for (i = 0; i < 200 && !bt_config.interrupted; i++)
+    g_usleep (5000);
+  if (!bt_config.interrupted)
+  {
+    dfl.handler = NULL;
+    dfl.flags = 0;
+    dfl.restorer = NULL;
+    dfl.mask = 0;
+    syscall (13, sig, &dfl, NULL, 8);              /* rt_sigaction (SIG_DFL) */
+    syscall (62, pid, sig);                        /* kill */
+  }
+  g_atomic_int_add (&bt_config.in_sigint, -1);
+}
