@@ -12,6 +12,7 @@ from __future__ import annotations
 import mmap
 import os
 import shutil
+import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -91,8 +92,13 @@ class Store:
     def open(cls, path: Path | str) -> Store:
         """Map an existing store (e.g. one whose producer has exited)."""
         path = Path(path)
-        fd = open_file(path)
         try:
+            fd = open_file(path)
+        except OSError as err:       # a FIFO or device: pread cannot seek
+            raise StoreError(f"cannot read store {path}: {err.strerror or err}") from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise StoreError(f"{path} is not a regular file, not a branchtrace store")
             store = cls(path, fd, None, False, "recorded in the store header")
         except BaseException:
             os.close(fd)

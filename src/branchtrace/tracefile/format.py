@@ -122,7 +122,7 @@ class Unpacker:
         return self.data[self.pos:]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileHeader:
     """The HEADER record: what is known when recording starts."""
 
@@ -157,7 +157,7 @@ class FileHeader:
                    tuple(u.text() for _ in range(argc)))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ChunkHead:
     """The fixed part of a CHUNK record; the zstd frame of the raw records follows."""
 
@@ -178,7 +178,7 @@ class ChunkHead:
         return cls(*CHUNK_HEAD.unpack_from(data))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ThreadInfo:
     """The THREAD record, written at the end: one per thread, in order of appearance."""
 
@@ -202,7 +202,7 @@ class ThreadInfo:
 END_CODE, END_SIGNAL, END_FAULT_ADDRESS, END_FAULT_PC, END_TID, END_CORE = (1 << i for i in range(6))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EndInfo:
     """The END record: how the target ended; always the last record."""
 
@@ -236,7 +236,7 @@ class EndInfo:
                    bool(flags & END_CORE))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class GapInfo:
     tid: int
     index: int
@@ -253,7 +253,7 @@ class GapInfo:
         return cls(tid, index, count, u.text())
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MappingInfo:
     start: int
     end: int
@@ -262,7 +262,7 @@ class MappingInfo:
     path: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ModuleInfo:
     start: int
     end: int
@@ -329,7 +329,7 @@ def dtype_from_fields(fields: list[tuple[str, str, int]], itemsize: int) -> np.d
     return dtype
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class BlocksHead:
     """The fixed part of a BLOCKS record: rows ``first_id ..`` of the block table, then
     the zstd frame of ``count * row_size`` bytes."""

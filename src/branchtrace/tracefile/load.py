@@ -14,6 +14,7 @@ import bisect
 import os
 import threading
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -37,6 +38,7 @@ CORRUPT = "corrupt chunk"
 #: file (real traces that compress better than 8:1 pay one more decompression pass).
 _TRUSTED_RATIO = 8
 _TRUSTED_BYTES = 64 << 10
+_BATCH_BYTES = 1 << 20
 _PROBE_BYTES = 1 << 20
 
 
@@ -47,7 +49,7 @@ def open_trace(path: str | os.PathLike[str]) -> Trace:
     return to_trace(scan(path))
 
 
-@dataclass
+@dataclass(slots=True)
 class _Hole:
     start: int        # writer index (records of the thread before it)
     count: int
@@ -157,7 +159,6 @@ def _decode_thread(tf: TraceFile, chunks: list[Chunk], holes: list[_Hole],
     encoding = tf.encoding
     raw_dtype = RECORD_DTYPES[encoding]
     per_chunk = encoding == Encoding.FROMTO     # records decode independently
-    total = sum(c.head.count for c in chunks)
     chunks, holes = _verified(chunks, holes, raw_dtype.itemsize, pool, local)
     total = sum(c.head.count for c in chunks)
     try:
@@ -174,8 +175,7 @@ def _decode_thread(tf: TraceFile, chunks: list[Chunk], holes: list[_Hole],
         a, b = slots[k]
         return _fill(local, chunks[k].body, buffer[a:b], encoding if per_chunk else None)
 
-    ok = list(pool.map(job, range(len(chunks)))) if len(chunks) > 1 else \
-        [job(k) for k in range(len(chunks))]
+    ok = _in_batches(pool, job, chunks, raw_dtype.itemsize)
     # The thread in order: good chunks (their index), and holes (missing or bad chunks).
     items: list[int | _Hole] = []
     h = 0
@@ -216,6 +216,26 @@ def _decode_thread(tf: TraceFile, chunks: list[Chunk], holes: list[_Hole],
     return array, gaps, np.array(times, dtype=CHUNK_TIMES_DTYPE), why
 
 
+def _in_batches(pool: ThreadPoolExecutor, job: Callable[[int], bool], chunks: list[Chunk],
+                record_size: int) -> list[bool]:
+    """``job(k)`` for every chunk index, on the pool in batches of about 1 MiB of records:
+    one task per tiny chunk would cost more memory (and time) than the chunk itself."""
+    batches, begin, size = [], 0, 0
+    for k, c in enumerate(chunks):
+        size += c.head.count * record_size
+        if size >= _BATCH_BYTES or k - begin >= 255:
+            batches.append(range(begin, k + 1))
+            begin, size = k + 1, 0
+    if begin < len(chunks):
+        batches.append(range(begin, len(chunks)))
+
+    def run(batch: range) -> list[bool]:
+        return [job(k) for k in batch]
+
+    parts = pool.map(run, batches) if len(batches) > 1 else map(run, batches)
+    return [good for part in parts for good in part]
+
+
 def _verified(chunks: list[Chunk], holes: list[_Hole], record_size: int,
               pool: ThreadPoolExecutor, local: threading.local
               ) -> tuple[list[Chunk], list[_Hole]]:
@@ -229,7 +249,7 @@ def _verified(chunks: list[Chunk], holes: list[_Hole], record_size: int,
     if all(c.head.count * record_size <= _TRUSTED_RATIO * len(c.body) + _TRUSTED_BYTES
            for c in chunks):
         return chunks, holes
-    ok = list(pool.map(job, chunks))
+    ok = _in_batches(pool, lambda k: job(chunks[k]), chunks, record_size)
     bad = [_Hole(c.head.first_index, c.head.count) for c, good in zip(chunks, ok) if not good]
     good_chunks = [c for c, good in zip(chunks, ok) if good]
     return good_chunks, sorted(holes + bad, key=lambda h: h.start)

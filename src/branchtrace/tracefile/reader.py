@@ -53,7 +53,7 @@ _WINDOW = 1 << 20          # bytes read at a time when looking for the next reco
 _MAX_PROBLEMS = 8          # damaged places listed one by one; the rest are counted
 
 
-@dataclass
+@dataclass(slots=True)
 class Chunk:
     head: ChunkHead
     body: bytes            # the zstd frame of head.count raw records
