@@ -3,14 +3,18 @@
 With BRANCHTRACE_STALKER_CHECK=1 every block's code also counts the block in a 64-bit
 word of its thread outside the store (backends/stalker/check.py); per thread, the
 records the consumer drained must equal that counter exactly, over 100M+ blocks, with
-a fast consumer and with one slowed on purpose (the program must wait for it)."""
+a fast consumer and with one slowed on purpose (the program must wait for it).
+The benchmarking variants (BRANCHTRACE_STALKER_VARIANT) are checked here too: they run
+the program unchanged and record nothing."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
 import pytest
+from conftest import cli
 
 from branchtrace.backends import RecordOptions, Target
 from branchtrace.backends.stalker import StalkerBackend
@@ -107,3 +111,24 @@ def test_no_counter_without_the_switch(build, monkeypatch):
         result = backend.record(Target(argv=(str(build("loop")), "100")), store,
                                 RecordOptions())
     assert result.exit.code == 0 and backend.check_counts is None
+
+
+@pytest.mark.parametrize("variant", ["follow", "stock"])
+def test_benchmark_variants_run_the_program_and_record_nothing(build, monkeypatch, variant):
+    monkeypatch.setenv("BRANCHTRACE_STALKER_VARIANT", variant)
+    config = StoreConfig(StoreMode.RING, Encoding.BLOCKID, 1024)
+    with Store.create(config) as store:
+        result = StalkerBackend().record(Target(argv=(str(build("threads")),)), store,
+                                         RecordOptions())
+        status = store.status()
+    assert result.exit.status == "exited" and result.exit.code == 0
+    assert len(result.threads) == 5                      # every thread was followed
+    assert all(t.written == 0 for t in status.threads)
+    assert any(variant in note for note in result.notes)
+
+
+def test_an_unknown_variant_is_a_usage_error(build):
+    env = dict(os.environ, BRANCHTRACE_STALKER_VARIANT="fast")
+    result = cli("run", "--backend", "stalker", "--", str(build("loop")), "10", env=env)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "BRANCHTRACE_STALKER_VARIANT" in result.stderr
