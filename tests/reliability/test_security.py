@@ -314,6 +314,31 @@ def test_a_hostile_trace_runs_nothing(build, tmp_path, capfd, monkeypatch):
     assert not marker.exists()
 
 
+def test_files_named_by_a_trace_that_are_fifos_or_devices_are_not_read(build, tmp_path):
+    """A trace names the binaries to read, and their DWARF the sources: a FIFO or a device
+    there must not make a reader wait for a writer or read without end."""
+    source = tmp_path / "prog.c"
+    source.write_text((Path(__file__).parents[1] / "fixtures" / "loop.c").read_text())
+    exe = tmp_path / "prog"
+    subprocess.run(["gcc", "-g", "-O0", "-o", str(exe), str(source)], check=True)
+    real = tmp_path / "real.btrace"
+    assert cli("run", "--backend", "ptrace", "-o", str(real), "--", str(exe), "3").returncode == 0
+    source.unlink()
+    os.mkfifo(source)                       # the source file DWARF names is now a FIFO
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    files = [real]
+    for i, path in enumerate((str(fifo), "/dev/zero")):
+        trace = branchtrace.open(real)
+        hostile = tmp_path / f"hostile{i}.btrace"
+        save(dataclasses.replace(trace, modules=[dataclasses.replace(m, path=path)
+                                                 for m in trace.modules]), hostile)
+        files.append(hostile)
+    for file in files:          # symbols, instructions and sources: all read from files
+        result = cli("history", str(file), "--insns", "--source", timeout=60)
+        assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+
+
 def _cli_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "branchtrace", *args]
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from ..analysis import CallTrace, CodeReader, FunctionIndex, Runs, call_trace
 from ..model import Gap
+from ..symbols.elf import read_regular
 from ..trace import Trace
 from .render import pick_threads
 
@@ -202,8 +203,8 @@ class _Sources:
     def line(self, path: str, number: int) -> str:
         if path not in self._files:
             try:
-                with open(path, encoding="utf-8", errors="replace") as f:
-                    self._files[path] = f.read().splitlines()
+                data = read_regular(path)    # never a FIFO or a device named by DWARF
+                self._files[path] = data.decode("utf-8", "replace").splitlines()
             except OSError:
                 self._files[path] = None
         text = self._files[path]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import lzma
 import os
+import stat
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -271,11 +272,21 @@ class ElfImage:
         return self.functions.address_of(name)
 
 
+def read_regular(path: str) -> bytes:
+    """The bytes of the regular file at ``path``. A trace names the files to read: a
+    FIFO or a device there (a hostile or odd trace) raises OSError instead of blocking
+    or reading without end (O_NONBLOCK: opening a FIFO does not wait for a writer)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with open(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path}: not a regular file")
+        return f.read()
+
+
 def _load_debug_file(path: str, build_id: str) -> Any:
     """An ``ELFFile`` for a separate debug file if it exists, parses and matches."""
     try:
-        with open(path, "rb") as f:
-            elf = _open_bytes(f.read())
+        elf = _open_bytes(read_regular(path))
         if build_id and _build_id_of(elf) not in ("", build_id):
             return None
         return elf
@@ -306,8 +317,7 @@ def load_elf(path: str) -> ElfImage | None:
             return _CACHE[key]
     image: ElfImage | None
     try:
-        with open(path, "rb") as f:
-            image = ElfImage(f.read(), path, key)
+        image = ElfImage(read_regular(path), path, key)
     except Exception:  # noqa: BLE001 - unreadable, not ELF or corrupt: no symbols
         image = None
     with _CACHE_LOCK:
