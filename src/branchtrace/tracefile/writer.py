@@ -75,6 +75,9 @@ def _open_private(path: Path) -> int:
             except BlockingIOError:
                 raise UsageError(f"cannot write the trace file {path}: another branchtrace "
                                  "is writing it") from None
+            except OSError as err:   # a file system without locks: write unlocked
+                if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
             os.ftruncate(fd, 0)
             os.fchmod(fd, 0o600)   # an existing file keeps its mode otherwise
     except OSError as err:
