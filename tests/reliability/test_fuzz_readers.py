@@ -36,6 +36,7 @@ from branchtrace.blocks import BLOCK_DTYPE, TABLE_HEADER_SIZE, create_table, rea
 from branchtrace.errors import BranchtraceError
 from branchtrace.model import Gap, Mapping, ModuleMap
 from branchtrace.store import HEADER_DTYPE, HEADER_SIZE, THREAD_DTYPE, Encoding, Store, StoreConfig, StoreMode
+import branchtrace
 from branchtrace.tracefile import TraceWriter, open_trace
 from branchtrace.tracefile.format import (
     FRAME,
@@ -90,7 +91,7 @@ def read_trace(path: Path, data: bytes, seen: dict[str, int] | None = None) -> N
     path.write_bytes(data)
     with bounded("trace file", len(data), seen):
         try:
-            trace = open_trace(path)
+            trace = branchtrace.open(path)
         except BranchtraceError as err:
             assert "\n" not in str(err)
             return
@@ -385,6 +386,18 @@ def test_store_every_header_and_entry_field_hostile(store_file: bytes, tmp_path:
             read_store(tmp_path / "s.bts", bytes(data))
             tried += 1
     assert tried > 300
+
+
+def test_store_counters_hostile_together(store_file: bytes, tmp_path: Path) -> None:
+    """written, consumed and lost_acc of one thread, each at an edge value (a producer
+    in the target writes ``written``: it may write anything)."""
+    edges = [0, 1, 255, 256, 1 << 63, (1 << 64) - 1]
+    for written in edges:
+        for consumed in edges:
+            for lost in edges:
+                data = bytearray(store_file)
+                struct.pack_into("<QQQ", data, HEADER_SIZE + 64 + 16, written, consumed, lost)
+                read_store(tmp_path / "s.bts", bytes(data))
 
 
 def test_store_truncated_at_every_boundary(store_file: bytes, tmp_path: Path) -> None:

@@ -327,7 +327,8 @@ class Store:
         return int(self._table[name][slot])
 
     def _set(self, slot: int, name: str, value: int) -> None:
-        self._table[name][slot] = value
+        # saturate: counters read from a corrupt table must not overflow the u64 field
+        self._table[name][slot] = min(max(value, 0), (1 << 64) - 1)
 
     def _held(self, slot: int, written: int | None = None) -> int:
         w = self._word(slot, "written") if written is None else written
