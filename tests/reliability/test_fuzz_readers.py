@@ -296,6 +296,53 @@ def test_many_gaps_and_holes_stay_fast(valid: bytes, tmp_path: Path) -> None:
     assert seen["peak"] < 12 * len(data), seen
 
 
+REPORTS = (["crash"], ["stats"], ["history", "--calls"], ["history"],
+           ["profile", "--format", "collapsed", "-o", os.devnull],
+           ["coverage", "--format", "drcov", "-o", os.devnull])
+
+
+def test_hostile_block_rows_and_kinds_reach_every_report(
+        tmp_path: Path, soak: bool, capsys: pytest.CaptureFixture[str]) -> None:
+    """Well-formed records holding nonsense: block table rows of random bytes (kinds,
+    flags, addresses in any order), block ids past the table, FROMTO kinds past the
+    last BranchKind. The file reads, and every report comes out with exit 0."""
+    from branchtrace.cli import main
+    from branchtrace.model import BranchKind
+
+    @examples(soak, 12)
+    @given(rows=st.integers(1, 80), seed=st.integers(0, 1 << 32), fromto=st.booleans(),
+           ordered=st.booleans())
+    def run(rows: int, seed: int, fromto: bool, ordered: bool) -> None:
+        r = np.random.default_rng(seed)
+        path = tmp_path / "t.btrace"
+        encoding, size = (Encoding.FROMTO, 24) if fromto else (Encoding.BLOCKID, 4)
+        w = TraceWriter.create(path, FileHeader(int(encoding), int(StoreMode.RING), size, 4096,
+                                                0, 5, 1, "stalker", "t", ("p",)))
+        table = np.frombuffer(r.integers(0, 256, rows * 32, dtype=np.uint8).tobytes(),
+                              BLOCK_DTYPE).copy()
+        if ordered:                          # plausible addresses, hostile kinds and flags
+            table["start"] = 0x1000 + 16 * np.arange(rows)
+            table["last"] = table["start"] + r.integers(0, 40, rows)
+            table["end"] = table["start"] + r.integers(0, 40, rows)
+        if fromto:
+            raw = np.frombuffer(r.integers(0, 256, 500 * 24, dtype=np.uint8).tobytes(),
+                                [("from_ip", "<u8"), ("to_ip", "<u8"), ("kind", "u1"),
+                                 ("pad", "V7")])
+            w.write_chunk(5, raw, 1, 2)
+        else:
+            w.write_chunk(5, r.integers(0, rows + 5, 500).astype("<u4"), 1, 2)
+            w.write_blocks(table)
+        w.finish(EndInfo(3, 5, "signaled", signal=11, fault_address=0,
+                         fault_pc=int(table["start"][0]), tid=5))
+        trace = branchtrace.open(path)
+        assert int(trace.threads[5]["kind"].max(initial=0)) <= max(BranchKind)
+        for args in REPORTS:
+            assert main([*args, str(path)]) == 0, (args, capsys.readouterr().err)
+        capsys.readouterr()
+
+    run()
+
+
 def test_files_that_are_not_regular(tmp_path: Path) -> None:
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)

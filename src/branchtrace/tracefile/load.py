@@ -23,7 +23,7 @@ import zstandard
 
 from ..decode import concat, decode
 from ..errors import TraceFormatError
-from ..model import BRANCH_DTYPE, ExitInfo, Gap, Mapping, ModuleMap
+from ..model import BRANCH_DTYPE, BranchKind, ExitInfo, Gap, Mapping, ModuleMap
 from ..store import RECORD_DTYPES, Encoding, StoreMode
 from ..trace import CHUNK_TIMES_DTYPE, Trace
 from .format import GapInfo, ModuleInfo
@@ -76,6 +76,10 @@ def to_trace(tf: TraceFile) -> Trace:
             array, placed, chunk_times, why = _decode_thread(tf, chunks, holes, pool, local)
             if why:
                 notes.append(f"thread {tid}: {why}")
+            strange = _unknown_kinds(array)
+            if strange:
+                notes.append(f"thread {tid}: {strange} branches of a kind this branchtrace "
+                             f"does not know are shown as 'other'")
             threads[tid], times[tid] = array, chunk_times
             shift = _Shifter([hole for hole, _ in placed])
             for g in gaps_of.get(tid, ()):
@@ -111,6 +115,17 @@ def to_trace(tf: TraceFile) -> Trace:
 def _module(m: ModuleInfo) -> ModuleMap:
     return ModuleMap(m.path, m.start, m.end, m.bias, m.build_id,
                      tuple(Mapping(x.start, x.end, x.perms, x.offset, x.path) for x in m.mappings))
+
+
+def _unknown_kinds(branches: np.ndarray) -> int:
+    """Make branch kinds no :class:`BranchKind` names (a damaged or newer file) OTHER,
+    so that no report meets a value it cannot name; how many there were."""
+    kinds = branches["kind"]
+    bad = kinds > max(BranchKind)
+    n = int(np.count_nonzero(bad))
+    if n:
+        kinds[bad] = BranchKind.OTHER
+    return n
 
 
 class _Shifter:
