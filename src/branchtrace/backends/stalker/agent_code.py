@@ -15,12 +15,19 @@ from ...errors import UsageError
 C_SOURCES = ("recorder.h", "emit.c", "signals.c", "recorder.c")
 
 
+#: The agent script, in this order into one script (Frida loads one source; line numbers
+#: in its error messages count from the start of agent.js).
+JS_SOURCES = ("agent.js", "signals.js", "crash.js", "detach.js")
+
+
 def agent_source() -> tuple[str, str]:
     """The agent script and the recorder's C source, from package data."""
     folder = resources.files("branchtrace.backends.stalker") / "agent"
     c_source = "\n".join(f"#line 1 \"{name}\"\n" + (folder / name).read_text("utf-8")
                          for name in C_SOURCES)
-    return (folder / "agent.js").read_text("utf-8"), c_source
+    script = "\n".join(f"// ---- {name}\n" + (folder / name).read_text("utf-8")
+                       for name in JS_SOURCES)
+    return script, c_source
 
 
 #: Benchmarking aid (docs/stalker.md): ``follow`` follows every thread with a transform

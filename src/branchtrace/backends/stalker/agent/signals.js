@@ -1,0 +1,110 @@
+/*
+ * branchtrace Stalker agent, part 2 of 4 (agent_code.py concatenates agent.js,
+ * signals.js, crash.js and detach.js into one script): the program's signal handlers,
+ * wrapped so that entering and leaving them is recorded, and the SIGINT stand-in that
+ * keeps a terminal's Ctrl-C for branchtrace from killing the program.
+ */
+
+/* Signal handlers run where the kernel sends them, outside Stalker's code: the program's
+ * handlers are installed wrapped in bt_signal_entry, which records the entry into the
+ * handler and the return from it (recorder.c). sigaction's own caller sees its handler. */
+const originalActions = new Map();   // signal -> the program's struct sigaction (a copy)
+
+function wrapSignalHandlers(table) {
+  const sigaction = Module.findGlobalExportByName('sigaction');
+  if (sigaction === null)
+    return;
+  libc.sigaction = new NativeFunction(sigaction, 'int', ['int', 'pointer', 'pointer']);
+  const wrapper = cm.bt_signal_entry;
+  Interceptor.attach(sigaction, {
+    onEnter(args) {
+      const sig = args[0].toInt32();
+      this.sig = -1;
+      if (sig <= 0 || sig >= NSIG || FRIDA_SIGNALS.has(sig) || stopping)
+        return;
+      this.sig = sig;
+      this.oldact = args[2];
+      const entry = table.add(16 * sig);
+      this.previous = { handler: entry.readPointer(), siginfo: entry.add(8).readU32() };
+      const act = args[1];
+      if (act.isNull())
+        return;
+      const handler = act.readPointer();
+      if (sig === SIGINT)
+        sigintOurs = false;
+      if (handler.compare(ptr(1)) <= 0 || handler.equals(wrapper)) {
+        entry.writePointer(NULL);      // SIG_DFL or SIG_IGN: nothing of ours
+        originalActions.delete(sig);
+        if (sig === SIGINT && handler.isNull()) {
+          this.copy = sigintAction(act);  // SIG_DFL: Ctrl-C for branchtrace is swallowed
+          args[1] = this.copy;
+          sigintOurs = true;
+        }
+        return;
+      }
+      originalActions.set(sig, Memory.dup(act, 152));
+      const flags = act.add(136).readS32();   // struct sigaction: handler, mask[128], flags
+      const copy = Memory.dup(act, 152);
+      this.copy = copy;
+      copy.writePointer(wrapper);
+      copy.add(136).writeS32(flags | SA_SIGINFO);
+      args[1] = copy;
+      entry.writePointer(handler);
+      entry.add(8).writeU32((flags & SA_SIGINFO) !== 0 ? 1 : 0);
+      entry.add(12).writeU32(cm.signalBlock(handler));
+    },
+    onLeave(retval) {
+      if (this.sig < 0 || this.oldact.isNull())
+        return;
+      if (this.oldact.readPointer().equals(cm.bt_sigint)) {
+        this.oldact.writePointer(NULL);   // the program's own setting: SIG_DFL
+        this.oldact.add(136).writeS32(0);
+        return;
+      }
+      if (this.oldact.readPointer().equals(wrapper) && !this.previous.handler.isNull()) {
+        this.oldact.writePointer(this.previous.handler);
+        if (!this.previous.siginfo) {
+          const flags = this.oldact.add(136).readS32();
+          this.oldact.add(136).writeS32(flags & ~SA_SIGINFO);
+        }
+      }
+    },
+  });
+}
+
+/* Detaching: the kernel must not call bt_signal_entry (or bt_sigint) once the CModule is
+ * gone. */
+function restoreSignalHandlers() {
+  for (const [sig, act] of originalActions)
+    libc.sigaction(sig, act, NULL);
+  originalActions.clear();
+  if (sigintOurs) {
+    libc.sigaction(SIGINT, Memory.alloc(152), NULL);   // zeroes: SIG_DFL
+    sigintOurs = false;
+  }
+}
+
+/* Ctrl-C at a terminal reaches the program too (it is in branchtrace's process group).
+ * While the program leaves SIGINT at SIG_DFL, bt_sigint (signals.c) stands in for it:
+ * it swallows the signal when the host says it was interrupted (a message, just below),
+ * else it dies of it as SIG_DFL would. */
+let sigintOurs = false;
+
+function sigintAction(template) {
+  const act = Memory.alloc(152);      // struct sigaction: handler, mask[128], flags, restorer
+  if (template !== null)
+    Memory.copy(act, template, 152);
+  act.writePointer(cm.bt_sigint);
+  act.add(136).writeS32(SA_SIGINFO | SA_RESTART);
+  keep.push(act);
+  return act;
+}
+
+function standInForSigint() {
+  recv('interrupt', () => { cfg.add(CFG.interrupted).writeU32(1); });
+  const old = Memory.alloc(152);
+  if (libc.sigaction(SIGINT, NULL, old) !== 0 || !old.readPointer().isNull())
+    return;                           // the program ignores it or has a handler
+  if (libc.sigaction(SIGINT, sigintAction(null), NULL) === 0)
+    sigintOurs = true;
+}
