@@ -217,3 +217,43 @@ def test_killed_program_ends_a_readable_stream_file(busy, tmp_path):
     assert len(branches) > 1000
     assert len(branches) + lost == trace.written[trace.pid]   # every record drained is there
     assert bool(lost) == any(g.tid == trace.pid for g in trace.gaps)
+
+
+def state_of(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
+def test_killed_branchtrace_leaves_a_stopped_program_stopped(busy, tmp_path):
+    """Job control stopped the program (SIGSTOP); branchtrace dies: its tracer process
+    detaches anyway and ends, the program stays stopped, and SIGCONT lets it finish."""
+    args = ("30", "20000")
+    expected = native(busy, *args)
+    proc = subprocess.Popen(
+        branchtrace_cmd("run", "--backend", "ptrace", "--report", "never", "--", str(busy), *args),
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    reader = Reader(proc.stdout.fileno())
+    program = None
+    try:
+        reader.lines(1)
+        tracer, program = descendants(proc.pid)
+        os.kill(program, signal.SIGSTOP)
+        deadline = time.monotonic() + 10
+        while state_of(program) not in ("t", "T") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        sigkill_and_reap(proc)
+        while state_of(tracer) not in (None, "Z") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert state_of(tracer) in (None, "Z"), "the tracer process did not end"
+        assert state_of(program) == "T"   # stopped, as job control asked; no longer traced
+        assert "TracerPid:\t0" in Path(f"/proc/{program}/status").read_text()
+        os.kill(program, signal.SIGCONT)
+        assert reader.to_end() == expected
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if program is not None and state_of(program) not in (None, "Z"):
+            os.kill(program, signal.SIGKILL)

@@ -115,6 +115,8 @@ class PtraceBackend:
 
         note: str | None = None
         if target.pid is not None:
+            if target.pid == os.getpid():  # the tracer process checks for its own pid
+                raise TargetError("branchtrace cannot trace itself")
             request = Request(pid=target.pid, duration=options.duration)
         else:
             path = _find_program(target.argv[0])

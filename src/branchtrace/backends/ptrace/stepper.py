@@ -269,6 +269,7 @@ class Stepper:
         elif event == pt.PTRACE_EVENT_STOP:
             if sig in _GROUP_STOP_SIGNALS and not self._stop_requested:
                 pt.ptrace(pt.PTRACE_LISTEN, tid)  # stay stopped, as job control asks
+                t.running = True  # as far as interrupt() goes: it must reach this one too
                 return
             self._continue(t)  # an interrupt stop, or the first stop of a new thread
         elif sig == signal.SIGTRAP and event == 0:
