@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 import struct
 import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -278,8 +280,37 @@ def test_attach_to_a_kernel_thread(backend):
     status = Path("/proc/2/status")
     if not status.exists() or "PPid:\t0" not in status.read_text():
         pytest.skip("pid 2 is not kthreadd here (a pid namespace)")
-    assert_one_line(*_child(["attach", "--backend", backend, "2", "--duration", "1"]),
-                    "cannot trace pid 2")
+    line = assert_one_line(*_child(["attach", "--backend", backend, "2", "--duration", "1"]),
+                           "cannot trace pid 2")
+    assert "kernel thread" in line
+
+
+ZOMBIE_PARENT = """
+import os, sys, time
+pid = os.fork()
+if pid == 0:
+    os._exit(0)
+print(pid, flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_attach_to_a_zombie(backend):
+    parent = subprocess.Popen([sys.executable, "-c", ZOMBIE_PARENT], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        pid = int(parent.stdout.readline())
+        deadline = time.monotonic() + 10
+        while "Z" not in Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        line = assert_one_line(*_child(["attach", "--backend", backend, str(pid),
+                                        "--duration", "1"]), f"cannot trace pid {pid}")
+        assert "zombie" in line
+    finally:
+        parent.communicate("")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

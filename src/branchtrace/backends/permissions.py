@@ -65,15 +65,43 @@ def other_owner(pid: int) -> int | None:
     return None
 
 
+def untraceable(pid: int) -> str | None:
+    """Why no one can trace ``pid`` whatever the permissions (None: no such reason)."""
+    status = _status(pid)
+    if status.get("State", "").startswith(("Z", "X")):
+        return "it has exited (a zombie its parent has not reaped)"
+    if status.get("Kthread") == "1" or (status and "Kthread" not in status and _no_exe(pid)):
+        return "it is a kernel thread"
+    return None
+
+
+def _no_exe(pid: int) -> bool:
+    """A live process without an executable and a command line: a kernel thread (older
+    kernels have no Kthread field)."""
+    try:
+        os.readlink(f"/proc/{pid}/exe")
+        return False
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read(1) == b""
+    except OSError:
+        return False
+
+
 def denied_reason(pid: int) -> str:
     """Why an attach to ``pid`` was refused (EPERM), as a clause for a one-line message."""
     reasons = []
+    never = untraceable(pid)
+    if never:
+        return never
     tracer = tracer_of(pid)
     if tracer:
         reasons.append(f"it is already traced by pid {tracer}")
     cap = has_cap_sys_ptrace()
-    if _status(pid).get("Kthread") == "1":
-        reasons.append("it is a kernel thread")
     owner = other_owner(pid)
     if owner is not None and not cap:
         reasons.append(f"it belongs to another user (uid {owner}, we are uid {os.getuid()}) "

@@ -396,8 +396,11 @@ def _check_attachable(pid: int) -> None:
         tracer = _tracer_of(pid)
     if tracer and not os.path.exists(f"/proc/self/task/{tracer}"):
         raise TargetError(f"cannot trace pid {pid}: it is already traced by pid {tracer}")
-    from ..permissions import denied_reason, has_cap_sys_ptrace, other_owner
+    from ..permissions import denied_reason, has_cap_sys_ptrace, other_owner, untraceable
 
+    never = untraceable(pid)
+    if never:
+        raise TargetError(f"cannot trace pid {pid}: {never}")
     owner = other_owner(pid)
     if owner is not None and not has_cap_sys_ptrace():
         raise TargetError(f"cannot trace pid {pid}: {denied_reason(pid)}")
