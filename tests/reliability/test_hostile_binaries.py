@@ -30,7 +30,9 @@ from hypothesis import strategies as st
 
 from branchtrace.backends import probe_all
 from branchtrace.cli import DEBUG_ENV, main
-from branchtrace.model import ModuleMap
+from branchtrace.model import Mapping, ModuleMap
+from branchtrace.tracefile import TraceWriter
+from branchtrace.tracefile.format import EndInfo, FileHeader
 from branchtrace.symbols import Symbolizer, clear_elf_cache
 
 from conftest import FIXTURES, cli
@@ -232,5 +234,55 @@ def test_symbolizer_random_dwarf_damage(dwarf_binary: Path, tmp_path: Path, soak
         symbolize(path)
         assert time.monotonic() - began < 10
 
+    run()
+    clear_elf_cache()
+
+
+# -- module maps that make no sense ----------------------------------------------------------
+
+EDGES = [0, 1, 0x1000, 1 << 47, 1 << 63, (1 << 64) - 1]
+
+
+def test_nonsense_module_maps_reach_every_report(binaries: dict[str, Path], tmp_path: Path,
+                                                 soak: bool,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """A trace whose module records put real, broken, missing and special files at
+    inverted, overlapping or enormous ranges: each report exits 0, or (drcov, which
+    cannot hold offsets past 4 GiB) with one line and no internal error."""
+    paths = [str(binaries["dwarf_random"]), str(binaries["stripped"]), str(binaries["jit"]),
+             "/nonexistent/lib.so", "[vdso]", "", str(tmp_path)]
+    address = st.one_of(st.sampled_from(EDGES), st.integers(0, (1 << 64) - 1),
+                        st.builds(lambda base, off: (base + off) % (1 << 64),
+                                  st.sampled_from(EDGES), st.integers(0, 1 << 34)))
+
+    @settings(max_examples=500 if soak else 30, deadline=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(modules=st.lists(st.tuples(address, address, address, st.sampled_from(paths)),
+                            max_size=4),
+           ips=st.lists(address, min_size=2, max_size=60))
+    def run(modules: list[tuple[int, int, int, str]], ips: list[int]) -> None:
+        path = tmp_path / "m.btrace"
+        w = TraceWriter.create(path, FileHeader(1, 1, 24, 4096, 0, 5, 1, "ptrace", "t", ("p",)))
+        raw = np.zeros(len(ips) - 1, [("from_ip", "<u8"), ("to_ip", "<u8"), ("kind", "u1"),
+                                      ("pad", "V7")])
+        raw["from_ip"] = np.array(ips[1:], dtype=np.uint64)
+        raw["to_ip"] = np.array(ips[:-1], dtype=np.uint64)
+        raw["kind"] = np.arange(len(raw)) % 9
+        w.write_chunk(5, raw, 1, 2)
+        for start, end, bias, name in modules:
+            w.write_module(ModuleMap(name, start, end, bias, "",
+                                     (Mapping(start, end, "r-xp", 0, name),)))
+        w.finish(EndInfo(3, 5, "signaled", signal=11, fault_address=0, fault_pc=ips[-1], tid=5))
+        for report in REPORTS:
+            argv = [*report, str(path)]
+            if report[0] in ("coverage", "profile"):
+                argv += ["-o", os.devnull]
+            code = main(argv)
+            err = capsys.readouterr().err
+            assert "Traceback" not in err and "internal error" not in err, (argv, err)
+            assert code == 0 or (report[2:] == ("drcov",) and code != 70
+                                 and "cannot write drcov" in err), (argv, code, err)
+
+    clear_elf_cache()
     run()
     clear_elf_cache()

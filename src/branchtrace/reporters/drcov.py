@@ -35,6 +35,7 @@ from typing import IO
 import numpy as np
 
 from ..analysis.coverage import Coverage, module_image
+from ..errors import TraceFormatError
 
 #: The packed block record: u32 offset from the module start, u16 size, u16 module id.
 BB_DTYPE = np.dtype([("start", "<u4"), ("size", "<u2"), ("mod_id", "<u2")])
@@ -60,7 +61,8 @@ def bb_table(cov: Coverage) -> np.ndarray:
     """The BB table records (:data:`BB_DTYPE`) of the blocks that lie in a module."""
     blocks = cov.blocks[cov.blocks["module"] >= 0]
     if len(cov.modules) > 0xFFFF:
-        raise ValueError("drcov module ids are 16 bits: more than 65535 modules")
+        raise TraceFormatError("cannot write drcov: its module ids are 16 bits, and the "
+                               f"trace has {len(cov.modules)} modules")
     bases = np.array([m.start for m in cov.modules], dtype=np.uint64)
     size = blocks["end"] - blocks["start"]
     pieces = ((size + np.uint64(_MAX_SIZE - 1)) // np.uint64(_MAX_SIZE)).astype(np.int64)
@@ -73,7 +75,8 @@ def bb_table(cov: Coverage) -> np.ndarray:
     module = blocks["module"][row]
     offset = start - bases[module]
     if len(offset) and int(offset.max()) > 0xFFFFFFFF:
-        raise ValueError("a block lies more than 4 GiB past its module start")
+        raise TraceFormatError("cannot write drcov: a block lies more than 4 GiB past its "
+                               "module's start (drcov offsets are 32 bits)")
     out = np.zeros(len(row), dtype=BB_DTYPE)
     out["start"] = offset.astype(np.uint32)
     out["size"] = (end - start).astype(np.uint16)
