@@ -20,16 +20,15 @@ from ...model import BranchKind, ExitInfo, Gap, ModuleMap
 from ...symbols import merge_modules, modules_from_maps, read_maps
 from . import launch
 from . import sys as pt
+from .memory import TargetMemory
+from .signals import (FAULT_SIGNALS, GROUP_STOP_SIGNALS, SI_KERNEL, STEP_TRAP, Fault, bit,
+                      caught_signals, pending_signals)
 
 if TYPE_CHECKING:
     from ...store import Store, ThreadBuffer
 
 OPTIONS = (pt.PTRACE_O_TRACECLONE | pt.PTRACE_O_TRACEEXEC | pt.PTRACE_O_TRACEEXIT
            | pt.PTRACE_O_TRACESYSGOOD)
-_STEP_TRAP = 0x7F | (signal.SIGTRAP << 8)  # the whole status: stopped by SIGTRAP, no event bits
-_GROUP_STOP_SIGNALS = {signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
-_FAULT_SIGNALS = {signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGTRAP}
-_SI_KERNEL = 0x80
 
 # Thread modes
 FREE = 0       # running at full speed (before the start point)
@@ -48,47 +47,12 @@ class _Thread:
 
 
 @dataclass
-class _Fault:
-    signal: int
-    address: int | None
-    pc: int
-    tid: int
-
-
-@dataclass
 class StepResult:
     exit: ExitInfo
     modules: list[ModuleMap]
     threads: list[int]
     gaps: list[Gap]
     notes: list[str] = field(default_factory=list)
-
-
-def _pending_signals(tid: int) -> int:
-    """Bitmask of signals pending for a thread (its own and the process's) that it does
-    not block: those it will take as soon as it runs."""
-    pending = blocked = 0
-    try:
-        with open(f"/proc/{tid}/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith(("SigPnd:", "ShdPnd:")):
-                    pending |= int(line.split()[1], 16)
-                elif line.startswith("SigBlk:"):
-                    blocked = int(line.split()[1], 16)
-    except OSError:
-        pass
-    return pending & ~blocked
-
-
-def _caught_signals(tid: int) -> int:
-    try:
-        with open(f"/proc/{tid}/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("SigCgt:"):
-                    return int(line.split()[1], 16)
-    except OSError:
-        pass
-    return 0
 
 
 class Stepper:
@@ -103,9 +67,9 @@ class Stepper:
         self.modules: list[ModuleMap] = []
         self.gaps: list[Gap] = []
         self.notes: list[str] = []
-        self._faults: dict[int, _Fault] = {}   # by signal number, the latest
-        self._last_fault: _Fault | None = None
-        self._mem_fd = -1
+        self._faults: dict[int, Fault] = {}   # by signal number, the latest
+        self._last_fault: Fault | None = None
+        self._mem = TargetMemory()
         self._insns = InsnCache(self._read)
         self._started = False
         self._breakpoint: tuple[int, int] | None = None   # (address, original byte)
@@ -122,7 +86,7 @@ class Stepper:
         """Start ``argv`` traced, stopped at its exec. Raises TargetError."""
         self.pid = launch.spawn_traced(argv, env, OPTIONS, disable_aslr)
         self._add_thread(self.pid, FREE)
-        self._open_mem()
+        self._mem.open(self.pid)
         self._snapshot_maps()
         return self.pid
 
@@ -132,7 +96,7 @@ class Stepper:
         for tid in launch.seize_all(pid, OPTIONS):
             self._add_thread(tid, STEPPING).running = True
         self._started = True
-        self._open_mem()
+        self._mem.open(self.pid)
         self._snapshot_maps()
 
     def set_start(self, address: int | None) -> None:
@@ -186,7 +150,7 @@ class Stepper:
                     if t is not None:
                         t.running = False
                     # the hot path: a single-step trap of a stepping thread
-                    if status == _STEP_TRAP and t is not None and t.mode == STEPPING \
+                    if status == STEP_TRAP and t is not None and t.mode == STEPPING \
                             and not self._stop_requested and t.signal_from is None:
                         pc = peek(tid, RIP)
                         prev = t.insn
@@ -209,9 +173,7 @@ class Stepper:
                     if t is not None:
                         t.running = True
         finally:
-            if self._mem_fd >= 0:
-                os.close(self._mem_fd)
-                self._mem_fd = -1
+            self._mem.close()
         for tid in list(self.threads):
             self._drop(tid)
         if self._breakpoint is not None or self._detached_before_start:
@@ -233,7 +195,7 @@ class Stepper:
     def _is_program_int3(self, t: _Thread, pc: int) -> bool:
         """An int3 the program ran itself: give it its SIGTRAP, as it would get untraced."""
         info = pt.getsiginfo(t.tid)
-        if info.si_code != _SI_KERNEL:
+        if info.si_code != SI_KERNEL:
             return False
         t.insn = self._insns.get(pc)
         self._resume(t, signal.SIGTRAP)
@@ -259,7 +221,7 @@ class Stepper:
             self._breakpoint = None
             self.notes.append("the program executed a new image (exec); "
                               "branches before it belong to the old one")
-            self._open_mem()
+            self._mem.open(self.pid)
             self._snapshot_maps()
             t.insn = None
             self._continue(t)
@@ -267,7 +229,7 @@ class Stepper:
             self._snapshot_maps()
             self._continue(t, keep_stepping=False)
         elif event == pt.PTRACE_EVENT_STOP:
-            if sig in _GROUP_STOP_SIGNALS and not self._stop_requested:
+            if sig in GROUP_STOP_SIGNALS and not self._stop_requested:
                 pt.ptrace(pt.PTRACE_LISTEN, tid)  # stay stopped, as job control asks
                 t.running = True  # as far as interrupt() goes: it must reach this one too
                 return
@@ -320,36 +282,36 @@ class Stepper:
 
     def _signal(self, t: _Thread, sig: int) -> None:
         """A signal is about to be delivered to the thread: pass it on, as a debugger does."""
-        if self._stop_requested and (1 << (sig - 1)) & self._swallow_mask():
+        if self._stop_requested and bit(sig) & self._swallow_mask():
             self._continue(t, inject=0)  # our own step trap, or the Ctrl-C meant for us
             return
         pc = pt.peekuser(t.tid, pt.RIP)
-        if sig in _FAULT_SIGNALS or sig == signal.SIGABRT:
+        if sig in FAULT_SIGNALS or sig == signal.SIGABRT:
             address: int | None = None
-            if sig in _FAULT_SIGNALS:
+            if sig in FAULT_SIGNALS:
                 try:
                     address = pt.getsiginfo(t.tid).si_addr
                 except OSError:
                     pass
-            fault = _Fault(sig, address, pc, t.tid)
+            fault = Fault(sig, address, pc, t.tid)
             self._faults[sig] = fault
             self._last_fault = fault
-        if t.mode == STEPPING and _caught_signals(t.tid) & (1 << (sig - 1)):
+        if t.mode == STEPPING and caught_signals(t.tid) & bit(sig):
             t.signal_from = pc
         self._continue(t, inject=sig)
 
     def _swallow_mask(self) -> int:
         """Signals to take from the program before we detach: SIGTRAP (a single-step
         trap still in flight) and, after a Ctrl-C, SIGINT."""
-        mask = 1 << (signal.SIGTRAP - 1)
+        mask = bit(signal.SIGTRAP)
         if self._user_interrupt:
-            mask |= 1 << (signal.SIGINT - 1)
+            mask |= bit(signal.SIGINT)
         return mask
 
     def _continue(self, t: _Thread, inject: int = 0, keep_stepping: bool = True) -> None:
         """Resume a stopped thread, or detach it when we are stopping."""
         if self._stop_requested:
-            if inject == 0 and _pending_signals(t.tid) & self._swallow_mask():
+            if inject == 0 and pending_signals(t.tid) & self._swallow_mask():
                 # a single-step trap or the terminal's Ctrl-C is still pending: let it
                 # arrive while we trace, and swallow it, or it would kill the program
                 self._resume(t, 0, step=False)
@@ -427,26 +389,8 @@ class Stepper:
             self.order.append(tid)
         return t
 
-    def _open_mem(self) -> None:
-        if self._mem_fd >= 0:
-            os.close(self._mem_fd)
-        try:
-            self._mem_fd = os.open(f"/proc/{self.pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise TargetError(f"cannot read the memory of pid {self.pid}: {exc.strerror}") from None
-
     def _read(self, address: int, n: int) -> bytes:
-        # never read across a page we may not have: stop at the page end, then go on
-        data = b""
-        while len(data) < n:
-            page_left = 4096 - ((address + len(data)) & 4095)
-            try:
-                chunk = os.pread(self._mem_fd, min(n - len(data), page_left), address + len(data))
-            except OSError:
-                break
-            if not chunk:
-                break
-            data += chunk
+        data = self._mem.read(address, n)
         if self._breakpoint is not None:
             bp, original = self._breakpoint
             if address <= bp < address + len(data):  # show the code, not our int3
