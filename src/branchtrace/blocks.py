@@ -139,6 +139,31 @@ def read_table(path: Path) -> tuple[np.ndarray, int]:
     return np.frombuffer(raw, BLOCK_DTYPE).copy(), max(0, count - capacity)
 
 
+def read_complete_rows(path: Path, first_id: int) -> np.ndarray:
+    """The entries from ``first_id`` on that are complete now, in a table the target is
+    still writing: up to (not including) the first entry without ``FLAG_VALID``. For a
+    trace file written while the program runs.
+
+    The target writes an entry's fields and then its flags. The rows are read twice:
+    an entry whose flags were already set in the first read has all its fields in the
+    second one (x86 keeps stores, and loads, in order)."""
+    try:
+        head = read_header(path)
+        capacity, count = int(head["capacity"]), int(head["count"])
+        n = max(0, min(capacity, count) - first_id)
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            offset = TABLE_HEADER_SIZE + first_id * BLOCK_DTYPE.itemsize
+            n = min(n, max(0, (size - offset) // BLOCK_DTYPE.itemsize))
+            seen = np.frombuffer(os.pread(f.fileno(), n * BLOCK_DTYPE.itemsize, offset), BLOCK_DTYPE)
+            done = np.flatnonzero((seen["flags"] & FLAG_VALID) == 0)
+            n = int(done[0]) if len(done) else len(seen)
+            rows = np.frombuffer(os.pread(f.fileno(), n * BLOCK_DTYPE.itemsize, offset), BLOCK_DTYPE)
+    except (OSError, TraceFormatError):
+        return np.zeros(0, BLOCK_DTYPE)
+    return rows[:n].copy()
+
+
 def make_table(rows: list[tuple[int, int, int, int]], flags: int = FLAG_VALID) -> np.ndarray:
     """A table from ``(start, last, end, kind)`` rows, id = row index (for tests and tools)."""
     table = np.zeros(len(rows), BLOCK_DTYPE)

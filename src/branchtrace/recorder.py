@@ -20,7 +20,7 @@ import numpy as np
 from .backends import Backend, RecordOptions, RunResult, Target, select
 from .decode import concat, decode
 from .errors import StoreError
-from .model import Gap
+from .model import Gap, ModuleMap
 from .sizes import parse_byte_size, parse_size
 from .store import RECORD_DTYPES, Store, StoreConfig, StoreMode, StreamConsumer
 from .trace import CHUNK_TIMES_DTYPE, Trace
@@ -60,6 +60,9 @@ def store_config(config: RecordConfig, backend: Backend) -> StoreConfig:
     return config_
 
 
+#: How often (at most) a file being written gets the block table and modules so far.
+LIVE_EVERY_NS = 500_000_000
+
 #: Branches per thread that :func:`record` keeps in memory when it writes a file.
 KEEP_WITH_FILE = 65536
 
@@ -80,8 +83,14 @@ class _Collector:
     ``error`` (in stream mode the target would wait forever on a consumer that died)."""
 
     def __init__(self, writer: TraceWriter | None, keep: int | None,
-                 listener: RecordListener | None, start_ns: int) -> None:
+                 listener: RecordListener | None, start_ns: int, backend: Backend) -> None:
         self.writer, self.listener, self.start_ns = writer, listener, start_ns
+        # A backend with live(first_id) -> (block rows, modules) hands over its block
+        # table and module maps while the program runs: the file gets them as it goes.
+        self.live = getattr(backend, "live", None)
+        self.blocks_written = 0                       # table rows already in the file
+        self.modules_written: set[tuple[str, int, int]] = set()
+        self.live_ns = 0                              # when live() was last asked
         # BLOCKID makes at most one branch per record: keep a margin of records
         self.keep = None if keep is None else 4 * keep + 64
         self.parts: dict[int, list[np.ndarray]] = defaultdict(list)
@@ -97,6 +106,10 @@ class _Collector:
         self.last_ns[tid] = now
         if self.writer is not None and self.error is None:
             try:
+                if self.live is not None and now - self.live_ns >= LIVE_EVERY_NS:
+                    self.live_ns = now
+                    rows, modules = self.live(self.blocks_written)
+                    self.write_meta(rows, modules)
                 self.writer.write_chunk(tid, records, first, now)
             except OSError as err:
                 self.error = err
@@ -110,6 +123,19 @@ class _Collector:
         self.held[tid] += len(records)
         while self.keep is not None and len(parts) > 1 and self.held[tid] - len(parts[0]) >= self.keep:
             self.held[tid] -= len(parts.pop(0))
+
+    def write_meta(self, rows: np.ndarray | None, modules: list[ModuleMap]) -> None:
+        """Write the block-table rows (from id ``blocks_written`` on) and the modules
+        the file does not have yet. Raises OSError."""
+        assert self.writer is not None
+        if rows is not None and len(rows):
+            self.writer.write_blocks(rows, self.blocks_written)
+            self.blocks_written += len(rows)
+        for module in modules:
+            key = (module.path, module.start, module.end)
+            if key not in self.modules_written:
+                self.writer.write_module(module)
+                self.modules_written.add(key)
 
     def dropped(self, tid: int) -> int:
         """Records of ``tid`` taken but no longer held in memory."""
@@ -145,7 +171,7 @@ def record(target: Target, config: RecordConfig = RecordConfig(),
                             sconfig.capacity_records, sconfig.chunk_records, target.pid or 0,
                             start_ns, backend.name, f"branchtrace {_version()}", target.argv)
         writer = TraceWriter.create(output, header)
-    sink = _Collector(writer, keep, listener, start_ns)
+    sink = _Collector(writer, keep, listener, start_ns, backend)
     try:
         with Store.create(sconfig) as store:
             prepare = getattr(backend, "prepare", None)
@@ -226,10 +252,8 @@ def _finish_file(writer: TraceWriter, sink: _Collector, result: RunResult, gaps:
     try:
         if sink.error is not None:
             raise sink.error
-        for module in result.modules:
-            writer.write_module(module)
-        if result.blocks is not None:
-            writer.write_blocks(result.blocks)
+        blocks = result.blocks
+        sink.write_meta(None if blocks is None else blocks[sink.blocks_written:], result.modules)
         for gap in gaps:
             writer.write_gap(gap)
         for note in result.notes:

@@ -176,3 +176,43 @@ def test_table_file_is_checked(tmp_path):
     bad.write_bytes(b"NOTATABL" + bytes(56))
     with pytest.raises(TraceFormatError):
         read_table(bad)
+
+
+def test_complete_rows_of_a_table_being_written(tmp_path):
+    from branchtrace.blocks import read_complete_rows
+
+    path = create_table(tmp_path, "live", capacity=8)
+    rows = make_table([(0x10 * i, 0x10 * i + 4, 0x10 * i + 8, K.JUMP) for i in range(1, 6)])
+    rows["flags"][3] = 0                # id 3 handed out, its entry not finished yet
+    head = np.frombuffer(path.read_bytes()[:TABLE_HEADER_SIZE], TABLE_HEADER_DTYPE).copy()
+    head["count"] = 5
+    with open(path, "r+b") as f:
+        f.write(head.tobytes())
+        f.write(rows.tobytes())
+    assert np.array_equal(read_complete_rows(path, 0), rows[:3])   # stops before id 3
+    assert np.array_equal(read_complete_rows(path, 1), rows[1:3])
+    assert len(read_complete_rows(path, 3)) == 0
+    assert len(read_complete_rows(path, 7)) == 0 and len(read_complete_rows(path, 99)) == 0
+    assert len(read_complete_rows(tmp_path / "missing.blocks", 0)) == 0
+
+
+def test_a_table_written_in_pieces_reads_back_whole(tmp_path):
+    """A stream file gets table rows as the run goes, then the rest at the end."""
+    from branchtrace import open as open_trace
+    from branchtrace.tracefile.format import FileHeader, ThreadInfo
+    from branchtrace.tracefile.writer import TraceWriter, end_info
+    from branchtrace.model import ExitInfo
+
+    table = make_table([(0x100, 0x104, 0x108, K.JUMP), (0x200, 0x204, 0x208, K.RETURN),
+                        (0x300, 0x304, 0x308, K.CALL)])
+    header = FileHeader(int(Encoding.BLOCKID), 2, 4, 1024, 256, 1, 0, "stalker", "test", ("x",))
+    w = TraceWriter.create(tmp_path / "t.btrace", header)
+    w.write_blocks(table[:2], 0)
+    w.write_chunk(7, np.array([0, 1, 2, 0], "<u4"), 1, 2)
+    w.write_blocks(table[2:], 2)
+    w.write_blocks(table[:1], 0)         # a repeated piece does no harm
+    w.write_thread(ThreadInfo(7, 4, 4, 0, 0))
+    w.finish(end_info(ExitInfo("exited", 0), 1, 3))
+    t = open_trace(tmp_path / "t.btrace")
+    assert t.notes == []
+    assert t.branches(7)["to_ip"].tolist() == [0x200, 0x300, 0x100]

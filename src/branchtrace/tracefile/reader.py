@@ -305,7 +305,7 @@ def _assemble_blocks(parts: list[tuple[BlocksHead, np.ndarray]],
     if not parts:
         return None
     dtype = parts[0][1].dtype
-    rows = sorted((h.first_id, a) for h, a in parts if a.dtype == dtype)
+    rows = sorted(((h.first_id, a) for h, a in parts if a.dtype == dtype), key=lambda r: r[0])
     kept: list[np.ndarray] = []
     expected = 0
     for first, array in rows:

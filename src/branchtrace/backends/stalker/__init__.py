@@ -21,6 +21,9 @@ from ...store import Encoding, StoreMode
 from .. import Probe, RecordOptions, RunResult, Target
 
 if TYPE_CHECKING:
+    import numpy as np
+
+    from ...model import ModuleMap
     from ...store import Store
     from .host import Host
 
@@ -57,6 +60,17 @@ class StalkerBackend:
         host = self._host
         if host is not None:
             host.interrupt()
+
+    def live(self, first_id: int) -> tuple[np.ndarray | None, list[ModuleMap]]:
+        """While a run goes on: the block-table entries complete so far from id
+        ``first_id`` on, and the modules known so far. A trace file being written gets
+        them as it goes, so a file cut short (branchtrace killed) still decodes."""
+        from ...blocks import read_complete_rows
+
+        host = self._host
+        if host is None:
+            return None, []
+        return read_complete_rows(host.table_path, first_id), list(host.modules)
 
     def record(self, target: Target, store: Store, options: RecordOptions) -> RunResult:
         from ..ptrace import _find_program, _start_vaddr
