@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import cli
 
 from branchtrace.backends import probe_all
-from conftest import cli
 
 BACKENDS = [name for name, probe in probe_all() if probe.available]
 ROOT = os.geteuid() == 0
@@ -38,7 +38,7 @@ def _as(setpriv_args: list[str], argv: list[str], **kw: object) -> subprocess.Co
     assert SETPRIV is not None
     env = {k: v for k, v in os.environ.items() if k != "BRANCHTRACE_BACKEND"}
     return subprocess.run([SETPRIV, *setpriv_args, *argv], capture_output=True, text=True,
-                          timeout=60, cwd="/", env=env, **kw)  # type: ignore[call-overload]
+                          timeout=60, cwd="/", env=env, check=False, **kw)  # type: ignore[call-overload]
 
 
 def _untouched(pid: int) -> None:
@@ -63,9 +63,9 @@ needs_root = pytest.mark.skipif(not ROOT or SETPRIV is None,
 @needs_root
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_an_unprivileged_user_cannot_attach_to_roots_process(backend, build, tmp_path):
-    usable = _as(AS_NOBODY, [sys.executable, "-c",
-                             "import os, sys, branchtrace.cli; "
-                             "sys.exit(0 if os.access(sys.executable, os.X_OK) else 3)"])
+    check = ("import os, sys, branchtrace.cli; "
+             "sys.exit(0 if os.access(sys.executable, os.X_OK) else 3)")
+    usable = _as(AS_NOBODY, [sys.executable, "-c", check])
     if usable.returncode == 3 and backend == "stalker":
         pytest.skip(f"the interpreter {sys.executable} is not executable by uid {NOBODY} "
                     "(a directory on its path is private), and the stalker backend starts it")

@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import cli
 
 from branchtrace.backends import probe_all
 from branchtrace.cli import DEBUG_ENV
 from branchtrace.cli import main as cli_main
 from branchtrace.tracefile.format import PREAMBLE, VERSION
-from conftest import cli
 
 FILE_COMMANDS = {          # command: the arguments it needs besides FILE
     "crash": [], "history": [], "stats": [],

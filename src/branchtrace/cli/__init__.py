@@ -7,7 +7,8 @@ import argparse
 import os
 import sys
 import traceback
-from typing import NoReturn, Sequence
+from collections.abc import Sequence
+from typing import NoReturn
 
 from ..errors import BranchtraceError
 from . import attach, coverage, crash, demo, doctor, history, profile, run, stats
@@ -62,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f"{exc.filename}: " if exc.filename else ""
         _say(f"branchtrace: error: {where}{exc.strerror or exc}")
         return 2
-    except Exception as exc:  # a bug: still one line, unless asked for the traceback
+    except Exception as exc:  # noqa: BLE001 - a bug: one line, unless asked for the traceback
         if os.environ.get(DEBUG_ENV):
             traceback.print_exc()
         else:
