@@ -14,15 +14,13 @@ from __future__ import annotations
 import os
 import struct
 import subprocess
-import sys
-import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from conftest import cli
 
-from branchtrace.backends import probe_all
 from branchtrace.cli import DEBUG_ENV
 from branchtrace.cli import main as cli_main
 from branchtrace.tracefile.format import PREAMBLE, VERSION
@@ -46,7 +44,12 @@ class Env:
 
 
 @pytest.fixture(scope="module")
-def env(build, tmp_path_factory: pytest.TempPathFactory):
+def env(build, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    yield from make_env(build, tmp_path_factory)
+
+
+def make_env(build, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    """A real trace, bad files of every kind, and a live process to name to attach."""
     root = tmp_path_factory.mktemp("badinput")
     trace = root / "loop.btrace"
     result = cli("run", "--backend", "ptrace", "-o", str(trace), "--", str(build("loop")), "3")
@@ -249,100 +252,6 @@ def test_no_command(capfd, args, words):
     assert_one_line(code, err, words)
 
 
-# -- cases that reach a backend or a live process: through ``python -m branchtrace`` --------
-
-BACKENDS = [name for name, probe in probe_all() if probe.available]
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("program, words", [
-    ("{root}/no-such-program", "not found"),
-    ("{root}/adir", "directory"),
-    ("{root}/notexec", "permission denied"),
-    ("{root}/empty.btrace", "permission denied"),
-], ids=str)
-def test_run_refuses_what_cannot_run(env, backend, program, words):
-    assert_one_line(*_child(["run", "--backend", backend, "--", program.format(root=env.root)]),
-                    words)
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_attach_to_a_pid_that_is_gone(env, backend):
-    gone = subprocess.Popen(["true"])
-    gone.wait()
-    for pid in (gone.pid, 2**22 + 1, 2**31, 10**30):
-        line = assert_one_line(*_child(["attach", "--backend", backend, str(pid)]), str(pid))
-        assert "no process" in line
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_attach_to_a_kernel_thread(backend):
-    status = Path("/proc/2/status")
-    if not status.exists() or "PPid:\t0" not in status.read_text():
-        pytest.skip("pid 2 is not kthreadd here (a pid namespace)")
-    line = assert_one_line(*_child(["attach", "--backend", backend, "2", "--duration", "1"]),
-                           "cannot trace pid 2")
-    assert "kernel thread" in line
-
-
-ZOMBIE_PARENT = """
-import os, sys, time
-pid = os.fork()
-if pid == 0:
-    os._exit(0)
-print(pid, flush=True)
-sys.stdin.read()
-"""
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_attach_to_a_zombie(backend):
-    parent = subprocess.Popen([sys.executable, "-c", ZOMBIE_PARENT], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert parent.stdout is not None
-        pid = int(parent.stdout.readline())
-        deadline = time.monotonic() + 10
-        while "Z" not in Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-        line = assert_one_line(*_child(["attach", "--backend", backend, str(pid),
-                                        "--duration", "1"]), f"cannot trace pid {pid}")
-        assert "zombie" in line
-    finally:
-        parent.communicate("")
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("command", ["run", "attach"])
-def test_unwritable_trace_file(env, tmp_path, backend, command):
-    marker = tmp_path / "ran"
-    args = _record_args(env, command, ["--backend", backend, "-o", "/proc/version"], marker)
-    assert_one_line(*_child(args), "cannot write the trace file /proc/version")
-    assert not marker.exists()
-    assert _state(env.target.pid)[1] == 0
-
-
-def test_unwritable_report_after_the_run(build):
-    """The program has run; the report cannot be written: one line, non-zero."""
-    code, err = _child(["run", "--backend", "ptrace", "--report", "always",
-                        "--report-to", "/proc/version", "--", str(build("loop")), "3"])
-    assert_one_line(code, err, "cannot write the report to /proc/version")
-
-
-def test_same_errors_through_python_m(env):
-    """The entry point the user runs answers like main() does (a sample of the table)."""
-    for args, words in ((["stats", str(env.bad["newer"])], "newer"),
-                        (["run", "--buffer", "-5", "--", "true"], "-5"),
-                        (["crash", str(env.trace), "--thread", "0"], "'0'")):
-        assert_one_line(*_child(args), words)
-
-
-def _child(args: list[str]) -> tuple[int, str]:
-    result = cli(*args, timeout=60)
-    return result.returncode, result.stderr
-
-
 # -- errors no command turned into a message ------------------------------------------------
 
 def test_a_bug_is_one_line_unless_debugging(env, capfd, monkeypatch):
@@ -378,3 +287,17 @@ def test_newer_version_field_is_what_the_reader_checks(env):
     diff = [i for i, (a, b) in enumerate(zip(real, newer)) if a != b]
     assert len(real) == len(newer) and diff and set(diff) <= {8, 9, 10, 11}
     assert struct.unpack_from("<I", newer, 8)[0] == VERSION + 1
+
+
+@pytest.mark.parametrize("args, words", [
+    (["history", "{trace}", "--insns", "--lines"], "--lines"),
+    (["history", "{trace}", "--source"], "--source goes with --insns"),
+    (["history", "{trace}", "--calls", "--insns"], "not allowed with"),
+    (["coverage", "{trace}", "--format", "lcov", "-o", "-", "--test-name", "a b"], "--test-name"),
+    (["coverage", "{trace}", "--format", "lcov"], "required"),
+    (["profile", "{trace}"], "required"),
+    (["profile", "{trace}", "--format", "flame"], "flame"),
+], ids=str)
+def test_command_specific_misuse(env, capfd, args, words):
+    code, err = in_process([a.format(trace=env.trace) for a in args], capfd)
+    assert_one_line(code, err, words)
