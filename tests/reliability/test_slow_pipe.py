@@ -50,7 +50,7 @@ int main(int argc, char **argv)
 ARGS = {"ptrace": ("4", "1500"), "stalker": ("10", "30000")}
 PIPE_SIZE, READ_SIZE, READ_PAUSE = 4096, 1024, 0.002
 STALL_MAX = 10.0       # seconds: the reader waits at most this long for a full pipe
-STUCK, STALL_MORE = 0.3, 0.5
+STUCK, STALL_MORE = 0.3, 1.0   # unchanged this long: stuck; then the store fills up
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def churn(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 class SlowReader(threading.Thread):
     """Opens the FIFO and shrinks the pipe to one page; reads nothing until the writer
-    is stuck on a full pipe (a while without change, most of a page held), and for
+    is stuck on a full pipe (STUCK seconds without change, 3/4 of a page held), and for
     STALL_MORE seconds after that; then reads small pieces with a pause after each."""
 
     def __init__(self, fifo: Path) -> None:
@@ -95,7 +95,7 @@ class SlowReader(threading.Thread):
             now_held = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0]
             if now_held != held:
                 held, since = now_held, time.monotonic()
-            elif held >= PIPE_SIZE // 2 and time.monotonic() - since >= STUCK:
+            elif held >= PIPE_SIZE * 3 // 4 and time.monotonic() - since >= STUCK:
                 self.stuck_at = held
                 return
             time.sleep(0.01)
