@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 from ...errors import BranchtraceError, TargetError
@@ -65,8 +66,9 @@ class TracerProcess:
             except ProcessLookupError:
                 pass
 
-    def close(self) -> None:
-        """End the tracer (detaching first if it is still tracing) and reap it."""
+    def close(self, patience: float = 10.0) -> None:
+        """End the tracer (detaching first if it is still tracing) and reap it. If it is
+        still detaching after ``patience`` seconds, leave it to finish on its own."""
         if self._reaped:
             return
         if not self._answered:
@@ -79,7 +81,16 @@ class TracerProcess:
                 os.close(fd)
             except OSError:
                 pass
-        self._reap()
+        deadline = time.monotonic() + patience
+        while time.monotonic() < deadline:
+            try:
+                pid, _ = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                pid = self.pid
+            if pid:
+                self._reaped = True
+                return
+            time.sleep(0.001)
 
     def _reap(self) -> str:
         """Wait for the tracer to end; how it ended, in words."""
