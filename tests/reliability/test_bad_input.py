@@ -128,6 +128,7 @@ FILE_OPTIONS = [
     (["-o", "{root}/missing-dir/out"], "no such directory"),
     (["-o", "{root}/adir"], "directory"),
     (["-o", "/proc/version"], "/proc/version"),
+    (["-o", "{trace}"], "is the trace file being read"),
     (["--last", "-1"], "-1"),
     (["--last", "0"], "'0'"),
     (["--top", "0"], "'0'"),
@@ -141,7 +142,7 @@ NOT_AN_OPTION = {"coverage": {"--thread", "--last", "--top"}, "profile": {"--las
 @pytest.mark.parametrize("command", FILE_COMMANDS)
 @pytest.mark.parametrize("extra, words", FILE_OPTIONS, ids=lambda v: str(v))
 def test_file_commands_refuse_bad_options(env, capfd, command, extra, words):
-    fill = {"root": str(env.root), "badtid": str(env.tid + 1)}
+    fill = {"root": str(env.root), "badtid": str(env.tid + 1), "trace": str(env.trace)}
     extra = [e.format(**fill) for e in extra]
     if extra[0] in NOT_AN_OPTION.get(command, ()):
         words = "unrecognized arguments"
@@ -152,9 +153,11 @@ def test_file_commands_refuse_bad_options(env, capfd, command, extra, words):
         args += FILE_COMMANDS[command]
     else:
         args += [a for a in FILE_COMMANDS[command] if a not in ("--format", "json", "perfetto")]
+    before = env.trace.read_bytes()
     code, err = in_process(args, capfd)
     assert_one_line(code, err, words.format(**fill))
     assert not (env.root / "missing-dir").exists()
+    assert env.trace.read_bytes() == before
 
 
 @pytest.mark.parametrize("command", FILE_COMMANDS)
@@ -209,6 +212,19 @@ def test_record_commands_refuse_bad_options(env, capfd, tmp_path, command, extra
     assert not (env.root / "elsewhere.btrace").exists(), "followed a symbolic link"
     state, tracer = _state(env.target.pid)
     assert state not in "tT" and tracer == 0, "the target is left stopped or traced"
+
+
+def test_run_never_writes_over_its_program_or_its_report(build, capfd, tmp_path):
+    exe = tmp_path / "prog"
+    exe.write_bytes(build("loop").read_bytes())
+    exe.chmod(0o755)
+    before = exe.read_bytes()
+    for args, words in ((["-o", str(exe)], "is the program to run"),
+                        (["-o", str(tmp_path / "x"), "--report-to", str(tmp_path / "x")],
+                         "name the same file")):
+        code, err = in_process(["run", "--backend", "ptrace", *args, "--", str(exe), "3"], capfd)
+        assert_one_line(code, err, words)
+    assert exe.read_bytes() == before and not (tmp_path / "x").exists()
 
 
 ATTACH_ARGS = [

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..errors import UsageError
 from ..reporters.render import check_output, pick_threads
 from ..trace import Trace
 from ..tracefile import open_trace
-from ._record import positive_int
+from ._record import positive_int, same_file
 
 
 def add_file_arguments(p: argparse.ArgumentParser,
@@ -20,9 +21,16 @@ def add_file_arguments(p: argparse.ArgumentParser,
                    help="where to write ('-', the default: stdout)")
 
 
+def check_not_input(file: str, output: str) -> None:
+    """Refuse to write the report over the trace it is read from."""
+    if output != "-" and same_file(file, output):
+        raise UsageError(f"-o {output} is the trace file being read: choose another name")
+
+
 def load(args: argparse.Namespace) -> Trace:
     """Check the output path, read the trace, check --thread: each a one-line error."""
     check_output(args.output)
+    check_not_input(args.file, args.output)
     trace = open_trace(args.file)
     pick_threads(trace, args.thread)
     return trace

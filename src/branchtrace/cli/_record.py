@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -51,6 +52,14 @@ class ProgressLine:
                 self.out.flush()
             self.drawn = False
             self.shown = float("inf")
+
+
+def same_file(a: str, b: str) -> bool:
+    """Whether paths ``a`` and ``b`` name one existing file (a link to it included)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def positive_int(text: str) -> int:
@@ -109,9 +118,10 @@ def add_record_arguments(p: argparse.ArgumentParser) -> None:
                    help="write the report to PATH ('-' for stdout; default stderr)")
 
 
-def check_before_start(args: argparse.Namespace) -> None:
-    """The checks that need no backend: sizes, the trace file's and the report's paths.
-    They fail in one line before any backend is probed or any program started."""
+def check_before_start(args: argparse.Namespace, program_name: str | None = None) -> None:
+    """The checks that need no backend: sizes, the trace file's and the report's paths
+    (neither the other one nor ``program_name``, the program to run). They fail in one
+    line before any backend is probed or any program started."""
     if args.buffer is not None:
         parse_size(args.buffer)
     if args.memory_limit is not None:
@@ -126,6 +136,13 @@ def check_before_start(args: argparse.Namespace) -> None:
                              "(not following it)")
         if os.path.isdir(output):
             raise UsageError(f"cannot write the trace file {output}: Is a directory")
+        if args.report_to not in (None, "-") and (
+                os.path.abspath(args.report_to) == os.path.abspath(output)
+                or same_file(args.report_to, output)):
+            raise UsageError(f"--report-to and -o name the same file {output}")
+        program = shutil.which(program_name) if program_name else None
+        if program is not None and same_file(program, output):
+            raise UsageError(f"-o {output} is the program to run: choose another name")
     check_report_path(args.report_to)
 
 
@@ -176,7 +193,7 @@ def record_and_report(args: argparse.Namespace, target: Target, duration: float 
     config = RecordConfig(backend=args.backend, mode=args.mode, buffer=args.buffer,
                           memory_limit=args.memory_limit, start=args.start, duration=duration,
                           only=only)
-    check_before_start(args)
+    check_before_start(args, target.argv[0] if target.argv else None)
     interrupted = []
     previous: Any = None
 

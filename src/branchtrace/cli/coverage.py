@@ -34,7 +34,7 @@ from ..errors import UsageError
 from ..reporters import coverage_json, drcov, lcov
 from ..reporters.render import check_output, render, render_bytes
 from ..tracefile import open_trace
-from ._file import warn
+from ._file import check_not_input, warn
 
 NAME = "coverage"
 FORMATS = ("drcov", "lcov", "json")
@@ -55,6 +55,7 @@ def main(args: argparse.Namespace) -> int:
     if not re.fullmatch(r"\w*", args.test_name, re.ASCII):
         raise UsageError(f"--test-name: letters, digits and '_' only, not {args.test_name!r}")
     check_output(args.output)
+    check_not_input(args.file, args.output)
     trace = open_trace(args.file)
     cov = compute(trace)
     warnings = list(cov.notes)
