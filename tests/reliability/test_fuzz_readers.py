@@ -1,42 +1,35 @@
-"""Hostile input for every reader: trace files, store files and block table files.
+"""Hostile trace files for the trace-file reader (``branchtrace.open``).
 
 tests/unit/test_tracefile_fuzz.py damages trace files at random; most of that damage is
 caught by the records' CRCs. Here the damage comes with a correct CRC (the record is
 re-framed after a field is changed), so the payload decoders themselves meet hostile
-length and count fields, and the store and the block table (which have no CRC) are
-fuzzed too. Every read must give a result or one BranchtraceError, within a time bound,
-and its peak allocation (tracemalloc) must stay below a small multiple of the file size
-plus a constant: a length field must never make a reader allocate what the file does
-not hold.
-
-atheris (coverage-guided fuzzing) is not used: it is not in this machine's package
-registry, so it cannot be installed here; hypothesis drives the inputs instead. The
-default example counts keep this file to seconds; ``pytest --soak`` multiplies them.
+length and count fields, forged chunk sizes and nonsense block tables. Every read must
+give a trace or one BranchtraceError, within a time bound, and its peak allocation
+(tracemalloc) must stay below a small multiple of the file size plus a constant: a
+length field must never make the reader allocate what the file does not hold. The
+store and block table files are fuzzed in test_fuzz_store_files.py; fuzzing.py says why
+hypothesis and not atheris.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import struct
 import time
-import tracemalloc
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import zstandard
-from hypothesis import HealthCheck, given, settings
+from fuzzing import HOSTILE, bounded, examples, report_bounds
+from hypothesis import given
 from hypothesis import strategies as st
 
-from branchtrace.blocks import BLOCK_DTYPE, TABLE_HEADER_SIZE, create_table, read_table
+import branchtrace
+from branchtrace.blocks import BLOCK_DTYPE
 from branchtrace.errors import BranchtraceError
 from branchtrace.model import Gap, Mapping, ModuleMap
-from branchtrace.store import HEADER_DTYPE, HEADER_SIZE, THREAD_DTYPE, Encoding, Store, StoreConfig, StoreMode
-import branchtrace
+from branchtrace.store import Encoding, StoreMode
 from branchtrace.tracefile import TraceWriter, open_trace
 from branchtrace.tracefile.format import (
     FRAME,
@@ -49,42 +42,6 @@ from branchtrace.tracefile.format import (
     ThreadInfo,
     frame,
 )
-
-TIME_LIMIT = 10.0           # seconds one read may take
-SLACK = 8 << 20             # the constant of the memory bound: scratch buffers, pools
-HOSTILE = [0, 1, 2, 0x7FFF_FFFF, 1 << 31, 0xFFFF_FFFF, 1 << 32, 1 << 40, 1 << 62,
-           (1 << 63) - 1, (1 << 64) - 1]
-MEASURED: dict[str, tuple[int, int]] = {}   # highest peak and its file size, per reader
-
-
-def examples(soak: bool, n: int) -> Any:
-    return settings(max_examples=n * 20 if soak else n, deadline=None, derandomize=True,
-                    suppress_health_check=list(HealthCheck))
-
-
-@contextmanager
-def bounded(what: str, size: int, seen: dict[str, int] | None = None) -> Iterator[None]:
-    """Fail a read that takes longer than TIME_LIMIT (SIGALRM interrupts a hang) or
-    whose peak allocation passes 4 x the file size + SLACK; the peak goes into ``seen``."""
-    def expire(signum: int, frame: object) -> None:
-        raise TimeoutError(f"reading a hostile {what} took over {TIME_LIMIT} s")
-
-    old = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, TIME_LIMIT)
-    tracemalloc.start()
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-        _, peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
-    if seen is not None:
-        seen["peak"] = peak
-    worst = MEASURED.get(what, (0, 0))
-    if peak > worst[0]:
-        MEASURED[what] = (peak, size)
-    assert peak < 4 * size + SLACK, f"{what} of {size} bytes: peak allocation {peak}"
 
 
 def read_trace(path: Path, data: bytes, seen: dict[str, int] | None = None) -> None:
@@ -351,203 +308,5 @@ def test_files_that_are_not_regular(tmp_path: Path) -> None:
             open_trace(path)
 
 
-# -- store files ---------------------------------------------------------------------------
-
-def _store_bytes(directory: Path, mode: StoreMode) -> bytes:
-    chunk = 64 if mode == StoreMode.STREAM else 0
-    config = StoreConfig(mode, Encoding.FROMTO, 256, chunk, None, 8)
-    store = Store.create(config, directory)
-    try:
-        for tid in (100, 101, 102):
-            buf = store.add_thread(tid)
-            for k in range(40 * (tid - 99)):
-                buf.push(0x1000 + k, 0x2000 + k, 1)
-        store.mark_exited(101)
-        return store.path.read_bytes()
-    finally:
-        store.close(unlink=True)
-
-
-@pytest.fixture(scope="module", params=[StoreMode.RING, StoreMode.STREAM])
-def store_file(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    return _store_bytes(tmp_path_factory.mktemp("store"), request.param)
-
-
-def read_store(path: Path, data: bytes) -> None:
-    """Open the store as the tracer does and use every read operation on each thread."""
-    path.write_bytes(data)
-    with bounded("store file", len(data)):
-        try:
-            store = Store.open(path)
-        except BranchtraceError as err:
-            assert "\n" not in str(err)
-            return
-        try:
-            status = store.status()
-            assert status.held >= 0 and status.memory_used <= len(data)
-            for tid in store.tids():
-                held = store.size(tid)
-                assert 0 <= held
-                peek = store.peek(tid)
-                assert len(peek) <= store.capacity
-                if len(peek):
-                    store.get(tid, 0)
-                assert len(store.drain(tid, final=False)) <= store.capacity
-                assert len(store.drain(tid)) <= store.capacity
-        except BranchtraceError as err:
-            assert "\n" not in str(err)
-        finally:
-            store.close(unlink=False)
-
-
-def test_store_paths_that_are_not_stores(tmp_path: Path) -> None:
-    fifo = tmp_path / "fifo"
-    os.mkfifo(fifo)
-    for path in (tmp_path, fifo, tmp_path / "missing", Path("/dev/zero"), Path("/dev/null")):
-        with bounded("store file", 0), pytest.raises(BranchtraceError):
-            Store.open(path)
-
-
-HEADER_FIELDS = [(name, HEADER_DTYPE.fields[name][1], HEADER_DTYPE.fields[name][0].itemsize)
-                 for name in HEADER_DTYPE.names or () if name != "magic"]
-ENTRY_FIELDS = [(name, THREAD_DTYPE.fields[name][1], THREAD_DTYPE.fields[name][0].itemsize)
-                for name in THREAD_DTYPE.names or ()]
-
-
-def test_store_reads_back(store_file: bytes, tmp_path: Path) -> None:
-    path = tmp_path / "s.bts"
-    path.write_bytes(store_file)
-    with Store.open(path) as store:
-        assert store.tids() == [100, 101, 102] and store.size(101) == 80
-
-
-def test_store_every_header_and_entry_field_hostile(store_file: bytes, tmp_path: Path) -> None:
-    tried = 0
-    targets = [(HEADER_SIZE * 0 + off, size) for _, off, size in HEADER_FIELDS]
-    for slot in range(4):
-        targets += [(HEADER_SIZE + 64 * slot + off, size) for _, off, size in ENTRY_FIELDS]
-    for at, size in targets:
-        for value in HOSTILE:
-            data = bytearray(store_file)
-            data[at:at + size] = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
-            read_store(tmp_path / "s.bts", bytes(data))
-            tried += 1
-    assert tried > 300
-
-
-def test_store_counters_hostile_together(store_file: bytes, tmp_path: Path) -> None:
-    """written, consumed and lost_acc of one thread, each at an edge value (a producer
-    in the target writes ``written``: it may write anything)."""
-    edges = [0, 1, 255, 256, 1 << 63, (1 << 64) - 1]
-    for written in edges:
-        for consumed in edges:
-            for lost in edges:
-                data = bytearray(store_file)
-                struct.pack_into("<QQQ", data, HEADER_SIZE + 64 + 16, written, consumed, lost)
-                read_store(tmp_path / "s.bts", bytes(data))
-
-
-def test_store_truncated_at_every_boundary(store_file: bytes, tmp_path: Path) -> None:
-    with Store.open(_copy(store_file, tmp_path / "v.bts")) as store:
-        ends = [store.regions_offset + k * store.region_bytes for k in range(4)]
-    for at in {0, 8, 96, HEADER_SIZE, HEADER_SIZE + 64, *ends}:
-        for cut in (at - 1, at, at + 1):
-            if 0 <= cut < len(store_file):
-                read_store(tmp_path / "s.bts", store_file[:cut])
-
-
-def test_store_random_damage(store_file: bytes, tmp_path: Path, soak: bool) -> None:
-    limit = HEADER_SIZE + 64 * 8
-
-    @examples(soak, 80)
-    @given(flips=st.lists(st.tuples(st.integers(0, limit - 1), st.integers(0, 7)),
-                          min_size=1, max_size=6),
-           wide=st.lists(st.tuples(st.integers(0, limit // 8 - 1),
-                                   st.sampled_from(HOSTILE)), max_size=2))
-    def run(flips: list[tuple[int, int]], wide: list[tuple[int, int]]) -> None:
-        data = bytearray(store_file)
-        for at, bit in flips:
-            data[at] ^= 1 << bit
-        for word, value in wide:
-            struct.pack_into("<Q", data, 8 * word, value)
-        read_store(tmp_path / "s.bts", bytes(data))
-
-    run()
-
-
-def _copy(data: bytes, path: Path) -> Path:
-    path.write_bytes(data)
-    return path
-
-
-# -- block tables --------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def table_file(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    path = create_table(tmp_path_factory.mktemp("blocks"), "t", capacity=256)
-    rows = np.zeros(100, BLOCK_DTYPE)
-    rows["start"], rows["flags"] = 0x1000 + 16 * np.arange(100), 1
-    with open(path, "r+b") as f:
-        f.seek(TABLE_HEADER_SIZE)
-        f.write(rows.tobytes())
-        f.seek(24)
-        f.write(struct.pack("<I", 100))
-    table, overflow = read_table(path)
-    assert len(table) == 100 and overflow == 0
-    return path.read_bytes()
-
-
-def read_blocks(path: Path, data: bytes) -> None:
-    path.write_bytes(data)
-    with bounded("block table file", len(data)):
-        try:
-            table, overflow = read_table(path)
-        except BranchtraceError as err:
-            assert "\n" not in str(err)
-            return
-    assert len(table) * BLOCK_DTYPE.itemsize <= len(data) and overflow >= 0
-
-
-def test_block_table_hostile_capacity_and_count(table_file: bytes, tmp_path: Path) -> None:
-    """capacity 2^40 and count 2^32-1 in a 8 KiB file: one error, nothing allocated."""
-    for capacity in HOSTILE:
-        for count in (0, 100, 257, 0xFFFF_FFFF):
-            data = bytearray(table_file)
-            struct.pack_into("<QI", data, 16, capacity & ((1 << 64) - 1), count)
-            read_blocks(tmp_path / "b", bytes(data))
-    data = bytearray(table_file)
-    struct.pack_into("<QI", data, 16, 1 << 40, 0xFFFF_FFFF)
-    (tmp_path / "b").write_bytes(data)
-    with pytest.raises(BranchtraceError, match="truncated"):
-        read_table(tmp_path / "b")
-
-
-def test_block_table_random_damage(table_file: bytes, tmp_path: Path, soak: bool) -> None:
-    @examples(soak, 80)
-    @given(cut=st.integers(0, len(table_file)),
-           flips=st.lists(st.tuples(st.integers(0, TABLE_HEADER_SIZE - 1), st.integers(0, 7)),
-                          max_size=6))
-    def run(cut: int, flips: list[tuple[int, int]]) -> None:
-        data = bytearray(table_file[:cut])
-        for at, bit in flips:
-            if at < len(data):
-                data[at] ^= 1 << bit
-        read_blocks(tmp_path / "b", bytes(data))
-
-    run()
-
-
-def test_block_table_not_a_file(tmp_path: Path) -> None:
-    for path in (tmp_path, tmp_path / "missing"):
-        with pytest.raises(BranchtraceError):
-            read_table(path)
-
-
 def test_zz_report_measured_bounds(capsys: pytest.CaptureFixture[str]) -> None:
-    """Print the highest peak allocation seen per reader (``pytest -s`` shows it)."""
-    with capsys.disabled():
-        for what, (peak, size) in sorted(MEASURED.items()):
-            print(f"\n  {what}: highest peak {peak} bytes, for a {size}-byte file "
-                  f"(bound {4 * size + SLACK})")
-    assert all(peak < 4 * size + SLACK for peak, size in MEASURED.values())
-
+    report_bounds(capsys, "trace file")

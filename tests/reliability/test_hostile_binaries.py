@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import FIXTURES, cli
 from elftools.elf.elffile import ELFFile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -31,11 +32,9 @@ from hypothesis import strategies as st
 from branchtrace.backends import probe_all
 from branchtrace.cli import DEBUG_ENV, main
 from branchtrace.model import Mapping, ModuleMap
+from branchtrace.symbols import Symbolizer, clear_elf_cache
 from branchtrace.tracefile import TraceWriter
 from branchtrace.tracefile.format import EndInfo, FileHeader
-from branchtrace.symbols import Symbolizer, clear_elf_cache
-
-from conftest import FIXTURES, cli
 
 BACKENDS = [name for name, probe in probe_all() if probe.available]
 DEBUG_SECTIONS = (".debug_info", ".debug_line", ".debug_abbrev", ".debug_str",
@@ -129,7 +128,7 @@ def check_output(args: tuple[str, ...], stdout: str, out: Path) -> None:
     elif args[0] == "profile" and args[2] != "collapsed":
         assert json.loads(out.read_text())
     elif args[0] == "profile":
-        assert re.search(r" \d+$", out.read_text(), re.M)
+        assert re.search(r" \d+$", out.read_text(), re.MULTILINE)
     else:
         assert stdout.strip(), args
 
