@@ -118,7 +118,7 @@ def test_a_killed_tracer_leaves_a_readable_file(build, tmp_path):
     assert any("did not finish" in note for note in trace.notes)
     got = trace.branches(trace.pid)
     assert len(got) >= 1000 and kinds(got)["return"] > 100
-    assert trace.modules == []          # module maps come with the end of the run
+    assert str(exe) in {m.path for m in trace.modules}   # module maps come as the run goes
 
 
 def test_attach_writes_a_trace_file(build, tmp_path):

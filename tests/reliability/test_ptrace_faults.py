@@ -143,8 +143,11 @@ def test_killed_branchtrace_run_lets_the_program_finish(busy, tmp_path, mode):
     trace = branchtrace.open(out)
     assert trace.truncated
     assert_records_decode(trace)
-    if mode == "stream":  # chunks were written while it ran
+    if mode == "stream":  # chunks and module maps were written while it ran
         assert trace.total() > 0
+        assert str(exe) in {m.path for m in trace.modules}
+        assert "main" in {trace.symbolizer.describe(int(ip)).function
+                          for ip in trace.branches(trace.pid)["from_ip"][:2000]}
 
 
 def test_killed_branchtrace_attach_lets_the_program_finish(busy, tmp_path):

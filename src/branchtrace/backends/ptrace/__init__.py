@@ -18,6 +18,7 @@ from ...errors import TargetError, UsageError
 from .. import Probe, RecordOptions, RunResult, Target
 
 if TYPE_CHECKING:
+    from ...model import ModuleMap
     from ...store import Store, StoreMode
     from .process import TracerProcess
 
@@ -104,6 +105,12 @@ class PtraceBackend:
         tracer, self._tracer = self._tracer, None
         if tracer is not None:
             tracer.close()
+
+    def live(self, first_id: int) -> tuple[None, list[ModuleMap]]:
+        """While a run goes on: no block table (FROMTO records need none), and the
+        module maps known so far, so that a trace file cut short symbolizes."""
+        tracer = self._tracer
+        return None, list(tracer.modules) if tracer is not None else []
 
     def interrupt(self) -> None:
         self._interrupted = True

@@ -3,7 +3,8 @@
 :meth:`TracerProcess.fork` forks the tracer; call it before any thread of ours starts
 (the stream consumer, for one): only the forking thread lives on in the child, and a
 lock another thread held at the fork would stay held there. :meth:`TracerProcess.run`
-sends the request and waits for the reply, while the stream consumer drains the store
+sends the request and waits for the reply (keeping the module maps the tracer reports
+meanwhile in :attr:`TracerProcess.modules`), while the stream consumer drains the store
 in a thread of ours. :meth:`TracerProcess.interrupt` is a signal to the tracer (safe
 from a signal handler); :meth:`TracerProcess.close` ends it and reaps it.
 
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 
 from ...errors import BranchtraceError, TargetError
+from ...model import ModuleMap
 from . import tracer, wire
 
 
@@ -29,6 +31,8 @@ class TracerProcess:
         self._replies = replies
         self._answered = False
         self._reaped = False
+        #: the target's module maps as the tracer last reported them (while it runs)
+        self.modules: list[ModuleMap] = []
 
     @classmethod
     def fork(cls, store_path: Path) -> TracerProcess:
@@ -48,6 +52,9 @@ class TracerProcess:
         """Have the tracer trace ``request``; its reply (errors re-raised here)."""
         wire.send(self._commands, request)
         reply = wire.receive(self._replies)
+        while isinstance(reply, wire.Modules):
+            self.modules = reply.modules
+            reply = wire.receive(self._replies)
         self._answered = True
         if not isinstance(reply, wire.Reply):
             raise TargetError(f"the ptrace tracer process ended unexpectedly ({self._reap()})")

@@ -12,7 +12,7 @@ import os
 import signal
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from ...errors import MemoryLimitError, StoreError, TargetError
 from ...isa import NOT_A_BRANCH, Insn, InsnCache
@@ -65,6 +65,8 @@ class Stepper:
         self.threads: dict[int, _Thread] = {}
         self.order: list[int] = []
         self.modules: list[ModuleMap] = []
+        #: told of the module maps each time they change (while the run goes on)
+        self.on_modules: Callable[[list[ModuleMap]], None] | None = None
         self.gaps: list[Gap] = []
         self.notes: list[str] = []
         self._faults: dict[int, Fault] = {}   # by signal number, the latest
@@ -403,4 +405,7 @@ class Stepper:
             maps = read_maps(self.pid)
         except TargetError:
             return
-        self.modules = merge_modules(self.modules, modules_from_maps(maps))
+        modules = merge_modules(self.modules, modules_from_maps(maps))
+        if modules != self.modules and self.on_modules is not None:
+            self.on_modules(modules)
+        self.modules = modules

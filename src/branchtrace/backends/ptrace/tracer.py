@@ -26,9 +26,10 @@ import os
 import signal
 from pathlib import Path
 from types import FrameType
-from typing import NoReturn
+from typing import Callable, NoReturn
 
 from ...errors import TargetError
+from ...model import ModuleMap
 from ...store import Store
 from . import sys as pt
 from . import wire
@@ -71,7 +72,7 @@ def serve(store_path: Path, commands: int, replies: int, parent: int) -> NoRetur
             os._exit(0)
         request = wire.receive(commands)
         if isinstance(request, wire.Request):
-            reply = _answer(store_path, request)
+            reply = _answer(store_path, request, lambda m: _tell(replies, wire.Modules(m)))
             if _control.abandoned or os.getppid() != parent:
                 _remove_orphan_store(store_path)
             try:
@@ -86,11 +87,21 @@ def serve(store_path: Path, commands: int, replies: int, parent: int) -> NoRetur
         os._exit(code)
 
 
-def _answer(store_path: Path, request: wire.Request) -> wire.Reply:
+def _tell(fd: int, message: object) -> None:
+    """Send a message while the run goes on; if branchtrace is gone, trace on."""
+    try:
+        wire.send(fd, message)
+    except OSError:
+        pass
+
+
+def _answer(store_path: Path, request: wire.Request,
+            on_modules: Callable[[list[ModuleMap]], None]) -> wire.Reply:
     stepper: Stepper | None = None
     try:
         with Store.open(store_path) as store:
             stepper = Stepper(store)
+            stepper.on_modules = on_modules
             _control.stepper = stepper
             if _control.stop:
                 stepper.interrupt(user=_control.user)

@@ -2,7 +2,8 @@
 
 The two processes are one program forked (see :mod:`.process`), so messages are
 pickled objects, each sent as an 8-byte little-endian length and the pickle. The
-parent sends one :class:`Request`; the tracer answers with one :class:`Reply`.
+parent sends one :class:`Request`; the tracer answers with any number of
+:class:`Modules` while it runs, then one :class:`Reply`.
 Records never cross here: the tracer writes them into the shared-memory store.
 """
 
@@ -14,6 +15,7 @@ import struct
 import traceback
 from dataclasses import dataclass
 
+from ...model import ModuleMap
 from .stepper import StepResult
 
 _LENGTH = struct.Struct("<Q")
@@ -30,6 +32,13 @@ class Request:
     path: str = ""                   # spawn: the executable, to find the start point's bias
     start_vaddr: int | None = None   # spawn: the ELF address to step from (None: at once)
     duration: float | None = None    # detach after this many seconds
+
+
+@dataclass(frozen=True)
+class Modules:
+    """The module maps of the target as they are now (sent each time they change)."""
+
+    modules: list[ModuleMap]
 
 
 @dataclass(frozen=True)
