@@ -172,6 +172,11 @@ def test_every_report_comes_out(binaries: dict[str, Path], tmp_path: Path, backe
         if report == ("crash",):
             assert "SIGSEGV" in stdout
             assert re.search(r"faulted at:\s+" + re.escape(where), stdout), stdout
+        if report == ("history", "--calls") and variant in ("stripped", "deleted", "jit"):
+            # the unnamed code's segments: the address each begins at, in hex
+            module = "" if variant == "jit" else rf" \({re.escape(exe.name)}( \(deleted\))?\)"
+            assert re.search(rf"^\d+\t *{HEX}{module}$", stdout, re.MULTILINE), stdout[-2000:]
+            assert f"?? ({exe.name}" not in stdout
 
 
 # -- the symbolizer alone, on DWARF damaged at random ----------------------------------------

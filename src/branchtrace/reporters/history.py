@@ -26,6 +26,7 @@ from typing import IO
 import numpy as np
 
 from ..analysis import CallTrace, CodeReader, FunctionIndex, Runs, call_trace
+from ..analysis.functions import UNKNOWN_LIMIT
 from ..model import Gap
 from ..symbols.elf import read_regular
 from ..trace import Trace
@@ -50,15 +51,18 @@ def render_calls(trace: Trace, out: IO[str], *, tid: int | None = None, last: in
             out.write(f"thread {t}:\n")
         ct = call_trace(trace, t, functions=functions, reader=reader)
         runs = Runs(trace, t, reader) if insn_ranges or lines else None
-        _write_calls(ct, runs, out, last, indent, insn_ranges, lines)
+        _write_calls(ct, runs, out, last, indent, insn_ranges, lines, trace.branches(t))
 
 
 def _write_calls(ct: CallTrace, runs: Runs | None, out: IO[str], last: int | None,
-                 indent: bool, insn_ranges: bool, lines: bool) -> None:
+                 indent: bool, insn_ranges: bool, lines: bool,
+                 branches: np.ndarray | None = None) -> None:
     total = len(ct)
     begin = max(0, total - last) if last is not None else 0
     frames = ct.seg_frame[begin:]
     labels = _labels(ct, begin, indent)
+    if branches is not None:
+        _address_unknown(ct, begin, labels, branches)
     columns: list[list[str]] = [np.arange(begin + 1, total + 1).astype(str).tolist(), labels]
     if insn_ranges and runs is not None:
         fn, counts = runs.first_number, runs.counts
@@ -99,6 +103,26 @@ def _labels(ct: CallTrace, begin: int, indent: bool) -> list[str]:
                     dtype=object)
     labels: list[str] = text[inverse.ravel()].tolist()
     return labels
+
+
+def _address_unknown(ct: CallTrace, begin: int, labels: list[str],
+                     branches: np.ndarray) -> None:
+    """Label the segments of unnamed code (stripped, deleted, JIT) with the address they
+    begin at, in hex: ``0x55f6e84f0169 (prog)`` instead of ``?? (prog)``."""
+    keys = ct.seg_function[begin:]
+    unknown = np.flatnonzero((keys < UNKNOWN_LIMIT) & (ct.seg_frame[begin:] >= 0))
+    if not len(unknown) or not len(branches):
+        return
+    runs = ct.seg_first[begin:][unknown]
+    n = len(branches)
+    # run r begins where branch r - 1 went; run 0 began before the trace: its last address
+    at = np.where(runs > 0, branches["to_ip"][np.clip(runs - 1, 0, n - 1)],
+                  branches["from_ip"][0])
+    for i, address in zip(unknown.tolist(), at.tolist()):
+        label = labels[i]
+        name = label.lstrip(" ")
+        if name.startswith("??"):
+            labels[i] = f"{label[:len(label) - len(name)]}{address:#x}{name[2:]}"
 
 
 def _segment_lines(ct: CallTrace, runs: Runs) -> list[str]:
