@@ -367,14 +367,16 @@ rpc.exports = {
     return stopRecording();
   },
 
-  /* Frida calls this before it unloads the script, also when the tracer died (SIGKILL)
-   * without stopping us: stop recording the same way, so that the program runs on,
-   * and, when the tracer is gone for good, remove the files it can no longer remove. */
+  /* Frida calls this before it unloads the script: when the tracer died (SIGKILL)
+   * without stopping us, and also when the program exits (from exit(), before the
+   * destructors and atexit handlers run). Only in the first case stop recording, the
+   * same way stop() does, so that the program runs on, and remove the files the tracer
+   * can no longer remove; at an exit the tracer is alive and the program's last
+   * branches must still be recorded. */
   dispose() {
-    if (stopping || cm === null)
+    if (stopping || cm === null || cm.tracerGone() === 0)
       return;
     stopRecording();
-    if (cm.tracerGone() !== 0)
-      removeTracerFiles();
+    removeTracerFiles();
   },
 };

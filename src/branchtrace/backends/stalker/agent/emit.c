@@ -280,8 +280,9 @@ build_record (BtCode * out, BtThread * t, guint32 id)
 
 void bt_flush_pending (BtThread * t);
 
-/* Is the tracer gone (nobody will ever drain)? It no longer exists, or it is a zombie:
- * killed, and its parent has not reaped it yet (kill(pid, 0) still succeeds then). */
+/* Is the tracer gone (nobody will ever drain)? It no longer exists, it is a zombie
+ * (killed, and its parent has not reaped it yet: kill(pid, 0) still succeeds then), or
+ * it is exiting. */
 gboolean
 bt_tracer_gone (void)
 {
@@ -301,7 +302,25 @@ bt_tracer_gone (void)
   syscall (3, fd);                                  /* close */
   for (i = n - 1; i > 0 && buf[i] != ')'; i--)
     ;
-  return i > 0 && i + 2 < n && (buf[i + 2] == 'Z' || buf[i + 2] == 'X');
+  if (i <= 0 || i + 2 >= n)
+    return FALSE;
+  if (buf[i + 2] == 'Z' || buf[i + 2] == 'X')
+    return TRUE;
+  /* Dying (SIGKILL) but not a zombie yet: PF_EXITING (0x4) in the flags, the 6th field
+   * after the state. It is set before the process closes its files, so it shows when
+   * Frida sees the tracer's connection go away. */
+  {
+    gint field = 0;
+    gulong flags = 0;
+    glong j;
+
+    for (j = i + 2; j < n && field < 6; j++)
+      if (buf[j] == ' ')
+        field++;
+    for (; j < n && buf[j] >= '0' && buf[j] <= '9'; j++)
+      flags = flags * 10 + (gulong) (buf[j] - '0');
+    return field == 6 && (flags & 0x4) != 0;
+  }
 }
 
 /* Stream mode: the reserved chunk is full (written == reserved_end, published). Reserve
