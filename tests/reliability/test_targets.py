@@ -1,5 +1,6 @@
 """Hard targets, traced with each backend: their output is unchanged and each thread's
-trace is complete (stream mode: nothing lost)."""
+trace is complete (stream mode: nothing lost). Fork and exec, 200 short threads, SIGALRM
+every millisecond, setjmp/longjmp, exit from a worker thread, 50 attach/detach cycles."""
 
 from __future__ import annotations
 
@@ -95,6 +96,20 @@ def test_exit_from_another_thread(build, backend):
     assert trace.exit.status == "exited" and trace.exit.code == 3
     assert len(trace.threads) == 2
     assert_complete(trace)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_setjmp_and_longjmp(build, backend):
+    exe = build("rel_longjmp")
+    trace, out = traced(exe, backend)
+    assert out == native(exe).stdout == b"longjmp total 23\n"
+    assert trace.exit.code == 0
+    assert_complete(trace)
+    b = trace.branches(trace.pid)
+    calls = b[b["kind"] == BranchKind.CALL]
+    names = trace.symbolizer.resolve(calls["to_ip"])
+    called = np.array(names.function_names + ("",))[names.function]
+    assert int((called == "inner").sum()) == 23   # 1+2+3+4+1+2+3+4+1+2 calls, none lost
 
 
 FRIDA_REATTACH = pytest.mark.xfail(
