@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from typing import TYPE_CHECKING
 
 from ...errors import UsageError
@@ -26,6 +27,9 @@ if TYPE_CHECKING:
     from ...model import ModuleMap
     from ...store import Store
     from .host import Host
+
+#: How long an attached program is left alone after we detach (see record()).
+ATTACH_SETTLE_S = 0.25
 
 #: The most records a thread's buffer may hold: the emitted code addresses it with
 #: 32-bit displacements.
@@ -118,6 +122,13 @@ class StalkerBackend:
             self._host = None
             host.stop()
             host.close()
+            if target.pid is not None:
+                # Frida finishes unloading its agent from the program a little after
+                # detach returns; attaching again before that (record() called back to
+                # back in one process) killed the program within a few cycles (SIGSEGV
+                # or SIGTRAP), while 0.1 s between cycles survived every time. Leave the
+                # program that time, so that a next attach meets a clean process.
+                time.sleep(ATTACH_SETTLE_S)
         return RunResult(result.exit, result.modules, result.threads, result.gaps,
                          notes + result.notes, pid=host.pid, blocks=result.blocks)
 
