@@ -12,7 +12,8 @@ from collections.abc import Iterable
 
 from branchtrace.errors import TargetError
 from branchtrace.model import Mapping, ModuleMap
-from branchtrace.symbols.elf import load_elf
+from branchtrace.symbols.elf import ElfImage, load_elf
+from branchtrace.symbols.elfhead import ElfHead, read_head
 
 DELETED_SUFFIX = " (deleted)"
 
@@ -96,7 +97,11 @@ def _module_of_load(load: list[Mapping]) -> ModuleMap:
     lowest = min(load, key=lambda m: (m.offset, m.start))
     bias = lowest.start - lowest.offset
     build_id = ""
-    image = None if is_deleted(path) else load_elf(path)
+    # The program headers and build id, read fast; the full parse (slow) only for files
+    # that are no 64-bit little-endian ELF or keep their build id outside PT_NOTE.
+    image: ElfHead | ElfImage | None = None if is_deleted(path) else read_head(path)
+    if image is None or not image.build_id:
+        image = (None if is_deleted(path) else load_elf(path)) or image
     if image is not None:
         found = image.load_bias(lowest.start, lowest.offset)
         if found is not None:
