@@ -15,7 +15,6 @@ from typing import IO, Any
 from ..backends import Backend, Target
 from ..errors import UsageError
 from ..recorder import RecordConfig, record
-from ..reporters import crash
 from ..sizes import format_bytes, parse_byte_size, parse_size
 from ..trace import Trace
 
@@ -171,6 +170,8 @@ def _open_report(path: str | None) -> tuple[IO[str], bool]:
 
 
 def _write_report(trace: Trace, args: argparse.Namespace) -> None:
+    from ..reporters import crash  # only when there is a report to write
+
     out, close = _open_report(args.report_to)
     try:
         try:

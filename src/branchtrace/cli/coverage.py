@@ -29,9 +29,7 @@ import argparse
 import re
 import sys
 
-from ..analysis.coverage import compute
 from ..errors import UsageError
-from ..reporters import coverage_json, drcov, lcov
 from ..reporters.render import check_output, render, render_bytes
 from ..tracefile import open_trace
 from ._file import check_not_input, warn
@@ -52,6 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    # imported here: `branchtrace run` should not pay for the reporters
+    from ..analysis.coverage import compute
+    from ..reporters import coverage_json, drcov, lcov
     if not re.fullmatch(r"\w*", args.test_name, re.ASCII):
         raise UsageError(f"--test-name: letters, digits and '_' only, not {args.test_name!r}")
     check_output(args.output)

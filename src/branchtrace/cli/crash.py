@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..reporters import crash
 from ..reporters.render import render
 from ._file import add_file_arguments, load, warn
 from ._record import positive_int
@@ -25,6 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    # imported here: `branchtrace run` should not pay for the reporters
+    from ..reporters import crash
     trace = load(args)
     render(args.output, lambda out: crash.render(trace, out, last=args.last, fmt=args.format,
                                                  tid=args.thread))

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 
 from ..errors import UsageError
-from ..reporters import history
 from ..reporters.render import render
 from ._file import add_file_arguments, load, warn
 from ._record import positive_int
@@ -50,6 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    # imported here: `branchtrace run` should not pay for the reporters
+    from ..reporters import history
     if args.insns and (args.lines or args.insn_ranges or args.no_indent):
         raise UsageError("--lines, --insn-ranges and --no-indent go with --calls, not --insns")
     if not args.insns and args.source:

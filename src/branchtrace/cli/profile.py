@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..reporters import collapsed, perfetto, speedscope
 from ..reporters.render import render
 from ._file import add_file_arguments, load, warn
 
@@ -30,6 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    # imported here: `branchtrace run` should not pay for the reporters
+    from ..reporters import collapsed, perfetto, speedscope
     trace = load(args)
     if args.format == "perfetto":
         render(args.output, lambda out: perfetto.render(trace, out, tid=args.thread))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..reporters import stats
 from ..reporters.render import render
 from ._file import add_file_arguments, load, warn
 from ._record import positive_int
@@ -26,6 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    # imported here: `branchtrace run` should not pay for the reporters
+    from ..reporters import stats
     trace = load(args)
     render(args.output, lambda out: stats.render(trace, out, top=args.top, tid=args.thread,
                                                  fmt=args.format))

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from elftools.elf.elffile import ELFFile
 
 from branchtrace.symbols.symtab import (
     BINDING_GLOBAL,
@@ -125,6 +124,8 @@ def _build_id_of(elf: Any) -> str:
 
 
 def _open_bytes(data: bytes) -> Any:
+    from elftools.elf.elffile import ELFFile  # here: pyelftools costs ~40 ms to import
+
     return ELFFile(io.BytesIO(data))
 
 
