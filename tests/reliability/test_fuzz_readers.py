@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import os
 import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -224,6 +226,28 @@ def test_forged_chunk_sizes_allocate_nothing(valid: bytes, tmp_path: Path, many:
     trace = open_trace(tmp_path / "t.btrace")
     assert len(trace.threads[77]) == 0
     assert sum(g.count for g in trace.gaps if g.tid == 77) == many * ((16 << 20) // record_size)
+
+
+def test_forged_chunk_sizes_stay_out_of_memory(valid: bytes, tmp_path: Path) -> None:
+    """The same 32 GiB of forged chunks, read in a fresh process: what the process
+    really holds in memory (its peak resident set, not just what tracemalloc sees)
+    grows by far less than a single forged chunk's 16 MiB claim, let alone 32 GiB."""
+    record_size = struct.unpack_from("<I", records(valid)[0][2], 4)[0]
+    path = tmp_path / "t.btrace"
+    path.write_bytes(rebuild(valid, {}, forged_chunks(2000, (16 << 20) // record_size,
+                                                      record_size)))
+    code = (
+        "import resource, sys, branchtrace\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "t = branchtrace.open(sys.argv[1])\n"
+        "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "print(after - before, len(t.threads[77]))\n")
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    grew_kib, kept = map(int, done.stdout.split())
+    assert kept == 0
+    assert grew_kib < 12 * 1024, f"the resident set grew by {grew_kib} KiB"
 
 
 def test_forged_blocks_record_allocates_nothing(valid: bytes, tmp_path: Path) -> None:

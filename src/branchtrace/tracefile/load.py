@@ -11,6 +11,7 @@ the reason ``"corrupt chunk"``; nothing here raises for damaged data.
 from __future__ import annotations
 
 import bisect
+import mmap
 import os
 import threading
 from collections import defaultdict
@@ -30,15 +31,18 @@ from .format import GapInfo, ModuleInfo
 from .reader import Chunk, TraceFile, scan
 
 CORRUPT = "corrupt chunk"
-#: A thread's chunks are decompressed into one buffer allocated up front from the sizes
-#: their headers declare. A chunk declaring more than this many times its compressed
-#: bytes (plus _TRUSTED_BYTES) is first decompressed into a small scratch buffer to check
-#: that it really holds its declared size: forged zstd frame headers must not make the
-#: reader allocate gigabytes. So what is allocated before a check is at most 8 x the
-#: file (real traces that compress better than 8:1 pay one more decompression pass).
+#: A thread's chunks are decompressed into one buffer sized up front from the sizes
+#: their headers declare; forged zstd frame headers must not make the reader allocate
+#: gigabytes. When every chunk declares at most this many times its compressed bytes
+#: (plus _TRUSTED_BYTES), the buffer is allocated: at most 8 x the file. Otherwise (real
+#: traces compress 25-80:1) the buffer is reserved, not committed (_reserve): only what
+#: the chunks really hold becomes resident, and a chunk that holds less than it claims
+#: becomes a gap. Where the system will not reserve (strict overcommit), such chunks are
+#: first decompressed into a small scratch buffer to check their size (_verified).
 _TRUSTED_RATIO = 8
 _TRUSTED_BYTES = 64 << 10
 _BATCH_BYTES = 1 << 20
+_SCRATCH_BYTES = 1 << 20
 _PROBE_BYTES = 1 << 20
 
 
@@ -174,13 +178,21 @@ def _decode_thread(tf: TraceFile, chunks: list[Chunk], holes: list[_Hole],
     encoding = tf.encoding
     raw_dtype = RECORD_DTYPES[encoding]
     per_chunk = encoding == Encoding.FROMTO     # records decode independently
-    chunks, holes = _verified(chunks, holes, raw_dtype.itemsize, pool, local)
-    total = sum(c.head.count for c in chunks)
-    try:
-        buffer = np.empty(total, BRANCH_DTYPE if per_chunk else raw_dtype)
-    except MemoryError:
-        raise TraceFormatError(
-            f"{tf.path}: not enough memory to decode its {total} records") from None
+    dtype = BRANCH_DTYPE if per_chunk else raw_dtype
+    buffer = None
+    if not all(_trusted(c, raw_dtype.itemsize) for c in chunks):
+        # Sizes out of proportion to the compressed bytes (most chunks of a real trace
+        # compress 25-80:1): decompress them straight into reserved memory, which only
+        # what they really hold makes resident; a forged size costs address space.
+        buffer = _reserve(sum(c.head.count for c in chunks), dtype)
+    if buffer is None:
+        chunks, holes = _verified(chunks, holes, raw_dtype.itemsize, pool, local)
+        total = sum(c.head.count for c in chunks)
+        try:
+            buffer = np.empty(total, dtype)
+        except MemoryError:
+            raise TraceFormatError(
+                f"{tf.path}: not enough memory to decode its {total} records") from None
     slots, at = [], 0
     for c in chunks:
         slots.append((at, at + c.head.count))
@@ -251,6 +263,31 @@ def _in_batches(pool: ThreadPoolExecutor, job: Callable[[int], bool], chunks: li
     return [good for part in parts for good in part]
 
 
+def _trusted(c: Chunk, record_size: int) -> bool:
+    """Whether the chunk's declared size is in proportion to its compressed bytes."""
+    return c.head.count * record_size <= _TRUSTED_RATIO * len(c.body) + _TRUSTED_BYTES
+
+
+def _reserve(count: int, dtype: np.dtype) -> np.ndarray | None:
+    """``count`` rows of memory that is reserved, not committed (an anonymous mapping
+    with MAP_NORESERVE, in huge pages where the kernel offers them): a page becomes
+    resident only when written. None when the system refuses to reserve that much
+    (strict overcommit): the caller checks the chunks first instead."""
+    nbytes = count * dtype.itemsize
+    if nbytes == 0:
+        return np.empty(0, dtype)
+    try:
+        area = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+                         | getattr(mmap, "MAP_NORESERVE", 0))
+    except (OSError, OverflowError, ValueError, MemoryError):
+        return None
+    try:
+        area.madvise(mmap.MADV_HUGEPAGE)
+    except (AttributeError, OSError):
+        pass
+    return np.frombuffer(area, dtype)
+
+
 def _verified(chunks: list[Chunk], holes: list[_Hole], record_size: int,
               pool: ThreadPoolExecutor, local: threading.local
               ) -> tuple[list[Chunk], list[_Hole]]:
@@ -308,24 +345,37 @@ def _decode_run(tf: TraceFile, part: np.ndarray, per_chunk: bool,
 def _fill(local: threading.local, body: bytes, out: np.ndarray,
           encoding: Encoding | None) -> bool:
     """Decompress one chunk into ``out`` (decoded when ``encoding`` is given, else raw);
-    False when the chunk is corrupt."""
+    False when the chunk is corrupt. Records to decode pass through a scratch buffer of
+    at most _SCRATCH_BYTES, whatever size the chunk declares."""
     dctx: zstandard.ZstdDecompressor | None = getattr(local, "dctx", None)
     if dctx is None:
         dctx = local.dctx = zstandard.ZstdDecompressor()
     if encoding is None:
         return _decompress_into(dctx, body, out.view(np.uint8).data)
     raw_dtype = RECORD_DTYPES[encoding]
-    need = len(out) * raw_dtype.itemsize
+    step = max(1, _SCRATCH_BYTES // raw_dtype.itemsize)
+    need = min(step, len(out)) * raw_dtype.itemsize
     scratch: bytearray | None = getattr(local, "scratch", None)
     if scratch is None or len(scratch) < need:
         scratch = local.scratch = bytearray(need)
-    view = memoryview(scratch)[:need]
-    if not _decompress_into(dctx, body, view):
+    try:
+        with dctx.stream_reader(body, read_across_frames=False) as reader:
+            for at in range(0, len(out), step):
+                n = min(step, len(out) - at)
+                view = memoryview(scratch)[:n * raw_dtype.itemsize]
+                got = 0
+                while got < len(view):
+                    k = reader.readinto(view[got:])
+                    if not k:
+                        return False
+                    got += k
+                raw = np.frombuffer(view, raw_dtype)
+                part = out[at:at + n]
+                for name in BRANCH_DTYPE.names or ():
+                    part[name] = raw[name]   # field by field: 10x faster than a struct copy
+        return True
+    except zstandard.ZstdError:
         return False
-    raw = np.frombuffer(view, raw_dtype)
-    for name in BRANCH_DTYPE.names or ():
-        out[name] = raw[name]            # field by field: 10x faster than a struct copy
-    return True
 
 
 def _decompress_into(dctx: zstandard.ZstdDecompressor, body: bytes, target: memoryview) -> bool:
