@@ -157,11 +157,11 @@ def _probe() -> Probe:
 
 def _probe_key() -> dict[str, str] | None:
     try:
-        from importlib.metadata import version
+        import frida  # the run needs it anyway; importlib.metadata would cost ~20 ms
 
         with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
             boot = f.read().strip()
-        return {"frida": version("frida"), "kernel": os.uname().release, "boot": boot,
+        return {"frida": str(frida.__version__), "kernel": os.uname().release, "boot": boot,
                 "uid": str(os.getuid())}
     except Exception:  # noqa: BLE001 - no key, no cache
         return None
