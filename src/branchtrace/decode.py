@@ -10,11 +10,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from . import decode_jit
 from .blocks import FLAG_ASYNC, FLAG_FOREIGN, FLAG_HOOKED, FLAG_VALID, HOOK_RESUME_SPAN
 from .errors import TraceFormatError
 from .model import BRANCH_DTYPE, BranchKind
 from .store import RECORD_DTYPES, Encoding
 
+#: Id sequences at least this long use the compiled decoder (decode_jit) when numba is
+#: installed: below, numpy is fast enough and compiling would cost more than it saves.
+JIT_MIN_IDS = 1 << 22
 _CHUNK = 1 << 20  # block ids decoded at a time (small enough for malloc to reuse its memory)
 
 
@@ -65,6 +69,13 @@ def decode_blocks(ids: np.ndarray, blocks: np.ndarray,
     if len(ids) < 2:
         return np.zeros(0, dtype=BRANCH_DTYPE)
     table = _Table(blocks)
+    if len(ids) >= JIT_MIN_IDS and ids.dtype == np.uint32 and decode_jit.available():
+        parts = min(4, os.cpu_count() or 1)
+        cols = (table.start, table.end, table.last, table.kind, table.flags)
+        if pool is None:
+            with ThreadPoolExecutor(max_workers=parts) as own:
+                return decode_jit.decode(ids, *cols, own, parts)
+        return decode_jit.decode(ids, *cols, pool, parts)
     spans = [(lo, min(lo + _CHUNK, len(ids) - 1)) for lo in range(0, len(ids) - 1, _CHUNK)]
     if len(spans) == 1:
         return table.fill(ids, table.taken(ids), None)
