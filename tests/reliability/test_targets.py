@@ -5,6 +5,7 @@ every millisecond, setjmp/longjmp, exit from a worker thread, 50 attach/detach c
 from __future__ import annotations
 
 import subprocess
+import threading
 
 import numpy as np
 import pytest
@@ -132,8 +133,14 @@ def test_attach_and_detach_fifty_times(build, backend, via, soak):
     exe = build("rel_counter")
     cycles = 200 if soak else 50
     assert native(exe, "3").stdout == counter_lines(3)
-    # long enough for any number of cycles; ended with SIGTERM once they are done
+    # long enough for any number of cycles; ended with SIGTERM once they are done. Its
+    # output is read as it comes: a full pipe would block it in write() for the rest
+    # of the test, which is no test of anything.
     program = subprocess.Popen([str(exe), "1000000"], stdout=subprocess.PIPE)
+    chunks: list[bytes] = []
+    reader = threading.Thread(target=lambda: chunks.extend(iter(
+        lambda: program.stdout.read1(65536), b"")), daemon=True)   # type: ignore[union-attr]
+    reader.start()
     try:
         for cycle in range(cycles):
             if via == "api":
@@ -145,10 +152,12 @@ def test_attach_and_detach_fifty_times(build, backend, via, soak):
                 assert done.returncode == 0, done.stderr
             assert program.poll() is None, f"the program died in cycle {cycle}: {program.poll()}"
         program.terminate()
-        out, _ = program.communicate(timeout=60)
+        program.wait(timeout=60)
+        reader.join(timeout=60)
     finally:
         if program.poll() is None:
             program.kill()
+    out = b"".join(chunks)
     assert program.returncode == -15, "the program did not live until we ended it"
     printed = len(out.splitlines())
     assert printed > 10 and out == counter_lines(printed)   # every line as it should be
