@@ -63,10 +63,6 @@ class HostResult:
     check: dict[int, int] | None = None
 
 
-#: How long stop() waits for Frida's session.detach() (see Host._detach).
-DETACH_WAIT_S = 10.0
-
-
 class Host:
     """One Frida session recording one target into ``store``."""
 
@@ -306,28 +302,10 @@ class Host:
             except (frida.InvalidOperationError, frida.TransportError):
                 pass
         if session is not None:
-            self._detach(session)
-
-    def _detach(self, session: Any) -> None:
-        """``session.detach()``, bounded: in a soak of 200 back-to-back attach/detach
-        cycles from one process, Frida's detach once never returned (our script was
-        unloaded, the program ran on natively). Never hang on it: after DETACH_WAIT_S
-        the session is left to Frida (it ends with our process)."""
-        import frida
-
-        def detach() -> None:
             try:
                 session.detach()
             except (frida.InvalidOperationError, frida.TransportError):
                 pass
-
-        worker = threading.Thread(target=detach, name="branchtrace-detach", daemon=True)
-        worker.start()
-        worker.join(DETACH_WAIT_S)
-        if worker.is_alive():
-            self.notes.append(f"Frida's detach did not return within {DETACH_WAIT_S:g} s; "
-                              "the program runs on untraced, Frida's agent stays in it until "
-                              "this process ends")
 
     def finish(self, ended: bool) -> HostResult:
         """How the run ended, with the block table, once the target is gone or detached."""
