@@ -15,6 +15,7 @@ from typing import IO, Any
 from ..backends import Backend, Target
 from ..errors import UsageError
 from ..recorder import RecordConfig, record
+from ..reporters.render import check_output
 from ..sizes import format_bytes, parse_byte_size, parse_size
 from ..trace import Trace
 
@@ -147,15 +148,8 @@ def check_before_start(args: argparse.Namespace, program_name: str | None = None
 
 def check_report_path(path: str | None) -> None:
     """Fail now, before anything runs, if the report could not be written to ``path``."""
-    if path in (None, "-"):
-        return
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise UsageError(f"--report-to: no such directory: {parent}")
-    if os.path.isdir(path):
-        raise UsageError(f"--report-to: {path} is a directory")
-    if not os.access(path if os.path.exists(path) else parent, os.W_OK):
-        raise UsageError(f"--report-to: cannot write {path}: permission denied")
+    if path is not None:
+        check_output(path, "--report-to")
 
 
 def _open_report(path: str | None) -> tuple[IO[str], bool]:

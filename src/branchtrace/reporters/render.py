@@ -19,15 +19,19 @@ from ..errors import UsageError
 from ..trace import Trace
 
 
-def check_output(path: str) -> None:
-    """Raise :class:`UsageError` now if ``path`` cannot be written later."""
+def check_output(path: str, what: str = "") -> None:
+    """Raise :class:`UsageError` now if ``path`` cannot be written later (``what``, the
+    option that named it, begins the message)."""
     if path == "-":
         return
+    head = f"{what}: " if what else ""
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
-        raise UsageError(f"cannot write {path}: no such directory {parent}")
+        raise UsageError(f"{head}cannot write {path}: no such directory {parent}")
     if os.path.isdir(path):
-        raise UsageError(f"cannot write {path}: it is a directory")
+        raise UsageError(f"{head}cannot write {path}: it is a directory")
+    if not os.access(path if os.path.exists(path) else parent, os.W_OK):
+        raise UsageError(f"{head}cannot write {path}: permission denied")
 
 
 def render(path: str, write: Callable[[IO[str]], object]) -> None:
