@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from .blocks import FLAG_ASYNC, FLAG_FOREIGN, FLAG_HOOKED, FLAG_VALID, HOOK_RESUME_SPAN
+from .memory import big_empty
 from .model import BRANCH_DTYPE, BranchKind
 
 _kernels: tuple[Any, Any] | None = None
@@ -63,7 +64,7 @@ def decode(ids: np.ndarray, start: np.ndarray, end: np.ndarray, last: np.ndarray
               np.uint8(FLAG_HOOKED))
     counts = list(pool.map(lambda s: count(s, start, end, flags, n, *consts), spans))
     at = np.cumsum([0, *counts])
-    out = np.empty(int(at[-1]), BRANCH_DTYPE)
+    out = big_empty(int(at[-1]), BRANCH_DTYPE)
     list(pool.map(lambda k: fill(spans[k], start, end, last, kind, flags, n, *consts,
                                  np.uint8(FLAG_ASYNC), np.uint8(BranchKind.INTERRUPT),
                                  out[at[k]:at[k + 1]]), range(parts)))
@@ -75,9 +76,9 @@ def _count(ids, start, end, flags, n, span, valid, foreign, hooked):  # type: ig
     prev = min(np.int64(ids[0]), n)
     for i in range(1, ids.shape[0]):
         cur = min(np.int64(ids[i]), n)
-        if start[cur] != end[prev] and (flags[prev] & flags[cur] & (valid | foreign)) == valid:
-            if not ((flags[prev] & hooked) != 0 and start[prev] < start[cur] <= start[prev] + span):
-                found += 1
+        if start[cur] != end[prev] and (flags[prev] & flags[cur] & (valid | foreign)) == valid \
+                and not ((flags[prev] & hooked) != 0 and start[prev] < start[cur] <= start[prev] + span):
+            found += 1
         prev = cur
     return found
 
@@ -88,11 +89,11 @@ def _fill(ids, start, end, last, kind, flags, n, span, valid, foreign, hooked,  
     prev = min(np.int64(ids[0]), n)
     for i in range(1, ids.shape[0]):
         cur = min(np.int64(ids[i]), n)
-        if start[cur] != end[prev] and (flags[prev] & flags[cur] & (valid | foreign)) == valid:
-            if not ((flags[prev] & hooked) != 0 and start[prev] < start[cur] <= start[prev] + span):
-                out[found].from_ip = last[prev]
-                out[found].to_ip = start[cur]
-                out[found].kind = interrupt if (flags[cur] & async_flag) != 0 else kind[prev]
-                found += 1
+        if start[cur] != end[prev] and (flags[prev] & flags[cur] & (valid | foreign)) == valid \
+                and not ((flags[prev] & hooked) != 0 and start[prev] < start[cur] <= start[prev] + span):
+            out[found].from_ip = last[prev]
+            out[found].to_ip = start[cur]
+            out[found].kind = interrupt if (flags[cur] & async_flag) != 0 else kind[prev]
+            found += 1
         prev = cur
     return found

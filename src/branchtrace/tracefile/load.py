@@ -11,7 +11,6 @@ the reason ``"corrupt chunk"``; nothing here raises for damaged data.
 from __future__ import annotations
 
 import bisect
-import mmap
 import os
 import threading
 from collections import defaultdict
@@ -24,6 +23,7 @@ import zstandard
 
 from ..decode import concat, decode
 from ..errors import TraceFormatError
+from ..memory import reserve
 from ..model import BRANCH_DTYPE, BranchKind, ExitInfo, Gap, Mapping, ModuleMap
 from ..store import RECORD_DTYPES, Encoding, StoreMode
 from ..trace import CHUNK_TIMES_DTYPE, Trace
@@ -35,8 +35,8 @@ CORRUPT = "corrupt chunk"
 #: their headers declare; forged zstd frame headers must not make the reader allocate
 #: gigabytes. When every chunk declares at most this many times its compressed bytes
 #: (plus _TRUSTED_BYTES), the buffer is allocated: at most 8 x the file. Otherwise (real
-#: traces compress 25-80:1) the buffer is reserved, not committed (_reserve): only what
-#: the chunks really hold becomes resident, and a chunk that holds less than it claims
+#: traces compress 25-80:1) the buffer is reserved, not committed (memory.reserve): only
+#: what the chunks really hold becomes resident, and a chunk that holds less than it claims
 #: becomes a gap. Where the system will not reserve (strict overcommit), such chunks are
 #: first decompressed into a small scratch buffer to check their size (_verified).
 _TRUSTED_RATIO = 8
@@ -73,6 +73,7 @@ def to_trace(tf: TraceFile) -> Trace:
     for g in tf.gaps:
         gaps_of[g.tid].append(g)
     local = threading.local()        # each worker's decompressor and scratch buffer
+    kinds_known = _table_kinds_known(tf)
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         for tid in order:
             t = info.get(tid)
@@ -80,7 +81,7 @@ def to_trace(tf: TraceFile) -> Trace:
             array, placed, chunk_times, why = _decode_thread(tf, chunks, holes, pool, local)
             if why:
                 notes.append(f"thread {tid}: {why}")
-            strange = _unknown_kinds(array)
+            strange = 0 if kinds_known else _unknown_kinds(array)
             if strange:
                 notes.append(f"thread {tid}: {strange} branches of a kind this branchtrace "
                              f"does not know are shown as 'other'")
@@ -119,6 +120,14 @@ def to_trace(tf: TraceFile) -> Trace:
 def _module(m: ModuleInfo) -> ModuleMap:
     return ModuleMap(m.path, m.start, m.end, m.bias, m.build_id,
                      tuple(Mapping(x.start, x.end, x.perms, x.offset, x.path) for x in m.mappings))
+
+
+def _table_kinds_known(tf: TraceFile) -> bool:
+    """Whether block ids can only decode to kinds :class:`BranchKind` names: those of
+    the block table, or INTERRUPT (then no branch needs checking)."""
+    if tf.encoding != Encoding.BLOCKID or tf.blocks is None:
+        return False
+    return len(tf.blocks) == 0 or int(tf.blocks["kind"].max()) <= max(BranchKind)
 
 
 def _unknown_kinds(branches: np.ndarray) -> int:
@@ -184,7 +193,7 @@ def _decode_thread(tf: TraceFile, chunks: list[Chunk], holes: list[_Hole],
         # Sizes out of proportion to the compressed bytes (most chunks of a real trace
         # compress 25-80:1): decompress them straight into reserved memory, which only
         # what they really hold makes resident; a forged size costs address space.
-        buffer = _reserve(sum(c.head.count for c in chunks), dtype)
+        buffer = reserve(sum(c.head.count for c in chunks), dtype)
     if buffer is None:
         chunks, holes = _verified(chunks, holes, raw_dtype.itemsize, pool, local)
         total = sum(c.head.count for c in chunks)
@@ -266,26 +275,6 @@ def _in_batches(pool: ThreadPoolExecutor, job: Callable[[int], bool], chunks: li
 def _trusted(c: Chunk, record_size: int) -> bool:
     """Whether the chunk's declared size is in proportion to its compressed bytes."""
     return c.head.count * record_size <= _TRUSTED_RATIO * len(c.body) + _TRUSTED_BYTES
-
-
-def _reserve(count: int, dtype: np.dtype) -> np.ndarray | None:
-    """``count`` rows of memory that is reserved, not committed (an anonymous mapping
-    with MAP_NORESERVE, in huge pages where the kernel offers them): a page becomes
-    resident only when written. None when the system refuses to reserve that much
-    (strict overcommit): the caller checks the chunks first instead."""
-    nbytes = count * dtype.itemsize
-    if nbytes == 0:
-        return np.empty(0, dtype)
-    try:
-        area = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
-                         | getattr(mmap, "MAP_NORESERVE", 0))
-    except (OSError, OverflowError, ValueError, MemoryError):
-        return None
-    try:
-        area.madvise(mmap.MADV_HUGEPAGE)
-    except (AttributeError, OSError):
-        pass
-    return np.frombuffer(area, dtype)
 
 
 def _verified(chunks: list[Chunk], holes: list[_Hole], record_size: int,
