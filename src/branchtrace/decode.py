@@ -71,7 +71,7 @@ def decode_blocks(ids: np.ndarray, blocks: np.ndarray,
     table = _Table(blocks)
     if len(ids) >= JIT_MIN_IDS and ids.dtype == np.uint32 and decode_jit.available():
         parts = min(4, os.cpu_count() or 1)
-        cols = (table.start, table.end, table.last, table.kind, table.flags)
+        cols = table.columns()
         if pool is None:
             with ThreadPoolExecutor(max_workers=parts) as own:
                 return decode_jit.decode(ids, *cols, own, parts)
@@ -83,6 +83,13 @@ def decode_blocks(ids: np.ndarray, blocks: np.ndarray,
         with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as own:
             return _two_passes(table, ids, spans, own)
     return _two_passes(table, ids, spans, pool)
+
+
+def table_columns(blocks: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The block table's columns (start, end, last, kind, flags) as the compiled decoder
+    takes them (decode_jit.bind), each with the sentinel row for unknown ids."""
+    return _Table(blocks).columns()
 
 
 def _two_passes(table: _Table, ids: np.ndarray, spans: list[tuple[int, int]],
@@ -112,6 +119,10 @@ class _Table:
         self.kind = np.append(blocks["kind"], 0).astype(np.uint8)
         self.hooked = bool(np.any(self.flags[:n] & FLAG_HOOKED))
         self.interrupts = bool(np.any(self.flags[:n] & FLAG_ASYNC))
+
+    def columns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """start, end, last, kind and flags, as the compiled decoder takes them."""
+        return self.start, self.end, self.last, self.kind, self.flags
 
     def rows(self, chunk: np.ndarray) -> np.ndarray:
         """The table row of each id (native-width indices, which gather twice as fast

@@ -10,13 +10,11 @@ the reason ``"corrupt chunk"``; nothing here raises for damaged data.
 
 from __future__ import annotations
 
-import bisect
 import os
 import threading
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import numpy as np
 import zstandard
@@ -27,7 +25,9 @@ from ..memory import reserve
 from ..model import BRANCH_DTYPE, BranchKind, ExitInfo, Gap, Mapping, ModuleMap
 from ..store import RECORD_DTYPES, Encoding, StoreMode
 from ..trace import CHUNK_TIMES_DTYPE, Trace
+from . import fused
 from .format import GapInfo, ModuleInfo
+from .holes import Hole, Shifter, add_gap, items_of, select
 from .reader import Chunk, TraceFile, scan
 
 CORRUPT = "corrupt chunk"
@@ -53,12 +53,6 @@ def open_trace(path: str | os.PathLike[str]) -> Trace:
     return to_trace(scan(path))
 
 
-@dataclass(slots=True)
-class _Hole:
-    start: int        # writer index (records of the thread before it)
-    count: int
-
-
 def to_trace(tf: TraceFile) -> Trace:
     h = tf.header
     info = {t.tid: t for t in tf.threads}
@@ -77,7 +71,7 @@ def to_trace(tf: TraceFile) -> Trace:
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         for tid in order:
             t = info.get(tid)
-            chunks, holes = _select(tf.chunks.get(tid, []), t.kept if t else None)
+            chunks, holes = select(tf.chunks.get(tid, []), t.kept if t else None)
             array, placed, chunk_times, why = _decode_thread(tf, chunks, holes, pool, local)
             if why:
                 notes.append(f"thread {tid}: {why}")
@@ -86,7 +80,7 @@ def to_trace(tf: TraceFile) -> Trace:
                 notes.append(f"thread {tid}: {strange} branches of a kind this branchtrace "
                              f"does not know are shown as 'other'")
             threads[tid], times[tid] = array, chunk_times
-            shift = _Shifter([hole for hole, _ in placed])
+            shift = Shifter([hole for hole, _ in placed])
             for g in gaps_of.get(tid, ()):
                 gaps.append(Gap(tid, min(shift(g.index), len(array)), g.count, g.reason))
             gaps.extend(Gap(tid, index, hole.count, CORRUPT) for hole, index in placed)
@@ -141,49 +135,15 @@ def _unknown_kinds(branches: np.ndarray) -> int:
     return n
 
 
-class _Shifter:
-    """Where a writer index lands once the records of ``holes`` (in order, not
-    overlapping) are gone: a binary search, so many gaps and holes stay cheap."""
-
-    def __init__(self, holes: list[_Hole]) -> None:
-        self.holes = sorted(holes, key=lambda h: h.start)
-        self.starts = [h.start for h in self.holes]
-        self.before = [0]                     # records in holes[:k]
-        for h in self.holes:
-            self.before.append(self.before[-1] + h.count)
-        self.total = self.before[-1]
-
-    def __call__(self, index: int) -> int:
-        k = bisect.bisect_right(self.starts, index)
-        if k == 0:
-            return index
-        last = self.holes[k - 1]
-        return index - self.before[k - 1] - min(last.count, index - last.start)
-
-
-def _select(chunks: list[Chunk], kept: int | None) -> tuple[list[Chunk], list[_Hole]]:
-    """The chunks in order, without overlaps, and the holes between them (and at the end,
-    when the THREAD record says more were written)."""
-    out: list[Chunk] = []
-    holes: list[_Hole] = []
-    pos = 0
-    for c in sorted(chunks, key=lambda c: c.head.first_index):
-        if c.head.first_index < pos:
-            continue                       # a duplicate or overlapping chunk
-        if c.head.first_index > pos:
-            holes.append(_Hole(pos, c.head.first_index - pos))
-        out.append(c)
-        pos = c.head.first_index + c.head.count
-    if kept is not None and kept > pos:
-        holes.append(_Hole(pos, kept - pos))
-    return out, holes
-
-
-def _decode_thread(tf: TraceFile, chunks: list[Chunk], holes: list[_Hole],
+def _decode_thread(tf: TraceFile, chunks: list[Chunk], holes: list[Hole],
                    pool: ThreadPoolExecutor, local: threading.local
-                   ) -> tuple[np.ndarray, list[tuple[_Hole, int]], np.ndarray, str]:
+                   ) -> tuple[np.ndarray, list[tuple[Hole, int]], np.ndarray, str]:
     """The branches of one thread, its holes with their index in the branches, its
     chunk times, and why decoding failed (if it did)."""
+    if fused.usable(tf, chunks):
+        done = fused.decode(tf, chunks, pool, local)
+        if done is not None:
+            return _placed(chunks, holes, *done)
     encoding = tf.encoding
     raw_dtype = RECORD_DTYPES[encoding]
     per_chunk = encoding == Encoding.FROMTO     # records decode independently
@@ -212,18 +172,10 @@ def _decode_thread(tf: TraceFile, chunks: list[Chunk], holes: list[_Hole],
         return _fill(local, chunks[k].body, buffer[a:b], encoding if per_chunk else None)
 
     ok = _in_batches(pool, job, chunks, raw_dtype.itemsize)
-    # The thread in order: good chunks (their index), and holes (missing or bad chunks).
-    items: list[int | _Hole] = []
-    h = 0
-    for k, c in enumerate(chunks):
-        while h < len(holes) and holes[h].start <= c.head.first_index:
-            items.append(holes[h])
-            h += 1
-        items.append(k if ok[k] else _Hole(c.head.first_index, c.head.count))
-    items.extend(holes[h:])
+    items = items_of(chunks, holes, ok)
     pieces: list[np.ndarray] = []
     times: list[tuple[int, int, int, int]] = []
-    gaps: list[tuple[_Hole, int]] = []
+    gaps: list[tuple[Hole, int]] = []
     n, why, run = 0, "", []
     for item in [*items, None]:
         if isinstance(item, int):
@@ -244,12 +196,28 @@ def _decode_thread(tf: TraceFile, chunks: list[Chunk], holes: list[_Hole],
             n += len(part)
             run = []
         if item is not None:
-            if gaps and gaps[-1][1] == n and gaps[-1][0].start + gaps[-1][0].count == item.start:
-                gaps[-1] = (_Hole(gaps[-1][0].start, gaps[-1][0].count + item.count), n)
-            else:
-                gaps.append((item, n))
+            add_gap(gaps, item, n)
     array = pieces[0] if len(pieces) == 1 else concat(pieces, BRANCH_DTYPE)
     return array, gaps, np.array(times, dtype=CHUNK_TIMES_DTYPE), why
+
+
+def _placed(chunks: list[Chunk], holes: list[Hole], array: np.ndarray, spans: fused.Spans
+            ) -> tuple[np.ndarray, list[tuple[Hole, int]], np.ndarray, str]:
+    """What _decode_thread returns, for branches decoded chunk by chunk (fused.py):
+    each chunk's times cover exactly its branches."""
+    items = items_of(chunks, holes, [span is not None for span in spans])
+    times: list[tuple[int, int, int, int]] = []
+    gaps: list[tuple[Hole, int]] = []
+    n = 0
+    for item in items:
+        if isinstance(item, Hole):
+            add_gap(gaps, item, n)
+            continue
+        span, head = spans[item], chunks[item].head
+        assert span is not None
+        times.append((span[0], span[1], head.first_ns, head.last_ns))
+        n = span[0] + span[1]
+    return array, gaps, np.array(times, dtype=CHUNK_TIMES_DTYPE), ""
 
 
 def _in_batches(pool: ThreadPoolExecutor, job: Callable[[int], bool], chunks: list[Chunk],
@@ -277,9 +245,9 @@ def _trusted(c: Chunk, record_size: int) -> bool:
     return c.head.count * record_size <= _TRUSTED_RATIO * len(c.body) + _TRUSTED_BYTES
 
 
-def _verified(chunks: list[Chunk], holes: list[_Hole], record_size: int,
+def _verified(chunks: list[Chunk], holes: list[Hole], record_size: int,
               pool: ThreadPoolExecutor, local: threading.local
-              ) -> tuple[list[Chunk], list[_Hole]]:
+              ) -> tuple[list[Chunk], list[Hole]]:
     """The chunks, without those whose size is out of proportion to their compressed
     bytes and that do not decompress to it; those join the holes."""
     def job(c: Chunk) -> bool:
@@ -291,7 +259,7 @@ def _verified(chunks: list[Chunk], holes: list[_Hole], record_size: int,
            for c in chunks):
         return chunks, holes
     ok = _in_batches(pool, lambda k: job(chunks[k]), chunks, record_size)
-    bad = [_Hole(c.head.first_index, c.head.count) for c, good in zip(chunks, ok) if not good]
+    bad = [Hole(c.head.first_index, c.head.count) for c, good in zip(chunks, ok) if not good]
     good_chunks = [c for c, good in zip(chunks, ok) if good]
     return good_chunks, sorted(holes + bad, key=lambda h: h.start)
 
