@@ -243,15 +243,20 @@ def test_damaged_files_read_alike(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert decoded > 30             # cut before the block table, a file has nothing to decode
 
 
-def test_without_reserved_memory_the_two_pass_path_reads_it(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Where memory cannot be reserved (strict overcommit), the two-pass path does it."""
+@pytest.mark.parametrize("missing", ["reserve", "numba"])
+def test_the_two_pass_path_reads_what_the_fused_one_cannot(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, missing: str) -> None:
+    """Where memory cannot be reserved (strict overcommit) or numba does not compile
+    (found only once a chunk holds ids), the two-pass path reads the thread."""
     rng = np.random.default_rng(1)
     table = _table(rng)
     ids = rng.integers(0, 40, 5000).astype("<u4")
     path = tmp_path / "r.btrace"
     _write(path, table, [_chunk(5, 0, ids[:2000]), _chunk(5, 2000, ids[2000:])], {5: 5000})
-    monkeypatch.setattr(fused, "reserve", lambda count, dtype: None)
+    if missing == "reserve":
+        monkeypatch.setattr(fused, "reserve", lambda count, dtype: None)
+    else:
+        monkeypatch.setattr(decode_jit, "bind", lambda *columns: None)
     got, n = _open(path, monkeypatch, True)
     assert n == 0
     assert np.array_equal(got.threads[5], decode_blocks(ids, table))

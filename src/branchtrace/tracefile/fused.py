@@ -52,7 +52,7 @@ _WORKERS = min(4, os.cpu_count() or 1)
 
 Decoder = Callable[[np.ndarray, np.ndarray], int]
 #: Per chunk: (index, count) of its branches in the result; None when it is a hole.
-Spans = list["tuple[int, int] | None"]
+Spans = list[tuple[int, int] | None]
 
 
 def usable(tf: TraceFile, chunks: list[Chunk]) -> bool:

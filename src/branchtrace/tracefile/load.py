@@ -4,8 +4,11 @@ decode every thread's chunks into canonical branch arrays.
 Chunks are decompressed in parallel (zstd and numpy release the GIL). FROMTO records
 decode one by one, so each chunk is decoded straight into its slice of the thread's
 array; other encodings (BLOCKID pairs consecutive records) are decoded per run of
-consecutive chunks. A chunk that is missing or does not decompress becomes a gap with
-the reason ``"corrupt chunk"``; nothing here raises for damaged data.
+consecutive chunks. Long block-id threads, when numba is installed, are decoded chunk
+by chunk instead (fused.py: no buffer of all ids, exact chunk times); this module's
+path stays for everything else, and where memory cannot be reserved. A chunk that is
+missing or does not decompress becomes a gap with the reason ``"corrupt chunk"``;
+nothing here raises for damaged data.
 """
 
 from __future__ import annotations
