@@ -32,7 +32,7 @@ from .. import decode_jit
 from ..decode import JIT_MIN_IDS, table_columns
 from ..memory import reserve
 from ..model import BRANCH_DTYPE
-from ..store import Encoding
+from ..store import RECORD_DTYPES, Encoding
 from .reader import Chunk, TraceFile
 
 #: Threads with fewer ids (as their chunks declare) take the two-pass path: numpy is
@@ -59,6 +59,7 @@ def usable(tf: TraceFile, chunks: list[Chunk]) -> bool:
     """Whether this thread's chunks are decoded here (numba is imported only once a
     chunk really holds ids)."""
     return (tf.encoding == Encoding.BLOCKID and tf.blocks is not None and bool(chunks)
+            and RECORD_DTYPES[Encoding.BLOCKID] == np.dtype(np.uint32)   # native order
             and sum(c.head.count for c in chunks) >= FUSED_MIN_IDS and decode_jit.enabled())
 
 
