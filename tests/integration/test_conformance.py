@@ -22,7 +22,8 @@ from branchtrace.recorder import RecordConfig, record
 from branchtrace.trace import Trace
 
 BACKENDS = [name for name, probe in probe_all() if probe.available]
-FIXTURES = ["conf_calls", "conf_indirect", "conf_longjmp", "signal", "loop", "crash"]
+FIXTURES = ["conf_calls", "conf_indirect", "conf_longjmp", "conf_returns", "signal", "loop",
+            "crash"]
 
 Seq = list[tuple[str, int, str, int, str]]  # (from function, from offset, to function, to offset, kind)
 

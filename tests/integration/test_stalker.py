@@ -77,6 +77,43 @@ def test_loop_counts_are_exact(build, mode, n):
     assert int(((b["kind"] == BranchKind.CALL) & (to_names == "work")).sum()) == n
 
 
+def _exe_window(trace, exe):
+    """The trace's branches whose source and target are both in ``exe``, as
+    (from offset, to offset, kind) rows: comparable across runs (ASLR)."""
+    b = trace.branches(trace.pid)
+    module = next(m for m in trace.modules if Path(m.path).resolve() == Path(exe).resolve())
+    inside = ((b["from_ip"] >= module.start) & (b["from_ip"] < module.end)
+              & (b["to_ip"] >= module.start) & (b["to_ip"] < module.end))
+    b = b[inside]
+    return np.stack([b["from_ip"] - module.start, b["to_ip"] - module.start,
+                     b["kind"].astype(np.uint64)], axis=1)
+
+
+def test_returns_to_many_sites_are_all_recorded(build, monkeypatch):
+    """The return cache (docs/stalker.md, "Returns") sends returns straight to their
+    block's code: every return must still be recorded, to the right place, with the
+    same trace as with Stalker's own handling of returns."""
+    exe = build("conf_returns")
+    n = 20000
+    trace = record(Target(argv=(str(exe), str(n))), RecordConfig(backend="stalker", mode="stream"))
+    assert trace.exit.code == 0 and trace.lost == {trace.pid: 0}
+    b = trace.branches(trace.pid)
+    sym = trace.symbolizer
+    src = sym.resolve(b["from_ip"])
+    names = np.array(src.function_names + ("",))[src.function]
+    returns = b["kind"] == BranchKind.RETURN
+    step_targets = Counter(int(t) for t in b["to_ip"][returns & (names == "step")])
+    assert sorted(step_targets.values()) == [n, n, n]      # three sites, n returns each
+    inner = Counter(int(t) for t in b["to_ip"][returns & (names == "pop_arg_inner")])
+    assert list(inner.values()) == [n]                     # `ret $8`, always to pop_arg
+    assert sym.describe(next(iter(inner))).function == "pop_arg"
+    with_cache = _exe_window(trace, exe)
+    monkeypatch.setenv("BRANCHTRACE_STALKER_RETCACHE", "0")
+    without = record(Target(argv=(str(exe), str(n))), RecordConfig(backend="stalker", mode="stream"))
+    assert without.exit.code == 0
+    assert np.array_equal(with_cache, _exe_window(without, exe))
+
+
 def test_threads_each_record_their_own_work(build):
     exe = build("threads")
     trace = record(Target(argv=(str(exe),)), RecordConfig(backend="stalker", mode="stream"))

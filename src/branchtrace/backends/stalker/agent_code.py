@@ -44,6 +44,18 @@ def benchmark_variant() -> str:
     return value
 
 
+#: ``0`` turns the return cache off (docs/stalker.md, "Returns"): every ``ret`` then goes
+#: through Stalker's own two-entry inline cache. For measuring what the cache gains.
+RETCACHE_ENV = "BRANCHTRACE_STALKER_RETCACHE"
+
+
+def return_cache() -> bool:
+    value = os.environ.get(RETCACHE_ENV, "1")
+    if value not in ("0", "1"):
+        raise UsageError(f"{RETCACHE_ENV}={value!r}: 1 (the default) or 0")
+    return value == "1"
+
+
 def has_bmi2() -> bool:
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:

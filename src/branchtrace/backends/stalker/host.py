@@ -27,7 +27,8 @@ from ...errors import BranchtraceError, MemoryLimitError, TargetError, UsageErro
 from ...model import ExitInfo, Gap, ModuleMap
 from ...store import HEADER_SIZE, THREAD_ENTRY_SIZE, Store
 from ...symbols import merge_modules, modules_from_maps, read_maps
-from .agent_code import VARIANT_ENV, agent_source, benchmark_variant, has_bmi2
+from .agent_code import (RETCACHE_ENV, VARIANT_ENV, agent_source, benchmark_variant, has_bmi2,
+                         return_cache)
 from .check import CheckCounters, enabled
 from .launch import Launcher
 
@@ -69,6 +70,7 @@ class Host:
     def __init__(self, store: Store, only: tuple[str, ...] = (),
                  table_capacity: int = DEFAULT_TABLE_CAPACITY) -> None:
         self.variant = benchmark_variant()
+        self.retcache = return_cache()
         self.store = store
         self.only = only
         self.table_capacity = table_capacity
@@ -81,6 +83,8 @@ class Host:
         if self.variant:
             self.notes.append(f"{VARIANT_ENV}={self.variant}: a benchmarking variant, "
                               "nothing was recorded")
+        if not self.retcache:
+            self.notes.append(f"{RETCACHE_ENV}=0: returns went through Stalker's own cache")
         self.modules: list[ModuleMap] = []
         self.crash: Crash | None = None
         self.exit_code: int | None = None     # reported by the agent (attach mode)
@@ -146,7 +150,7 @@ class Host:
             "only": list(self.only), "slots": slots,
             "entry": self._start_address(launcher, start_vaddr),
             "checkPath": str(self.check.path) if self.check is not None else None,
-            "variant": self.variant,
+            "variant": self.variant, "retcache": self.retcache,
         }
         try:
             reply = self._script.exports_sync.init(params)

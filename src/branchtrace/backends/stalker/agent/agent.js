@@ -34,7 +34,9 @@ const SA_SIGINFO = 4, SA_RESTART = 0x10000000, SIGINT = 2;
 /* BtThread field offsets (recorder.c) */
 const TH = { cursor: 24, chunkEnd: 32, slow: 40, entry: 56, region: 64, capacity: 72,
              chunk: 80, inSlow: 104, nopend: 112, flush: 120, sinkEnd: 128, npending: 136,
-             check: 272 };
+             check: 272, retcache: 280 };
+/* the return cache (emit.c, "Returns"): 8192 entries of 16 bytes per thread */
+const RETCACHE_BYTES = 8192 * 16;
 
 const libc = {};
 let params = null;
@@ -71,7 +73,7 @@ function openFile(path) {
  * BRANCHTRACE_STALKER_CHECK a page of the check file holding the thread's counter. */
 function mapThread(tid, slot) {
   const p = params;
-  const size = p.regionBytes + (p.checkPath !== null ? 3 : 2) * PAGE;
+  const size = p.regionBytes + (p.checkPath !== null ? 3 : 2) * PAGE + RETCACHE_BYTES;
   const base = mmap(NULL, size, PROT_NONE, MAP_PRIVATE | MAP_ANON | MAP_NORESERVE, -1, 0);
   const fd = openFile(p.storePath);
   try {
@@ -86,6 +88,12 @@ function mapThread(tid, slot) {
                   uint64(p.regionBytes));
     if (p.checkPath !== null && slot.checkIndex !== null)
       mapCheck(ctx, base.add(p.regionBytes + 2 * PAGE), slot.checkIndex);
+    if (p.retcache) {
+      const cache = base.add(size - RETCACHE_BYTES);
+      mmap(cache, RETCACHE_BYTES, PROT_RW, MAP_PRIVATE | MAP_ANON | MAP_FIXED | MAP_NORESERVE,
+           -1, 0);
+      ctx.add(TH.retcache).writePointer(cache);
+    }
     cm.registerThread(ctx);
     return { ctx: ctx, base: base, size: size };
   } finally {
@@ -143,6 +151,7 @@ function followOptions(ctx) {
         stockBlocks += Stalker.parse(events).length;
       },
     };
+  cm.cacheClear(ctx);   // Stalker's code of an earlier following is gone
   return { transform: cm.transform, data: ctx };
 }
 
@@ -294,6 +303,7 @@ rpc.exports = {
     cm.updateModules = new NativeFunction(cm.bt_update_modules, 'void', []);
     cm.registerThread = new NativeFunction(cm.bt_register_thread, 'void', ['pointer']);
     cm.signalBlock = new NativeFunction(cm.bt_signal_block, 'uint', ['pointer']);
+    cm.cacheClear = new NativeFunction(cm.bt_cache_clear, 'void', ['pointer']);
 
     const fd = openFile(p.tablePath);
     tablePtr = mmap(NULL, p.tableBytes, PROT_RW, MAP_SHARED, fd, 0);

@@ -16,6 +16,9 @@ function stopRecording() {
   threadObserver = moduleObserver = entryHook = null;
   for (const tid of followed.keys())
     Stalker.unfollow(tid);
+  /* returns go back through Stalker's code, where it lets a thread go */
+  for (const t of followed.values())
+    cm.cacheClear(t.ctx);
   restoreSignalHandlers();
   const stubs = leftoverStubs();
   const anon = MAP_PRIVATE | MAP_ANON | MAP_FIXED | MAP_NORESERVE;

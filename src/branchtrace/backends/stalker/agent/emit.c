@@ -35,6 +35,8 @@ static void en (BtCode * c, const guint8 * bytes, guint n)
 #define OFF_SLOW 40
 #define OFF_NOPEND 112
 #define OFF_FLUSH 120
+#define OFF_RETCACHE 280
+#define OFF_SAVE_FLAGS 288
 
 /* mov [T], rax (moffs64: needs no register); mov rax, T; save rcx (and rdx); then
  * `mov rcx, [rax+nopend]; jrcxz pend`: records a signal handler left are appended
@@ -276,6 +278,112 @@ build_record (BtCode * out, BtThread * t, guint32 id)
 
   *out = c;
   return !c.bad;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Returns (docs/stalker.md, "Returns"). Stalker turns a `ret` into a lookup in an inline
+ * cache of two entries per `ret`, and a call into C (~400 ns here) on every miss: a
+ * function called from three places in turn misses every time (gzip's send_bits; 60M
+ * such returns took 25 s). Before Stalker's own code for the `ret` we look the return
+ * address up in the thread's cache of return sites (BT_RC_ENTRIES, filled by the
+ * transform with each block that follows a call) and, on a hit, jump straight to the
+ * block's code; on a miss Stalker's code runs as before. The flags are kept as Stalker
+ * keeps them around its cache (lahf/sahf: OF is not, and is dead after a return). */
+static void
+emit_restore_for_ret (BtCode * c, guint64 T)
+{
+  en (c, (const guint8 []) { 0x48, 0x8b, 0x48, OFF_SAVE_RCX }, 4);       /* mov rcx, [rax+8] */
+  en (c, (const guint8 []) { 0x48, 0x8b, 0x50, OFF_SAVE_RDX }, 4);       /* mov rdx, [rax+16] */
+  en (c, (const guint8 []) { 0x8a, 0xa0 }, 2); e4 (c, OFF_SAVE_FLAGS + 1); /* mov ah, [rax+fl+1] */
+  e1 (c, 0x9e);                                                           /* sahf */
+  e1 (c, 0x48); e1 (c, 0xa1); e8 (c, T + OFF_SAVE_RAX);                  /* mov rax, [T] */
+}
+
+static gboolean
+build_ret (BtCode * out, BtThread * t, guint16 npop)
+{
+  BtCode c;
+  guint64 T = GPOINTER_TO_SIZE (t);
+  guint miss;
+  gint32 past = 8 + (gint32) npop;
+
+  c.n = 0;
+  c.bad = FALSE;
+  e1 (&c, 0x48); e1 (&c, 0xa3); e8 (&c, T + OFF_SAVE_RAX);               /* mov [T], rax */
+  e1 (&c, 0x9f);                                                          /* lahf */
+  e1 (&c, 0x48); e1 (&c, 0xa3); e8 (&c, T + OFF_SAVE_FLAGS);             /* mov [T+fl], rax */
+  e1 (&c, 0x48); e1 (&c, 0xb8); e8 (&c, T);                              /* mov rax, T */
+  en (&c, (const guint8 []) { 0x48, 0x89, 0x48, OFF_SAVE_RCX }, 4);      /* mov [rax+8], rcx */
+  en (&c, (const guint8 []) { 0x48, 0x89, 0x50, OFF_SAVE_RDX }, 4);      /* mov [rax+16], rdx */
+  en (&c, (const guint8 []) { 0x48, 0x8b, 0x0c, 0x24 }, 4);              /* mov rcx, [rsp] */
+  en (&c, (const guint8 []) { 0x89, 0xca }, 2);                          /* mov edx, ecx */
+  en (&c, (const guint8 []) { 0xc1, 0xea, 13 }, 3);                      /* shr edx, 13 */
+  en (&c, (const guint8 []) { 0x31, 0xca }, 2);                          /* xor edx, ecx */
+  en (&c, (const guint8 []) { 0x81, 0xe2 }, 2); e4 (&c, BT_RC_ENTRIES - 1); /* and edx, mask */
+  en (&c, (const guint8 []) { 0xc1, 0xe2, 4 }, 3);                       /* shl edx, 4 */
+  en (&c, (const guint8 []) { 0x48, 0x03, 0x90 }, 3); e4 (&c, OFF_RETCACHE); /* add rdx, [rax+rc] */
+  en (&c, (const guint8 []) { 0x48, 0x3b, 0x0a }, 3);                    /* cmp rcx, [rdx] */
+  e1 (&c, 0x75); miss = c.n; e1 (&c, 0);                                 /* jne miss */
+  en (&c, (const guint8 []) { 0x48, 0x8b, 0x52, 0x08 }, 4);              /* mov rdx, [rdx+8] */
+  en (&c, (const guint8 []) { 0x48, 0x89, 0x14, 0x24 }, 4);              /* mov [rsp], rdx */
+  emit_restore_for_ret (&c, T);
+  en (&c, (const guint8 []) { 0x48, 0x8d, 0xa4, 0x24 }, 4); e4 (&c, (guint32) past); /* lea rsp, [rsp+8+n] */
+  en (&c, (const guint8 []) { 0xff, 0xa4, 0x24 }, 3); e4 (&c, (guint32) -past);     /* jmp [rsp-8-n] */
+  patch_here (&c, miss);
+  emit_restore_for_ret (&c, T);                                          /* miss: Stalker's ret */
+  *out = c;
+  return !c.bad;
+}
+
+static gboolean
+emit_ret (GumX86Writer * cw, BtThread * t, guint16 npop)
+{
+  BtCode c;
+
+  if (!build_ret (&c, t, npop))
+    return FALSE;
+  gum_x86_writer_put_bytes (cw, c.b, c.n);
+  return TRUE;
+}
+
+/* The return code for thread `t` into `out` (320 bytes); its length. For the tests. */
+guint
+bt_build_ret (BtThread * t, guint16 npop, guint8 * out)
+{
+  BtCode c;
+  guint i;
+
+  if (!build_ret (&c, t, npop))
+    return 0;
+  for (i = 0; i != c.n; i++)
+    out[i] = c.b[i];
+  return c.n;
+}
+
+/* Remember that the block for return site `real` starts at `code` in this thread's
+ * Stalker code (the key last: the thread itself reads the entry key first). */
+static void
+bt_cache_put (BtThread * t, guint64 real, guint64 code)
+{
+  guint64 * e = t->retcache + 2 * BT_RC_INDEX (real);
+
+  e[0] = BT_RC_EMPTY;
+  e[1] = code;
+  e[0] = real;
+}
+
+/* Forget every return site (keys only: a thread reading an entry meanwhile still finds
+ * valid code). Before a thread is followed (anew: Stalker's old code is gone) and when
+ * recording stops (so that threads go back to Stalker's code, which lets them go). */
+void
+bt_cache_clear (BtThread * t)
+{
+  guint i;
+
+  if (t->retcache == NULL)
+    return;
+  for (i = 0; i != BT_RC_ENTRIES; i++)
+    t->retcache[2 * i] = BT_RC_EMPTY;
 }
 
 void bt_flush_pending (BtThread * t);

@@ -53,7 +53,16 @@ struct _BtThread
   guint32 pending[32];       /* 144 ids a signal handler left for the next block to append */
   volatile guint64 * check;  /* 272 BRANCHTRACE_STALKER_CHECK: a block counter apart from
                               *     the store (a shared page the tracer reads); else NULL */
+  guint64 * retcache;        /* 280 the return cache: BT_RC_ENTRIES {real, code} pairs
+                              *     (emit.c, "Returns"); NULL: returns are Stalker's */
+  guint64 save_flags;        /* 288 rax after lahf (flags in byte 1) while a return runs */
 };
+
+/* The return cache: direct-mapped by a hash of the return address; an empty entry's
+ * key is an address no return can go to (not canonical). */
+#define BT_RC_ENTRIES 8192
+#define BT_RC_EMPTY (~(guint64) 0)
+#define BT_RC_INDEX(a) ((((guint32) (a) >> 13) ^ (guint32) (a)) & (BT_RC_ENTRIES - 1))
 
 /* The block table entry: 32 bytes, little-endian (branchtrace/blocks.py BLOCK_DTYPE). */
 struct _BtBlock
