@@ -129,6 +129,24 @@ def test_threads_each_record_their_own_work(build):
     assert kinds_inside(trace.branches(trace.pid), trace.symbolizer, "work") == Counter()
 
 
+def test_clone_threads_are_followed(build):
+    """Threads made with glibc's clone(), not pthread_create: each child is followed
+    from its start routine, and its trace holds exactly its own calls."""
+    exe = build("rel_clone")
+    trace = record(Target(argv=(str(exe),)), RecordConfig(backend="stalker", mode="stream"))
+    assert trace.exit.code == 0
+    assert len(trace.threads) == 3 and next(iter(trace.threads)) == trace.pid
+    children = [tid for tid in trace.threads if tid != trace.pid]
+    got = sorted(kinds_inside(trace.branches(t), trace.symbolizer, "work")["return"]
+                 for t in children)
+    assert got == [40, 80]
+    for tid in children:
+        counts = kinds_inside(trace.branches(tid), trace.symbolizer, "work")
+        assert counts == expected_work(counts["return"])
+        assert trace.lost[tid] == 0
+    assert kinds_inside(trace.branches(trace.pid), trace.symbolizer, "work") == Counter()
+
+
 def test_stream_with_a_slow_consumer_loses_nothing(build):
     exe = build("loop")
     config = StoreConfig(StoreMode.STREAM, Encoding.BLOCKID, 2048, 1024)  # 2 chunks of 1024

@@ -267,6 +267,51 @@ function unfollowAroundFork() {
   });
 }
 
+/* Threads made with glibc's clone() rather than pthread_create: Stalker sends a clone's
+ * child back to native code and Frida's thread observer does not see it. So the parent
+ * (followed, in clone's onEnter) makes the child start in bt_clone_gate (signals.c)
+ * instead of its start routine; once clone has returned the child's tid, the parent
+ * gets it a slot and follows it (onLeave), then opens the gate: the child runs its
+ * routine under Stalker from the first instruction. Only clones that share our memory
+ * (CLONE_VM) and are not vfork-like (CLONE_VFORK: posix_spawn, which execs at once) are
+ * threads of ours. A thread that makes the clone system call itself, without glibc's
+ * clone(), is still not seen. (Following the child from a probe on its start routine,
+ * from the child itself, deadlocked inside Frida when two children started at once.) */
+const CLONE_VM = 0x100, CLONE_VFORK = 0x4000;
+
+function followCloneChildren() {
+  const address = Module.findGlobalExportByName('clone');
+  if (address === null)
+    return;
+  Interceptor.attach(address, {
+    onEnter(args) {
+      this.gate = null;
+      const flags = args[2].toUInt32();
+      if (args[0].isNull() || (flags & CLONE_VM) === 0 || (flags & CLONE_VFORK) !== 0 ||
+          stopping || inChild())
+        return;
+      const gate = Memory.alloc(24);
+      gate.writePointer(args[0]);
+      gate.add(8).writePointer(args[3]);
+      keep.push(gate);      // the child reads it after clone returns
+      args[0] = cm.bt_clone_gate;
+      args[3] = gate;
+      this.gate = gate;
+    },
+    onLeave(retval) {
+      if (this.gate === null)
+        return;
+      try {
+        const tid = retval.toInt32();
+        if (tid > 0)
+          followNew([tid]);
+      } finally {
+        this.gate.add(16).writeS32(1);
+      }
+    },
+  });
+}
+
 /* Attached (not our child): the tracer cannot wait for the exit status, so the agent
  * reports the code passed to _exit, synchronously, before the process is gone. */
 function hookExit() {
@@ -335,6 +380,7 @@ rpc.exports = {
     wrapSignalHandlers(signals);
     refollowAfterTlsDtors();
     unfollowAroundFork();
+    followCloneChildren();
 
     Process.setExceptionHandler(onException);
     if (p.entry !== null) {

@@ -186,3 +186,21 @@ bt_sigint (int sig, gpointer info, gpointer uctx)
   }
   g_atomic_int_add (&bt_config.in_sigint, -1);
 }
+
+/* A child of glibc's clone() starts here instead of in its start routine (agent.js,
+ * followCloneChildren): it waits, natively, until the parent has had it followed (or
+ * given up), then runs the routine, now under Stalker. */
+typedef struct
+{
+  gpointer fn;
+  gpointer arg;
+  volatile gint ready;
+} BtCloneGate;
+
+int
+bt_clone_gate (BtCloneGate * g)
+{
+  while (!g->ready)
+    syscall (24);                                  /* sched_yield */
+  return ((int (*) (gpointer)) g->fn) (g->arg);
+}
