@@ -6,12 +6,12 @@ this VM is slow to touch, and two passes over it. Here each chunk is decompresse
 by piece (at most STEP_IDS ids) into a small buffer of the worker's, its branches are
 decoded (compiled: decode_jit) into a second small buffer, then copied to their place
 in the result. That place is known only in chunk order: the chunks go to the workers in
-tasks, in order, and each task hands its successor (a _Link) where its branches end and
-the last id of its last chunk as soon as it knows them. The successor waits for that
-only to place its own branches and to decode the pair (that id, its own first id),
-which can be a branch too. The result is reserved for one branch per id
-(memory.reserve: only what is written becomes resident) and its filled prefix is what
-the thread gets.
+tasks, in order, and each task hands its successor where its branches end and the last
+id of its last chunk as soon as it knows them. The successor waits for that only to
+place its own branches and to decode the pair (that id, its own first id), which can
+be a branch too; when the place is already known, branches are decoded straight into
+it. The result is reserved for one branch per id (memory.reserve: only what is written
+becomes resident); its filled prefix is what the thread gets (copied, when small).
 
 A chunk that does not decompress to the size it declares is a hole, as in load.py: its
 branches are dropped, and the chunk after it starts a new run (no pair across a hole).
@@ -234,13 +234,25 @@ class _Task:
                         ids[0] = prev
                     seq = ids[:1 + m] if prev >= 0 else ids[1:1 + m]
                     if len(seq) >= 2:
-                        out = self._room(len(seq) - 1)
-                        self.pending += self.job.decode()(seq, out)
+                        self._decode(seq)
                     prev = int(ids[m])
                     done += m
         except zstandard.ZstdError:
             return -1
         return prev
+
+    def _decode(self, seq: np.ndarray) -> None:
+        """The branches of ``seq``: straight to their place when it is known (the
+        predecessor is done), else into the worker's buffer."""
+        job = self.job
+        if self.base < 0 and (self.j == 0 or job.done[self.j - 1]):
+            self._settle()                # without waiting
+        at = self.base + self.boundary + self.placed
+        if self.base >= 0 and not self.pending and at + len(seq) - 1 <= len(job.result):
+            self.placed += job.decode()(seq, job.result[at:at + len(seq) - 1])
+        else:
+            out = self._room(len(seq) - 1)        # (may place what is pending first)
+            self.pending += job.decode()(seq, out)
 
     def _room(self, need: int) -> np.ndarray:
         """The worker's output buffer past what is pending, with room for ``need``."""
@@ -264,7 +276,8 @@ class _Task:
             return
         end, last = self.job.wait(self.j - 1) if self.j > 0 else (0, -1)
         self.base = end
-        if last >= 0 and self.first_id >= 0 and not self.first_bad and self.job.follows[self.lo]:
+        if last >= 0 and self.first_id >= 0 and not self.first_bad and self.job.follows[self.lo] \
+                and end < len(self.job.result):
             pair = np.array([last, self.first_id], np.uint32)
             self.boundary = self.job.decode()(pair, self.job.result[end:end + 1])
 
