@@ -34,9 +34,25 @@ const SA_SIGINFO = 4, SA_RESTART = 0x10000000, SIGINT = 2;
 /* BtThread field offsets (recorder.c) */
 const TH = { cursor: 24, chunkEnd: 32, slow: 40, entry: 56, region: 64, capacity: 72,
              chunk: 80, inSlow: 104, nopend: 112, flush: 120, sinkEnd: 128, npending: 136,
-             check: 272, retcache: 280 };
+             check: 272, retcache: 280, jslot: 304 };
 /* the return cache (emit.c, "Returns"): 8192 entries of 16 bytes per thread */
 const RETCACHE_BYTES = 8192 * 16;
+/* and each thread's jump slot, 8 bytes below 2 GiB (MAP_32BIT), 64 bytes apart */
+const MAP_32BIT = 0x40;
+let jslotPage = null, jslotNext = PAGE;
+
+function newJumpSlot() {
+  if (jslotNext === PAGE) {
+    const page = libc.mmap(NULL, PAGE, PROT_RW, MAP_PRIVATE | MAP_ANON | MAP_32BIT, -1, 0);
+    if (page.equals(ptr(-1)) || page.compare(ptr('0x7ffff000')) > 0)
+      return NULL;   // no low memory: indirect branches stay Stalker's
+    jslotPage = page;
+    jslotNext = 0;
+  }
+  const slot = jslotPage.add(jslotNext);
+  jslotNext += 64;
+  return slot;
+}
 
 const libc = {};
 let params = null;
@@ -93,6 +109,7 @@ function mapThread(tid, slot) {
       mmap(cache, RETCACHE_BYTES, PROT_RW, MAP_PRIVATE | MAP_ANON | MAP_FIXED | MAP_NORESERVE,
            -1, 0);
       ctx.add(TH.retcache).writePointer(cache);
+      ctx.add(TH.jslot).writePointer(newJumpSlot());
     }
     cm.registerThread(ctx);
     return { ctx: ctx, base: base, size: size };

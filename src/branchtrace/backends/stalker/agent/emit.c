@@ -37,6 +37,8 @@ static void en (BtCode * c, const guint8 * bytes, guint n)
 #define OFF_FLUSH 120
 #define OFF_RETCACHE 280
 #define OFF_SAVE_FLAGS 288
+#define OFF_WANT 296
+#define OFF_SAVE_TARGET 312
 
 /* mov [T], rax (moffs64: needs no register); mov rax, T; save rcx (and rdx); then
  * `mov rcx, [rax+nopend]; jrcxz pend`: records a signal handler left are appended
@@ -95,8 +97,18 @@ patch_here32 (BtCode * c, guint pos)
 
 /* A call into C on the thread's stack, below the red zone, with every register the
  * emitted code did not save pushed, rdi = T; `fn` is the offset of the pointer in T. */
+static void emit_call_out_args (BtCode * c, guint64 T, guint8 fn, gboolean args, guint32 id);
+
 static void
 emit_call_out (BtCode * c, guint64 T, guint8 fn)
+{
+  emit_call_out_args (c, T, fn, FALSE, 0);
+}
+
+/* The same; with `args`, also esi = `id` and rdx = the start of this code (offset 0 of
+ * `c`: the block's entry), for bt_flush_pending. */
+static void
+emit_call_out_args (BtCode * c, guint64 T, guint8 fn, gboolean args, guint32 id)
 {
   en (c, (const guint8 []) { 0x48, 0x8d, 0x64, 0x24, 0x80 }, 5);     /* lea rsp, [rsp-128] */
   e1 (c, 0x9c);                                                       /* pushfq */
@@ -105,6 +117,12 @@ emit_call_out (BtCode * c, guint64 T, guint8 fn)
   en (c, (const guint8 []) { 0x48, 0x89, 0xc7 }, 3);                 /* mov rdi, rax */
   en (c, (const guint8 []) { 0x48, 0x89, 0xe3 }, 3);                 /* mov rbx, rsp */
   en (c, (const guint8 []) { 0x48, 0x83, 0xe4, 0xf0 }, 4);           /* and rsp, -16 */
+  if (args)
+  {
+    e1 (c, 0xbe); e4 (c, id);                                         /* mov esi, id */
+    en (c, (const guint8 []) { 0x48, 0x8d, 0x15 }, 3);               /* lea rdx, [rip-n] */
+    e4 (c, (guint32) -(gint32) (c->n + 4));
+  }
   en (c, (const guint8 []) { 0xff, 0x50, fn }, 3);                   /* call [rax+fn] */
   en (c, (const guint8 []) { 0x48, 0x89, 0xdc }, 3);                 /* mov rsp, rbx */
   en (c, (const guint8 []) { 0x5b, 0x41, 0x5b, 0x41, 0x5a, 0x41, 0x59, 0x41, 0x58, 0x5f,
@@ -116,10 +134,10 @@ emit_call_out (BtCode * c, guint64 T, guint8 fn)
 
 /* pend: flush what a signal handler left, then go on where the check was */
 static void
-emit_pend (BtCode * c, guint64 T, guint pos, guint back)
+emit_pend (BtCode * c, guint64 T, guint pos, guint back, guint32 id)
 {
   patch_here (c, pos);
-  emit_call_out (c, T, OFF_FLUSH);
+  emit_call_out_args (c, T, OFF_FLUSH, TRUE, id);
   emit_jmp_back (c, back);
 }
 
@@ -214,7 +232,7 @@ build_record (BtCode * out, BtThread * t, guint32 id)
     emit_publish (&c, w, RCX);
     emit_leave (&c, FALSE);
     e1 (&c, 0xe9); spos = c.n; e4 (&c, 0);                              /* jmp body */
-    emit_pend (&c, T, ppos, pback);
+    emit_pend (&c, T, ppos, pback, id);
     patch_here32 (&c, spos);
   }
   else if (t->mode == 1 && t->ring_pow2 != 0 && bt_config.use_bmi2)
@@ -230,7 +248,7 @@ build_record (BtCode * out, BtThread * t, guint32 id)
     emit_publish (&c, w, RCX);
     emit_leave (&c, TRUE);
     e1 (&c, 0xe9); spos = c.n; e4 (&c, 0);                              /* jmp body */
-    emit_pend (&c, T, ppos, pback);
+    emit_pend (&c, T, ppos, pback, id);
     patch_here32 (&c, spos);
   }
   else if (t->mode == 1)
@@ -251,7 +269,7 @@ build_record (BtCode * out, BtThread * t, guint32 id)
     e1 (&c, 0x48); e1 (&c, 0xc7); e1 (&c, 0xc1);                      /* wrap: mov rcx, -cap */
     e4 (&c, (guint32) (-(gint64) t->capacity));
     emit_jmp_back (&c, bpos);
-    emit_pend (&c, T, ppos, pback);
+    emit_pend (&c, T, ppos, pback, id);
     patch_here32 (&c, spos);
   }
   else
@@ -269,7 +287,7 @@ build_record (BtCode * out, BtThread * t, guint32 id)
     bpos = c.n;
     emit_leave (&c, TRUE);
     e1 (&c, 0xe9); spos = c.n; e4 (&c, 0);                                 /* jmp body */
-    emit_pend (&c, T, ppos, pback);
+    emit_pend (&c, T, ppos, pback, id);
     patch_here (&c, jpos);
     emit_call_out (&c, T, OFF_SLOW);                                     /* slow: reserve */
     emit_jmp_back (&c, bpos);
@@ -299,6 +317,33 @@ emit_restore_for_ret (BtCode * c, guint64 T)
   e1 (c, 0x48); e1 (c, 0xa1); e8 (c, T + OFF_SAVE_RAX);                  /* mov rax, [T] */
 }
 
+/* miss: want = rcx (the target), nopend = 0: the next block, the target's, takes the
+ * pend path, where bt_flush_pending puts it in the cache */
+static void
+emit_want (BtCode * c)
+{
+  en (c, (const guint8 []) { 0x48, 0x89, 0x88 }, 3); e4 (c, OFF_WANT);  /* mov [rax+want], rcx */
+  en (c, (const guint8 []) { 0x48, 0xc7, 0x40, OFF_NOPEND }, 4); e4 (c, 0); /* mov [rax+nopend], 0 */
+}
+
+/* rdx = the cache entry for rcx (the target), then `jne miss`: where the rel8 goes */
+static guint
+emit_lookup (BtCode * c)
+{
+  guint miss;
+
+  en (c, (const guint8 []) { 0x89, 0xca }, 2);                           /* mov edx, ecx */
+  en (c, (const guint8 []) { 0xc1, 0xea, 13 }, 3);                       /* shr edx, 13 */
+  en (c, (const guint8 []) { 0x31, 0xca }, 2);                           /* xor edx, ecx */
+  en (c, (const guint8 []) { 0x81, 0xe2 }, 2); e4 (c, BT_RC_ENTRIES - 1); /* and edx, mask */
+  en (c, (const guint8 []) { 0xc1, 0xe2, 4 }, 3);                        /* shl edx, 4 */
+  en (c, (const guint8 []) { 0x48, 0x03, 0x90 }, 3); e4 (c, OFF_RETCACHE); /* add rdx, [rax+rc] */
+  en (c, (const guint8 []) { 0x48, 0x3b, 0x0a }, 3);                     /* cmp rcx, [rdx] */
+  e1 (c, 0x75); miss = c->n; e1 (c, 0);                                  /* jne miss */
+  en (c, (const guint8 []) { 0x48, 0x8b, 0x52, 0x08 }, 4);               /* mov rdx, [rdx+8] */
+  return miss;
+}
+
 static gboolean
 build_ret (BtCode * out, BtThread * t, guint16 npop)
 {
@@ -316,23 +361,112 @@ build_ret (BtCode * out, BtThread * t, guint16 npop)
   en (&c, (const guint8 []) { 0x48, 0x89, 0x48, OFF_SAVE_RCX }, 4);      /* mov [rax+8], rcx */
   en (&c, (const guint8 []) { 0x48, 0x89, 0x50, OFF_SAVE_RDX }, 4);      /* mov [rax+16], rdx */
   en (&c, (const guint8 []) { 0x48, 0x8b, 0x0c, 0x24 }, 4);              /* mov rcx, [rsp] */
-  en (&c, (const guint8 []) { 0x89, 0xca }, 2);                          /* mov edx, ecx */
-  en (&c, (const guint8 []) { 0xc1, 0xea, 13 }, 3);                      /* shr edx, 13 */
-  en (&c, (const guint8 []) { 0x31, 0xca }, 2);                          /* xor edx, ecx */
-  en (&c, (const guint8 []) { 0x81, 0xe2 }, 2); e4 (&c, BT_RC_ENTRIES - 1); /* and edx, mask */
-  en (&c, (const guint8 []) { 0xc1, 0xe2, 4 }, 3);                       /* shl edx, 4 */
-  en (&c, (const guint8 []) { 0x48, 0x03, 0x90 }, 3); e4 (&c, OFF_RETCACHE); /* add rdx, [rax+rc] */
-  en (&c, (const guint8 []) { 0x48, 0x3b, 0x0a }, 3);                    /* cmp rcx, [rdx] */
-  e1 (&c, 0x75); miss = c.n; e1 (&c, 0);                                 /* jne miss */
-  en (&c, (const guint8 []) { 0x48, 0x8b, 0x52, 0x08 }, 4);              /* mov rdx, [rdx+8] */
+  miss = emit_lookup (&c);
   en (&c, (const guint8 []) { 0x48, 0x89, 0x14, 0x24 }, 4);              /* mov [rsp], rdx */
   emit_restore_for_ret (&c, T);
   en (&c, (const guint8 []) { 0x48, 0x8d, 0xa4, 0x24 }, 4); e4 (&c, (guint32) past); /* lea rsp, [rsp+8+n] */
   en (&c, (const guint8 []) { 0xff, 0xa4, 0x24 }, 3); e4 (&c, (guint32) -past);     /* jmp [rsp-8-n] */
   patch_here (&c, miss);
+  emit_want (&c);
   emit_restore_for_ret (&c, T);                                          /* miss: Stalker's ret */
   *out = c;
   return !c.bad;
+}
+
+/* Indirect jumps and calls (`jmp r/m64`, `call r/m64`) go through the same cache, keyed
+ * by the target. The target is loaded with the instruction's own operand, re-encoded
+ * as `mov rax, r/m64` (rax still holds its own value then; a rip-relative operand
+ * becomes an absolute load); a hit ends with `jmp [jslot]` (8 bytes of the thread's
+ * below 2 GiB: a jump must not touch the stack, whose red zone may be live), a call
+ * first storing its return address where the call would. Forms we do not re-encode
+ * (segment or size prefixes) are left to Stalker. Returns FALSE for those. */
+static gboolean
+emit_target_load (BtCode * c, const guint8 * b, guint size, guint64 next)
+{
+  guint i = 0, rex = 0, modrm, mod, rm;
+
+  while (i < size && (b[i] == 0x3e || b[i] == 0xf2))  /* notrack, bnd: no effect on a load */
+    i++;
+  if (i < size && (b[i] & 0xf0) == 0x40)
+    rex = b[i++];
+  if (i + 2 > size || b[i] != 0xff)
+    return FALSE;
+  modrm = b[i + 1];
+  if (((modrm >> 3) & 7) != 2 && ((modrm >> 3) & 7) != 4)
+    return FALSE;
+  mod = modrm >> 6;
+  rm = modrm & 7;
+  i += 2;
+  if (mod == 3)
+  {
+    e1 (c, 0x48 | (rex & 1)); e1 (c, 0x8b); e1 (c, 0xc0 | rm);        /* mov rax, reg */
+    return TRUE;
+  }
+  if (mod == 0 && rm == 5)
+  {
+    gint32 disp;
+    if (i + 4 != size)
+      return FALSE;
+    disp = (gint32) (b[i] | (b[i + 1] << 8) | (b[i + 2] << 16) | ((guint32) b[i + 3] << 24));
+    e1 (c, 0x48); e1 (c, 0xb8); e8 (c, next + (gint64) disp);          /* mov rax, address */
+    en (c, (const guint8 []) { 0x48, 0x8b, 0x00 }, 3);                 /* mov rax, [rax] */
+    return TRUE;
+  }
+  e1 (c, 0x48 | (rex & 3)); e1 (c, 0x8b); e1 (c, modrm & 0xc7);         /* mov rax, [same] */
+  for (; i < size; i++)
+    e1 (c, b[i]);
+  return TRUE;
+}
+
+static gboolean
+build_indirect (BtCode * out, BtThread * t, const cs_insn * insn, gboolean call)
+{
+  BtCode c;
+  guint64 T = GPOINTER_TO_SIZE (t);
+  guint32 slot = (guint32) GPOINTER_TO_SIZE (t->jslot);
+  guint miss;
+
+  c.n = 0;
+  c.bad = FALSE;
+  e1 (&c, 0x48); e1 (&c, 0xa3); e8 (&c, T + OFF_SAVE_RAX);               /* mov [T], rax */
+  e1 (&c, 0x9f);                                                          /* lahf */
+  e1 (&c, 0x48); e1 (&c, 0xa3); e8 (&c, T + OFF_SAVE_FLAGS);             /* mov [T+fl], rax */
+  e1 (&c, 0x48); e1 (&c, 0xa1); e8 (&c, T + OFF_SAVE_RAX);               /* mov rax, [T] */
+  if (!emit_target_load (&c, insn->bytes, insn->size, insn->address + insn->size))
+    return FALSE;
+  e1 (&c, 0x48); e1 (&c, 0xa3); e8 (&c, T + OFF_SAVE_TARGET);            /* mov [T+tg], rax */
+  e1 (&c, 0x48); e1 (&c, 0xb8); e8 (&c, T);                              /* mov rax, T */
+  en (&c, (const guint8 []) { 0x48, 0x89, 0x48, OFF_SAVE_RCX }, 4);      /* mov [rax+8], rcx */
+  en (&c, (const guint8 []) { 0x48, 0x89, 0x50, OFF_SAVE_RDX }, 4);      /* mov [rax+16], rdx */
+  en (&c, (const guint8 []) { 0x48, 0x8b, 0x88 }, 3); e4 (&c, OFF_SAVE_TARGET); /* mov rcx, [rax+tg] */
+  miss = emit_lookup (&c);
+  en (&c, (const guint8 []) { 0x48, 0x89, 0x14, 0x25 }, 4); e4 (&c, slot); /* mov [jslot], rdx */
+  if (call)
+  {
+    e1 (&c, 0x48); e1 (&c, 0xba); e8 (&c, insn->address + insn->size);  /* mov rdx, return */
+    en (&c, (const guint8 []) { 0x48, 0x89, 0x54, 0x24, 0xf8 }, 5);     /* mov [rsp-8], rdx */
+  }
+  emit_restore_for_ret (&c, T);
+  if (call)
+    en (&c, (const guint8 []) { 0x48, 0x8d, 0x64, 0x24, 0xf8 }, 5);     /* lea rsp, [rsp-8] */
+  en (&c, (const guint8 []) { 0xff, 0x24, 0x25 }, 3); e4 (&c, slot);     /* jmp [jslot] */
+  patch_here (&c, miss);
+  emit_want (&c);
+  emit_restore_for_ret (&c, T);                          /* miss: Stalker's code for it */
+  *out = c;
+  return !c.bad;
+}
+
+static gboolean
+emit_indirect (GumX86Writer * cw, BtThread * t, const cs_insn * insn, gboolean call)
+{
+  BtCode c;
+
+  if (t->jslot == NULL || GPOINTER_TO_SIZE (t->jslot) >= 0x80000000 ||
+      !build_indirect (&c, t, insn, call))
+    return FALSE;
+  gum_x86_writer_put_bytes (cw, c.b, c.n);
+  return TRUE;
 }
 
 static gboolean
@@ -380,13 +514,14 @@ bt_cache_clear (BtThread * t)
 {
   guint i;
 
+  t->want = BT_RC_EMPTY;
   if (t->retcache == NULL)
     return;
   for (i = 0; i != BT_RC_ENTRIES; i++)
     t->retcache[2 * i] = BT_RC_EMPTY;
 }
 
-void bt_flush_pending (BtThread * t);
+void bt_flush_pending (BtThread * t, guint32 id, guint64 code);
 
 /* Is the tracer gone (nobody will ever drain)? It no longer exists, it is a zombie
  * (killed, and its parent has not reaped it yet: kill(pid, 0) still succeeds then), or

@@ -157,6 +157,13 @@ transform (GumStalkerIterator * iterator, GumStalkerOutput * output, gpointer us
           ? (guint16) x->operands[0].imm : 0;
       emit_ret (output->writer.x86, t, npop);
     }
+    else if ((insn->id == X86_INS_JMP || insn->id == X86_INS_CALL) && t != NULL &&
+             t->retcache != NULL && (flags & BT_FLAG_TOOL) == 0 &&
+             insn->detail->x86.op_count == 1 &&
+             insn->detail->x86.operands[0].type != X86_OP_IMM)
+    {
+      emit_indirect (output->writer.x86, t, insn, insn->id == X86_INS_CALL);
+    }
     gum_stalker_iterator_keep (iterator);
   }
 

@@ -56,6 +56,11 @@ struct _BtThread
   guint64 * retcache;        /* 280 the return cache: BT_RC_ENTRIES {real, code} pairs
                               *     (emit.c, "Returns"); NULL: returns are Stalker's */
   guint64 save_flags;        /* 288 rax after lahf (flags in byte 1) while a return runs */
+  guint64 want;              /* 296 a cache miss's target: the next block puts itself in
+                              *     the cache (bt_flush_pending); BT_RC_EMPTY: none */
+  guint64 * jslot;           /* 304 8 bytes below 2 GiB: `jmp [jslot]` ends a hit of an
+                              *     indirect jump or call; NULL: those are Stalker's */
+  guint64 save_target;       /* 312 an indirect branch's target while its lookup runs */
 };
 
 /* The return cache: direct-mapped by a hash of the return address; an empty entry's

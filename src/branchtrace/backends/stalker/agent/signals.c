@@ -95,14 +95,31 @@ bt_leave_pending (BtThread * t, guint32 id)
   t->nopend = 0;
 }
 
-/* Called from a block's first instructions when nopend is 0: append what handlers left,
- * with signals blocked meanwhile. */
+static void bt_cache_put (BtThread * t, guint64 real, guint64 code);
+
+/* Called from the first instructions of block `id`, whose code starts at `code`, when
+ * nopend is 0: put the block in the cache if the last cache miss wanted it (emit.c,
+ * "Returns"); append what signal handlers left, with signals blocked meanwhile. */
 void
-bt_flush_pending (BtThread * t)
+bt_flush_pending (BtThread * t, guint32 id, guint64 code)
 {
-  guint64 all = ~(guint64) 0, old = 0;
+  guint64 all = ~(guint64) 0, old = 0, want = t->want;
   gint i;
 
+  if (want != BT_RC_EMPTY)
+  {
+    t->want = BT_RC_EMPTY;
+    if (t->retcache != NULL && id < bt_config.table_capacity &&
+        bt_config.blocks[id].start == want)
+      bt_cache_put (t, want, code);
+  }
+  if (t->npending == 0)
+  {
+    t->nopend = 1;
+    if (t->npending != 0)           /* a handler left records meanwhile: see them next */
+      t->nopend = 0;
+    return;
+  }
   syscall (14, 0, &all, &old, 8);       /* rt_sigprocmask (SIG_BLOCK) */
   for (i = 0; i < t->npending; i++)
     bt_append (t, t->pending[i]);
