@@ -22,8 +22,8 @@ from branchtrace.recorder import RecordConfig, record
 from branchtrace.trace import Trace
 
 BACKENDS = [name for name, probe in probe_all() if probe.available]
-FIXTURES = ["conf_calls", "conf_indirect", "conf_longjmp", "conf_returns", "signal", "loop",
-            "crash"]
+FIXTURES = ["conf_calls", "conf_indirect", "conf_longjmp", "conf_returns", "conf_signal_work",
+            "signal", "loop", "crash"]
 
 Seq = list[tuple[str, int, str, int, str]]  # (from function, from offset, to function, to offset, kind)
 
@@ -117,6 +117,21 @@ def test_signal_handler(build, backend):
     # the handler returns once, into libc's restorer (outside the executable)
     handler_returns = [s for s in main_window_all(trace) if s == ("on_signal", "return")]
     assert len(handler_returns) == 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_signal_handler_inside(build, backend):
+    """The handler's own branches are recorded: 3 deliveries, each an INTERRUPT into
+    on_signal, a loop of 5 with 2 calls to twice(), and a return."""
+    trace, seq = traced(build, backend, "conf_signal_work")
+    assert trace.exit.code == 0
+    b = trace.branches(trace.pid)
+    into = [trace.symbolizer.describe(int(t)).function
+            for t in b["to_ip"][b["kind"] == BranchKind.INTERRUPT]]
+    assert into == ["on_signal"] * 3
+    assert calls_to(seq, "twice") == 6 and returns_from(seq, "twice") == 6
+    # each delivery returns once (into libc's restorer, outside the executable)
+    assert main_window_all(trace).count(("on_signal", "return")) == 3
 
 
 def main_window_all(trace: Trace) -> list[tuple[str, str]]:

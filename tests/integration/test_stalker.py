@@ -129,22 +129,17 @@ def test_threads_each_record_their_own_work(build):
     assert kinds_inside(trace.branches(trace.pid), trace.symbolizer, "work") == Counter()
 
 
-def test_clone_threads_are_followed(build):
-    """Threads made with glibc's clone(), not pthread_create: each child is followed
-    from its start routine, and its trace holds exactly its own calls."""
+def test_clone_threads_run_correctly_untraced(build):
+    """Threads made with glibc's clone(), not pthread_create, are not followed (Stalker
+    sends a clone's child back to native code; following it from the parent crashed
+    the program in 4 of 30 runs, docs/stalker.md): the program must still run to its
+    normal end, and the main thread's trace is whole."""
     exe = build("rel_clone")
-    trace = record(Target(argv=(str(exe),)), RecordConfig(backend="stalker", mode="stream"))
-    assert trace.exit.code == 0
-    assert len(trace.threads) == 3 and next(iter(trace.threads)) == trace.pid
-    children = [tid for tid in trace.threads if tid != trace.pid]
-    got = sorted(kinds_inside(trace.branches(t), trace.symbolizer, "work")["return"]
-                 for t in children)
-    assert got == [40, 80]
-    for tid in children:
-        counts = kinds_inside(trace.branches(tid), trace.symbolizer, "work")
-        assert counts == expected_work(counts["return"])
-        assert trace.lost[tid] == 0
-    assert kinds_inside(trace.branches(trace.pid), trace.symbolizer, "work") == Counter()
+    for _ in range(3):
+        trace = record(Target(argv=(str(exe),)), RecordConfig(backend="stalker", mode="stream"))
+        assert trace.exit.status == "exited" and trace.exit.code == 0
+        assert list(trace.threads) == [trace.pid] and trace.lost == {trace.pid: 0}
+        assert kinds_inside(trace.branches(trace.pid), trace.symbolizer, "main")["call"] >= 2
 
 
 def test_stream_with_a_slow_consumer_loses_nothing(build):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import platform
 from importlib import resources
+from typing import Any
 
 from ...errors import UsageError
 
@@ -54,6 +55,36 @@ def return_cache() -> bool:
     if value not in ("0", "1"):
         raise UsageError(f"{RETCACHE_ENV}={value!r}: 1 (the default) or 0")
     return value == "1"
+
+
+#: ``entry`` records only the entry into and the return from signal handlers, as before
+#: handlers ran under Stalker (docs/stalker.md, "Signal handlers"); ``inside`` (the
+#: default) records their blocks too wherever the signal arrived at a safe point.
+HANDLERS_ENV = "BRANCHTRACE_STALKER_HANDLERS"
+
+
+def handler_insides() -> bool:
+    value = os.environ.get(HANDLERS_ENV, "inside")
+    if value not in ("inside", "entry"):
+        raise UsageError(f"{HANDLERS_ENV}={value!r}: inside (the default) or entry")
+    return value == "inside"
+
+
+def agent_options() -> tuple[dict[str, Any], list[str]]:
+    """The agent's parameters set from the environment (benchmarking and test aids),
+    and the notes a trace gets for those that are not the default."""
+    options = {"variant": benchmark_variant(), "retcache": return_cache(),
+               "handlers": handler_insides()}
+    notes = []
+    if options["variant"]:
+        notes.append(f"{VARIANT_ENV}={options['variant']}: a benchmarking variant, "
+                     "nothing was recorded")
+    if not options["retcache"]:
+        notes.append(f"{RETCACHE_ENV}=0: returns and indirect branches went through "
+                     "Stalker's own caches (and every signal handler ran natively)")
+    if not options["handlers"]:
+        notes.append(f"{HANDLERS_ENV}=entry: signal handlers ran natively")
+    return options, notes
 
 
 def has_bmi2() -> bool:

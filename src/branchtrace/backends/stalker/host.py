@@ -27,8 +27,7 @@ from ...errors import BranchtraceError, MemoryLimitError, TargetError, UsageErro
 from ...model import ExitInfo, Gap, ModuleMap
 from ...store import HEADER_SIZE, THREAD_ENTRY_SIZE, Store
 from ...symbols import merge_modules, modules_from_maps, read_maps
-from .agent_code import (RETCACHE_ENV, VARIANT_ENV, agent_source, benchmark_variant, has_bmi2,
-                         return_cache)
+from .agent_code import agent_options, agent_source, has_bmi2
 from .check import CheckCounters, enabled
 from .launch import Launcher
 
@@ -69,8 +68,7 @@ class Host:
 
     def __init__(self, store: Store, only: tuple[str, ...] = (),
                  table_capacity: int = DEFAULT_TABLE_CAPACITY) -> None:
-        self.variant = benchmark_variant()
-        self.retcache = return_cache()
+        self.options, option_notes = agent_options()
         self.store = store
         self.only = only
         self.table_capacity = table_capacity
@@ -80,11 +78,7 @@ class Host:
         self.threads: list[int] = []
         self.gaps: list[Gap] = []
         self.notes: list[str] = []
-        if self.variant:
-            self.notes.append(f"{VARIANT_ENV}={self.variant}: a benchmarking variant, "
-                              "nothing was recorded")
-        if not self.retcache:
-            self.notes.append(f"{RETCACHE_ENV}=0: returns went through Stalker's own cache")
+        self.notes.extend(option_notes)
         self.modules: list[ModuleMap] = []
         self.crash: Crash | None = None
         self.exit_code: int | None = None     # reported by the agent (attach mode)
@@ -150,7 +144,7 @@ class Host:
             "only": list(self.only), "slots": slots,
             "entry": self._start_address(launcher, start_vaddr),
             "checkPath": str(self.check.path) if self.check is not None else None,
-            "variant": self.variant, "retcache": self.retcache,
+            **self.options,
         }
         try:
             reply = self._script.exports_sync.init(params)
@@ -400,7 +394,12 @@ def _check_attachable(pid: int) -> None:
         tracer = _tracer_of(pid)
     if tracer and not os.path.exists(f"/proc/self/task/{tracer}"):
         raise TargetError(f"cannot trace pid {pid}: it is already traced by pid {tracer}")
-    from ..permissions import denied_reason, has_cap_sys_ptrace, other_owner, untraceable
+    from ..permissions import (
+        denied_reason,
+        has_cap_sys_ptrace,
+        other_owner,
+        untraceable,
+    )
 
     never = untraceable(pid)
     if never:

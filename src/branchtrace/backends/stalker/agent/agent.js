@@ -26,7 +26,8 @@ const PAGE = 4096;
 /* BtConfig field offsets (recorder.c) */
 const CFG = { table: 0, blocks: 8, capacity: 16, ranges: 24, nranges: 32, bmi2: 36,
               abort: 40, hostPid: 44, modules: 48, isTool: 56, threads: 64,
-              signals: 72, hostStat: 80, interrupted: 88, inSigint: 92, size: 96 };
+              signals: 72, hostStat: 80, interrupted: 88, inSigint: 92, enter: 96,
+              restorer: 104, marker: 112, size: 120 };
 const THREAD_SLOTS = 4096, NSIG = 65;
 /* signals Frida's exception handler owns: their handlers are left alone */
 const FRIDA_SIGNALS = new Set([4, 5, 6, 7, 8, 11, 31]);
@@ -284,49 +285,24 @@ function unfollowAroundFork() {
   });
 }
 
-/* Threads made with glibc's clone() rather than pthread_create: Stalker sends a clone's
- * child back to native code and Frida's thread observer does not see it. So the parent
- * (followed, in clone's onEnter) makes the child start in bt_clone_gate (signals.c)
- * instead of its start routine; once clone has returned the child's tid, the parent
- * gets it a slot and follows it (onLeave), then opens the gate: the child runs its
- * routine under Stalker from the first instruction. Only clones that share our memory
- * (CLONE_VM) and are not vfork-like (CLONE_VFORK: posix_spawn, which execs at once) are
- * threads of ours. A thread that makes the clone system call itself, without glibc's
- * clone(), is still not seen. (Following the child from a probe on its start routine,
- * from the child itself, deadlocked inside Frida when two children started at once.) */
-const CLONE_VM = 0x100, CLONE_VFORK = 0x4000;
-
-function followCloneChildren() {
-  const address = Module.findGlobalExportByName('clone');
-  if (address === null)
-    return;
-  Interceptor.attach(address, {
-    onEnter(args) {
-      this.gate = null;
-      const flags = args[2].toUInt32();
-      if (args[0].isNull() || (flags & CLONE_VM) === 0 || (flags & CLONE_VFORK) !== 0 ||
-          stopping || inChild())
-        return;
-      const gate = Memory.alloc(24);
-      gate.writePointer(args[0]);
-      gate.add(8).writePointer(args[3]);
-      keep.push(gate);      // the child reads it after clone returns
-      args[0] = cm.bt_clone_gate;
-      args[3] = gate;
-      this.gate = gate;
-    },
-    onLeave(retval) {
-      if (this.gate === null)
-        return;
-      try {
-        const tid = retval.toInt32();
-        if (tid > 0)
-          followNew([tid]);
-      } finally {
-        this.gate.add(16).writeS32(1);
-      }
-    },
-  });
+/* The way into a signal handler under Stalker (signals.c, bt_run_under_stalker), in a
+ * page of Frida's own (cloaked: the transform records nothing of it), called as
+ * enter(sig, info, uctx, handler, ret_lookup):
+ *     push rbp; mov rbp, rsp; and rsp, -16
+ *     lea rax, [rip+after]; push rax       the handler returns to `after`
+ *     push rcx; jmp r8                     a `ret` lookup of the thread's pops the handler
+ *   after:                                 (reached under Stalker)
+ *     mov rsp, rbp; pop rbp; ret */
+function handlerEntry() {
+  const page = mmap(NULL, PAGE, PROT_RW, MAP_PRIVATE | MAP_ANON, -1, 0);
+  page.writeByteArray([
+    0x55, 0x48, 0x89, 0xe5, 0x48, 0x83, 0xe4, 0xf0,
+    0x48, 0x8d, 0x05, 0x05, 0x00, 0x00, 0x00, 0x50, 0x51, 0x41, 0xff, 0xe0,
+    0x48, 0x89, 0xec, 0x5d, 0xc3,
+  ]);
+  libc.mprotect(page, PAGE, PROT_RX);
+  Cloak.addRange({ base: page, size: PAGE });
+  return page;
 }
 
 /* Attached (not our child): the tracer cannot wait for the exit status, so the agent
@@ -384,6 +360,9 @@ rpc.exports = {
     keep.push(isTool);
     cfg.add(CFG.isTool).writePointer(isTool);
     cm.updateModules();
+    cfg.add(CFG.marker).writeU32((((Math.random() * 0x100000000) >>> 0) | 1) >>> 0);
+    if (p.retcache && p.handlers)
+      cfg.add(CFG.enter).writePointer(handlerEntry());
 
     const threads = Memory.alloc(8 * THREAD_SLOTS);
     const signals = Memory.alloc(16 * NSIG);
@@ -397,7 +376,6 @@ rpc.exports = {
     wrapSignalHandlers(signals);
     refollowAfterTlsDtors();
     unfollowAroundFork();
-    followCloneChildren();
 
     Process.setExceptionHandler(onException);
     if (p.entry !== null) {

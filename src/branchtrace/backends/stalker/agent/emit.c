@@ -7,7 +7,15 @@
 /* ------------------------------------------------------------------------------------ */
 /* A tiny byte emitter: the sequences are short and fixed, raw bytes keep them exact.    */
 
-typedef struct { guint8 b[320]; guint n; gboolean bad; } BtCode;
+typedef struct
+{
+  guint8 b[320];
+  guint n;
+  gboolean bad;
+  guint lo, hi, jend;   /* a block-start sequence: [lo, hi) reads and writes the cursor and
+                         * `written` (a handler must not append meanwhile); jend: the end of
+                         * its `jmp body` (what follows are the pend and slow paths) */
+} BtCode;
 
 static void e1 (BtCode * c, guint8 v) { c->b[c->n++] = v; }
 static void e4 (BtCode * c, guint32 v)
@@ -188,8 +196,25 @@ emit_record (GumX86Writer * cw, BtThread * t, guint32 id)
 
   if (!build_record (&c, t, id))
     return FALSE;
+  t->record_len = c.n;                /* the same for every block of the thread */
+  t->seq_lo = c.lo;
+  t->seq_hi = c.hi;
+  t->seq_jend = c.jend;
   gum_x86_writer_put_bytes (cw, c.b, c.n);
   return TRUE;
+}
+
+/* The end of a block's body (signals.c, bt_safe_point): `nop dword [rax+marker]`, seven
+ * bytes no other code of ours or Stalker's has, before Stalker's code for the block's
+ * branch (and before our cache lookups). */
+static void
+emit_body_end (GumX86Writer * cw)
+{
+  guint8 b[7] = { 0x0f, 0x1f, 0x80, 0, 0, 0, 0 };
+  guint32 m = bt_config.marker;
+
+  b[3] = m & 0xff; b[4] = (m >> 8) & 0xff; b[5] = (m >> 16) & 0xff; b[6] = m >> 24;
+  gum_x86_writer_put_bytes (cw, b, 7);
 }
 
 /* The code for block `id` of thread `t`, into `out` (320 bytes); its length, 0 if none.
@@ -226,12 +251,15 @@ build_record (BtCode * out, BtThread * t, guint32 id)
   {
     /* ring of 2^16 records: movzx ecx, word [rax+W] is written % 65536 */
     ppos = emit_enter (&c, T, FALSE, &pback);
+    c.lo = c.n;
     emit_check (&c, check);
     e1 (&c, 0x0f); e1 (&c, 0xb7); e1 (&c, 0x88); e4 (&c, (guint32) w);
     emit_store_id (&c, (gint32) region, id);
     emit_publish (&c, w, RCX);
+    c.hi = c.n;
     emit_leave (&c, FALSE);
     e1 (&c, 0xe9); spos = c.n; e4 (&c, 0);                              /* jmp body */
+    c.jend = c.n;
     emit_pend (&c, T, ppos, pback, id);
     patch_here32 (&c, spos);
   }
@@ -239,6 +267,7 @@ build_record (BtCode * out, BtThread * t, guint32 id)
   {
     /* ring of 2^k records with BMI2: rcx = (written << (64-k)) >> (64-k) */
     ppos = emit_enter (&c, T, TRUE, &pback);
+    c.lo = c.n;
     emit_check (&c, check);
     e1 (&c, 0xba); e4 (&c, 64 - t->ring_pow2);                       /* mov edx, 64-k */
     en (&c, (const guint8 []) { 0xc4, 0xe2, 0xe9, 0xf7, 0x88 }, 5);  /* shlx rcx, [rax+W], rdx */
@@ -246,8 +275,10 @@ build_record (BtCode * out, BtThread * t, guint32 id)
     en (&c, (const guint8 []) { 0xc4, 0xe2, 0xeb, 0xf7, 0xc9 }, 5);  /* shrx rcx, rcx, rdx */
     emit_store_id (&c, (gint32) region, id);
     emit_publish (&c, w, RCX);
+    c.hi = c.n;
     emit_leave (&c, TRUE);
     e1 (&c, 0xe9); spos = c.n; e4 (&c, 0);                              /* jmp body */
+    c.jend = c.n;
     emit_pend (&c, T, ppos, pback, id);
     patch_here32 (&c, spos);
   }
@@ -255,6 +286,7 @@ build_record (BtCode * out, BtThread * t, guint32 id)
   {
     /* any capacity: cursor = slot - capacity counts up to 0, where jrcxz wraps it */
     ppos = emit_enter (&c, T, FALSE, &pback);
+    c.lo = c.n;
     emit_check (&c, check);
     en (&c, (const guint8 []) { 0x48, 0x8b, 0x48, OFF_CURSOR }, 4);  /* mov rcx, [rax+cursor] */
     emit_store_id (&c, (gint32) (region + (gint64) t->capacity * 4), id);
@@ -263,8 +295,10 @@ build_record (BtCode * out, BtThread * t, guint32 id)
     bpos = c.n;
     en (&c, (const guint8 []) { 0x48, 0x89, 0x48, OFF_CURSOR }, 4);  /* mov [rax+cursor], rcx */
     emit_publish (&c, w, RCX);
+    c.hi = c.n;
     emit_leave (&c, FALSE);
     e1 (&c, 0xe9); spos = c.n; e4 (&c, 0);                              /* jmp body */
+    c.jend = c.n;
     patch_here (&c, jpos);
     e1 (&c, 0x48); e1 (&c, 0xc7); e1 (&c, 0xc1);                      /* wrap: mov rcx, -cap */
     e4 (&c, (guint32) (-(gint64) t->capacity));
@@ -276,6 +310,7 @@ build_record (BtCode * out, BtThread * t, guint32 id)
   {
     /* stream: cursor = written - reserved_end counts up to 0; jrcxz takes the slow path */
     ppos = emit_enter (&c, T, TRUE, &pback);
+    c.lo = c.n;
     emit_check (&c, check);
     en (&c, (const guint8 []) { 0x48, 0x8b, 0x48, OFF_CURSOR }, 4);     /* mov rcx, [rax+cursor] */
     en (&c, (const guint8 []) { 0x48, 0x8b, 0x50, OFF_CHUNK_END }, 4);  /* mov rdx, [rax+chunk_end] */
@@ -285,8 +320,10 @@ build_record (BtCode * out, BtThread * t, guint32 id)
     emit_publish (&c, w, RDX);
     e1 (&c, 0xe3); jpos = c.n; e1 (&c, 0);                               /* jrcxz slow */
     bpos = c.n;
+    c.hi = c.n;
     emit_leave (&c, TRUE);
     e1 (&c, 0xe9); spos = c.n; e4 (&c, 0);                                 /* jmp body */
+    c.jend = c.n;
     emit_pend (&c, T, ppos, pback, id);
     patch_here (&c, jpos);
     emit_call_out (&c, T, OFF_SLOW);                                     /* slow: reserve */
@@ -476,6 +513,8 @@ emit_ret (GumX86Writer * cw, BtThread * t, guint16 npop)
 
   if (!build_ret (&c, t, npop))
     return FALSE;
+  if (t->any_ret_code == 0)
+    t->any_ret_code = cw->pc;
   gum_x86_writer_put_bytes (cw, c.b, c.n);
   return TRUE;
 }
@@ -515,6 +554,7 @@ bt_cache_clear (BtThread * t)
   guint i;
 
   t->want = BT_RC_EMPTY;
+  t->any_ret_code = 0;
   if (t->retcache == NULL)
     return;
   for (i = 0; i != BT_RC_ENTRIES; i++)

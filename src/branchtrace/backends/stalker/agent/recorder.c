@@ -132,8 +132,9 @@ transform (GumStalkerIterator * iterator, GumStalkerOutput * output, gpointer us
       id = (guint32) g_atomic_int_add (&bt_config.table->count, 1);
       if (!bt_in_ranges (start))
         flags |= BT_FLAG_FOREIGN;
-      if (bt_is_tool (start))
-        flags |= BT_FLAG_TOOL;        /* Frida's own code: never in the trace */
+      if (bt_is_tool (start) || (start == bt_config.restorer && start != 0))
+        flags |= BT_FLAG_TOOL;        /* Frida's own code: never in the trace; nor is the
+                                       * signal return trampoline (signals.c) */
       if (insn->id == X86_INS_JMP && insn->detail->x86.op_count == 1 &&
           insn->detail->x86.operands[0].type == X86_OP_IMM &&
           bt_is_tool ((guint64) insn->detail->x86.operands[0].imm))
@@ -149,6 +150,9 @@ transform (GumStalkerIterator * iterator, GumStalkerOutput * output, gpointer us
     end = insn->address + insn->size;
     kind = bt_classify (insn);
     ninsn++;
+    if (kind != BT_OTHER && kind != BT_SYSCALL && (flags & BT_FLAG_UNRECORDED) == 0)
+      emit_body_end (output->writer.x86);   /* Stalker's code for the branch comes next; a
+                                              * system call's leaves the body as it was */
     if (insn->id == X86_INS_RET && t != NULL && t->retcache != NULL &&
         (flags & BT_FLAG_TOOL) == 0)
     {
@@ -166,6 +170,9 @@ transform (GumStalkerIterator * iterator, GumStalkerOutput * output, gpointer us
     }
     gum_stalker_iterator_keep (iterator);
   }
+  if (ninsn != 0 && (kind == BT_OTHER || kind == BT_SYSCALL) &&
+      (flags & BT_FLAG_UNRECORDED) == 0)
+    emit_body_end (output->writer.x86);  /* Stalker split the block: its jump comes next */
 
   if (ninsn != 0 && id < bt_config.table_capacity)
   {

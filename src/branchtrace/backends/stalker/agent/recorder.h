@@ -61,6 +61,13 @@ struct _BtThread
   guint64 * jslot;           /* 304 8 bytes below 2 GiB: `jmp [jslot]` ends a hit of an
                               *     indirect jump or call; NULL: those are Stalker's */
   guint64 save_target;       /* 312 an indirect branch's target while its lookup runs */
+  guint64 any_ret_code;      /* 320 the code of one of this thread's `ret` lookups: a way
+                              *     into Stalker for a signal handler (signals.c); 0: none */
+  guint32 record_len;        /* 328 bytes of this thread's block-start code (0: not known) */
+  guint16 seq_lo;            /* 332 in that code, [lo, hi) touches the cursor and `written`; */
+  guint16 seq_hi;            /* 334 after jend come the pend and slow paths (emit.c) */
+  guint32 seq_jend;          /* 336 */
+  guint32 reserved2;         /* 340 */
 };
 
 /* The return cache: direct-mapped by a hash of the return address; an empty entry's
@@ -121,6 +128,11 @@ struct _BtConfig
   const gchar * host_stat;   /* 80 "/proc/<tracer pid>/stat": is the tracer a zombie? */
   volatile gint interrupted; /* 88 the tracer was interrupted (Ctrl-C): it detaches */
   volatile gint in_sigint;   /* 92 threads inside bt_sigint */
+  gpointer enter;            /* 96 the stub that enters a handler through Stalker (agent.js,
+                              *    handlerEntry); NULL: handlers run natively */
+  guint64 restorer;          /* 104 the signal return trampoline (glibc's __restore_rt) */
+  guint32 marker;            /* 112 the disp32 of the NOP that ends each block's body */
+  guint32 reserved;          /* 116 */
 };
 
 /* Provided by the agent: CModule data is read-only, writable memory comes from outside. */

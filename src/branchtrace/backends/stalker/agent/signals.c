@@ -128,6 +128,85 @@ bt_flush_pending (BtThread * t, guint32 id, guint64 code)
   syscall (14, 2, &old, NULL, 8);       /* rt_sigprocmask (SIG_SETMASK) */
 }
 
+/* Could a handler run under Stalker, and append to the buffer, with the thread stopped at
+ * `pc` (docs/stalker.md, "Signal handlers")? Yes when nothing of ours or of Stalker's is
+ * half done there: in the program's own instructions of a block's body (up to and
+ * including the point right after the body's end marker, before Stalker's code for the
+ * branch), and in the parts of a block's start code that only save or restore registers
+ * (the caller saves and restores those slots around the handler); not where that code
+ * reads and writes the cursor and `written`, nor in its pend and slow paths, nor in our
+ * cache lookups, nor in Stalker's transfer code or C code. The code of ours before `pc`
+ * says where it is: the scan goes back from `pc` to the nearest block start
+ * (`mov [T], rax; mov rax, T`), body end (`nop dword [rax+marker]`) or lookup
+ * (`mov [T], rax; lahf`), within 8 KiB of mapped memory; nothing at or after `pc` is read
+ * (it may be the end of the mapping). */
+static gboolean
+bt_safe_point (BtThread * t, guint64 pc)
+{
+  guint64 T = GPOINTER_TO_SIZE (t), a, page = pc & ~(guint64) 0xfff;
+  guint8 vec;
+
+  if (pc < 8192 + 32 || t->record_len == 0)
+    return FALSE;
+  for (a = pc - 7; a + 8192 > pc; a--)
+  {
+    const guint8 * p = (const guint8 *) GSIZE_TO_POINTER (a);
+
+    if (a < page)
+    {
+      page -= 0x1000;
+      if (syscall (27, GSIZE_TO_POINTER (page), 0x1000, &vec) != 0)   /* mincore */
+        return FALSE;
+    }
+    if (p[0] == 0x0f && p[1] == 0x1f && p[2] == 0x80 &&
+        *(const guint32 *) (p + 3) == bt_config.marker)
+      return a + 7 == pc;             /* right after the body's end, or past it */
+    if (a + 20 <= pc && p[0] == 0x48 && p[1] == 0xa3 &&
+        *(const guint64 *) (p + 2) == T + OFF_SAVE_RAX)
+    {
+      guint64 off = pc - a;
+
+      if (p[10] != 0x48 || p[11] != 0xb8 || *(const guint64 *) (p + 12) != T)
+        return FALSE;                 /* in a cache lookup */
+      return off < t->seq_lo || (off >= t->seq_hi && off < t->seq_jend) ||
+          off >= t->record_len;
+    }
+  }
+  return FALSE;
+}
+
+/* A signal arrived at a safe point of a followed thread: enter the handler through
+ * Stalker (the stub pushes the handler as a return address and runs one of the thread's
+ * `ret` lookups, which misses: Stalker's own ret takes the thread to the handler, under
+ * Stalker), recording its blocks like any others, after the synthetic block that makes
+ * the entry an INTERRUPT. Back here (under Stalker now, as Frida's code: unrecorded), the
+ * block the thread was in is appended again: the return from the handler goes back to
+ * it. The registers the thread's code keeps in T are put back. TRUE if it ran. */
+static gboolean
+bt_run_under_stalker (BtThread * t, BtSignal * s, int sig, gpointer info, gpointer uctx)
+{
+  guint64 pc, rax, rcx, rdx, fl, tg;
+  guint32 interrupted;
+
+  if (bt_config.enter == NULL || t->any_ret_code == 0 || t->npending != 0 || !t->nopend ||
+      bt_config.abort || t->in_slow || uctx == NULL)
+    return FALSE;
+  pc = ((const guint64 *) uctx)[5 + 16];          /* uc_mcontext.gregs[REG_RIP] */
+  if (!bt_safe_point (t, pc))
+    return FALSE;
+  rax = t->save_rax; rcx = t->save_rcx; rdx = t->save_rdx;
+  fl = t->save_flags; tg = t->save_target;
+  interrupted = bt_last_id (t);
+  bt_append (t, s->block);
+  ((void (*) (int, gpointer, gpointer, gpointer, guint64)) bt_config.enter) (sig, info, uctx,
+      s->handler, t->any_ret_code);
+  if (interrupted != BT_NO_ID)
+    bt_append (t, interrupted);
+  t->save_rax = rax; t->save_rcx = rcx; t->save_rdx = rdx;
+  t->save_flags = fl; t->save_target = tg;
+  return TRUE;
+}
+
 /* The handler the kernel calls for every signal whose handler we wrapped (SA_SIGINFO). */
 void
 bt_signal_entry (int sig, gpointer info, gpointer uctx)
@@ -140,6 +219,8 @@ bt_signal_entry (int sig, gpointer info, gpointer uctx)
     return;
   s = &bt_config.signals[sig];
   t = (s->block != 0) ? bt_current_thread () : NULL;
+  if (t != NULL && bt_run_under_stalker (t, s, sig, info, uctx))
+    return;
   if (t != NULL)
   {
     interrupted = (t->npending > 0) ? t->pending[t->npending - 1] : bt_last_id (t);
@@ -202,22 +283,4 @@ bt_sigint (int sig, gpointer info, gpointer uctx)
     syscall (62, pid, sig);                        /* kill */
   }
   g_atomic_int_add (&bt_config.in_sigint, -1);
-}
-
-/* A child of glibc's clone() starts here instead of in its start routine (agent.js,
- * followCloneChildren): it waits, natively, until the parent has had it followed (or
- * given up), then runs the routine, now under Stalker. */
-typedef struct
-{
-  gpointer fn;
-  gpointer arg;
-  volatile gint ready;
-} BtCloneGate;
-
-int
-bt_clone_gate (BtCloneGate * g)
-{
-  while (!g->ready)
-    syscall (24);                                  /* sched_yield */
-  return ((int (*) (gpointer)) g->fn) (g->arg);
 }

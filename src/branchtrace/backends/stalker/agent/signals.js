@@ -54,6 +54,8 @@ function wrapSignalHandlers(table) {
       entry.add(12).writeU32(cm.signalBlock(handler));
     },
     onLeave(retval) {
+      if (this.sig >= 0 && this.copy !== undefined && cfg.add(CFG.restorer).readPointer().isNull())
+        noteRestorer(this.sig);
       if (this.sig < 0 || this.oldact.isNull())
         return;
       if (this.oldact.readPointer().equals(cm.bt_sigint)) {
@@ -70,6 +72,16 @@ function wrapSignalHandlers(table) {
       }
     },
   });
+}
+
+/* glibc's signal return trampoline (__restore_rt, which it installs as sa_restorer): the
+ * kernel's own record of the action says where it is. Blocks there are not recorded
+ * (signals.c): a handler run under Stalker returns to the interrupted block directly. */
+function noteRestorer(sig) {
+  const act = Memory.alloc(32);       // the kernel's: handler, flags, restorer, mask
+  const syscall = fn('syscall', 'int', ['long', 'long', 'pointer', 'pointer', 'long']);
+  if (syscall(13, sig, NULL, act, 8) === 0)
+    cfg.add(CFG.restorer).writePointer(act.add(16).readPointer());
 }
 
 /* Detaching: the kernel must not call bt_signal_entry (or bt_sigint) once the CModule is
