@@ -47,6 +47,7 @@ _TRUSTED_BYTES = 64 << 10
 _BATCH_BYTES = 1 << 20
 _SCRATCH_BYTES = 1 << 20
 _PROBE_BYTES = 1 << 20
+_LAST_KIND = max(BranchKind)
 
 
 def open_trace(path: str | os.PathLike[str]) -> Trace:
@@ -75,10 +76,13 @@ def to_trace(tf: TraceFile) -> Trace:
         for tid in order:
             t = info.get(tid)
             chunks, holes = select(tf.chunks.get(tid, []), t.kept if t else None)
-            array, placed, chunk_times, why = _decode_thread(tf, chunks, holes, pool, local)
+            seen: list[int] = []       # from/to chunks holding kinds we do not know
+            array, placed, chunk_times, why = _decode_thread(tf, chunks, holes, pool, local,
+                                                             seen)
             if why:
                 notes.append(f"thread {tid}: {why}")
-            strange = 0 if kinds_known else _unknown_kinds(array)
+            check = seen if tf.encoding == Encoding.FROMTO else not kinds_known
+            strange = _unknown_kinds(array) if check else 0
             if strange:
                 notes.append(f"thread {tid}: {strange} branches of a kind this branchtrace "
                              f"does not know are shown as 'other'")
@@ -139,10 +143,11 @@ def _unknown_kinds(branches: np.ndarray) -> int:
 
 
 def _decode_thread(tf: TraceFile, chunks: list[Chunk], holes: list[Hole],
-                   pool: ThreadPoolExecutor, local: threading.local
+                   pool: ThreadPoolExecutor, local: threading.local, seen: list[int]
                    ) -> tuple[np.ndarray, list[tuple[Hole, int]], np.ndarray, str]:
     """The branches of one thread, its holes with their index in the branches, its
-    chunk times, and why decoding failed (if it did)."""
+    chunk times, and why decoding failed (if it did). From/to chunks with kinds no
+    :class:`BranchKind` names add their count of those to ``seen``."""
     if fused.usable(tf, chunks):
         done = fused.decode(tf, chunks, pool, local)
         if done is not None:
@@ -172,7 +177,8 @@ def _decode_thread(tf: TraceFile, chunks: list[Chunk], holes: list[Hole],
 
     def job(k: int) -> bool:
         a, b = slots[k]
-        return _fill(local, chunks[k].body, buffer[a:b], encoding if per_chunk else None)
+        return _fill(local, chunks[k].body, buffer[a:b], encoding if per_chunk else None,
+                     seen)
 
     ok = _in_batches(pool, job, chunks, raw_dtype.itemsize)
     items = items_of(chunks, holes, ok)
@@ -303,10 +309,12 @@ def _decode_run(tf: TraceFile, part: np.ndarray, per_chunk: bool,
 
 
 def _fill(local: threading.local, body: bytes, out: np.ndarray,
-          encoding: Encoding | None) -> bool:
+          encoding: Encoding | None, seen: list[int] | None = None) -> bool:
     """Decompress one chunk into ``out`` (decoded when ``encoding`` is given, else raw);
     False when the chunk is corrupt. Records to decode pass through a scratch buffer of
-    at most _SCRATCH_BYTES, whatever size the chunk declares."""
+    at most _SCRATCH_BYTES, whatever size the chunk declares; kinds no
+    :class:`BranchKind` names are counted there, while it is in the cache, into ``seen``
+    (then the caller finds and renames them: rare, a damaged or newer file)."""
     dctx: zstandard.ZstdDecompressor | None = getattr(local, "dctx", None)
     if dctx is None:
         dctx = local.dctx = zstandard.ZstdDecompressor()
@@ -333,6 +341,10 @@ def _fill(local: threading.local, body: bytes, out: np.ndarray,
                 part = out[at:at + n]
                 for name in BRANCH_DTYPE.names or ():
                     part[name] = raw[name]   # field by field: 10x faster than a struct copy
+                if seen is not None and "kind" in (raw_dtype.names or ()):
+                    strange = int(np.count_nonzero(raw["kind"] > _LAST_KIND))
+                    if strange:
+                        seen.append(strange)
         return True
     except zstandard.ZstdError:
         return False
