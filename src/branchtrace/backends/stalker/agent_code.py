@@ -37,24 +37,28 @@ VARIANT_ENV = "BRANCHTRACE_STALKER_VARIANT"
 VARIANTS = ("follow", "stock")
 
 
-def benchmark_variant() -> str:
-    value = os.environ.get(VARIANT_ENV, "")
-    if value and value not in VARIANTS:
-        raise UsageError(f"{VARIANT_ENV}={value!r}: choose one of {', '.join(VARIANTS)} "
-                         "(or leave it unset)")
+def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    """The value of environment variable ``name``, one of ``choices`` (a usage error
+    otherwise), or ``default`` when it is unset."""
+    value = os.environ.get(name, default)
+    if value not in choices:
+        shown = ", ".join(c or "(unset)" for c in choices)
+        raise UsageError(f"{name}={value!r}: choose one of {shown}")
     return value
 
 
-#: ``0`` turns the return cache off (docs/stalker.md, "Returns"): every ``ret`` then goes
-#: through Stalker's own two-entry inline cache. For measuring what the cache gains.
+def benchmark_variant() -> str:
+    return _choice(VARIANT_ENV, "", ("", *VARIANTS))
+
+
+#: ``0`` turns the cache of blocks off (docs/stalker.md, "Returns"): every ``ret`` and
+#: indirect branch then goes through Stalker's own two-entry inline caches. For
+#: measuring what the cache gains.
 RETCACHE_ENV = "BRANCHTRACE_STALKER_RETCACHE"
 
 
 def return_cache() -> bool:
-    value = os.environ.get(RETCACHE_ENV, "1")
-    if value not in ("0", "1"):
-        raise UsageError(f"{RETCACHE_ENV}={value!r}: 1 (the default) or 0")
-    return value == "1"
+    return _choice(RETCACHE_ENV, "1", ("1", "0")) == "1"
 
 
 #: ``entry`` records only the entry into and the return from signal handlers, as before
@@ -64,10 +68,7 @@ HANDLERS_ENV = "BRANCHTRACE_STALKER_HANDLERS"
 
 
 def handler_insides() -> bool:
-    value = os.environ.get(HANDLERS_ENV, "inside")
-    if value not in ("inside", "entry"):
-        raise UsageError(f"{HANDLERS_ENV}={value!r}: inside (the default) or entry")
-    return value == "inside"
+    return _choice(HANDLERS_ENV, "inside", ("inside", "entry")) == "inside"
 
 
 def agent_options() -> tuple[dict[str, Any], list[str]]:

@@ -519,22 +519,8 @@ emit_ret (GumX86Writer * cw, BtThread * t, guint16 npop)
   return TRUE;
 }
 
-/* The return code for thread `t` into `out` (320 bytes); its length. For the tests. */
-guint
-bt_build_ret (BtThread * t, guint16 npop, guint8 * out)
-{
-  BtCode c;
-  guint i;
-
-  if (!build_ret (&c, t, npop))
-    return 0;
-  for (i = 0; i != c.n; i++)
-    out[i] = c.b[i];
-  return c.n;
-}
-
-/* Remember that the block for return site `real` starts at `code` in this thread's
- * Stalker code (the key last: the thread itself reads the entry key first). */
+/* Remember that the block at `real` starts at `code` in this thread's Stalker code (the
+ * key last: the thread itself reads the entry key first). */
 static void
 bt_cache_put (BtThread * t, guint64 real, guint64 code)
 {

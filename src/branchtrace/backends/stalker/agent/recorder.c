@@ -10,8 +10,8 @@
  *      thread entry's `written` counter (docs/stalker.md, "The emitted code"),
  *   3. keeps every instruction unchanged, and
  *   4. writes the block's table entry (start, last instruction, end, kind, flags),
- *   5. puts the block in the thread's return cache when it follows a call, and emits
- *      a lookup in that cache before a `ret` (emit.c, "Returns").
+ *   5. emits a lookup in the thread's cache of blocks before a `ret` and an indirect
+ *      call or jump (emit.c, "Returns").
  *
  * Per-thread memory (one reservation, mapped by the agent):
  *
@@ -96,23 +96,6 @@ bt_update_modules (void)
     gum_module_map_update (bt_config.modules);
 }
 
-/* Does the instruction before `s` look like a call (so that `s` is a return site)? A
- * wrong guess only costs a cache entry. The bytes read lie in the same page as `s`. */
-static gboolean
-bt_after_call (guint64 s)
-{
-  const guint8 * p = (const guint8 *) GSIZE_TO_POINTER (s);
-
-  if ((s & 0xfff) < 7)
-    return FALSE;
-  return p[-5] == 0xe8                                          /* call rel32 */
-      || (p[-2] == 0xff && ((p[-1] & 0x38) == 0x10))            /* call reg / [reg] */
-      || (p[-3] == 0xff && ((p[-2] & 0x38) == 0x10))            /* + disp8 or sib */
-      || (p[-4] == 0xff && ((p[-3] & 0x38) == 0x10))            /* sib + disp8 */
-      || (p[-6] == 0xff && ((p[-5] & 0x38) == 0x10))            /* disp32, rip */
-      || (p[-7] == 0xff && ((p[-6] & 0x38) == 0x10));           /* sib + disp32 */
-}
-
 void
 transform (GumStalkerIterator * iterator, GumStalkerOutput * output, gpointer user_data)
 {
@@ -126,8 +109,6 @@ transform (GumStalkerIterator * iterator, GumStalkerOutput * output, gpointer us
   {
     if (ninsn == 0)
     {
-      guint64 code = output->writer.x86->pc;
-
       start = insn->address;
       id = (guint32) g_atomic_int_add (&bt_config.table->count, 1);
       if (!bt_in_ranges (start))
@@ -142,9 +123,6 @@ transform (GumStalkerIterator * iterator, GumStalkerOutput * output, gpointer us
       if (t == NULL || id >= bt_config.table_capacity || (flags & BT_FLAG_TOOL) != 0 ||
           !emit_record (output->writer.x86, t, (guint32) id))
         flags |= BT_FLAG_UNRECORDED;
-      if (t != NULL && t->retcache != NULL && (flags & BT_FLAG_TOOL) == 0 &&
-          bt_after_call (start))
-        bt_cache_put (t, start, code);
     }
     last = insn->address;
     end = insn->address + insn->size;
