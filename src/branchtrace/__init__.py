@@ -12,16 +12,27 @@ The Python API::
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from .backends import Target
 from .errors import BranchtraceError
-from .model import BRANCH_DTYPE, Branch, BranchKind, ExitInfo, Gap, ModuleMap
-from .recorder import RecordConfig, record
-from .trace import Trace
 
 if TYPE_CHECKING:
     import os
+
+    from .backends import Target
+    from .model import BRANCH_DTYPE, Branch, BranchKind, ExitInfo, Gap, ModuleMap
+    from .recorder import RecordConfig, record
+    from .trace import Trace
+
+#: Where each name of the API lives. They are imported on first use (PEP 562), so that
+#: ``import branchtrace.cli`` does not pull in numpy: ``branchtrace run`` starts the
+#: program and Frida's attach first, and imports the rest while they run.
+_LAZY = {
+    "BRANCH_DTYPE": "model", "Branch": "model", "BranchKind": "model", "ExitInfo": "model",
+    "Gap": "model", "ModuleMap": "model", "RecordConfig": "recorder", "record": "recorder",
+    "Target": "backends", "Trace": "trace",
+}
 
 __all__ = [
     "BRANCH_DTYPE",
@@ -49,3 +60,16 @@ def open(path: str | os.PathLike[str]) -> Trace:  # noqa: A001 - the API's name 
     from .tracefile import open_trace
 
     return open_trace(path)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'branchtrace' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -17,7 +17,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from .backends import Backend, RecordOptions, RunResult, Target, select
+from .backends import Backend, Choice, RecordOptions, RunResult, Target, select
 from .decode import concat, decode
 from .errors import StoreError
 from .model import Gap, ModuleMap
@@ -145,7 +145,7 @@ class _Collector:
 def record(target: Target, config: RecordConfig = RecordConfig(),
            on_start: Callable[[Backend, tuple[str, ...]], None] | None = None, *,
            output: str | os.PathLike[str] | None = None, keep: int | None = None,
-           listener: RecordListener | None = None) -> Trace:
+           listener: RecordListener | None = None, chosen: Choice | None = None) -> Trace:
     """Trace ``target`` until it ends (or we detach) and return the trace.
 
     ``on_start(backend, reasons)`` is called once the backend is chosen and the store
@@ -158,10 +158,26 @@ def record(target: Target, config: RecordConfig = RecordConfig(),
     all of them; ``written``, ``lost`` and the gaps still describe the whole run). It
     defaults to all of them without ``output``, and to :data:`KEEP_WITH_FILE` with it:
     read the whole trace back with :func:`branchtrace.open`.
+
+    ``chosen``: the backend ``select(config.backend)`` chose, when the caller chose it
+    first (``branchtrace run`` does, to start the program early: the backend's
+    ``start_early``); what that started is cancelled if recording fails before it.
     """
+    choice = chosen if chosen is not None else select(config.backend)
+    try:
+        return _record(target, config, choice, on_start, output, keep, listener)
+    finally:
+        cancel = getattr(choice.backend, "cancel_early", None)
+        if cancel is not None:
+            cancel()
+
+
+def _record(target: Target, config: RecordConfig, choice: Choice,
+            on_start: Callable[[Backend, tuple[str, ...]], None] | None,
+            output: str | os.PathLike[str] | None, keep: int | None,
+            listener: RecordListener | None) -> Trace:
     if output is not None and keep is None:
         keep = KEEP_WITH_FILE
-    choice = select(config.backend)
     backend = choice.backend
     sconfig = store_config(config, backend)
     start_ns = time.time_ns()

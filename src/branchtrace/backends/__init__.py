@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, Sequence
 
 from ..errors import BackendUnavailable, UsageError
-from ..model import ExitInfo, Gap, ModuleMap
-
-import numpy as np
 
 if TYPE_CHECKING:
+    import numpy as np
+
+    from ..model import ExitInfo, Gap, ModuleMap
     from ..store import Encoding, Store, StoreMode
 
 #: Environment variable that overrides ``--backend auto``.
@@ -67,8 +67,11 @@ class Probe:
 class Backend(Protocol):
     name: str
     description: str
-    #: the record encoding this backend writes into the store
-    encoding: Encoding
+    @property
+    def encoding(self) -> Encoding:
+        """The record encoding this backend writes into the store (a property: the store
+        module imports numpy, which choosing a backend does not need)."""
+        ...
 
     def probe(self) -> Probe:
         """Can this backend run here? Never raises."""

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from ..errors import UsageError
 from ..reporters.render import check_output, pick_threads
-from ..trace import Trace
-from ..tracefile import open_trace
+
+if TYPE_CHECKING:
+    from ..trace import Trace
 from ._record import positive_int, same_file
 
 
@@ -31,6 +33,8 @@ def load(args: argparse.Namespace) -> Trace:
     """Check the output path, read the trace, check --thread: each a one-line error."""
     check_output(args.output)
     check_not_input(args.file, args.output)
+    from ..tracefile import open_trace
+
     trace = open_trace(args.file)
     pick_threads(trace, args.thread)
     return trace

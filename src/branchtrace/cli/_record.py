@@ -10,14 +10,16 @@ import sys
 import threading
 import time
 from types import FrameType
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from ..backends import Backend, Target
 from ..errors import UsageError
-from ..recorder import RecordConfig, record
 from ..reporters.render import check_output
 from ..sizes import format_bytes, parse_byte_size, parse_size
-from ..trace import Trace
+
+if TYPE_CHECKING:
+    from ..backends import Backend, Choice, Target
+    from ..recorder import RecordConfig
+    from ..trace import Trace
 
 
 class ProgressLine:
@@ -184,11 +186,32 @@ def _write_report(trace: Trace, args: argparse.Namespace) -> None:
 
 def record_and_report(args: argparse.Namespace, target: Target, duration: float | None = None) -> int:
     """Record ``target`` with the options in ``args``, print the report, return the exit code."""
-    only = tuple(name for name in args.only.split(",") if name)
-    config = RecordConfig(backend=args.backend, mode=args.mode, buffer=args.buffer,
-                          memory_limit=args.memory_limit, start=args.start, duration=duration,
-                          only=only)
+    from ..backends import select
+
     check_before_start(args, target.argv[0] if target.argv else None)
+    choice = select(args.backend)
+    start_early = getattr(choice.backend, "start_early", None)
+    try:
+        if start_early is not None:
+            # the program and Frida's attach start now, while Python imports the rest
+            start_early(target)
+        from ..recorder import RecordConfig
+
+        only = tuple(name for name in args.only.split(",") if name)
+        config = RecordConfig(backend=args.backend, mode=args.mode, buffer=args.buffer,
+                              memory_limit=args.memory_limit, start=args.start,
+                              duration=duration, only=only)
+        return _record_and_report(args, target, config, choice)
+    finally:
+        cancel = getattr(choice.backend, "cancel_early", None)
+        if cancel is not None:
+            cancel()
+
+
+def _record_and_report(args: argparse.Namespace, target: Target, config: RecordConfig,
+                       choice: Choice) -> int:
+    from ..recorder import record
+
     interrupted = []
     previous: Any = None
 
@@ -208,7 +231,8 @@ def record_and_report(args: argparse.Namespace, target: Target, duration: float 
     try:
         # with a file, memory holds only what the report shows; the file has everything
         trace = record(target, config, on_start=on_start, output=output,
-                       keep=args.last if output is not None else None, listener=progress)
+                       keep=args.last if output is not None else None, listener=progress,
+                       chosen=choice)
     finally:
         if progress is not None:
             progress.finish()

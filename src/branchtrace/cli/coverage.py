@@ -31,7 +31,6 @@ import sys
 
 from ..errors import UsageError
 from ..reporters.render import check_output, render, render_bytes
-from ..tracefile import open_trace
 from ._file import check_not_input, warn
 
 NAME = "coverage"
@@ -57,6 +56,8 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError(f"--test-name: letters, digits and '_' only, not {args.test_name!r}")
     check_output(args.output)
     check_not_input(args.file, args.output)
+    from ..tracefile import open_trace
+
     trace = open_trace(args.file)
     cov = compute(trace)
     warnings = list(cov.notes)

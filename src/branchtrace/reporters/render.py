@@ -13,10 +13,12 @@ import os
 import stat
 import sys
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from ..errors import UsageError
-from ..trace import Trace
+
+if TYPE_CHECKING:
+    from ..trace import Trace
 
 
 def check_output(path: str, what: str = "") -> None:

@@ -19,10 +19,8 @@ from .. import Probe, RecordOptions, RunResult, Target
 
 if TYPE_CHECKING:
     from ...model import ModuleMap
-    from ...store import Store, StoreMode
+    from ...store import Encoding, Store, StoreMode
     from .process import TracerProcess
-
-from ...store import Encoding
 
 
 def _find_program(program: str) -> str:
@@ -69,7 +67,12 @@ class PtraceBackend:
 
     name = "ptrace"
     description = "single-steps the target with ptrace; exact; ~40k instructions/s here"
-    encoding = Encoding.FROMTO
+
+    @property
+    def encoding(self) -> Encoding:
+        from ...store import Encoding
+
+        return Encoding.FROMTO
 
     def __init__(self) -> None:
         self._tracer: TracerProcess | None = None

@@ -18,15 +18,15 @@ import time
 from typing import TYPE_CHECKING
 
 from ...errors import UsageError
-from ...store import Encoding, StoreMode
 from .. import Probe, RecordOptions, RunResult, Target
 
 if TYPE_CHECKING:
     import numpy as np
 
     from ...model import ModuleMap
-    from ...store import Store
+    from ...store import Encoding, Store, StoreMode
     from .host import Host
+    from .launch import Attaching, Launcher
 
 #: How long an attached program is left alone after we detach (see record()).
 ATTACH_SETTLE_S = 0.25
@@ -39,7 +39,12 @@ MAX_CAPACITY = 1 << 28
 class StalkerBackend:
     name = "stalker"
     description = "Frida Stalker with inline recording; every thread, a few times native speed"
-    encoding = Encoding.BLOCKID
+
+    @property
+    def encoding(self) -> Encoding:
+        from ...store import Encoding
+
+        return Encoding.BLOCKID
 
     def __init__(self, only: tuple[str, ...] = ()) -> None:
         #: report only branches into or out of these modules (names or paths)
@@ -49,6 +54,8 @@ class StalkerBackend:
         #: BRANCHTRACE_STALKER_CHECK=1: per thread, the blocks the last record() counted
         #: apart from the store (check.py); None when off
         self.check_counts: dict[int, int] | None = None
+        #: start_early(): the target, its launcher and Frida's attach, for record()
+        self._early: tuple[Target, Launcher, Attaching] | None = None
 
     def probe(self) -> Probe:
         return _probe()
@@ -75,6 +82,43 @@ class StalkerBackend:
         if host is None:
             return None, []
         return read_complete_rows(host.table_path, first_id), list(host.modules)
+
+    def start_early(self, target: Target) -> None:
+        """Start ``target`` (a program to run) to its entry point and Frida's attach to
+        it now, before the store exists: the caller imports the rest meanwhile (numpy
+        and the store take ~0.1 s, and so does the attach, mostly spent in the target
+        loading Frida's agent). :meth:`record` of the same target takes them over;
+        :meth:`cancel_early` kills the program if it never comes."""
+        from ..ptrace import _find_program
+        from .launch import Attaching, Launcher
+
+        if target.pid is not None:
+            return
+        self.cancel_early()
+        _find_program(target.argv[0])
+        launcher = Launcher(target.argv, target.env, target.disable_aslr)
+        launcher.spawn()
+        try:
+            attaching = Attaching(launcher.ready())  # imports frida while the reaper starts
+        except BaseException:
+            launcher.abandon()
+            raise
+        self._early = (target, launcher, attaching)
+
+    def cancel_early(self) -> None:
+        """The program :meth:`start_early` started will not be recorded: kill it."""
+        self._take_early(None)
+
+    def _take_early(self, target: Target | None) -> tuple[Launcher, Attaching] | None:
+        """What :meth:`start_early` started for ``target``; anything else is cancelled."""
+        early, self._early = self._early, None
+        if early is None:
+            return None
+        if early[0] == target:
+            return early[1], early[2]
+        early[2].discard()
+        early[1].abandon()  # the reaper kills it
+        return None
 
     def record(self, target: Target, store: Store, options: RecordOptions) -> RunResult:
         from ..ptrace import _find_program, _start_vaddr
@@ -106,11 +150,20 @@ class StalkerBackend:
             if target.pid is not None:
                 host.start(target.pid)
             else:
-                launcher = Launcher(target.argv, target.env, target.disable_aslr)
-                pid = launcher.start()
+                early = self._take_early(target)
+                attaching: Attaching | None
+                if early is not None:
+                    launcher, attaching = early
+                    pid = launcher.pid
+                else:
+                    launcher = Launcher(target.argv, target.env, target.disable_aslr)
+                    pid = launcher.start()
+                    attaching = None
                 try:
-                    host.start(pid, launcher, start_vaddr)
+                    host.start(pid, launcher, start_vaddr, attaching)
                 except BaseException:
+                    if attaching is not None:
+                        attaching.discard()
                     launcher.abandon()  # the reaper kills it
                     raise
             ended = host.wait(options.duration)

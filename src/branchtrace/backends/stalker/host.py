@@ -29,7 +29,7 @@ from ...store import HEADER_SIZE, THREAD_ENTRY_SIZE, Store
 from ...symbols import merge_modules, modules_from_maps, read_maps
 from .agent_code import agent_options, agent_source, has_bmi2
 from .check import CheckCounters, enabled
-from .launch import Launcher
+from .launch import Attaching, Launcher
 
 #: Signals that Frida's exception types stand for.
 _SIGNAL_OF_EXCEPTION = {
@@ -94,13 +94,14 @@ class Host:
     # -- starting ------------------------------------------------------------------------
 
     def start(self, pid: int, launcher: Launcher | None = None,
-              start_vaddr: int | None = None) -> None:
+              start_vaddr: int | None = None, attaching: Attaching | None = None) -> None:
         """Attach to ``pid`` and start recording every thread.
 
         With a ``launcher`` the target is a program we started, stopped at its entry
         point; it is resumed once its main thread is set to follow itself from there (or
         from ``start_vaddr``, an address of the executable's ELF image), and the
-        launcher tells how it ended.
+        launcher tells how it ended. ``attaching``: Frida's attach to ``pid``, started
+        earlier (the session is taken from it).
         """
         import frida
 
@@ -112,9 +113,12 @@ class Host:
                              name="branchtrace-end", daemon=True).start()
         if launcher is None:
             _check_attachable(pid)
-        self._device = frida.get_local_device()
         try:
-            self._session = self._device.attach(pid)
+            if attaching is not None:
+                self._device, self._session = attaching.result()
+            else:
+                self._device = frida.get_local_device()
+                self._session = self._device.attach(pid)
         except frida.ProcessNotFoundError:
             raise TargetError(f"no process with pid {pid}") from None
         except frida.PermissionDeniedError as err:

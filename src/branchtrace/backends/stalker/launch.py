@@ -15,14 +15,18 @@ how it ended, and tells the reaper when Frida holds the program.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ...errors import TargetError
-from ...model import ExitInfo
+
+if TYPE_CHECKING:
+    from ...model import ExitInfo
 
 _REAPER = Path(__file__).with_name("reaper.py")
 
@@ -47,6 +51,12 @@ class Launcher:
 
     def start(self) -> int:
         """Start the program; its pid once it is stopped at its entry point."""
+        self.spawn()
+        return self.ready()
+
+    def spawn(self) -> None:
+        """Start the reaper, which starts the program; :meth:`ready` waits for it (the
+        reaper is a Python process of its own: ~20 ms, which the caller can use)."""
         status_r, status_w = os.pipe2(os.O_CLOEXEC)
         control_r, control_w = os.pipe2(os.O_CLOEXEC)
         try:
@@ -62,6 +72,10 @@ class Launcher:
         os.close(status_w)
         os.close(control_r)
         self._status, self._control = status_r, control_w
+
+    def ready(self) -> int:
+        """The program's pid, once it is stopped at its entry point."""
+        assert self._reaper is not None, "spawn() first"
         line = self._readline()
         if not line.startswith("ready "):
             self._close_control()
@@ -88,6 +102,8 @@ class Launcher:
         self._close_control()
 
     def join(self, timeout: float | None = None) -> ExitInfo:
+        from ...model import ExitInfo
+
         self.ended.wait(timeout)
         return self.exit or ExitInfo("exited")
 
@@ -109,6 +125,8 @@ class Launcher:
         return data.decode("utf-8", "replace").strip()
 
     def _wait_end(self) -> None:
+        from ...model import ExitInfo
+
         line = self._readline()
         parts = line.split()
         if parts[:1] == ["exit"] and len(parts) == 2 and parts[1] != "-1":
@@ -119,3 +137,42 @@ class Launcher:
         if self._reaper is not None:
             self._reaper.wait()
         self.ended.set()
+
+
+class Attaching:
+    """Frida's attach to ``pid``, on a thread of its own: ``device.attach`` waits about
+    0.1 s while Frida's agent loads in the target, without holding the GIL, so the
+    caller can go on meanwhile (``branchtrace run`` imports numpy and the store then).
+    :meth:`result` gives the device and the session, or raises what the attach raised."""
+
+    def __init__(self, pid: int) -> None:
+        import frida
+
+        self.pid = pid
+        self.device: Any = frida.get_local_device()
+        self._session: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._attach, name="branchtrace-attach",
+                                        daemon=True)
+        self._thread.start()
+
+    def _attach(self) -> None:
+        try:
+            self._session = self.device.attach(self.pid)
+        except BaseException as err:  # noqa: BLE001 - handed to result()
+            self._error = err
+
+    def result(self) -> tuple[Any, Any]:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        session, self._session = self._session, None  # the caller's from now on
+        return self.device, session
+
+    def discard(self) -> None:
+        """Not used after all: detach, if the attach worked."""
+        self._thread.join()
+        if self._session is not None:
+            with contextlib.suppress(Exception):  # frida's errors have no common base
+                self._session.detach()
+            self._session = None
