@@ -99,7 +99,9 @@ class StalkerBackend:
         launcher = Launcher(target.argv, target.env, target.disable_aslr)
         launcher.spawn()
         try:
-            attaching = Attaching(launcher.ready())  # imports frida while the reaper starts
+            import frida  # noqa: F401 - ~50 ms, while the reaper starts the program
+
+            attaching = Attaching(launcher.ready())
         except BaseException:
             launcher.abandon()
             raise
@@ -194,8 +196,8 @@ def _probe() -> Probe:
     """frida importable, Linux x86-64, and attaching to a stopped test program works.
 
     The answer of the real test (~0.3 s: a program started, attached, an agent loaded)
-    is kept in ``~/.cache/branchtrace/stalker-probe.json`` for as long as the Frida
-    version, the kernel and the boot stay the same."""
+    is kept in ``~/.cache/branchtrace/stalker-probe.json`` for as long as the installed
+    Frida, the kernel and the boot stay the same."""
     global _probe_cache
     with _probe_lock:
         if _probe_cache is None:
@@ -210,12 +212,20 @@ def _probe() -> Probe:
 
 def _probe_key() -> dict[str, str] | None:
     try:
-        import frida  # the run needs it anyway; importlib.metadata would cost ~20 ms
+        # Frida's binary module as installed (path, size, time): importing frida takes
+        # ~50 ms, which start_early spends while the program starts
+        import importlib.util
 
+        spec = importlib.util.find_spec("frida")  # finds it, does not import it
+        if spec is None or not spec.origin:
+            return None
+        where = os.path.dirname(spec.origin)
+        binary = min(n for n in os.listdir(where) if n.startswith("_frida") and ".so" in n)
+        st = os.stat(os.path.join(where, binary))
         with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
             boot = f.read().strip()
-        return {"frida": str(frida.__version__), "kernel": os.uname().release, "boot": boot,
-                "uid": str(os.getuid())}
+        return {"frida": f"{where}/{binary}:{st.st_size}:{st.st_mtime_ns}",
+                "kernel": os.uname().release, "boot": boot, "uid": str(os.getuid())}
     except Exception:  # noqa: BLE001 - no key, no cache
         return None
 
