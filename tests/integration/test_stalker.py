@@ -129,16 +129,32 @@ def test_threads_each_record_their_own_work(build):
     assert kinds_inside(trace.branches(trace.pid), trace.symbolizer, "work") == Counter()
 
 
-def test_clone_threads_run_correctly_untraced(build):
-    """Threads made with glibc's clone(), not pthread_create, are not followed (Stalker
-    sends a clone's child back to native code; following it from the parent crashed
-    the program in 4 of 30 runs, docs/stalker.md): the program must still run to its
-    normal end, and the main thread's trace is whole."""
+@pytest.mark.parametrize("mode,retcache", [("stream", "1"), ("ring", "1"), ("ring", "0")])
+def test_clone_threads_are_followed(build, monkeypatch, mode, retcache):
+    """Threads made with glibc's clone(), not pthread_create, share the parent's thread
+    pointer; the agent follows them from clone's return (docs/stalker.md, "Threads made
+    with clone()"): child k's calls of work() are exact, the program ends normally, and
+    none of the gate's waiting or of libc appears in a child's trace."""
+    monkeypatch.setenv("BRANCHTRACE_STALKER_RETCACHE", retcache)
     exe = build("rel_clone")
     for _ in range(3):
-        trace = record(Target(argv=(str(exe),)), RecordConfig(backend="stalker", mode="stream"))
+        trace = record(Target(argv=(str(exe),)), RecordConfig(backend="stalker", mode=mode))
         assert trace.exit.status == "exited" and trace.exit.code == 0
-        assert list(trace.threads) == [trace.pid] and trace.lost == {trace.pid: 0}
+        assert len(trace.threads) == 3 and next(iter(trace.threads)) == trace.pid
+        assert mode == "ring" or set(trace.lost.values()) == {0}
+        children = [tid for tid in trace.threads if tid != trace.pid]
+        got = sorted(kinds_inside(trace.branches(t), trace.symbolizer, "work")["return"]
+                     for t in children)
+        assert got == [40, 80]
+        for tid in children:
+            counts = kinds_inside(trace.branches(tid), trace.symbolizer, "work")
+            assert counts == expected_work(counts["return"])
+            assert kinds_inside(trace.branches(tid), trace.symbolizer, "child")["call"] == \
+                counts["return"]
+            found = trace.symbolizer.resolve(trace.branches(tid)["from_ip"])
+            names = set(np.array(found.function_names + ("",))[found.function].tolist())
+            assert names <= {"child", "work", "clone"}
+        assert kinds_inside(trace.branches(trace.pid), trace.symbolizer, "work") == Counter()
         assert kinds_inside(trace.branches(trace.pid), trace.symbolizer, "main")["call"] >= 2
 
 

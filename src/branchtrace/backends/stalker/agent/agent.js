@@ -35,7 +35,7 @@ const SA_SIGINFO = 4, SA_RESTART = 0x10000000, SIGINT = 2;
 /* BtThread field offsets (recorder.c) */
 const TH = { cursor: 24, chunkEnd: 32, slow: 40, entry: 56, region: 64, capacity: 72,
              chunk: 80, inSlow: 104, nopend: 112, flush: 120, sinkEnd: 128, npending: 136,
-             check: 272, retcache: 280, jslot: 304 };
+             check: 272, retcache: 280, jslot: 304, sharesTls: 340 };
 /* the return cache (emit.c, "Returns"): 8192 entries of 16 bytes per thread */
 const RETCACHE_BYTES = 8192 * 16;
 /* and each thread's jump slot, 8 bytes below 2 GiB (MAP_32BIT), 64 bytes apart */
@@ -182,7 +182,7 @@ function inChild() {
   return libc.getpid() !== params.pid;
 }
 
-function followNew(tids) {
+function followNew(tids, sharesTls = false) {
   if (inChild())
     return;
   tids = tids.filter(tid => !followed.has(tid) && !refused.has(tid) && !isOurs(tid));
@@ -190,8 +190,11 @@ function followNew(tids) {
     return;
   for (const slot of requestSlots(tids)) {
     const t = prepare(slot);
-    if (t !== null)
-      Stalker.follow(slot.tid, followOptions(t.ctx));
+    if (t === null)
+      continue;
+    if (sharesTls)
+      t.ctx.add(TH.sharesTls).writeU32(1);
+    Stalker.follow(slot.tid, followOptions(t.ctx));
   }
 }
 
@@ -281,6 +284,90 @@ function unfollowAroundFork() {
       if (this.t === undefined || stopping || retval.toInt32() === 0)
         return;
       Stalker.follow(Process.getCurrentThreadId(), followOptions(this.t.ctx));
+    },
+  });
+}
+
+/* Threads made with glibc's clone() rather than pthread_create: Stalker sends a clone's
+ * child back to native code and Frida's thread observer does not see it. So the parent
+ * (in clone's onEnter) makes the child start in bt_clone_gate (signals.c) instead of its
+ * start routine; once clone has returned the child's tid, the parent gets it a slot and
+ * follows it (onLeave), then opens the gate: the child runs its routine under Stalker
+ * from its first instruction. Only clones that share our memory (CLONE_VM) and are not
+ * vfork-like (CLONE_VFORK: posix_spawn, which execs at once) are threads of ours.
+ *
+ * Without CLONE_SETTLS the child shares the parent's thread pointer, hence its
+ * pthread-specific values, and Stalker keeps "the context of the current thread" in one
+ * (a GPrivate): setting up the child (in the child) overwrites the parent's. The parent
+ * then drove the child's context as its own (unfollowing it at __call_tls_dtors, among
+ * others): the program died of SIGSEGV now and then (session 3). So the parent notes
+ * its values before following the child, waits until the child runs under Stalker
+ * (past that setup), and puts back those that changed. The child never asks for its
+ * own context afterwards: it ends with a raw exit system call. */
+const CLONE_VM = 0x100, CLONE_VFORK = 0x4000, CLONE_SETTLS = 0x80000;
+const GATE = { fn: 0, arg: 8, ready: 16, entered: 20, go: 24, size: 32 };
+const PTHREAD_KEYS = 1024;
+
+function snapshotKeys() {
+  const values = [];
+  for (let k = 0; k < PTHREAD_KEYS; k++)
+    values.push(libc.getspecific(k));
+  return values;
+}
+
+function restoreKeys(values) {
+  for (let k = 0; k < PTHREAD_KEYS; k++) {
+    if (!libc.getspecific(k).equals(values[k]))
+      libc.setspecific(k, values[k]);
+  }
+}
+
+function followCloneChildren() {
+  const address = Module.findGlobalExportByName('clone');
+  if (address === null)
+    return;
+  libc.getspecific = fn('pthread_getspecific', 'pointer', ['uint']);
+  libc.setspecific = fn('pthread_setspecific', 'int', ['uint', 'pointer']);
+  cm.cloneWait = new NativeFunction(cm.bt_clone_wait_entered, 'int', ['pointer']);
+  Interceptor.attach(address, {
+    onEnter(args) {
+      this.gate = null;
+      const flags = args[2].toUInt32();
+      if (args[0].isNull() || (flags & CLONE_VM) === 0 || (flags & CLONE_VFORK) !== 0 ||
+          stopping || inChild())
+        return;
+      const gate = Memory.alloc(GATE.size);
+      gate.add(GATE.fn).writePointer(args[0]);
+      gate.add(GATE.arg).writePointer(args[3]);
+      keep.push(gate);      // the child reads it after clone returns
+      args[0] = cm.bt_clone_gate;
+      args[3] = gate;
+      this.gate = gate;
+      this.shared = (flags & CLONE_SETTLS) === 0;
+    },
+    onLeave(retval) {
+      const gate = this.gate;
+      if (gate === null)
+        return;
+      const tid = retval.toInt32();
+      if (tid <= 0)
+        return;     // no child: nobody reads the gate
+      let values = null;
+      let open = 2;   // the child runs its routine at once, natively
+      try {
+        values = this.shared ? snapshotKeys() : null;
+        followNew([tid], this.shared);
+        if (followed.has(tid))
+          open = 1;
+      } finally {
+        gate.add(GATE.ready).writeS32(open);
+        if (open === 1) {
+          cm.cloneWait(gate);
+          if (values !== null)
+            restoreKeys(values);
+          gate.add(GATE.go).writeS32(1);
+        }
+      }
     },
   });
 }
@@ -376,6 +463,7 @@ rpc.exports = {
     wrapSignalHandlers(signals);
     refollowAfterTlsDtors();
     unfollowAroundFork();
+    followCloneChildren();
 
     Process.setExceptionHandler(onException);
     if (p.entry !== null) {

@@ -80,10 +80,13 @@ bt_in_ranges (guint64 address)
 /* Code outside every module is either the program's (JIT) or Frida's (the agent,
  * interceptor trampolines): the agent asks Frida's cloak, once per such block. */
 static gboolean
-bt_is_tool (guint64 address)
+bt_is_tool (BtThread * t, guint64 address)
 {
   if (bt_config.modules != NULL && gum_module_map_find (bt_config.modules, address) != NULL)
     return FALSE;
+  if (t != NULL && t->shares_tls)
+    return TRUE;    /* the cloak is asked in JS, which must not run in this thread: code
+                     * outside every module is taken for Frida's (docs/stalker.md) */
   return bt_config.is_tool != NULL && bt_config.is_tool (address);
 }
 
@@ -113,12 +116,12 @@ transform (GumStalkerIterator * iterator, GumStalkerOutput * output, gpointer us
       id = (guint32) g_atomic_int_add (&bt_config.table->count, 1);
       if (!bt_in_ranges (start))
         flags |= BT_FLAG_FOREIGN;
-      if (bt_is_tool (start) || (start == bt_config.restorer && start != 0))
+      if (bt_is_tool (t, start) || (start == bt_config.restorer && start != 0))
         flags |= BT_FLAG_TOOL;        /* Frida's own code: never in the trace; nor is the
                                        * signal return trampoline (signals.c) */
       if (insn->id == X86_INS_JMP && insn->detail->x86.op_count == 1 &&
           insn->detail->x86.operands[0].type == X86_OP_IMM &&
-          bt_is_tool ((guint64) insn->detail->x86.operands[0].imm))
+          bt_is_tool (t, (guint64) insn->detail->x86.operands[0].imm))
         flags |= BT_FLAG_HOOKED;      /* an Interceptor hook: Frida's code runs next */
       if (t == NULL || id >= bt_config.table_capacity || (flags & BT_FLAG_TOOL) != 0 ||
           !emit_record (output->writer.x86, t, (guint32) id))

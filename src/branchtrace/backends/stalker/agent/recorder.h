@@ -67,7 +67,8 @@ struct _BtThread
   guint16 seq_lo;            /* 332 in that code, [lo, hi) touches the cursor and `written`; */
   guint16 seq_hi;            /* 334 after jend come the pend and slow paths (emit.c) */
   guint32 seq_jend;          /* 336 */
-  guint32 reserved2;         /* 340 */
+  guint32 shares_tls;        /* 340 1: a clone() child sharing its parent's thread pointer:
+                              *     no code of Frida's JS runtime may run in it */
 };
 
 /* The return cache: direct-mapped by a hash of the return address; an empty entry's

@@ -284,3 +284,59 @@ bt_sigint (int sig, gpointer info, gpointer uctx)
   }
   g_atomic_int_add (&bt_config.in_sigint, -1);
 }
+
+/* A child of glibc's clone() starts here instead of in its start routine (agent.js,
+ * followCloneChildren). It waits, natively, until the parent has had it followed (or
+ * given up): `ready`. Then, now under Stalker, it says so (`entered`) and waits for
+ * `go`: meanwhile the parent puts back the thread-specific values that Stalker's setup
+ * of this thread overwrote (the child shares the parent's thread pointer). Then it runs
+ * its routine. */
+typedef struct
+{
+  gpointer fn;
+  gpointer arg;
+  volatile gint ready;
+  volatile gint entered;
+  volatile gint go;
+} BtCloneGate;
+
+/* sched_yield with the instruction itself: a call of libc's syscall() would be
+ * recorded once the child runs under Stalker */
+static void
+bt_yield (void)
+{
+  long r;
+  __asm__ volatile ("syscall" : "=a" (r) : "0" (24L) : "rcx", "r11", "memory");
+}
+
+int
+bt_clone_gate (BtCloneGate * g)
+{
+  while (!g->ready)
+    bt_yield ();
+  if (g->ready == 1)
+  {
+    g_atomic_int_add (&g->entered, 1);
+    while (!g->go)
+      bt_yield ();
+  }
+  return ((int (*) (gpointer)) g->fn) (g->arg);
+}
+
+/* The parent's side: wait (natively, at most ~2 s) until the child is in. */
+int
+bt_clone_wait_entered (BtCloneGate * g)
+{
+  guint i;
+
+  for (i = 0; i < 200000; i++)
+  {
+    if (g->entered)
+      return 1;
+    if (i > 1000)
+      g_usleep (10);
+    else
+      syscall (24);
+  }
+  return 0;
+}
