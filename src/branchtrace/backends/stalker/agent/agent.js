@@ -303,31 +303,26 @@ function unfollowAroundFork() {
  * others): the program died of SIGSEGV now and then (session 3). So the parent notes
  * its values before following the child, waits until the child runs under Stalker
  * (past that setup), and puts back those that changed. The child never asks for its
- * own context afterwards: it ends with a raw exit system call. */
+ * own context afterwards: it ends with a raw exit system call. And no JavaScript may run
+ * in the child (the JS lock is a recursive mutex: with the parent's thread descriptor
+ * the child took it for its own, and both ran in the JS runtime at once): its slot is
+ * marked (TH.sharesTls), so that its transform never asks the cloak (recorder.c). */
 const CLONE_VM = 0x100, CLONE_VFORK = 0x4000, CLONE_SETTLS = 0x80000;
 const GATE = { fn: 0, arg: 8, ready: 16, entered: 20, go: 24, size: 32 };
-const PTHREAD_KEYS = 1024;
+const PTHREAD_KEYS = 1024;   // BT_PTHREAD_KEYS (signals.c)
 
 function snapshotKeys() {
-  const values = [];
-  for (let k = 0; k < PTHREAD_KEYS; k++)
-    values.push(libc.getspecific(k));
+  const values = Memory.alloc(8 * PTHREAD_KEYS);
+  cm.keysSave(values);
   return values;
-}
-
-function restoreKeys(values) {
-  for (let k = 0; k < PTHREAD_KEYS; k++) {
-    if (!libc.getspecific(k).equals(values[k]))
-      libc.setspecific(k, values[k]);
-  }
 }
 
 function followCloneChildren() {
   const address = Module.findGlobalExportByName('clone');
   if (address === null)
     return;
-  libc.getspecific = fn('pthread_getspecific', 'pointer', ['uint']);
-  libc.setspecific = fn('pthread_setspecific', 'int', ['uint', 'pointer']);
+  cm.keysSave = new NativeFunction(cm.bt_clone_keys_save, 'void', ['pointer']);
+  cm.keysRestore = new NativeFunction(cm.bt_clone_keys_restore, 'void', ['pointer']);
   cm.cloneWait = new NativeFunction(cm.bt_clone_wait_entered, 'int', ['pointer']);
   Interceptor.attach(address, {
     onEnter(args) {
@@ -356,7 +351,7 @@ function followCloneChildren() {
       let open = 2;   // the child runs its routine at once, natively
       try {
         values = this.shared ? snapshotKeys() : null;
-        followNew([tid], this.shared);
+        followNew([tid], true);   // no JS in it, whatever its thread pointer
         if (followed.has(tid))
           open = 1;
       } finally {
@@ -364,7 +359,7 @@ function followCloneChildren() {
         if (open === 1) {
           cm.cloneWait(gate);
           if (values !== null)
-            restoreKeys(values);
+            cm.keysRestore(values);
           gate.add(GATE.go).writeS32(1);
         }
       }
@@ -422,6 +417,8 @@ rpc.exports = {
       kill: Module.getGlobalExportByName('kill'),
       __errno_location: Module.getGlobalExportByName('__errno_location'),
       syscall: Module.getGlobalExportByName('syscall'),
+      pthread_getspecific: Module.getGlobalExportByName('pthread_getspecific'),
+      pthread_setspecific: Module.getGlobalExportByName('pthread_setspecific'),
     });
     cm.threadInit = new NativeFunction(cm.bt_thread_init, 'void',
         ['pointer', 'pointer', 'pointer', 'uint64', 'uint64', 'uint', 'uint', 'uint64']);

@@ -323,6 +323,34 @@ bt_clone_gate (BtCloneGate * g)
   return ((int (*) (gpointer)) g->fn) (g->arg);
 }
 
+/* The parent's pthread-specific values (keys 0 to BT_PTHREAD_KEYS - 1), before it has
+ * the child followed; put back those that changed once the child is in (agent.js,
+ * followCloneChildren). */
+#define BT_PTHREAD_KEYS 1024
+extern gpointer pthread_getspecific (guint key);
+extern int pthread_setspecific (guint key, gconstpointer value);
+
+void
+bt_clone_keys_save (gpointer * values)
+{
+  guint k;
+
+  for (k = 0; k < BT_PTHREAD_KEYS; k++)
+    values[k] = pthread_getspecific (k);
+}
+
+void
+bt_clone_keys_restore (gpointer * values)
+{
+  guint k;
+
+  for (k = 0; k < BT_PTHREAD_KEYS; k++)
+  {
+    if (pthread_getspecific (k) != values[k])
+      pthread_setspecific (k, values[k]);
+  }
+}
+
 /* The parent's side: wait (natively, at most ~2 s) until the child is in. */
 int
 bt_clone_wait_entered (BtCloneGate * g)
