@@ -19,6 +19,7 @@ from conftest import cli
 from branchtrace.backends import RecordOptions, Target
 from branchtrace.backends.stalker import StalkerBackend
 from branchtrace.backends.stalker.check import ENV
+from branchtrace.blocks import FLAG_ASYNC
 from branchtrace.store import Encoding, Store, StoreConfig, StoreMode, StreamConsumer
 
 if not StalkerBackend().probe().available:
@@ -132,3 +133,37 @@ def test_an_unknown_variant_is_a_usage_error(build):
     result = cli("run", "--backend", "stalker", "--", str(build("loop")), "10", env=env)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "BRANCHTRACE_STALKER_VARIANT" in result.stderr
+
+
+def test_timer_signals_while_waiting_for_the_consumer_are_all_recorded(build):
+    """SIGALRM every millisecond while the program waits for a slow consumer (50 ms per
+    chunk of 1024 records): the handler runs natively then, and leaves its records for
+    the next block; a delivery at the same place as the one before is counted, not
+    dropped (32 pending ids would hold only 16). Every run of the handler is there."""
+    config = StoreConfig(StoreMode.STREAM, Encoding.BLOCKID, 2 * 1024, 1024)
+    backend = StalkerBackend()
+    parts: list[np.ndarray] = []
+
+    def sink(tid: int, records: np.ndarray) -> None:
+        time.sleep(0.05)
+        parts.append(records.copy())
+
+    out = build.root / "alarm.out"
+    with Store.create(config) as store, open(out, "wb") as f:
+        consumer = StreamConsumer(store, sink).start()
+        saved = os.dup(1)
+        os.dup2(f.fileno(), 1)
+        try:
+            result = backend.record(Target(argv=(str(build("rel_alarm")), "100")), store,
+                                    RecordOptions())
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+            consumer.stop()
+        waits = store.status().threads[0].producer_waits
+    ticks = int(out.read_bytes().split()[1])
+    assert result.exit.status == "exited" and ticks >= 100
+    assert waits >= 2, "the program did not wait for the consumer"
+    ids = np.concatenate(parts).astype(np.int64)
+    handler_runs = int(((result.blocks["flags"][ids] & FLAG_ASYNC) != 0).sum())
+    assert handler_runs == ticks

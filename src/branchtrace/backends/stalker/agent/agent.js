@@ -27,7 +27,8 @@ const PAGE = 4096;
 const CFG = { table: 0, blocks: 8, capacity: 16, ranges: 24, nranges: 32, bmi2: 36,
               abort: 40, hostPid: 44, modules: 48, isTool: 56, threads: 64,
               signals: 72, hostStat: 80, interrupted: 88, inSigint: 92, enter: 96,
-              restorer: 104, marker: 112, size: 120 };
+              restorer: 104, marker: 112, ntools: 116, tools: 120, size: 128 };
+const TOOL_SLOTS = 256;
 const THREAD_SLOTS = 4096, NSIG = 65;
 /* signals Frida's exception handler owns: their handlers are left alone */
 const FRIDA_SIGNALS = new Set([4, 5, 6, 7, 8, 11, 31]);
@@ -175,6 +176,40 @@ function followOptions(ctx) {
 
 function isOurs(tid) {
   return Cloak.hasThread(tid);
+}
+
+/* Frida's own threads, for signals.c (bt_redirect): a signal for the process that one of
+ * them gets is sent again to the program's. */
+function noteTool(tid) {
+  const n = cfg.add(CFG.ntools).readU32();
+  if (n >= TOOL_SLOTS)
+    return;
+  cfg.add(CFG.tools).readPointer().add(4 * n).writeU32(tid);
+  cfg.add(CFG.ntools).writeU32(n + 1);
+}
+
+/* Every thread id of this process (/proc/self/task, read with getdents64). */
+function taskIds() {
+  const O_DIRECTORY = 0x10000, SYS_getdents64 = 217, ids = [];
+  const sys = fn('syscall', 'long', ['long', 'long', 'pointer', 'long']);
+  const fd = libc.open(Memory.allocUtf8String('/proc/self/task'), O_DIRECTORY | O_CLOEXEC, 0);
+  if (fd < 0)
+    return ids;
+  const buf = Memory.alloc(8192);
+  for (;;) {
+    const n = sys(SYS_getdents64, fd, buf, 8192).valueOf();
+    if (n <= 0)
+      break;
+    for (let off = 0; off < n;) {
+      const rec = buf.add(off);
+      const tid = parseInt(rec.add(19).readUtf8String(), 10);
+      if (tid > 0)
+        ids.push(tid);
+      off += rec.add(16).readU16();
+    }
+  }
+  libc.close(fd);
+  return ids;
 }
 
 /* In a forked child this agent is a copy with no tracer behind it: never ask, never wait. */
@@ -452,6 +487,12 @@ rpc.exports = {
     const signals = Memory.alloc(16 * NSIG);
     keep.push(threads, signals);
     cfg.add(CFG.threads).writePointer(threads);
+    const tools = Memory.alloc(4 * TOOL_SLOTS);
+    keep.push(tools);
+    cfg.add(CFG.tools).writePointer(tools);
+    for (const tid of taskIds())
+      if (isOurs(tid))
+        noteTool(tid);
     cfg.add(CFG.signals).writePointer(signals);
     const matched = p.only.length > 0 ? restrictTo(p.only) : [];
     libc.sigaction = fn('sigaction', 'int', ['int', 'pointer', 'pointer']);
@@ -473,8 +514,10 @@ rpc.exports = {
       onAdded(thread) {
         /* existing threads are reported from this thread, new ones from themselves */
         const mine = thread.id === Process.getCurrentThreadId();
-        if (mine && Cloak.hasCurrentThread())
+        if (mine && Cloak.hasCurrentThread()) {
+          noteTool(thread.id);
           return;
+        }
         if (mine || p.entry === null)
           followNew([thread.id]);
       },

@@ -69,6 +69,7 @@ struct _BtThread
   guint32 seq_jend;          /* 336 */
   guint32 shares_tls;        /* 340 1: a clone() child sharing its parent's thread pointer:
                               *     no code of Frida's JS runtime may run in it */
+  guint32 pending_reps[32];  /* 344 pending[k-1], pending[k] happened this many times more */
 };
 
 /* The return cache: direct-mapped by a hash of the return address; an empty entry's
@@ -133,8 +134,11 @@ struct _BtConfig
                               *    handlerEntry); NULL: handlers run natively */
   guint64 restorer;          /* 104 the signal return trampoline (glibc's __restore_rt) */
   guint32 marker;            /* 112 the disp32 of the NOP that ends each block's body */
-  guint32 reserved;          /* 116 */
+  volatile guint32 ntools;   /* 116 tids in `tools` */
+  volatile guint32 * tools;  /* 120 BT_TOOL_SLOTS tids of Frida's own threads (agent.js) */
 };
+
+#define BT_TOOL_SLOTS 256
 
 /* Provided by the agent: CModule data is read-only, writable memory comes from outside. */
 extern BtConfig bt_config;

@@ -90,6 +90,7 @@ bt_leave_pending (BtThread * t, guint32 id)
   if (n < 32)
   {
     t->pending[n] = id;
+    t->pending_reps[n] = 0;
     t->npending = n + 1;
   }
   t->nopend = 0;
@@ -122,7 +123,17 @@ bt_flush_pending (BtThread * t, guint32 id, guint64 code)
   }
   syscall (14, 0, &all, &old, 8);       /* rt_sigprocmask (SIG_BLOCK) */
   for (i = 0; i < t->npending; i++)
+  {
+    guint32 r;
+
     bt_append (t, t->pending[i]);
+    for (r = (i > 0) ? t->pending_reps[i] : 0; r != 0; r--)
+    {
+      bt_append (t, t->pending[i - 1]);
+      bt_append (t, t->pending[i]);
+    }
+    t->pending_reps[i] = 0;
+  }
   t->npending = 0;
   t->nopend = 1;
   syscall (14, 2, &old, NULL, 8);       /* rt_sigprocmask (SIG_SETMASK) */
@@ -207,7 +218,43 @@ bt_run_under_stalker (BtThread * t, BtSignal * s, int sig, gpointer info, gpoint
   return TRUE;
 }
 
-/* The handler the kernel calls for every signal whose handler we wrapped (SA_SIGINFO). */
+static void bt_call_handler (BtSignal * s, int sig, gpointer info, gpointer uctx);
+
+/* A signal for the process (not sent to one thread: si_code is not SI_TKILL) that the
+ * kernel gave one of Frida's threads (it picks a thread that does not block the signal,
+ * the main thread first unless that one is busy: in a handler, which takes a while under
+ * Stalker, or with a signal already pending). Natively a thread of the program would
+ * have taken it, at once or once it unblocked it; the program's handler
+ * must not run on Frida's thread (unrecorded, and a handler may longjmp or use its
+ * thread's state). Block it in this thread for good (the mask rt_sigreturn puts back is
+ * the frame's) and send it to the process again: it waits until a thread of the program
+ * unblocks it, as natively (with si_code SI_USER: the original siginfo cannot be sent
+ * again from another thread). TRUE if it did. */
+static gboolean
+bt_redirect (int sig, gpointer info, gpointer uctx)
+{
+  guint32 tid, i, n = bt_config.ntools;
+  glong pid;
+
+  if (uctx == NULL || info == NULL || ((const gint32 *) info)[2] == -6)   /* SI_TKILL */
+    return FALSE;
+  tid = (guint32) syscall (186);                   /* gettid */
+  for (i = 0; i < n && i < BT_TOOL_SLOTS; i++)
+    if (bt_config.tools[i] == tid)
+      break;
+  if (i == n || i == BT_TOOL_SLOTS)
+    return FALSE;                                  /* not known to be Frida's */
+  pid = syscall (39);                              /* getpid */
+  ((guint64 *) uctx)[37] |= (guint64) 1 << (sig - 1);   /* uc_sigmask */
+  syscall (62, pid, sig);                          /* kill */
+  return TRUE;
+}
+
+/* The handler the kernel calls for every signal whose handler we wrapped (SA_SIGINFO).
+ * At an unsafe point the handler runs natively and leaves its synthetic block and the
+ * interrupted block's id pending; a delivery that would leave the same pair as the last
+ * one only counts it (pending_reps), so that a thread held up for long, say waiting for a
+ * free chunk while a timer fires every millisecond, loses none of its deliveries. */
 void
 bt_signal_entry (int sig, gpointer info, gpointer uctx)
 {
@@ -218,20 +265,45 @@ bt_signal_entry (int sig, gpointer info, gpointer uctx)
   if (sig <= 0 || sig >= BT_NSIG)
     return;
   s = &bt_config.signals[sig];
-  t = (s->block != 0) ? bt_current_thread () : NULL;
+  t = bt_current_thread ();
+  if (t == NULL && bt_redirect (sig, info, uctx))
+    return;
+  if (s->block == 0)
+    t = NULL;
   if (t != NULL && bt_run_under_stalker (t, s, sig, info, uctx))
     return;
   if (t != NULL)
   {
-    interrupted = (t->npending > 0) ? t->pending[t->npending - 1] : bt_last_id (t);
+    gint n = t->npending;
+
+    if (n >= 2 && t->pending[n - 2] == s->block)
+    {
+      /* It would leave (s->block, pending[n - 1]): the last pair again (a thread held
+       * up, say waiting for a free chunk under a fast timer, gets one delivery after the
+       * other at the same place). Count it; the flush appends the pair once more per
+       * count, right after it (before what a delivery nested in this handler leaves,
+       * which would otherwise come first: the only difference). */
+      if (t->pending_reps[n - 1] != 0xffffffffU)
+        t->pending_reps[n - 1]++;
+      t->nopend = 0;
+      bt_call_handler (s, sig, info, uctx);
+      return;
+    }
+    interrupted = (n > 0) ? t->pending[n - 1] : bt_last_id (t);
     bt_leave_pending (t, s->block);
   }
+  bt_call_handler (s, sig, info, uctx);
+  if (t != NULL && interrupted != BT_NO_ID)
+    bt_leave_pending (t, interrupted);
+}
+
+static void
+bt_call_handler (BtSignal * s, int sig, gpointer info, gpointer uctx)
+{
   if (s->siginfo)
     ((void (*) (int, gpointer, gpointer)) s->handler) (sig, info, uctx);
   else
     ((void (*) (int)) s->handler) (sig);
-  if (t != NULL && interrupted != BT_NO_ID)
-    bt_leave_pending (t, interrupted);
 }
 
 /* A synthetic block for a handler: its id. */
