@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from ...store import HEADER_SIZE, THREAD_ENTRY_SIZE, Store
 from ...symbols import merge_modules, modules_from_maps, read_maps
 from .agent_code import agent_options, agent_source, has_bmi2
 from .check import CheckCounters, enabled
-from .launch import Attaching, Launcher
+from .launch import Attaching, Launcher, continue_if_stopped
 
 #: Signals that Frida's exception types stand for.
 _SIGNAL_OF_EXCEPTION = {
@@ -170,7 +169,7 @@ class Host:
                 # run on before it was followed; say so, never die of it
                 self.notes.append(f"Frida did not hold pid {pid} at its entry point "
                                   f"(resume: {err}): its first instructions may be missing")
-            _continue_if_stopped(pid)
+            continue_if_stopped(pid)
 
     def _start_address(self, launcher: Launcher | None, vaddr: int | None) -> str | None:
         """Where the main thread starts to follow itself (None: attached, no such thing)."""
@@ -362,55 +361,30 @@ class Host:
             self.check.close()
 
 
-def _continue_if_stopped(pid: int) -> None:
-    """device.resume ends Frida's hold; if the group stop is still on, end it too."""
-    for _ in range(50):
-        try:
-            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-                state = f.read().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            return
-        if state == "T":
-            os.kill(pid, signal.SIGCONT)
-            return
-        if state != "t":
-            return
-        time.sleep(0.002)
-
-
-def _tracer_of(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status", encoding="utf-8", errors="replace") as f:
-            status = f.read()
-    except OSError:
-        raise TargetError(f"no process with pid {pid}") from None
-    for line in status.splitlines():
-        if line.startswith("TracerPid:"):
-            return int(line.split()[1])
-    return 0
-
-
 def _check_attachable(pid: int) -> None:
     """The reasons Frida would give badly, in one line each."""
+    from ..permissions import (
+        denied_reason,
+        has_cap_sys_ptrace,
+        other_owner,
+        tracer_of,
+        untraceable,
+    )
+
     if pid == os.getpid():
         raise TargetError("branchtrace cannot trace itself")
-    tracer = _tracer_of(pid)
+    if not os.path.exists(f"/proc/{pid}/status"):
+        raise TargetError(f"no process with pid {pid}")
+    tracer = tracer_of(pid)
     deadline = time.monotonic() + 2.0
     while tracer and os.path.exists(f"/proc/self/task/{tracer}"):
         # one of our own threads: Frida still cleaning up after an earlier session
         if time.monotonic() > deadline:
             break
         time.sleep(0.01)
-        tracer = _tracer_of(pid)
+        tracer = tracer_of(pid)
     if tracer and not os.path.exists(f"/proc/self/task/{tracer}"):
         raise TargetError(f"cannot trace pid {pid}: it is already traced by pid {tracer}")
-    from ..permissions import (
-        denied_reason,
-        has_cap_sys_ptrace,
-        other_owner,
-        untraceable,
-    )
-
     never = untraceable(pid)
     if never:
         raise TargetError(f"cannot trace pid {pid}: {never}")

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -176,3 +178,19 @@ class Attaching:
             with contextlib.suppress(Exception):  # frida's errors have no common base
                 self._session.detach()
             self._session = None
+
+
+def continue_if_stopped(pid: int) -> None:
+    """device.resume ends Frida's hold; if the reaper's group stop is still on, end it too."""
+    for _ in range(50):
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return
+        if state == "T":
+            os.kill(pid, signal.SIGCONT)
+            return
+        if state != "t":
+            return
+        time.sleep(0.002)
