@@ -17,7 +17,15 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from .backends import Backend, Choice, RecordOptions, RunResult, Target, select
+from .backends import (
+    Backend,
+    Choice,
+    RecordOptions,
+    RunResult,
+    Target,
+    cancel_early,
+    select,
+)
 from .decode import concat, decode
 from .errors import StoreError
 from .model import Gap, ModuleMap
@@ -167,9 +175,7 @@ def record(target: Target, config: RecordConfig = RecordConfig(),
     try:
         return _record(target, config, choice, on_start, output, keep, listener)
     finally:
-        cancel = getattr(choice.backend, "cancel_early", None)
-        if cancel is not None:
-            cancel()
+        cancel_early(choice.backend)
 
 
 def _record(target: Target, config: RecordConfig, choice: Choice,

@@ -122,6 +122,14 @@ class Choice:
     reasons: tuple[str, ...]
 
 
+def cancel_early(backend: Backend) -> None:
+    """Kill what the backend's ``start_early`` (optional, like ``prepare``) started for a
+    run that will not record it; nothing if it started nothing."""
+    cancel = getattr(backend, "cancel_early", None)
+    if cancel is not None:
+        cancel()
+
+
 def probe_all() -> list[tuple[str, Probe]]:
     """Every registered backend with whether it can run here and why (for doctor)."""
     result = []

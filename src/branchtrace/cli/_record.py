@@ -186,7 +186,7 @@ def _write_report(trace: Trace, args: argparse.Namespace) -> None:
 
 def record_and_report(args: argparse.Namespace, target: Target, duration: float | None = None) -> int:
     """Record ``target`` with the options in ``args``, print the report, return the exit code."""
-    from ..backends import select
+    from ..backends import cancel_early, select
 
     check_before_start(args, target.argv[0] if target.argv else None)
     choice = select(args.backend)
@@ -203,9 +203,7 @@ def record_and_report(args: argparse.Namespace, target: Target, duration: float 
                               duration=duration, only=only)
         return _record_and_report(args, target, config, choice)
     finally:
-        cancel = getattr(choice.backend, "cancel_early", None)
-        if cancel is not None:
-            cancel()
+        cancel_early(choice.backend)   # if the program was started but not recorded
 
 
 def _record_and_report(args: argparse.Namespace, target: Target, config: RecordConfig,

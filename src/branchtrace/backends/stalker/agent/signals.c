@@ -339,8 +339,7 @@ bt_sigint (int sig, gpointer info, gpointer uctx)
   guint i;
   struct { gpointer handler; gulong flags; gpointer restorer; guint64 mask; } dfl;
 
-  if (bt_current_thread () == NULL && syscall (186) != pid &&
-      syscall (234, pid, pid, sig) == 0)           /* tgkill: to the main thread */
+  if (bt_current_thread () == NULL && bt_redirect (sig, info, uctx))
     return;                                        /* a thread of Frida's got it */
   g_atomic_int_add (&bt_config.in_sigint, 1);
   for (i = 0; i < 200 && !bt_config.interrupted; i++)
