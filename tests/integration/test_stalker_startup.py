@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -77,6 +78,39 @@ def test_a_run_that_fails_before_recording_kills_the_early_program(sleeper: Path
                chosen=Choice(backend, ("test",)))
     assert _gone(pid), f"pid {pid} still there: {_state(pid)}"
     assert backend._early is None
+
+
+def _killed(pid: int) -> bool:
+    """Dead, or SIGKILL already pending (it is on its way out)."""
+    if _state(pid) in (None, "Z", "X"):
+        return True
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+    except OSError:
+        return True
+    return any(int(fields.get(key, "0").strip(), 16) & (1 << 8) for key in ("SigPnd", "ShdPnd"))
+
+
+def test_cancel_kills_the_early_program_before_it_returns(sleeper: Path) -> None:
+    """Not later, by the reaper: Frida holds the program once it has attached, and lets
+    it go when its session detaches or our process exits, which can come first (CI saw
+    a cancelled ``sh -c 'touch ...'`` do its touch)."""
+    backend = StalkerBackend()
+    backend.start_early(Target(argv=(str(sleeper), "30")))
+    assert backend._early is not None
+    pid = backend._early[1].pid
+    backend._early[2]._thread.join()    # Frida holds it now
+    assert backend._early[2]._session is not None
+    reaper = backend._early[1]._reaper
+    assert reaper is not None
+    os.kill(reaper.pid, signal.SIGSTOP)   # the reaper is slow to read, this time
+    try:
+        backend.cancel_early()
+        assert _killed(pid), f"pid {pid} still alive after cancel_early: {_state(pid)}"
+    finally:
+        os.kill(reaper.pid, signal.SIGCONT)
+    assert _gone(pid)
 
 
 def test_another_target_cancels_the_early_one_and_is_recorded(sleeper: Path, build) -> None:

@@ -118,8 +118,8 @@ class StalkerBackend:
             return None
         if early[0] == target:
             return early[1], early[2]
+        early[1].abandon()  # killed now, before Frida lets go of it
         early[2].discard()
-        early[1].abandon()  # the reaper kills it
         return None
 
     def record(self, target: Target, store: Store, options: RecordOptions) -> RunResult:
@@ -164,9 +164,9 @@ class StalkerBackend:
                 try:
                     host.start(pid, launcher, start_vaddr, attaching)
                 except BaseException:
+                    launcher.abandon()  # killed now, before Frida lets go of it
                     if attaching is not None:
                         attaching.discard()
-                    launcher.abandon()  # the reaper kills it
                     raise
             ended = host.wait(options.duration)
             if not ended:
