@@ -30,7 +30,14 @@ from .decode import concat, decode
 from .errors import StoreError
 from .model import Gap, ModuleMap
 from .sizes import parse_byte_size, parse_size
-from .store import RECORD_DTYPES, Store, StoreConfig, StoreMode, StreamConsumer
+from .store import (
+    RECORD_DTYPES,
+    Encoding,
+    Store,
+    StoreConfig,
+    StoreMode,
+    StreamConsumer,
+)
 from .trace import CHUNK_TIMES_DTYPE, Trace
 from .tracefile.format import FileHeader, ThreadInfo
 from .tracefile.writer import TraceWriter, end_info
@@ -114,7 +121,8 @@ class _Collector:
         self.last_ns[tid] = now
         if self.writer is not None and self.error is None:
             try:
-                if self.live is not None and now - self.live_ns >= LIVE_EVERY_NS:
+                if self.live is not None and (now - self.live_ns >= LIVE_EVERY_NS
+                                              or self._unknown_ids(records)):
                     self.live_ns = now
                     rows, modules = self.live(self.blocks_written)
                     self.write_meta(rows, modules)
@@ -131,6 +139,14 @@ class _Collector:
         self.held[tid] += len(records)
         while self.keep is not None and len(parts) > 1 and self.held[tid] - len(parts[0]) >= self.keep:
             self.held[tid] -= len(parts.pop(0))
+
+    def _unknown_ids(self, records: np.ndarray) -> bool:
+        """Block ids in ``records`` the file has no table rows for yet: they are asked
+        for before the chunk is written (~10 us for a chunk of 64K ids), not half a
+        second later, so a file cut short decodes every whole chunk it has. (The target
+        writes a block's row when it compiles the block, before the block runs.)"""
+        return (records.dtype == RECORD_DTYPES[Encoding.BLOCKID] and len(records) > 0
+                and int(records.max()) >= self.blocks_written)
 
     def write_meta(self, rows: np.ndarray | None, modules: list[ModuleMap]) -> None:
         """Write the block-table rows (from id ``blocks_written`` on) and the modules

@@ -145,12 +145,14 @@ def test_killing_branchtrace_leaves_the_program_running(gzip_input, tmp_path, mo
         (tid,) = tf.chunks
         records = sum(c.head.count for c in tf.chunks[tid])
         assert tid == pid and records >= 2 * 65536   # whole chunks of the 128K buffer
-        # the block table and the modules are written as the file grows: the whole
-        # chunks of a file cut short decode into branches, in gzip and libc
+        # the block table and the modules are written as the file grows, each chunk's
+        # rows before it: the whole chunks of a file cut short decode into branches,
+        # in gzip and libc (about 0.73 taken branches per block in gzip; 0.1-0.7 on a
+        # busy machine when the rows came only every half second)
         assert t.written == {pid: records}
         assert not any("block table" in n for n in t.notes), t.notes
         branches = t.branches(pid)
-        assert len(branches) > records // 10, (len(branches), records, t.notes)
+        assert len(branches) > records // 2, (len(branches), records, t.notes)
         names = {Path(m.path).name for m in t.modules}
         assert "gzip" in names and any(n.startswith("libc.so") for n in names), names
         located = t.symbolize(branches["to_ip"][-1000:])
