@@ -29,7 +29,12 @@ def indirect_calls_into(trace: Trace, tid: int) -> Counter[str]:
     b = trace.branches(tid)
     found = trace.symbolizer.resolve(b["to_ip"])
     names = np.array(found.function_names + ("",))[found.function]
-    return Counter(names[b["kind"] == BranchKind.INDIRECT_CALL].tolist())
+    calls = b["kind"] == BranchKind.INDIRECT_CALL
+    into_child = calls & (names == "child")
+    if into_child.any():   # only from glibc's clone, never from the gate (Frida's code)
+        came = trace.symbolizer.resolve(b["from_ip"][into_child])
+        assert set(np.array(came.function_names + ("",))[came.function].tolist()) == {"clone"}
+    return Counter(names[calls].tolist())
 
 
 def test_busy_clone_children_are_recorded_exactly(build):
@@ -41,6 +46,9 @@ def test_busy_clone_children_are_recorded_exactly(build):
     totals = []
     for tid in children:
         calls = indirect_calls_into(trace, tid)
+        # clone's own call of the routine, as natively: recorded when Stalker took the
+        # child before it reached the gate (13 of 240 children on a busy machine)
+        assert calls.pop("child", 0) <= 1
         assert set(calls) <= {f"f{i}" for i in range(12)}
         totals.append(sum(calls.values()))
     assert sorted(totals) == [(k + 1) * 3000 for k in range(CHILDREN)]
