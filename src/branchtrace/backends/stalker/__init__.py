@@ -278,7 +278,7 @@ def _probe_uncached() -> Probe:
     import shutil
 
     true = shutil.which("true") or "/bin/true"
-    from .launch import Launcher
+    from .launch import Launcher, attach
 
     launcher = Launcher((true,))
     try:
@@ -287,7 +287,7 @@ def _probe_uncached() -> Probe:
         return Probe(False, f"cannot start a test program under ptrace: {err}")
     try:
         device = frida.get_local_device()
-        session = device.attach(pid)
+        session = attach(device, pid)
         script = session.create_script("send(Process.arch)")
         got: list[object] = []
         script.on("message", lambda m, d: got.append(m.get("payload")))

@@ -28,7 +28,7 @@ from ...store import HEADER_SIZE, THREAD_ENTRY_SIZE, Store
 from ...symbols import merge_modules, modules_from_maps, read_maps
 from .agent_code import agent_options, agent_source, has_bmi2
 from .check import CheckCounters, enabled
-from .launch import Attaching, Launcher, continue_if_stopped
+from .launch import Attaching, Launcher, attach, continue_if_stopped
 
 #: Signals that Frida's exception types stand for.
 _SIGNAL_OF_EXCEPTION = {
@@ -117,7 +117,7 @@ class Host:
                 self._device, self._session = attaching.result()
             else:
                 self._device = frida.get_local_device()
-                self._session = self._device.attach(pid)
+                self._session = attach(self._device, pid)
         except frida.ProcessNotFoundError:
             raise TargetError(f"no process with pid {pid}") from None
         except frida.PermissionDeniedError as err:

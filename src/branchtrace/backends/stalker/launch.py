@@ -170,7 +170,7 @@ class Attaching:
 
     def _attach(self) -> None:
         try:
-            self._session = self.device.attach(self.pid)
+            self._session = attach(self.device, self.pid)
         except BaseException as err:  # noqa: BLE001 - handed to result()
             self._error = err
 
@@ -188,6 +188,37 @@ class Attaching:
             with contextlib.suppress(Exception):  # frida's errors have no common base
                 self._session.detach()
             self._session = None
+
+
+#: How long one Frida attach may take (it takes ~0.1 s; ~1 s on a machine busy 3 times over).
+ATTACH_TIMEOUT = 15.0
+
+
+def attach(device: Any, pid: int, timeout: float = ATTACH_TIMEOUT, tries: int = 2) -> Any:
+    """``device.attach(pid)``, given up after ``timeout`` seconds and tried again.
+
+    Frida 17.26.2's attach can wait forever: with three CPU hogs running, one attach in
+    ~400 back-to-back attach-detach cycles of the same program never returned, its agent
+    loaded in the target and its threads all waiting (seen once in CI too: the test
+    hung). The attach is cancelled (a ``frida.Cancellable``) and started again; the
+    program runs on meanwhile, it is never stopped by this. Raises ``TargetError`` when
+    every try timed out."""
+    import frida
+
+    for _ in range(tries):
+        cancellable = frida.Cancellable()  # type: ignore[no-untyped-call]
+        timer = threading.Timer(timeout, cancellable.cancel)
+        timer.daemon = True
+        timer.start()
+        try:
+            with cancellable:
+                return device.attach(pid)
+        except frida.OperationCancelledError:
+            continue
+        finally:
+            timer.cancel()
+    raise TargetError(f"cannot trace pid {pid}: Frida's attach did not finish in "
+                      f"{timeout:g} s, {tries} times")
 
 
 def continue_if_stopped(pid: int) -> None:
