@@ -105,12 +105,17 @@ def test_cancel_kills_the_early_program_before_it_returns(sleeper: Path) -> None
     reaper = backend._early[1]._reaper
     assert reaper is not None
     os.kill(reaper.pid, signal.SIGSTOP)   # the reaper is slow to read, this time
+    launcher = backend._early[1]
     try:
         backend.cancel_early()
         assert _killed(pid), f"pid {pid} still alive after cancel_early: {_state(pid)}"
     finally:
         os.kill(reaper.pid, signal.SIGCONT)
     assert _gone(pid)
+    # reaped, and the reaper gone: Frida's ptrace no longer holds the dead program
+    assert launcher.ended.wait(10), f"pid {pid} never reaped: {_state(pid)}"
+    assert launcher.exit is not None and launcher.exit.signal == signal.SIGKILL
+    assert reaper.wait(timeout=10) == 0 and _state(pid) is None
 
 
 def test_another_target_cancels_the_early_one_and_is_recorded(sleeper: Path, build) -> None:

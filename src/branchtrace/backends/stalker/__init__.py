@@ -118,14 +118,18 @@ class StalkerBackend:
             return None
         if early[0] == target:
             return early[1], early[2]
-        early[1].abandon()  # killed now, before Frida lets go of it
+        from .launch import release_killed
+
+        killed = early[1].abandon()  # killed now, before Frida lets go of it
         early[2].discard()
+        if killed:
+            release_killed(early[1].pid)
         return None
 
     def record(self, target: Target, store: Store, options: RecordOptions) -> RunResult:
         from ..ptrace import _find_program, _start_vaddr
         from .host import Host
-        from .launch import Launcher
+        from .launch import Launcher, release_killed
 
         if store.capacity > MAX_CAPACITY:
             raise UsageError(
@@ -164,9 +168,11 @@ class StalkerBackend:
                 try:
                     host.start(pid, launcher, start_vaddr, attaching)
                 except BaseException:
-                    launcher.abandon()  # killed now, before Frida lets go of it
+                    killed = launcher.abandon()  # now, before Frida lets go of it
                     if attaching is not None:
                         attaching.discard()
+                    if killed:
+                        release_killed(pid)
                     raise
             ended = host.wait(options.duration)
             if not ended:
@@ -278,7 +284,7 @@ def _probe_uncached() -> Probe:
     import shutil
 
     true = shutil.which("true") or "/bin/true"
-    from .launch import Launcher, attach
+    from .launch import Launcher, attach, release_killed
 
     launcher = Launcher((true,))
     try:
@@ -303,6 +309,7 @@ def _probe_uncached() -> Probe:
     except Exception as err:  # noqa: BLE001
         return Probe(False, f"Frida cannot attach here: {err}")
     finally:
-        launcher.abandon()
+        if launcher.abandon():
+            release_killed(pid)
         if not launcher.ended.wait(5):
             os.kill(pid, signal.SIGKILL)

@@ -99,7 +99,7 @@ class Launcher:
             pass
         self._close_control()
 
-    def abandon(self) -> None:
+    def abandon(self) -> bool:
         """We will not resume the program: kill it, and tell the reaper so.
 
         The kill is ours, and at once: once Frida has attached, the program is held by
@@ -107,11 +107,15 @@ class Launcher:
         detaches or when our process exits, which can come before the reaper reads that
         the control pipe closed (the program then ran a few milliseconds of its own: a
         ``touch`` got done in 4 of 30 runs). The pid is still the reaper's unreaped child
-        here: the reaper waits for it only after the control pipe closes."""
+        here: the reaper waits for it only after the control pipe closes. True if it
+        was killed (then :func:`release_killed` it once Frida's session is gone)."""
+        killed = False
         if self.pid and self._control >= 0:
             with contextlib.suppress(OSError):
                 os.kill(self.pid, signal.SIGKILL)
+                killed = True
         self._close_control()
+        return killed
 
     def join(self, timeout: float | None = None) -> ExitInfo:
         from ...model import ExitInfo
@@ -188,6 +192,32 @@ class Attaching:
             with contextlib.suppress(Exception):  # frida's errors have no common base
                 self._session.detach()
             self._session = None
+
+
+def release_killed(pid: int, timeout: float = 1.0) -> None:
+    """A program killed while Frida's ptrace held it stays a zombie, traced by a thread
+    of our process, until that tracer waits for it; Frida does not, so its parent (the
+    reaper) could not reap it while we live (a ``record()`` in a long-lived process left
+    a reaper and a zombie behind). Wait for it here, as its tracer (``__WALL``): the
+    kernel then hands it back to the reaper, which reaps it and reports how it ended."""
+    deadline = time.monotonic() + timeout
+    ours = set(os.listdir("/proc/self/task"))
+    while True:
+        try:
+            with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
+                tracer = next((line.split()[1] for line in f if line.startswith("TracerPid:")),
+                              "0")
+        except OSError:
+            return
+        if tracer not in ours:
+            return          # not traced by us (any more): the reaper reaps it
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG | 0x40000000)   # __WALL
+        except ChildProcessError:
+            return
+        if done == pid or time.monotonic() > deadline:
+            return
+        time.sleep(0.002)
 
 
 #: How long one Frida attach may take (it takes ~0.1 s; ~1 s on a machine busy 3 times over).
