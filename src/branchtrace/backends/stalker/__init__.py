@@ -118,18 +118,13 @@ class StalkerBackend:
             return None
         if early[0] == target:
             return early[1], early[2]
-        from .launch import release_killed
-
-        killed = early[1].abandon()  # killed now, before Frida lets go of it
-        early[2].discard()
-        if killed:
-            release_killed(early[1].pid)
+        early[1].cancel(early[2])
         return None
 
     def record(self, target: Target, store: Store, options: RecordOptions) -> RunResult:
         from ..ptrace import _find_program, _start_vaddr
         from .host import Host
-        from .launch import Launcher, release_killed
+        from .launch import Launcher
 
         if store.capacity > MAX_CAPACITY:
             raise UsageError(
@@ -168,11 +163,7 @@ class StalkerBackend:
                 try:
                     host.start(pid, launcher, start_vaddr, attaching)
                 except BaseException:
-                    killed = launcher.abandon()  # now, before Frida lets go of it
-                    if attaching is not None:
-                        attaching.discard()
-                    if killed:
-                        release_killed(pid)
+                    launcher.cancel(attaching)
                     raise
             ended = host.wait(options.duration)
             if not ended:
@@ -284,7 +275,7 @@ def _probe_uncached() -> Probe:
     import shutil
 
     true = shutil.which("true") or "/bin/true"
-    from .launch import Launcher, attach, release_killed
+    from .launch import Launcher, attach
 
     launcher = Launcher((true,))
     try:
@@ -309,7 +300,6 @@ def _probe_uncached() -> Probe:
     except Exception as err:  # noqa: BLE001
         return Probe(False, f"Frida cannot attach here: {err}")
     finally:
-        if launcher.abandon():
-            release_killed(pid)
+        launcher.cancel()   # nothing once it runs on its own (go)
         if not launcher.ended.wait(5):
             os.kill(pid, signal.SIGKILL)

@@ -108,7 +108,7 @@ class Launcher:
         the control pipe closed (the program then ran a few milliseconds of its own: a
         ``touch`` got done in 4 of 30 runs). The pid is still the reaper's unreaped child
         here: the reaper waits for it only after the control pipe closes. True if it
-        was killed (then :func:`release_killed` it once Frida's session is gone)."""
+        was killed (:meth:`cancel` then waits for it)."""
         killed = False
         if self.pid and self._control >= 0:
             with contextlib.suppress(OSError):
@@ -116,6 +116,15 @@ class Launcher:
                 killed = True
         self._close_control()
         return killed
+
+    def cancel(self, attaching: Attaching | None = None) -> None:
+        """Never to be resumed: kill it (:meth:`abandon`), let Frida's attach go, and
+        wait for the dead program as its tracer (:func:`release_killed`)."""
+        killed = self.abandon()
+        if attaching is not None:
+            attaching.discard()
+        if killed:
+            release_killed(self.pid)
 
     def join(self, timeout: float | None = None) -> ExitInfo:
         from ...model import ExitInfo
@@ -200,19 +209,14 @@ def release_killed(pid: int, timeout: float = 1.0) -> None:
     reaper) could not reap it while we live (a ``record()`` in a long-lived process left
     a reaper and a zombie behind). Wait for it here, as its tracer (``__WALL``): the
     kernel then hands it back to the reaper, which reaps it and reports how it ended."""
+    from ..permissions import tracer_of
+    from ..ptrace.sys import WALL
+
     deadline = time.monotonic() + timeout
-    ours = set(os.listdir("/proc/self/task"))
-    while True:
+    ours = {int(tid) for tid in os.listdir("/proc/self/task")}
+    while tracer_of(pid) in ours:   # 0 once it is gone or no longer traced by us
         try:
-            with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
-                tracer = next((line.split()[1] for line in f if line.startswith("TracerPid:")),
-                              "0")
-        except OSError:
-            return
-        if tracer not in ours:
-            return          # not traced by us (any more): the reaper reaps it
-        try:
-            done, _ = os.waitpid(pid, os.WNOHANG | 0x40000000)   # __WALL
+            done, _ = os.waitpid(pid, os.WNOHANG | WALL)
         except ChildProcessError:
             return
         if done == pid or time.monotonic() > deadline:
