@@ -29,7 +29,7 @@ from .backends import (
 from .decode import concat, decode
 from .errors import StoreError
 from .model import Gap, ModuleMap
-from .sizes import parse_byte_size, parse_size
+from .store.sizes import parse_byte_size, parse_size
 from .store import (
     RECORD_DTYPES,
     Encoding,

@@ -19,7 +19,7 @@ from conftest import cli
 from branchtrace.backends import RecordOptions, Target
 from branchtrace.backends.stalker import StalkerBackend
 from branchtrace.backends.stalker.check import ENV
-from branchtrace.blocks import FLAG_ASYNC
+from branchtrace.store.blocks import FLAG_ASYNC
 from branchtrace.store import Encoding, Store, StoreConfig, StoreMode, StreamConsumer
 
 if not StalkerBackend().probe().available:

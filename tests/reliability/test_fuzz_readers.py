@@ -28,7 +28,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import branchtrace
-from branchtrace.blocks import BLOCK_DTYPE
+from branchtrace.store.blocks import BLOCK_DTYPE
 from branchtrace.errors import BranchtraceError
 from branchtrace.model import Gap, Mapping, ModuleMap
 from branchtrace.store import Encoding, StoreMode

@@ -18,7 +18,7 @@ from fuzzing import HOSTILE, bounded, examples, report_bounds
 from hypothesis import given
 from hypothesis import strategies as st
 
-from branchtrace.blocks import BLOCK_DTYPE, TABLE_HEADER_SIZE, create_table, read_table
+from branchtrace.store.blocks import BLOCK_DTYPE, TABLE_HEADER_SIZE, create_table, read_table
 from branchtrace.errors import BranchtraceError
 from branchtrace.store import (
     HEADER_DTYPE,

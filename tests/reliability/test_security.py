@@ -16,7 +16,7 @@ from conftest import cli
 
 import branchtrace
 from branchtrace.backends import probe_all
-from branchtrace.blocks import create_table
+from branchtrace.store.blocks import create_table
 from branchtrace.cli import main as cli_main
 from branchtrace.errors import StoreError, UsageError
 from branchtrace.store import Encoding, Store, StoreConfig, StoreMode
@@ -242,7 +242,7 @@ def test_the_cli_refuses_a_planted_symlink_before_running(build, tmp_path, capfd
 
 # -- reading never executes -----------------------------------------------------------------
 
-READING = ["tracefile", "store", "symbols", "decode.py", "trace.py", "blocks.py"]
+READING = ["tracefile", "store", "symbols", "decode", "trace.py"]
 FORBIDDEN_MODULES = {"pickle", "cPickle", "_pickle", "marshal", "shelve", "dill",
                      "cloudpickle", "joblib", "subprocess", "pty", "ctypes", "yaml"}
 FORBIDDEN_BUILTINS = {"eval", "exec", "compile", "__import__"}

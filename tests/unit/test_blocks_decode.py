@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from branchtrace import decode as decode_module
-from branchtrace.blocks import (
+from branchtrace.store.blocks import (
     BLOCK_DTYPE,
     FLAG_ASYNC,
     FLAG_FOREIGN,
@@ -179,7 +179,7 @@ def test_table_file_is_checked(tmp_path):
 
 
 def test_complete_rows_of_a_table_being_written(tmp_path):
-    from branchtrace.blocks import read_complete_rows
+    from branchtrace.store.blocks import read_complete_rows
 
     path = create_table(tmp_path, "live", capacity=8)
     rows = make_table([(0x10 * i, 0x10 * i + 4, 0x10 * i + 8, K.JUMP) for i in range(1, 6)])

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from branchtrace import decode as D
-from branchtrace import decode_jit
-from branchtrace.blocks import (BLOCK_DTYPE, FLAG_ASYNC, FLAG_FOREIGN, FLAG_HOOKED,
-                                FLAG_VALID)
+from branchtrace.decode import jit as decode_jit
+from branchtrace.store.blocks import (BLOCK_DTYPE, FLAG_ASYNC, FLAG_FOREIGN, FLAG_HOOKED,
+                                      FLAG_VALID)
 
 pytestmark = pytest.mark.skipif(not decode_jit.available(),
                                 reason="numba is not installed (pip install -e '.[fast]')")

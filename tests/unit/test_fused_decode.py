@@ -1,4 +1,4 @@
-"""Block-id threads decoded chunk by chunk (tracefile/fused.py) give exactly what the
+"""Block-id threads decoded chunk by chunk (decode/fused.py) give exactly what the
 two-pass path gives: the same branches, gaps, notes and counts, on files with several
 threads, many small chunks, chunks bigger than a worker's step, corrupt chunks (at the
 start, in the middle, after part of them was placed), a forged chunk claiming 16 MiB,
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import zstandard
 
-from branchtrace import decode_jit
-from branchtrace.blocks import (
+from branchtrace.decode import jit as decode_jit
+from branchtrace.store.blocks import (
     BLOCK_DTYPE,
     FLAG_ASYNC,
     FLAG_FOREIGN,
@@ -25,7 +25,8 @@ from branchtrace.decode import decode_blocks
 from branchtrace.model import BranchKind, Gap
 from branchtrace.store import Encoding, StoreMode
 from branchtrace.trace import Trace
-from branchtrace.tracefile import fused, open_trace
+from branchtrace.decode import fused
+from branchtrace.tracefile import open_trace
 from branchtrace.tracefile.format import (
     MAGIC,
     PREAMBLE,

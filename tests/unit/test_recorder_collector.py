@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from branchtrace.blocks import make_table
+from branchtrace.store.blocks import make_table
 from branchtrace.recorder import _Collector
 from branchtrace.store import FROMTO_DTYPE
 

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 import branchtrace.store as store_module
 from branchtrace.errors import MemoryLimitError, StoreError, UsageError
 from branchtrace.model import BRANCH_DTYPE, BranchKind
-from branchtrace.sizes import parse_size
+from branchtrace.store.sizes import parse_size
 from branchtrace.store import (
     FROMTO_DTYPE,
     HEADER_DTYPE,

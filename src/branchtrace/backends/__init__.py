@@ -54,7 +54,7 @@ class RunResult:
     gaps: list[Gap] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)     # things the user should know
     pid: int = 0
-    #: for the BLOCKID encoding: the block table, indexed by block id (see decode.py)
+    #: for the BLOCKID encoding: the block table, indexed by block id (see decode/)
     blocks: np.ndarray | None = None
 
 

@@ -14,7 +14,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from ..errors import UsageError
 from ..reporters.render import check_output
-from ..sizes import format_bytes, parse_byte_size, parse_size
+from ..store.sizes import format_bytes, parse_byte_size, parse_size
 
 if TYPE_CHECKING:
     from ..backends import Backend, Choice, Target

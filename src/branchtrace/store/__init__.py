@@ -14,55 +14,74 @@ position ``p`` lives in slot ``p % capacity``; ``written`` (producer) and ``cons
 :meth:`Store.create` (config), :meth:`Store.status`, :meth:`Store.size`,
 :meth:`Store.get`, :meth:`Store.clear` and :meth:`Store.drain`.
 
-The package is split by concept; everything is importable from ``branchtrace.store``:
+The package is split by concept; the classes and constants of the first five modules are
+importable from ``branchtrace.store`` (lazily, on first use):
 
 * :mod:`.layout` - format constants, enums, dtypes, :class:`StoreConfig`, status types;
 * :mod:`.files` - making, reserving and checking the store file;
 * :mod:`.producer` - :class:`ThreadBuffer`, the producer side of one thread;
 * :mod:`.core` - :class:`Store`, the mapped file, its operations and thread table;
-* :mod:`.consumer` - :class:`StreamConsumer`, a draining thread for stream mode.
+* :mod:`.consumer` - :class:`StreamConsumer`, a draining thread for stream mode;
+* :mod:`.blocks` - the block table of the BLOCKID encoding (the stalker backend's);
+* :mod:`.sizes` - sizes (records or bytes) and the memory limit the store may take.
 """
 
 from __future__ import annotations
 
-from .consumer import StreamConsumer
-from .core import Store
-from .layout import (
-    BLOCKID_DTYPE,
-    DEFAULT_MAX_THREADS,
-    DEFAULT_RING_RECORDS,
-    DEFAULT_STREAM_RECORDS,
-    FROMTO_DTYPE,
-    HEADER_DTYPE,
-    HEADER_SIZE,
-    MAGIC,
-    MAX_CHUNK_RECORDS,
-    PAGE,
-    RECORD_DTYPES,
-    THREAD_DTYPE,
-    THREAD_ENTRY_SIZE,
-    VERSION,
-    Encoding,
-    StoreConfig,
-    StoreMode,
-    StoreStatus,
-    ThreadState,
-    ThreadStatus,
-)
-from .producer import ThreadBuffer
+from typing import TYPE_CHECKING, Any
 
-# The private helpers of the former single module stay reachable here, as they were.
-from .files import _allocate as _allocate
-from .files import _check_header as _check_header
-from .files import _default_parent as _default_parent
-from .layout import _CONSUMED as _CONSUMED
-from .layout import _HEADER_FIELDS as _HEADER_FIELDS
-from .layout import _WAITS as _WAITS
-from .layout import _WRITTEN as _WRITTEN
-from .layout import _page_round as _page_round
-from .producer import _NO_END as _NO_END
-from .producer import _WAIT_FIRST as _WAIT_FIRST
-from .producer import _WAIT_MAX as _WAIT_MAX
+if TYPE_CHECKING:
+    from .consumer import StreamConsumer
+    from .core import Store
+    from .layout import (
+        BLOCKID_DTYPE,
+        DEFAULT_MAX_THREADS,
+        DEFAULT_RING_RECORDS,
+        DEFAULT_STREAM_RECORDS,
+        FROMTO_DTYPE,
+        HEADER_DTYPE,
+        HEADER_SIZE,
+        MAGIC,
+        MAX_CHUNK_RECORDS,
+        PAGE,
+        RECORD_DTYPES,
+        THREAD_DTYPE,
+        THREAD_ENTRY_SIZE,
+        VERSION,
+        Encoding,
+        StoreConfig,
+        StoreMode,
+        StoreStatus,
+        ThreadState,
+        ThreadStatus,
+    )
+    from .producer import ThreadBuffer
+
+#: Where each name lives. They are imported on first use (PEP 562), so that importing
+#: :mod:`.sizes` (which the CLI needs to parse its options) does not pull in numpy.
+_LAZY = {name: "layout" for name in (
+    "BLOCKID_DTYPE",
+    "DEFAULT_MAX_THREADS",
+    "DEFAULT_RING_RECORDS",
+    "DEFAULT_STREAM_RECORDS",
+    "FROMTO_DTYPE",
+    "HEADER_DTYPE",
+    "HEADER_SIZE",
+    "MAGIC",
+    "MAX_CHUNK_RECORDS",
+    "PAGE",
+    "RECORD_DTYPES",
+    "THREAD_DTYPE",
+    "THREAD_ENTRY_SIZE",
+    "VERSION",
+    "Encoding",
+    "StoreConfig",
+    "StoreMode",
+    "StoreStatus",
+    "ThreadState",
+    "ThreadStatus",
+)}
+_LAZY.update(StreamConsumer="consumer", Store="core", ThreadBuffer="producer")
 
 __all__ = [
     "BLOCKID_DTYPE",
@@ -89,3 +108,20 @@ __all__ = [
     "ThreadState",
     "ThreadStatus",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    # Static imports, not importlib: the readers' AST scan (tests/reliability) forbids it.
+    from . import consumer, core, layout, producer
+
+    modules = {"consumer": consumer, "core": core, "layout": layout, "producer": producer}
+    value = getattr(modules[module], name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -21,7 +21,7 @@ from types import TracebackType
 import numpy as np
 
 from branchtrace.errors import MemoryLimitError, StoreError, UsageError
-from branchtrace.sizes import format_bytes
+from .sizes import format_bytes
 
 from .files import _allocate, create_file, discard_file, open_file
 from .layout import (

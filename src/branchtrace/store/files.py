@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from branchtrace.errors import MemoryLimitError, StoreError, UsageError
-from branchtrace.sizes import format_bytes, memory_limit
+from .sizes import format_bytes, memory_limit
 
 from .layout import (
     HEADER_DTYPE,

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from branchtrace.errors import UsageError
-from branchtrace.sizes import Size
+from .sizes import Size
 
 MAGIC = b"BTSTORE\0"
 #: Store format version. Changelog: 1 - first version (ring and stream, FROMTO and BLOCKID).

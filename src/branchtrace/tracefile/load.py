@@ -5,7 +5,7 @@ Chunks are decompressed in parallel (zstd and numpy release the GIL). FROMTO rec
 decode one by one, so each chunk is decoded straight into its slice of the thread's
 array; other encodings (BLOCKID pairs consecutive records) are decoded per run of
 consecutive chunks. Long block-id threads, when numba is installed, are decoded chunk
-by chunk instead (fused.py: no buffer of all ids, exact chunk times); this module's
+by chunk instead (decode/fused.py: no buffer of all ids, exact chunk times); this module's
 path stays for everything else, and where memory cannot be reserved. A chunk that is
 missing or does not decompress becomes a gap with the reason ``"corrupt chunk"``;
 nothing here raises for damaged data.
@@ -22,13 +22,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import zstandard
 
-from ..decode import concat, decode
+from ..bigarrays import reserve
+from ..decode import concat, decode, fused
 from ..errors import TraceFormatError
-from ..memory import reserve
 from ..model import BRANCH_DTYPE, BranchKind, ExitInfo, Gap, Mapping, ModuleMap
 from ..store import RECORD_DTYPES, Encoding, StoreMode
 from ..trace import CHUNK_TIMES_DTYPE, Trace
-from . import fused
 from .format import GapInfo, ModuleInfo
 from .holes import Hole, Shifter, add_gap, items_of, select
 from .reader import Chunk, TraceFile, scan
@@ -38,7 +37,7 @@ CORRUPT = "corrupt chunk"
 #: their headers declare; forged zstd frame headers must not make the reader allocate
 #: gigabytes. When every chunk declares at most this many times its compressed bytes
 #: (plus _TRUSTED_BYTES), the buffer is allocated: at most 8 x the file. Otherwise (real
-#: traces compress 25-80:1) the buffer is reserved, not committed (memory.reserve): only
+#: traces compress 25-80:1) the buffer is reserved, not committed (bigarrays.reserve): only
 #: what the chunks really hold becomes resident, and a chunk that holds less than it claims
 #: becomes a gap. Where the system will not reserve (strict overcommit), such chunks are
 #: first decompressed into a small scratch buffer to check their size (_verified).
@@ -212,7 +211,7 @@ def _decode_thread(tf: TraceFile, chunks: list[Chunk], holes: list[Hole],
 
 def _placed(chunks: list[Chunk], holes: list[Hole], array: np.ndarray, spans: fused.Spans
             ) -> tuple[np.ndarray, list[tuple[Hole, int]], np.ndarray, str]:
-    """What _decode_thread returns, for branches decoded chunk by chunk (fused.py):
+    """What _decode_thread returns, for branches decoded chunk by chunk (decode/fused.py):
     each chunk's times cover exactly its branches."""
     items = items_of(chunks, holes, [span is not None for span in spans])
     times: list[tuple[int, int, int, int]] = []

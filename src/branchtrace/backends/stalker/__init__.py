@@ -4,7 +4,7 @@ Every thread of the target runs under Stalker, which recompiles the program bloc
 block; our transform (agent/recorder.c, a CModule) puts a few flag-free instructions
 at the start of every block that append the block's 32-bit id to the thread's buffer
 in the shared store. Each block is described once in the block table
-(:mod:`branchtrace.blocks`), and decode turns id sequences into branches. About 1-2 ns
+(:mod:`branchtrace.store.blocks`), and decode turns id sequences into branches. About 1-2 ns
 per block: a few times slower than the program, not a million. docs/stalker.md has
 the design.
 """
@@ -76,7 +76,7 @@ class StalkerBackend:
         """While a run goes on: the block-table entries complete so far from id
         ``first_id`` on, and the modules known so far. A trace file being written gets
         them as it goes, so a file cut short (branchtrace killed) still decodes."""
-        from ...blocks import read_complete_rows
+        from ...store.blocks import read_complete_rows
 
         host = self._host
         if host is None:

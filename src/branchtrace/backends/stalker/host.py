@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...blocks import DEFAULT_TABLE_CAPACITY, create_table, read_table, table_bytes
+from ...store.blocks import DEFAULT_TABLE_CAPACITY, create_table, read_table, table_bytes
 from ...errors import BranchtraceError, MemoryLimitError, TargetError, UsageError
 from ...model import ExitInfo, Gap, ModuleMap
 from ...store import HEADER_SIZE, THREAD_ENTRY_SIZE, Store

@@ -78,7 +78,7 @@ struct _BtThread
 #define BT_RC_EMPTY (~(guint64) 0)
 #define BT_RC_INDEX(a) ((((guint32) (a) >> 13) ^ (guint32) (a)) & (BT_RC_ENTRIES - 1))
 
-/* The block table entry: 32 bytes, little-endian (branchtrace/blocks.py BLOCK_DTYPE). */
+/* The block table entry: 32 bytes, little-endian (branchtrace/store/blocks.py BLOCK_DTYPE). */
 struct _BtBlock
 {
   guint64 start;             /* address of the first instruction */

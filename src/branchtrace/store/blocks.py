@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import TraceFormatError
+from ..errors import TraceFormatError
 
 TABLE_MAGIC = b"BTBLOCKS"
 #: Block table format version. Changelog: 1 - first version.

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-from branchtrace.errors import UsageError
+from ..errors import UsageError
 
 #: Suffixes of a record count (binary multipliers).
 RECORD_SUFFIXES: dict[str, int] = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}

@@ -7,7 +7,7 @@ it is one loop that keeps the previous block in registers: 2-3x faster per core,
 no temporaries. Compiling costs about a second the first time (then numba's cache, in
 ``__pycache__``, when it is writable), so :func:`available` is only asked for long id
 sequences. ``BRANCHTRACE_JIT=0`` turns it off. :func:`bind` gives the decoder of one
-block table for ids that come piece by piece (tracefile/fused.py).
+block table for ids that come piece by piece (fused.py).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from .blocks import FLAG_ASYNC, FLAG_FOREIGN, FLAG_HOOKED, FLAG_VALID, HOOK_RESUME_SPAN
-from .memory import big_empty
-from .model import BRANCH_DTYPE, BranchKind
+from ..store.blocks import FLAG_ASYNC, FLAG_FOREIGN, FLAG_HOOKED, FLAG_VALID, HOOK_RESUME_SPAN
+from ..bigarrays import big_empty
+from ..model import BRANCH_DTYPE, BranchKind
 
 _kernels: tuple[Any, Any] | None = None
 _failed = False

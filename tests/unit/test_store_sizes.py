@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from branchtrace.errors import UsageError
-from branchtrace.sizes import (
+from branchtrace.store.sizes import (
     Size,
     cgroup_headroom,
     format_bytes,

@@ -10,13 +10,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from . import decode_jit
-from .blocks import FLAG_ASYNC, FLAG_FOREIGN, FLAG_HOOKED, FLAG_VALID, HOOK_RESUME_SPAN
-from .errors import TraceFormatError
-from .model import BRANCH_DTYPE, BranchKind
-from .store import RECORD_DTYPES, Encoding
+from . import jit
+from ..store.blocks import FLAG_ASYNC, FLAG_FOREIGN, FLAG_HOOKED, FLAG_VALID, HOOK_RESUME_SPAN
+from ..errors import TraceFormatError
+from ..model import BRANCH_DTYPE, BranchKind
+from ..store import RECORD_DTYPES, Encoding
 
-#: Id sequences at least this long use the compiled decoder (decode_jit) when numba is
+#: Id sequences at least this long use the compiled decoder (decode/jit.py) when numba is
 #: installed: below, numpy is fast enough and compiling would cost more than it saves.
 JIT_MIN_IDS = 1 << 22
 _CHUNK = 1 << 20  # block ids decoded at a time (small enough for malloc to reuse its memory)
@@ -69,13 +69,13 @@ def decode_blocks(ids: np.ndarray, blocks: np.ndarray,
     if len(ids) < 2:
         return np.zeros(0, dtype=BRANCH_DTYPE)
     table = _Table(blocks)
-    if len(ids) >= JIT_MIN_IDS and ids.dtype == np.uint32 and decode_jit.available():
+    if len(ids) >= JIT_MIN_IDS and ids.dtype == np.uint32 and jit.available():
         parts = min(4, os.cpu_count() or 1)
         cols = table.columns()
         if pool is None:
             with ThreadPoolExecutor(max_workers=parts) as own:
-                return decode_jit.decode(ids, *cols, own, parts)
-        return decode_jit.decode(ids, *cols, pool, parts)
+                return jit.decode(ids, *cols, own, parts)
+        return jit.decode(ids, *cols, pool, parts)
     spans = [(lo, min(lo + _CHUNK, len(ids) - 1)) for lo in range(0, len(ids) - 1, _CHUNK)]
     if len(spans) == 1:
         return table.fill(ids, table.taken(ids), None)
@@ -88,7 +88,7 @@ def decode_blocks(ids: np.ndarray, blocks: np.ndarray,
 def table_columns(blocks: np.ndarray
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The block table's columns (start, end, last, kind, flags) as the compiled decoder
-    takes them (decode_jit.bind), each with the sentinel row for unknown ids."""
+    takes them (jit.bind), each with the sentinel row for unknown ids."""
     return _Table(blocks).columns()
 
 

@@ -1,16 +1,16 @@
 """Block ids -> branches chunk by chunk, with no buffer of all of a thread's ids.
 
-The two-pass path (load.py, decode.py) decompresses every chunk of a thread into one
+The two-pass path (tracefile/load.py, decode/__init__.py) decompresses every chunk of a thread into one
 buffer of raw ids (830 MB for 200M ids), then counts, then fills the branches: memory
 this VM is slow to touch, and two passes over it. Here each chunk is decompressed piece
 by piece (at most STEP_IDS ids) into a small buffer of the worker's, its branches are
-decoded (compiled: decode_jit) into a second small buffer, then copied to their place
+decoded (compiled: jit.py) into a second small buffer, then copied to their place
 in the result. That place is known only in chunk order: the chunks go to the workers in
 tasks, in order, and each task hands its successor where its branches end and the last
 id of its last chunk as soon as it knows them. The successor waits for that only to
 place its own branches and to decode the pair (that id, its own first id), which can
 be a branch too; when the place is already known, branches are decoded straight into
-it. The result is reserved for one branch per id (memory.reserve: only what is written
+it. The result is reserved for one branch per id (bigarrays.reserve: only what is written
 becomes resident); its filled prefix is what the thread gets (copied, when small).
 
 A chunk that does not decompress to the size it declares is a hole, as in load.py: its
@@ -24,16 +24,18 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import numpy as np
 import zstandard
 
-from .. import decode_jit
-from ..decode import JIT_MIN_IDS, table_columns
-from ..memory import reserve
+from ..bigarrays import reserve
 from ..model import BRANCH_DTYPE
 from ..store import RECORD_DTYPES, Encoding
-from .reader import Chunk, TraceFile
+from . import JIT_MIN_IDS, jit, table_columns
+
+if TYPE_CHECKING:
+    from ..tracefile.reader import Chunk, TraceFile
 
 #: Threads with fewer ids (as their chunks declare) take the two-pass path: numpy is
 #: fast enough there, and importing numba would cost more. Tests lower it.
@@ -60,7 +62,7 @@ def usable(tf: TraceFile, chunks: list[Chunk]) -> bool:
     chunk really holds ids)."""
     return (tf.encoding == Encoding.BLOCKID and tf.blocks is not None and bool(chunks)
             and RECORD_DTYPES[Encoding.BLOCKID] == np.dtype(np.uint32)   # native order
-            and sum(c.head.count for c in chunks) >= FUSED_MIN_IDS and decode_jit.enabled())
+            and sum(c.head.count for c in chunks) >= FUSED_MIN_IDS and jit.enabled())
 
 
 def decode(tf: TraceFile, chunks: list[Chunk], pool: ThreadPoolExecutor,
@@ -125,7 +127,7 @@ class _Job:
 
     def decode(self) -> Decoder:
         if self.decoder is None:
-            self.decoder = decode_jit.bind(*self.columns)
+            self.decoder = jit.bind(*self.columns)
             if self.decoder is None:
                 raise _Unavailable
         return self.decoder
