@@ -300,6 +300,33 @@ def test_blockid_encoding(make_store: MakeStore) -> None:
     assert RECORD_DTYPES[Encoding.FROMTO].itemsize == 24
 
 
+def test_placement_is_where_a_thread_s_records_land(make_store: MakeStore) -> None:
+    """What a producer writing the file itself (the stalker agent) is told: the slot
+    and the region offset at which the store reads that thread's records."""
+    store = make_store(capacity=16)
+    for tid in (101, 102, 103):
+        store.add_thread(tid)
+    store.release_thread(102)
+    store.add_thread(104)                      # takes 102's freed slot and region
+    places = {tid: store.placement(tid) for tid in (101, 103, 104)}
+    assert sorted(slot for slot, _ in places.values()) == [0, 1, 2]
+    assert places[104][0] == 1
+    assert len({offset for _, offset in places.values()}) == 3
+    written_at = THREAD_DTYPE.fields["written"][1]
+    with open(store.path, "r+b") as f:         # one record each, written by offsets alone
+        for tid, (slot, offset) in places.items():
+            record = np.zeros(1, FROMTO_DTYPE)
+            record["from_ip"], record["to_ip"], record["kind"] = tid, tid + 1, BranchKind.CALL
+            f.seek(offset)
+            f.write(record.tobytes())
+            f.seek(HEADER_SIZE + slot * THREAD_DTYPE.itemsize + written_at)
+            f.write((1).to_bytes(8, "little"))
+    for tid in places:
+        assert ips(store.drain(tid)) == [tid]
+    with pytest.raises(StoreError, match="no buffer"):
+        store.placement(102)
+
+
 def test_config_from_size() -> None:
     ring = StoreConfig.from_size(parse_size("1000"), RING)
     assert (ring.capacity_records, ring.chunk_records) == (1000, 0)

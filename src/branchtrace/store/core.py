@@ -248,6 +248,13 @@ class Store:
         with self._lock:
             return self._buffer(self._slot(tid), None)
 
+    def placement(self, tid: int) -> tuple[int, int]:
+        """Where thread ``tid``'s buffer is, for a producer that writes the file itself
+        (the stalker agent): its index in the thread table, and its region's byte offset."""
+        with self._lock:
+            slot = self._slot(tid)
+            return slot, self._word(slot, "region_offset")
+
     def mark_exited(self, tid: int) -> None:
         """Note that ``tid`` has ended; its records stay until drained and released."""
         with self._lock:

@@ -10,55 +10,17 @@ from __future__ import annotations
 
 import os
 import platform
-import shutil
 import signal
 from typing import TYPE_CHECKING
 
-from ...errors import TargetError, UsageError
+from ...errors import TargetError
 from .. import Probe, RecordOptions, RunResult, Target
+from ..linux.program import find_program, start_vaddr
 
 if TYPE_CHECKING:
     from ...model import ModuleMap
     from ...store import Encoding, Store, StoreMode
     from .process import TracerProcess
-
-
-def _find_program(program: str) -> str:
-    """The path exec would run, or a one-line TargetError."""
-    if "/" in program:
-        path = program
-    else:
-        found = shutil.which(program)
-        if found is None:
-            raise TargetError(f"program not found: {program}")
-        path = found
-    if os.path.isdir(path):
-        raise TargetError(f"cannot run {program}: it is a directory")
-    if not os.path.exists(path):
-        raise TargetError(f"program not found: {program}")
-    if not os.access(path, os.X_OK):
-        raise TargetError(f"cannot run {program}: permission denied")
-    return path
-
-
-def _start_vaddr(path: str, start: str | None) -> tuple[int | None, str | None]:
-    """The ELF address to start stepping at (None: the first instruction), and a note."""
-    from ...symbols import load_elf
-
-    if start == "entry":
-        return None, None
-    image = load_elf(path)
-    if image is None:
-        if start is None:
-            return None, f"cannot read {path} as ELF; stepping from the first instruction"
-        raise TargetError(f"cannot read the symbols of {path}")
-    name = start or "main"
-    address = image.symbol_address(name)
-    if address is None:
-        if start is None:
-            return None, "no symbol 'main' in the executable; stepping from the first instruction"
-        raise UsageError(f"--start: no function {name!r} in {path}")
-    return address, None
 
 
 class PtraceBackend:
@@ -129,10 +91,10 @@ class PtraceBackend:
                 raise TargetError("branchtrace cannot trace itself")
             request = Request(pid=target.pid, duration=options.duration)
         else:
-            path = _find_program(target.argv[0])
-            start_vaddr, note = _start_vaddr(path, options.start)
+            path = find_program(target.argv[0])
+            vaddr, note = start_vaddr(path, options.start)
             request = Request(target.argv, target.env, target.disable_aslr, path=path,
-                              start_vaddr=start_vaddr, duration=options.duration)
+                              start_vaddr=vaddr, duration=options.duration)
         self.prepare(store)
         assert self._tracer is not None
         try:
@@ -157,7 +119,7 @@ def _probe_seize() -> Probe:
     global _probe_cache
     if _probe_cache is not None:
         return _probe_cache
-    from . import sys as pt
+    from ..linux import sys as pt
 
     parent = os.getpid()
     pid = os.fork()

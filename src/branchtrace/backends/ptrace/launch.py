@@ -7,7 +7,7 @@ import os
 import signal
 
 from ...errors import TargetError
-from . import sys as pt
+from ..linux import sys as pt
 
 _ESRCH, _EPERM = 3, 1
 
@@ -108,7 +108,7 @@ def _release(seized: list[int]) -> None:
 
 def attach_error(pid: int, exc: OSError) -> str:
     """Why we may not trace ``pid``, in one line."""
-    from ..permissions import denied_reason
+    from ..linux.permissions import denied_reason
 
     if exc.errno == _ESRCH:
         return f"no process with pid {pid}"

@@ -19,7 +19,7 @@ from ...isa import NOT_A_BRANCH, Insn, InsnCache
 from ...model import BranchKind, ExitInfo, Gap, ModuleMap
 from ...symbols import merge_modules, modules_from_maps, read_maps
 from . import launch
-from . import sys as pt
+from ..linux import sys as pt
 from .memory import TargetMemory
 from .signals import (FAULT_SIGNALS, GROUP_STOP_SIGNALS, SI_KERNEL, STEP_TRAP, Fault, bit,
                       caught_signals, pending_signals)

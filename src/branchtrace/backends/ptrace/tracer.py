@@ -31,7 +31,7 @@ from typing import Callable, NoReturn
 from ...errors import TargetError
 from ...model import ModuleMap
 from ...store import Store
-from . import sys as pt
+from ..linux import sys as pt
 from . import wire
 from .stepper import Stepper
 

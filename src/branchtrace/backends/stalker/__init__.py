@@ -89,13 +89,13 @@ class StalkerBackend:
         and the store take ~0.1 s, and so does the attach, mostly spent in the target
         loading Frida's agent). :meth:`record` of the same target takes them over;
         :meth:`cancel_early` kills the program if it never comes."""
-        from ..ptrace import _find_program
+        from ..linux.program import find_program
         from .launch import Attaching, Launcher
 
         if target.pid is not None:
             return
         self.cancel_early()
-        _find_program(target.argv[0])
+        find_program(target.argv[0])
         launcher = Launcher(target.argv, target.env, target.disable_aslr)
         launcher.spawn()
         try:
@@ -122,7 +122,7 @@ class StalkerBackend:
         return None
 
     def record(self, target: Target, store: Store, options: RecordOptions) -> RunResult:
-        from ..ptrace import _find_program, _start_vaddr
+        from ..linux.program import find_program, start_vaddr
         from .host import Host
         from .launch import Launcher
 
@@ -134,11 +134,11 @@ class StalkerBackend:
         self._interrupted = False
         self.check_counts = None
         notes: list[str] = []
-        start_vaddr: int | None = None
+        vaddr: int | None = None
         if target.pid is None:
-            path = _find_program(target.argv[0])
+            path = find_program(target.argv[0])
             if options.start not in (None, "entry"):
-                start_vaddr, note = _start_vaddr(path, options.start)
+                vaddr, note = start_vaddr(path, options.start)
                 notes.extend([note] if note else [])
         elif options.start not in (None, "entry"):
             notes.append("--start only applies to programs we start; attached from now on")
@@ -161,7 +161,7 @@ class StalkerBackend:
                     pid = launcher.start()
                     attaching = None
                 try:
-                    host.start(pid, launcher, start_vaddr, attaching)
+                    host.start(pid, launcher, vaddr, attaching)
                 except BaseException:
                     launcher.cancel(attaching)
                     raise

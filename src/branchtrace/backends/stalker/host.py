@@ -121,7 +121,7 @@ class Host:
         except frida.ProcessNotFoundError:
             raise TargetError(f"no process with pid {pid}") from None
         except frida.PermissionDeniedError as err:
-            from ..permissions import denied_reason
+            from ..linux.permissions import denied_reason
 
             raise TargetError(f"cannot trace pid {pid}: {err}: {denied_reason(pid)}") from None
         except frida.core.RPCException as err:
@@ -195,9 +195,8 @@ class Host:
                 return {"tid": tid, "error": str(err)}
             except BranchtraceError as err:
                 return {"tid": tid, "error": str(err)}
-            slot = self.store._slot(tid)
-            return {"tid": tid, "index": slot,
-                    "regionOffset": int(self.store._table["region_offset"][slot]),
+            slot, region_offset = self.store.placement(tid)
+            return {"tid": tid, "index": slot, "regionOffset": region_offset,
                     "checkIndex": self.check.assign(tid) if self.check is not None else None}
 
     # -- messages from the agent (on Frida's thread) ----------------------------------------
@@ -363,7 +362,7 @@ class Host:
 
 def _check_attachable(pid: int) -> None:
     """The reasons Frida would give badly, in one line each."""
-    from ..permissions import (
+    from ..linux.permissions import (
         denied_reason,
         has_cap_sys_ptrace,
         other_owner,

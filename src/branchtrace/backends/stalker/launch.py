@@ -209,8 +209,8 @@ def release_killed(pid: int, timeout: float = 1.0) -> None:
     reaper) could not reap it while we live (a ``record()`` in a long-lived process left
     a reaper and a zombie behind). Wait for it here, as its tracer (``__WALL``): the
     kernel then hands it back to the reaper, which reaps it and reports how it ended."""
-    from ..permissions import tracer_of
-    from ..ptrace.sys import WALL
+    from ..linux.permissions import tracer_of
+    from ..linux.sys import WALL
 
     deadline = time.monotonic() + timeout
     ours = {int(tid) for tid in os.listdir("/proc/self/task")}

@@ -1,6 +1,6 @@
 """A small ctypes binding to ptrace(2) and friends, for x86-64 Linux.
 
-Only what the stepper needs. Every call that can fail raises ``OSError`` with the
+Only what the backends need. Every call that can fail raises ``OSError`` with the
 errno, so callers can tell "the thread is gone" (ESRCH) from real errors.
 """
 

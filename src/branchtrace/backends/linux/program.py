@@ -1,0 +1,48 @@
+"""The program a backend starts: the path exec would run, and where recording begins."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from ...errors import TargetError, UsageError
+
+
+def find_program(program: str) -> str:
+    """The path exec would run, or a one-line TargetError."""
+    if "/" in program:
+        path = program
+    else:
+        found = shutil.which(program)
+        if found is None:
+            raise TargetError(f"program not found: {program}")
+        path = found
+    if os.path.isdir(path):
+        raise TargetError(f"cannot run {program}: it is a directory")
+    if not os.path.exists(path):
+        raise TargetError(f"program not found: {program}")
+    if not os.access(path, os.X_OK):
+        raise TargetError(f"cannot run {program}: permission denied")
+    return path
+
+
+def start_vaddr(path: str, start: str | None) -> tuple[int | None, str | None]:
+    """The ELF address of the executable ``path`` to start recording at, for ``--start``
+    (``None``: ``main``; ``"entry"``: the first instruction, given as None), and a note
+    when the default cannot be found and the first instruction is used instead."""
+    from ...symbols import load_elf
+
+    if start == "entry":
+        return None, None
+    image = load_elf(path)
+    if image is None:
+        if start is None:
+            return None, f"cannot read {path} as ELF; stepping from the first instruction"
+        raise TargetError(f"cannot read the symbols of {path}")
+    name = start or "main"
+    address = image.symbol_address(name)
+    if address is None:
+        if start is None:
+            return None, "no symbol 'main' in the executable; stepping from the first instruction"
+        raise UsageError(f"--start: no function {name!r} in {path}")
+    return address, None
