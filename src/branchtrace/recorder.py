@@ -23,7 +23,6 @@ from .backends import (
     RecordOptions,
     RunResult,
     Target,
-    cancel_early,
     select,
 )
 from .decode import concat, decode
@@ -100,9 +99,9 @@ class _Collector:
     def __init__(self, writer: TraceWriter | None, keep: int | None,
                  listener: RecordListener | None, start_ns: int, backend: Backend) -> None:
         self.writer, self.listener, self.start_ns = writer, listener, start_ns
-        # A backend with live(first_id) -> (block rows, modules) hands over its block
-        # table and module maps while the program runs: the file gets them as it goes.
-        self.live = getattr(backend, "live", None)
+        # live(first_id) -> (block rows, modules): the backend hands over its block table
+        # and module maps while the program runs, and the file gets them as it goes.
+        self.live = backend.live
         self.blocks_written = 0                       # table rows already in the file
         self.modules_written: set[tuple[str, int, int]] = set()
         self.live_ns = 0                              # when live() was last asked
@@ -121,8 +120,7 @@ class _Collector:
         self.last_ns[tid] = now
         if self.writer is not None and self.error is None:
             try:
-                if self.live is not None and (now - self.live_ns >= LIVE_EVERY_NS
-                                              or self._unknown_ids(records)):
+                if now - self.live_ns >= LIVE_EVERY_NS or self._unknown_ids(records):
                     self.live_ns = now
                     rows, modules = self.live(self.blocks_written)
                     self.write_meta(rows, modules)
@@ -191,7 +189,7 @@ def record(target: Target, config: RecordConfig = RecordConfig(),
     try:
         return _record(target, config, choice, on_start, output, keep, listener)
     finally:
-        cancel_early(choice.backend)
+        choice.backend.cancel_early()
 
 
 def _record(target: Target, config: RecordConfig, choice: Choice,
@@ -212,9 +210,7 @@ def _record(target: Target, config: RecordConfig, choice: Choice,
     sink = _Collector(writer, keep, listener, start_ns, backend)
     try:
         with Store.create(sconfig) as store:
-            prepare = getattr(backend, "prepare", None)
-            if prepare is not None:  # before any thread of ours: the ptrace backend forks
-                prepare(store)
+            backend.prepare(store)  # before any thread of ours: the ptrace backend forks
             consumer = None
             try:
                 if on_start is not None:
@@ -224,9 +220,7 @@ def _record(target: Target, config: RecordConfig, choice: Choice,
                     consumer.start()
                 result = backend.record(target, store, RecordOptions(config.start, config.duration, config.only))
             finally:
-                release = getattr(backend, "release", None)
-                if release is not None:
-                    release()
+                backend.release()
                 if consumer is not None:
                     consumer.stop()
             status = store.status()

@@ -44,3 +44,22 @@ def test_probe_all_lists_every_backend():
     listed = dict(backends.probe_all())
     assert set(listed) == set(backends.names())
     assert listed["ptrace"].available, listed["ptrace"].reason
+
+
+def test_every_backend_declares_every_capability_and_the_defaults_do_nothing():
+    """A backend is a :class:`Backend` subclass, so the optional hooks callers call
+    directly (``start_early``, ``prepare``, ``live`` ...) exist on all of them."""
+    optional = ("start_early", "cancel_early", "prepare", "release", "live")
+    for name in backends.names():
+        backend = backends.load(name)
+        assert backends.Backend in type(backend).__mro__
+        assert all(callable(getattr(backend, hook)) for hook in optional), name
+
+    class Minimal(backends.Backend):
+        name, description = "minimal", "implements only what every backend must"
+
+    minimal = Minimal()
+    target = backends.Target(argv=("true",))
+    assert minimal.start_early(target) is None and minimal.cancel_early() is None
+    assert minimal.release() is None
+    assert minimal.live(0) == (None, [])

@@ -65,8 +65,14 @@ class Probe:
 
 
 class Backend(Protocol):
+    """Everything a backend may do. The first five every backend implements; the rest
+    have defaults here (doing nothing), which a backend inherits by subclassing this
+    class and overrides when it has something to do at that point of a run. Callers
+    call every method directly: no capability is probed for."""
+
     name: str
     description: str
+
     @property
     def encoding(self) -> Encoding:
         """The record encoding this backend writes into the store (a property: the store
@@ -89,6 +95,35 @@ class Backend(Protocol):
     def interrupt(self) -> None:
         """Ask a running :meth:`record` to detach soon (safe from a signal handler)."""
         ...
+
+    # -- optional: the defaults do nothing --------------------------------------------------
+
+    def start_early(self, target: Target) -> None:
+        """Start ``target`` now, before the store exists, while the caller imports the
+        rest; :meth:`record` of the same target takes it over. Default: nothing (the
+        program starts in :meth:`record`)."""
+        return None
+
+    def cancel_early(self) -> None:
+        """Kill what :meth:`start_early` started for a run that will not record it;
+        nothing if it started nothing."""
+        return None
+
+    def prepare(self, store: Store) -> None:
+        """Called once the store exists, before the caller starts any thread of its own
+        (the ptrace backend forks its tracer process here). Default: nothing."""
+        return None
+
+    def release(self) -> None:
+        """Called after :meth:`record`, even when it raised: let go of what
+        :meth:`prepare` made. Default: nothing."""
+        return None
+
+    def live(self, first_id: int) -> tuple[np.ndarray | None, list[ModuleMap]]:
+        """While a run goes on: the block-table rows complete so far from id ``first_id``
+        on (None for encodings with no table), and the modules known so far, so that a
+        trace file cut short still decodes and symbolizes. Default: nothing known."""
+        return None, []
 
 
 # name -> "module:Class"; the order is the order of preference for "auto".
@@ -120,14 +155,6 @@ def load(name: str) -> Backend:
 class Choice:
     backend: Backend
     reasons: tuple[str, ...]
-
-
-def cancel_early(backend: Backend) -> None:
-    """Kill what the backend's ``start_early`` (optional, like ``prepare``) started for a
-    run that will not record it; nothing if it started nothing."""
-    cancel = getattr(backend, "cancel_early", None)
-    if cancel is not None:
-        cancel()
 
 
 def probe_all() -> list[tuple[str, Probe]]:

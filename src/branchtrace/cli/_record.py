@@ -186,15 +186,14 @@ def _write_report(trace: Trace, args: argparse.Namespace) -> None:
 
 def record_and_report(args: argparse.Namespace, target: Target, duration: float | None = None) -> int:
     """Record ``target`` with the options in ``args``, print the report, return the exit code."""
-    from ..backends import cancel_early, select
+    from ..backends import select
 
     check_before_start(args, target.argv[0] if target.argv else None)
     choice = select(args.backend)
-    start_early = getattr(choice.backend, "start_early", None)
     try:
-        if start_early is not None:
-            # the program and Frida's attach start now, while Python imports the rest
-            start_early(target)
+        # the stalker backend starts the program and Frida's attach now, while Python
+        # imports the rest (other backends start nothing here)
+        choice.backend.start_early(target)
         from ..recorder import RecordConfig
 
         only = tuple(name for name in args.only.split(",") if name)
@@ -203,7 +202,7 @@ def record_and_report(args: argparse.Namespace, target: Target, duration: float 
                               duration=duration, only=only)
         return _record_and_report(args, target, config, choice)
     finally:
-        cancel_early(choice.backend)   # if the program was started but not recorded
+        choice.backend.cancel_early()   # if the program was started but not recorded
 
 
 def _record_and_report(args: argparse.Namespace, target: Target, config: RecordConfig,

@@ -14,7 +14,7 @@ import signal
 from typing import TYPE_CHECKING
 
 from ...errors import TargetError
-from .. import Probe, RecordOptions, RunResult, Target
+from .. import Backend, Probe, RecordOptions, RunResult, Target
 from ..linux.program import find_program, start_vaddr
 
 if TYPE_CHECKING:
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from .process import TracerProcess
 
 
-class PtraceBackend:
+class PtraceBackend(Backend):
     """Traces from a process of its own (:mod:`.process`, :mod:`.tracer`), so that the
     program survives branchtrace being killed; the records cross in the store."""
 

@@ -18,7 +18,7 @@ import time
 from typing import TYPE_CHECKING
 
 from ...errors import UsageError
-from .. import Probe, RecordOptions, RunResult, Target
+from .. import Backend, Probe, RecordOptions, RunResult, Target
 
 if TYPE_CHECKING:
     import numpy as np
@@ -36,7 +36,7 @@ ATTACH_SETTLE_S = 0.25
 MAX_CAPACITY = 1 << 28
 
 
-class StalkerBackend:
+class StalkerBackend(Backend):
     name = "stalker"
     description = "Frida Stalker with inline recording; every thread, a few times native speed"
 
