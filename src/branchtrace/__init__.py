@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from ._version import __version__
 from .errors import BranchtraceError
 
 if TYPE_CHECKING:
@@ -45,10 +46,10 @@ __all__ = [
     "RecordConfig",
     "Target",
     "Trace",
+    "__version__",
     "open",
     "record",
 ]
-__version__ = "0.1.0"
 
 
 def open(path: str | os.PathLike[str]) -> Trace:  # noqa: A001 - the API's name for it

@@ -17,6 +17,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
+from ._version import __version__
 from .backends import (
     Backend,
     Choice,
@@ -28,7 +29,6 @@ from .backends import (
 from .decode import concat, decode
 from .errors import StoreError
 from .model import Gap, ModuleMap
-from .store.sizes import parse_byte_size, parse_size
 from .store import (
     RECORD_DTYPES,
     Encoding,
@@ -37,6 +37,7 @@ from .store import (
     StoreMode,
     StreamConsumer,
 )
+from .store.sizes import parse_byte_size, parse_size
 from .trace import CHUNK_TIMES_DTYPE, Trace
 from .tracefile.format import FileHeader, ThreadInfo
 from .tracefile.writer import TraceWriter, end_info
@@ -205,7 +206,7 @@ def _record(target: Target, config: RecordConfig, choice: Choice,
     if output is not None:
         header = FileHeader(int(sconfig.encoding), int(sconfig.mode), sconfig.record_size,
                             sconfig.capacity_records, sconfig.chunk_records, target.pid or 0,
-                            start_ns, backend.name, f"branchtrace {_version()}", target.argv)
+                            start_ns, backend.name, f"branchtrace {__version__}", target.argv)
         writer = TraceWriter.create(output, header)
     sink = _Collector(writer, keep, listener, start_ns, backend)
     try:
@@ -300,8 +301,3 @@ def _finish_file(writer: TraceWriter, sink: _Collector, result: RunResult, gaps:
         raise StoreError(f"could not write the trace file {writer.path}: "
                          f"{err.strerror or err} (it holds what was written before)") from None
 
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__

@@ -18,7 +18,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from .. import __version__
+from .._version import __version__
 from ..analysis import CodeReader, FunctionIndex, Timeline, call_trace
 from ..trace import Trace
 from .render import pick_threads

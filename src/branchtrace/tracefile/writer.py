@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import zstandard
 
+from .._version import __version__
 from ..errors import UsageError
 from ..model import ExitInfo, Gap, ModuleMap
 from ..store import FROMTO_DTYPE, Encoding, StoreMode
@@ -253,6 +254,4 @@ def _spans(trace: Trace, tid: int, start_ns: int, end_ns: int) -> list[tuple[int
 
 
 def _writer_name() -> str:
-    from .. import __version__
-
     return f"branchtrace {__version__}"
