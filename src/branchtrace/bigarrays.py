@@ -2,9 +2,9 @@
 backed by huge pages.
 
 A trace of 50M branches decodes into more than a gigabyte. Faulting that in 4 KiB
-pages costs this VM 0.3-0.8 s (one fault per page); in 2 MiB pages (transparent huge
-pages, asked for with ``MADV_HUGEPAGE``, which most kernels grant on request) a few
-hundred faults do. The arrays are ordinary writable numpy arrays over an ``mmap``
+pages costs 0.3-0.8 s on a 2-core KVM guest (one fault per page); in 2 MiB pages
+(transparent huge pages, asked for with ``MADV_HUGEPAGE``, which most kernels grant on
+request) a few hundred faults do. The arrays are ordinary writable numpy arrays over an ``mmap``
 that lives as long as they do.
 """
 

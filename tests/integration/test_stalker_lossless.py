@@ -19,8 +19,8 @@ from conftest import cli
 from branchtrace.backends import RecordOptions, Target
 from branchtrace.backends.stalker import StalkerBackend
 from branchtrace.backends.stalker.check import ENV
-from branchtrace.store.blocks import FLAG_ASYNC
 from branchtrace.store import Encoding, Store, StoreConfig, StoreMode, StreamConsumer
+from branchtrace.store.blocks import FLAG_ASYNC
 
 if not StalkerBackend().probe().available:
     pytest.skip(f"stalker cannot run here: {StalkerBackend().probe().reason}",

@@ -28,10 +28,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import branchtrace
-from branchtrace.store.blocks import BLOCK_DTYPE
 from branchtrace.errors import BranchtraceError
 from branchtrace.model import Gap, Mapping, ModuleMap
 from branchtrace.store import Encoding, StoreMode
+from branchtrace.store.blocks import BLOCK_DTYPE
 from branchtrace.tracefile import TraceWriter, open_trace
 from branchtrace.tracefile.format import (
     FRAME,

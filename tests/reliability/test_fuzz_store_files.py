@@ -18,7 +18,6 @@ from fuzzing import HOSTILE, bounded, examples, report_bounds
 from hypothesis import given
 from hypothesis import strategies as st
 
-from branchtrace.store.blocks import BLOCK_DTYPE, TABLE_HEADER_SIZE, create_table, read_table
 from branchtrace.errors import BranchtraceError
 from branchtrace.store import (
     HEADER_DTYPE,
@@ -29,6 +28,7 @@ from branchtrace.store import (
     StoreConfig,
     StoreMode,
 )
+from branchtrace.store.blocks import BLOCK_DTYPE, TABLE_HEADER_SIZE, create_table, read_table
 
 
 def _store_bytes(directory: Path, mode: StoreMode) -> bytes:

@@ -16,11 +16,11 @@ from conftest import cli
 
 import branchtrace
 from branchtrace.backends import probe_all
-from branchtrace.store.blocks import create_table
 from branchtrace.cli import main as cli_main
 from branchtrace.errors import StoreError, UsageError
 from branchtrace.store import Encoding, Store, StoreConfig, StoreMode
 from branchtrace.store import files as store_files
+from branchtrace.store.blocks import create_table
 from branchtrace.tracefile import TraceWriter, save
 from branchtrace.tracefile.format import FileHeader
 

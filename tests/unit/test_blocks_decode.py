@@ -6,6 +6,10 @@ import numpy as np
 import pytest
 
 from branchtrace import decode as decode_module
+from branchtrace.decode import decode
+from branchtrace.errors import TraceFormatError
+from branchtrace.model import BRANCH_DTYPE, BranchKind
+from branchtrace.store import Encoding
 from branchtrace.store.blocks import (
     BLOCK_DTYPE,
     FLAG_ASYNC,
@@ -18,10 +22,6 @@ from branchtrace.store.blocks import (
     make_table,
     read_table,
 )
-from branchtrace.decode import decode
-from branchtrace.errors import TraceFormatError
-from branchtrace.model import BRANCH_DTYPE, BranchKind
-from branchtrace.store import Encoding
 
 K = BranchKind
 

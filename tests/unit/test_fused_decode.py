@@ -13,7 +13,11 @@ import numpy as np
 import pytest
 import zstandard
 
+from branchtrace.decode import decode_blocks
+from branchtrace.decode import fused
 from branchtrace.decode import jit as decode_jit
+from branchtrace.model import BranchKind, Gap
+from branchtrace.store import Encoding, StoreMode
 from branchtrace.store.blocks import (
     BLOCK_DTYPE,
     FLAG_ASYNC,
@@ -21,11 +25,7 @@ from branchtrace.store.blocks import (
     FLAG_HOOKED,
     FLAG_VALID,
 )
-from branchtrace.decode import decode_blocks
-from branchtrace.model import BranchKind, Gap
-from branchtrace.store import Encoding, StoreMode
 from branchtrace.trace import Trace
-from branchtrace.decode import fused
 from branchtrace.tracefile import open_trace
 from branchtrace.tracefile.format import (
     MAGIC,

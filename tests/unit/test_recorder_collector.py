@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from branchtrace.store.blocks import make_table
 from branchtrace.recorder import _Collector
 from branchtrace.store import FROMTO_DTYPE
+from branchtrace.store.blocks import make_table
 
 
 class FakeWriter:

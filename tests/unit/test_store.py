@@ -20,7 +20,6 @@ from hypothesis import strategies as st
 import branchtrace.store as store_module
 from branchtrace.errors import MemoryLimitError, StoreError, UsageError
 from branchtrace.model import BRANCH_DTYPE, BranchKind
-from branchtrace.store.sizes import parse_size
 from branchtrace.store import (
     FROMTO_DTYPE,
     HEADER_DTYPE,
@@ -35,6 +34,7 @@ from branchtrace.store import (
     THREAD_DTYPE,
     ThreadState,
 )
+from branchtrace.store.sizes import parse_size
 
 RING, STREAM = StoreMode.RING, StoreMode.STREAM
 SRC = Path(store_module.__file__).resolve().parents[2]

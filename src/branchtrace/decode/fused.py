@@ -1,8 +1,9 @@
 """Block ids -> branches chunk by chunk, with no buffer of all of a thread's ids.
 
-The two-pass path (tracefile/load.py, decode/__init__.py) decompresses every chunk of a thread into one
-buffer of raw ids (830 MB for 200M ids), then counts, then fills the branches: memory
-this VM is slow to touch, and two passes over it. Here each chunk is decompressed piece
+The two-pass path (tracefile/load.py, decode/__init__.py) decompresses every chunk of a
+thread into one buffer of raw ids (830 MB for 200M ids), then counts, then fills the
+branches: memory that is slow to touch the first time (one page fault per 4 KiB page,
+bigarrays.py), and two passes over it. Here each chunk is decompressed piece
 by piece (at most STEP_IDS ids) into a small buffer of the worker's, its branches are
 decoded (compiled: jit.py) into a second small buffer, then copied to their place
 in the result. That place is known only in chunk order: the chunks go to the workers in

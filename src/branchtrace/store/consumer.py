@@ -8,7 +8,7 @@ from types import TracebackType
 
 import numpy as np
 
-from branchtrace.errors import StoreError
+from ..errors import StoreError
 
 from .core import Store
 

@@ -20,9 +20,7 @@ from types import TracebackType
 
 import numpy as np
 
-from branchtrace.errors import MemoryLimitError, StoreError, UsageError
-from .sizes import format_bytes
-
+from ..errors import MemoryLimitError, StoreError, UsageError
 from .files import _allocate, create_file, discard_file, open_file
 from .layout import (
     HEADER_DTYPE,
@@ -38,6 +36,7 @@ from .layout import (
     ThreadStatus,
 )
 from .producer import ThreadBuffer
+from .sizes import format_bytes
 
 
 class Store:

@@ -23,9 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from branchtrace.errors import MemoryLimitError, StoreError, UsageError
-from .sizes import format_bytes, memory_limit
-
+from ..errors import MemoryLimitError, StoreError, UsageError
 from .layout import (
     HEADER_DTYPE,
     HEADER_SIZE,
@@ -37,6 +35,7 @@ from .layout import (
     StoreConfig,
     StoreMode,
 )
+from .sizes import format_bytes, memory_limit
 
 
 def _allocate(fd: int, offset: int, length: int, where: Path) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from branchtrace.errors import UsageError
+from ..errors import UsageError
 from .sizes import Size
 
 MAGIC = b"BTSTORE\0"

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from branchtrace.errors import StoreError, UsageError
+from ..errors import StoreError, UsageError
 
 from .layout import _CONSUMED, _WAITS, _WRITTEN, BLOCKID_DTYPE, FROMTO_DTYPE, Encoding
 

@@ -1,9 +1,9 @@
 """The ptrace backend: exact and slow, the reference every other backend is checked against.
 
-It single-steps every thread of the target (about 40k instructions per second on our
-VMs, measured in docs/benchmarks.md) and records each taken branch as a from/to pair with its kind. To keep that
-affordable it runs at full speed to a start point (``main`` by default) and steps from
-there.
+It single-steps every thread of the target (about 40k instructions per second on a
+2-core KVM guest, measured in docs/benchmarks.md) and records each taken branch as a
+from/to pair with its kind. To keep that affordable it runs at full speed to a start
+point (``main`` by default) and steps from there.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class PtraceBackend(Backend):
     program survives branchtrace being killed; the records cross in the store."""
 
     name = "ptrace"
-    description = "single-steps the target with ptrace; exact; ~40k instructions/s here"
+    description = "single-steps the target with ptrace; exact; ~40k instructions/s"
 
     @property
     def encoding(self) -> Encoding:
