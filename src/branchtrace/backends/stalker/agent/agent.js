@@ -29,6 +29,9 @@ const CFG = { table: 0, blocks: 8, capacity: 16, ranges: 24, nranges: 32, bmi2: 
               signals: 72, hostStat: 80, interrupted: 88, inSigint: 92, enter: 96,
               restorer: 104, marker: 112, ntools: 116, tools: 120, size: 128 };
 const TOOL_SLOTS = 256;
+/* BtXstate field offsets (xstate.c: the AVX-512 fix of Frida's epilog helpers) */
+const XS = { avx512: 0, learned: 4, patched: 24, failed: 28, size: 48 };
+let xstate = null;
 const THREAD_SLOTS = 4096, NSIG = 65;
 /* signals Frida's exception handler owns: their handlers are left alone */
 const FRIDA_SIGNALS = new Set([4, 5, 6, 7, 8, 11, 31]);
@@ -165,6 +168,7 @@ function followOptions(ctx) {
     return { transform: cm.bt_transform_keep };
   if (params.variant === 'stock')
     return {
+      transform: cm.bt_transform_keep,   // Frida's default, and the AVX-512 fix (xstate.c)
       events: { block: true },
       onReceive(events) {
         stockBlocks += Stalker.parse(events).length;
@@ -447,8 +451,11 @@ rpc.exports = {
     params.pid = libc.getpid();
 
     cfg = Memory.alloc(CFG.size);   // CModule data is read-only: the config lives here
+    xstate = Memory.alloc(XS.size);
+    xstate.add(XS.avx512).writeU32(p.avx512 ? 1 : 0);
     cm = new CModule(p.source, {
       bt_config: cfg,
+      bt_xstate: xstate,
       kill: Module.getGlobalExportByName('kill'),
       __errno_location: Module.getGlobalExportByName('__errno_location'),
       syscall: Module.getGlobalExportByName('syscall'),
