@@ -18,6 +18,7 @@ from conftest import cli
 
 from branchtrace.backends.stalker import StalkerBackend
 from branchtrace.backends.stalker.agent_code import VARIANT_ENV, cpu_flags
+from branchtrace.backends.stalker.xstate import CALLS as PROBE_CALLS
 
 if not StalkerBackend().probe().available:
     pytest.skip(f"stalker cannot run here: {StalkerBackend().probe().reason}",
@@ -86,3 +87,12 @@ def test_gdb_version_is_as_native():
     traced = cli("run", "--backend", "stalker", "--report", "never", "--", gdb, "--version")
     assert (traced.returncode, traced.stdout) == (native.returncode, native.stdout), \
         traced.stderr
+
+
+def test_doctor_self_test_says_the_state_is_kept():
+    if not {"avx512f", "avx512bw"} <= cpu_flags():
+        pytest.skip("the CPU lacks avx512f or avx512bw: doctor has nothing to check")
+    result = cli("doctor")
+    assert result.returncode == 0, result.stderr
+    assert (f"AVX-512 state: kept (zmm0-31 and k0-k7 unchanged after {PROBE_CALLS} calls "
+            "into new code)") in result.stdout, result.stdout

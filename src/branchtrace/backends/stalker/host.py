@@ -223,6 +223,8 @@ class Host:
                     pass
         elif kind == "modules":
             self._refresh_modules()
+        elif kind == "note":  # the agent's warning (the AVX-512 fix could not be applied)
+            self.notes.append(str(payload.get("text", "")))
         elif kind == "crash":
             try:
                 self._on_crash(payload)

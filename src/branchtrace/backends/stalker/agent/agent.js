@@ -31,7 +31,22 @@ const CFG = { table: 0, blocks: 8, capacity: 16, ranges: 24, nranges: 32, bmi2: 
 const TOOL_SLOTS = 256;
 /* BtXstate field offsets (xstate.c: the AVX-512 fix of Frida's epilog helpers) */
 const XS = { avx512: 0, learned: 4, patched: 24, failed: 28, size: 48 };
-let xstate = null;
+let xstate = null, xstateTimer = null, xstateNoted = false;
+
+/* Tell the tracer (a note in the trace) when the fix could not be applied: this Frida's
+ * epilog helpers are not of the shape xstate.c knows, and the program may then lose the
+ * upper halves of zmm0-15 (docs/stalker.md, "AVX-512 state"). Polled: the transform runs
+ * in the program's threads, where JavaScript may not run (clone children). */
+function noteXstate() {
+  if (xstate === null || xstateNoted || xstate.add(XS.failed).readU32() === 0)
+    return;
+  xstateNoted = true;
+  const learned = xstate.add(XS.learned).readU32();
+  send({ type: 'note', text: 'this Frida\'s Stalker loses the upper halves of zmm0-15 ' +
+         '(AVX-512) and its code is not of the shape branchtrace can fix (' +
+         (learned === 1 ? 'an epilog helper differs' : 'no epilog helper found') +
+         '): a program that uses AVX-512 may misbehave under this backend' });
+}
 const THREAD_SLOTS = 4096, NSIG = 65;
 /* signals Frida's exception handler owns: their handlers are left alone */
 const FRIDA_SIGNALS = new Set([4, 5, 6, 7, 8, 11, 31]);
@@ -464,6 +479,8 @@ rpc.exports = {
     });
     cm.threadInit = new NativeFunction(cm.bt_thread_init, 'void',
         ['pointer', 'pointer', 'pointer', 'uint64', 'uint64', 'uint', 'uint', 'uint64']);
+    if (p.avx512)
+      xstateTimer = setInterval(noteXstate, 100);
     cm.updateModules = new NativeFunction(cm.bt_update_modules, 'void', []);
     cm.registerThread = new NativeFunction(cm.bt_register_thread, 'void', ['pointer']);
     cm.signalBlock = new NativeFunction(cm.bt_signal_block, 'uint', ['pointer']);
@@ -550,6 +567,9 @@ rpc.exports = {
   },
 
   stop() {
+    noteXstate();
+    if (xstateTimer !== null)
+      clearInterval(xstateTimer);
     return stopRecording();
   },
 
@@ -560,6 +580,7 @@ rpc.exports = {
    * can no longer remove; at an exit the tracer is alive and the program's last
    * branches must still be recorded. */
   dispose() {
+    noteXstate();
     if (stopping || cm === null || cm.tracerGone() === 0)
       return;
     stopRecording();
