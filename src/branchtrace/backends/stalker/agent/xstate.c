@@ -89,6 +89,10 @@ static const guint8 bt_evex_restore[151] = {
 #include <gum/gummemory.h>
 
 #define BT_XS_CTX_WORDS 512     /* GumExecCtx is looked for in its first 4 KiB */
+#define BT_XS_NEAR 65536        /* the first helpers are this close to the context: at the
+                                 * start of its initial code slab, after its header page(s)
+                                 * and thunk page; the context's memory is ~300 KiB, so
+                                 * what is looked at there is mapped */
 #define BT_XS_REACH 1024        /* the restores are within this many bytes of the start */
 
 static gboolean
@@ -132,7 +136,7 @@ bt_xs_learn (const guint8 * ctx)
     const guint8 * p = (const guint8 *) GSIZE_TO_POINTER (w[i]);
     guint32 s;
 
-    if (p <= ctx || p >= ctx + (1 << 20))
+    if (p <= ctx || p >= ctx + BT_XS_NEAR)
       continue;
     s = bt_xs_find_site (p);
     if (s == 0)
