@@ -20,6 +20,9 @@ def main(args: argparse.Namespace) -> int:
         mark = "yes" if probe.available else "no "
         ok = ok or probe.available
         print(f"{name:<10} {mark}  {probe.reason}")
+        if name == "stalker" and probe.available:
+            from ..backends.stalker.xstate import self_test
+            print(f"{'':<15}AVX-512 state: {self_test()[1]}")
     try:
         choice = select("auto")
         print(f"\nauto chooses: {choice.backend.name}")

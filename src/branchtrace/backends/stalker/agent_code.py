@@ -13,7 +13,7 @@ from ...errors import UsageError
 
 #: The C code compiled in the target, in this order into one CModule (one translation
 #: unit: TinyCC compiles a single source).
-C_SOURCES = ("recorder.h", "emit.c", "signals.c", "recorder.c")
+C_SOURCES = ("recorder.h", "emit.c", "signals.c", "xstate.c", "recorder.c")
 
 
 #: The agent script, in this order into one script (Frida loads one source; line numbers
@@ -88,15 +88,26 @@ def agent_options() -> tuple[dict[str, Any], list[str]]:
     return options, notes
 
 
-def has_bmi2() -> bool:
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as the kernel reports them (empty when it cannot be read)."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
             for line in f:
                 if line.startswith("flags"):
-                    return " bmi2" in line
+                    return frozenset(line.partition(":")[2].split())
     except OSError:
         pass
-    return False
+    return frozenset()
+
+
+def has_bmi2() -> bool:
+    return "bmi2" in cpu_flags()
+
+
+def has_avx512() -> bool:
+    """Frida's Stalker then saves and restores the AVX-512 state in its epilog helpers,
+    which the agent must fix (agent/xstate.c)."""
+    return "avx512f" in cpu_flags()
 
 
 def machine_ok() -> str | None:

@@ -26,7 +26,7 @@ from ...errors import BranchtraceError, MemoryLimitError, TargetError, UsageErro
 from ...model import ExitInfo, Gap, ModuleMap
 from ...store import HEADER_SIZE, THREAD_ENTRY_SIZE, Store
 from ...symbols import merge_modules, modules_from_maps, read_maps
-from .agent_code import agent_options, agent_source, has_bmi2
+from .agent_code import agent_options, agent_source, has_avx512, has_bmi2
 from .check import CheckCounters, enabled
 from .launch import Attaching, Launcher, attach, continue_if_stopped
 
@@ -144,6 +144,7 @@ class Host:
             "tableOffset": HEADER_SIZE, "entrySize": THREAD_ENTRY_SIZE,
             "capacity": self.store.capacity, "chunk": self.store.chunk_records,
             "mode": int(self.store.mode), "hostPid": os.getpid(), "bmi2": has_bmi2(),
+            "avx512": has_avx512(),
             "only": list(self.only), "slots": slots,
             "entry": self._start_address(launcher, start_vaddr),
             "checkPath": str(self.check.path) if self.check is not None else None,
@@ -221,6 +222,8 @@ class Host:
                     pass
         elif kind == "modules":
             self._refresh_modules()
+        elif kind == "note":  # the agent's warning (the AVX-512 fix could not be applied)
+            self.notes.append(str(payload.get("text", "")))
         elif kind == "crash":
             try:
                 self._on_crash(payload)

@@ -29,6 +29,24 @@ const CFG = { table: 0, blocks: 8, capacity: 16, ranges: 24, nranges: 32, bmi2: 
               signals: 72, hostStat: 80, interrupted: 88, inSigint: 92, enter: 96,
               restorer: 104, marker: 112, ntools: 116, tools: 120, size: 128 };
 const TOOL_SLOTS = 256;
+/* BtXstate field offsets (xstate.c: the AVX-512 fix of Frida's epilog helpers) */
+const XS = { avx512: 0, learned: 4, patched: 24, failed: 28, size: 48 };
+let xstate = null, xstateTimer = null, xstateNoted = false;
+
+/* Tell the tracer (a note in the trace) when the fix could not be applied: this Frida's
+ * epilog helpers are not of the shape xstate.c knows, and the program may then lose the
+ * upper halves of zmm0-15 (docs/stalker.md, "AVX-512 state"). Polled: the transform runs
+ * in the program's threads, where JavaScript may not run (clone children). */
+function noteXstate() {
+  if (xstate === null || xstateNoted || xstate.add(XS.failed).readU32() === 0)
+    return;
+  xstateNoted = true;
+  const learned = xstate.add(XS.learned).readU32();
+  send({ type: 'note', text: 'this Frida\'s Stalker loses the upper halves of zmm0-15 ' +
+         '(AVX-512) and its code is not of the shape branchtrace can fix (' +
+         (learned === 1 ? 'an epilog helper differs' : 'no epilog helper found') +
+         '): a program that uses AVX-512 may misbehave under this backend' });
+}
 const THREAD_SLOTS = 4096, NSIG = 65;
 /* signals Frida's exception handler owns: their handlers are left alone */
 const FRIDA_SIGNALS = new Set([4, 5, 6, 7, 8, 11, 31]);
@@ -165,6 +183,7 @@ function followOptions(ctx) {
     return { transform: cm.bt_transform_keep };
   if (params.variant === 'stock')
     return {
+      transform: cm.bt_transform_keep,   // Frida's default, and the AVX-512 fix (xstate.c)
       events: { block: true },
       onReceive(events) {
         stockBlocks += Stalker.parse(events).length;
@@ -447,8 +466,11 @@ rpc.exports = {
     params.pid = libc.getpid();
 
     cfg = Memory.alloc(CFG.size);   // CModule data is read-only: the config lives here
+    xstate = Memory.alloc(XS.size);
+    xstate.add(XS.avx512).writeU32(p.avx512 ? 1 : 0);
     cm = new CModule(p.source, {
       bt_config: cfg,
+      bt_xstate: xstate,
       kill: Module.getGlobalExportByName('kill'),
       __errno_location: Module.getGlobalExportByName('__errno_location'),
       syscall: Module.getGlobalExportByName('syscall'),
@@ -457,6 +479,8 @@ rpc.exports = {
     });
     cm.threadInit = new NativeFunction(cm.bt_thread_init, 'void',
         ['pointer', 'pointer', 'pointer', 'uint64', 'uint64', 'uint', 'uint', 'uint64']);
+    if (p.avx512)
+      xstateTimer = setInterval(noteXstate, 100);
     cm.updateModules = new NativeFunction(cm.bt_update_modules, 'void', []);
     cm.registerThread = new NativeFunction(cm.bt_register_thread, 'void', ['pointer']);
     cm.signalBlock = new NativeFunction(cm.bt_signal_block, 'uint', ['pointer']);
@@ -543,6 +567,9 @@ rpc.exports = {
   },
 
   stop() {
+    noteXstate();
+    if (xstateTimer !== null)
+      clearInterval(xstateTimer);
     return stopRecording();
   },
 
@@ -553,6 +580,7 @@ rpc.exports = {
    * can no longer remove; at an exit the tracer is alive and the program's last
    * branches must still be recorded. */
   dispose() {
+    noteXstate();
     if (stopping || cm === null || cm.tracerGone() === 0)
       return;
     stopRecording();

@@ -48,6 +48,7 @@ function matchInstruction(block, pc) {
 function onException(details) {
   if (inChild())
     return false;
+  noteXstate();   // agent.js: the note reaches the tracer before the crash report
   const tid = Process.getCurrentThreadId();
   const info = {
     type: 'crash', tid: tid, kind: details.type, pc: details.address.toString(),

@@ -108,6 +108,7 @@ transform (GumStalkerIterator * iterator, GumStalkerOutput * output, gpointer us
   guint8 kind = BT_OTHER, flags = BT_FLAG_VALID;
   guint ninsn = 0;
 
+  bt_xstate_check (iterator);         /* xstate.c: before Stalker's helpers first run */
   while (gum_stalker_iterator_next (iterator, &insn))
   {
     if (ninsn == 0)
@@ -168,13 +169,15 @@ transform (GumStalkerIterator * iterator, GumStalkerOutput * output, gpointer us
   }
 }
 
-/* BRANCHTRACE_STALKER_VARIANT=follow (benchmarks): Stalker following, nothing recorded. */
+/* BRANCHTRACE_STALKER_VARIANT=follow and =stock (benchmarks): Stalker following, nothing
+ * recorded; the same as Frida's default transform but for the AVX-512 fix (xstate.c). */
 void
 bt_transform_keep (GumStalkerIterator * iterator, GumStalkerOutput * output,
                    gpointer user_data)
 {
   const cs_insn * insn;
 
+  bt_xstate_check (iterator);
   while (gum_stalker_iterator_next (iterator, &insn))
     gum_stalker_iterator_keep (iterator);
 }
