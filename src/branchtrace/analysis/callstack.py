@@ -300,7 +300,7 @@ class _Walk:
         f_open, f_close = self.f_open, self.f_close
         seg_first, seg_frame = self.seg_first, self.seg_frame
         gaps_at = self.gaps_at
-        for k, op, source, target, from_func, func, to_start, fell, lo, hi in events.rows():
+        for k, op, source, target, from_func, to_func, to_start, fell, lo, hi in events.rows():
             if k in gaps_at and k:
                 self.gap(k)
                 self.half = 1
@@ -316,7 +316,7 @@ class _Walk:
             if op == _CALL:                         # self.push(), inlined: the hot path
                 top = st[-1]
                 fid = len(f_func)
-                f_func.append(func)
+                f_func.append(to_func)
                 f_depth.append(f_depth[top] + 1)
                 f_parent.append(top)
                 f_open.append(2 * r)
@@ -328,7 +328,7 @@ class _Walk:
                 seg_first.append(r)
                 seg_frame.append(fid)
             elif op == _RET:
-                if len(st) > 1 and st_lo[-1] <= target <= st_hi[-1] and f_func[st[-2]] == func:
+                if len(st) > 1 and st_lo[-1] <= target <= st_hi[-1] and f_func[st[-2]] == to_func:
                     f_close[st.pop()] = 2 * r       # the usual return, inlined
                     del st_lo[-1], st_hi[-1], st_sig[-1]
                     seg_first.append(r)
@@ -336,24 +336,25 @@ class _Walk:
                     continue
                 # the frame whose return address it lands on, in the function it lands in
                 i = len(st) - 1
-                while i > 0 and not (st_lo[i] <= target <= st_hi[i] and f_func[st[i - 1]] == func):
+                while i > 0 and not (st_lo[i] <= target <= st_hi[i]
+                                     and f_func[st[i - 1]] == to_func):
                     i -= 1
                 if i > 0:
                     self.cut(i, r)
                     continue
-                i = self.below(func)
+                i = self.below(to_func)
                 if i >= 0:
                     self.cut(i + 1, r)
                 elif st_sig[-1] >= 0:
-                    self.switch(func, r)            # a handler returns to the restorer
+                    self.switch(to_func, r)         # a handler returns to the restorer
                 elif len(st) == 1:
-                    self.lower(func, r)
+                    self.lower(to_func, r)
                 else:
                     f_close[st[-1]] = 2 * r          # back to a caller we never saw
                     del st[-1], st_lo[-1], st_hi[-1], st_sig[-1]
-                    self.switch(func, r)
+                    self.switch(to_func, r)
             elif op == _INT:
-                self.push(func, r, 1, 0, source)    # remembers where the thread was
+                self.push(to_func, r, 1, 0, source)  # remembers where the thread was
             else:
                 if op == _SYS:
                     i = len(st) - 1
@@ -361,17 +362,17 @@ class _Walk:
                         i -= 1
                     if i > 0:                       # sigreturn
                         self.cut(i, r)
-                        if f_func[st[-1]] != func:
+                        if f_func[st[-1]] != to_func:
                             self.seg_first.pop()
                             self.seg_frame.pop()
-                            self.switch(func, r)
+                            self.switch(to_func, r)
                         continue
-                if f_func[st[-1]] == func:
+                if f_func[st[-1]] == to_func:
                     continue
-                i = -1 if to_start else self.below(func)
+                i = -1 if to_start else self.below(to_func)
                 if i >= 0:
                     self.cut(i + 1, r)               # longjmp
                 else:
-                    self.switch(func, r)             # tail call, or a switch
+                    self.switch(to_func, r)             # tail call, or a switch
         if n in gaps_at:
             self.gap(n)
