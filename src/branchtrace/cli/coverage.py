@@ -30,7 +30,7 @@ import re
 import sys
 
 from ..errors import UsageError
-from ..reporters.render import check_output, render, render_bytes
+from ..reporters.base import check_output, render, render_bytes
 from ._file import check_not_input, warn
 
 NAME = "coverage"

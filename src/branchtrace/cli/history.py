@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import UsageError
-from ..reporters.render import render
+from ..reporters.base import render
 from ._file import add_file_arguments, load, warn
 from ._record import positive_int
 

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from branchtrace.errors import UsageError
-from branchtrace.reporters.render import check_output, render, render_bytes
+from branchtrace.reporters.base import check_output, render, render_bytes
 
 
 def test_dash_is_stdout(capsys):
