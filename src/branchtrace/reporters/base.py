@@ -1,8 +1,16 @@
-"""Where a report goes, and which threads it covers: what every reporter shares.
+"""What every reporter shares: the :class:`Reporter` protocol, where a report goes, and
+which threads it covers.
 
-:func:`render` is the one place that knows ``-`` means stdout and that a file left
-half-written by an error (a bug, Ctrl-C, a full disk) must not stay behind: the
-reporter writes to a stream and never opens files itself (coverage.py's
+A reporter is one output format: its name (the ``--format`` value), whether its output
+is bytes, its usual file name ending, and ``render(data, stream, options)``, a pure
+function of a trace (or of what was computed from one, a coverage) written to a stream
+(pyinstrument's ``renderers/base.py``, coverage.py's ``Reporter`` protocol); the
+formats a command offers are a table of them, in :mod:`.table`.
+
+:func:`write_report` (and :func:`write_to`, :func:`write_bytes_to` for the reports that
+take more than a reporter's options) is the one place that knows ``-`` means stdout and
+that a file left half-written by an error (a bug, Ctrl-C, a full disk) must not stay
+behind: a reporter writes to a stream and never opens files itself (coverage.py's
 ``render_report``). :func:`check_output` lets a command fail on a bad path before it
 does the work.
 """
@@ -13,12 +21,46 @@ import os
 import stat
 import sys
 from collections.abc import Callable
-from typing import IO, TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ..errors import UsageError
 
 if TYPE_CHECKING:
     from ..trace import Trace
+
+#: What a reporter reports on: a :class:`~branchtrace.trace.Trace`, a coverage, ...
+D = TypeVar("D")
+D_contra = TypeVar("D_contra", contravariant=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """What a command's flags ask of a reporter; each reporter uses what applies to it."""
+
+    tid: int | None = None       # only this thread (None: every thread)
+    test_name: str = ""          # lcov: the test name (TN:) of the record
+    all_sources: bool = False    # lcov: keep source files that are not on disk
+
+
+class Reporter(Protocol[D_contra]):
+    """One output format."""
+
+    @property
+    def name(self) -> str:
+        """The format's name, as ``--format`` spells it."""
+
+    @property
+    def binary(self) -> bool:
+        """Whether the output is bytes (never sent to a terminal), not text."""
+
+    @property
+    def extension(self) -> str:
+        """The usual ending of its file name (``.json``)."""
+
+    def render(self, data: D_contra, out: IO[Any], options: Options) -> list[str]:
+        """Write the report of ``data`` to ``out`` (a text stream, or a byte stream when
+        :attr:`binary`); return warnings, one line each, about what it leaves out."""
 
 
 def check_output(path: str, what: str = "") -> None:
@@ -36,17 +78,25 @@ def check_output(path: str, what: str = "") -> None:
         raise UsageError(f"{head}cannot write {path}: permission denied")
 
 
-def render(path: str, write: Callable[[IO[str]], object]) -> None:
+def write_report(reporter: Reporter[D], data: D, path: str,
+                 options: Options = Options()) -> list[str]:
+    """Write ``reporter``'s report of ``data`` to ``path`` (``-``: stdout); its warnings."""
+    warnings: list[str] = []
+    _write(path, reporter.binary, lambda out: warnings.extend(reporter.render(data, out, options)))
+    return warnings
+
+
+def write_to(path: str, write: Callable[[IO[str]], object]) -> None:
     """Call ``write(stream)`` with ``path`` opened for text (``-``: stdout)."""
-    _render(path, False, write)
+    _write(path, False, write)
 
 
-def render_bytes(path: str, write: Callable[[IO[bytes]], object]) -> None:
-    """Like :func:`render` for binary output; refuses to send it to a terminal."""
-    _render(path, True, write)
+def write_bytes_to(path: str, write: Callable[[IO[bytes]], object]) -> None:
+    """Like :func:`write_to` for binary output; refuses to send it to a terminal."""
+    _write(path, True, write)
 
 
-def _render(path: str, binary: bool, write: Callable[[IO[Any]], object]) -> None:
+def _write(path: str, binary: bool, write: Callable[[IO[Any]], object]) -> None:
     if path == "-":
         if binary and sys.stdout.isatty():
             raise UsageError("the output is binary: write it to a file (-o FILE) or a pipe")
