@@ -25,7 +25,8 @@ OTHER_ID = "00" * 20
 
 def build(out: Path, value: int) -> Path:
     src = out.with_suffix(".c")
-    src.write_text(f"int answer(void) {{ return {value}; }}\nint main(void) {{ return answer(); }}\n")
+    src.write_text(f"int answer(void) {{ return {value}; }}\n"
+                   "int main(void) { return answer(); }\n")
     subprocess.run(["gcc", "-O0", "-o", str(out), str(src)], check=True)
     return out
 
@@ -123,7 +124,10 @@ def test_other_kernel_mappings_have_no_image_and_no_file_problem() -> None:
 def test_the_resolver_and_the_code_reader_refuse_a_changed_file(tmp_path: Path) -> None:
     exe = build(tmp_path / "prog", 1)
     good, changed = module(str(exe), readelf_build_id(exe)), module(str(exe), OTHER_ID)
-    address = good.bias + (module_image(good).image.symbol_address("answer") or 0)  # type: ignore[union-attr]
+    image = module_image(good).image
+    vaddr = image.symbol_address("answer") if image is not None else None
+    assert vaddr is not None
+    address = good.bias + vaddr
     assert Symbolizer([good]).describe(address).function == "answer"
     assert CodeReader(Symbolizer([good])).read(address, 4) != b""
     sym = Symbolizer([changed])
