@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import branchtrace  # noqa: E402
-from branchtrace.sizes import parse_size  # noqa: E402
+from branchtrace.store.sizes import parse_size  # noqa: E402
 from branchtrace.symbols import clear_elf_cache  # noqa: E402
 from branchtrace.tracefile import save  # noqa: E402
 from branchtrace.tracefile.reader import scan  # noqa: E402

@@ -34,7 +34,7 @@ import branchtrace
 from branchtrace.analysis import FunctionIndex, call_trace
 from branchtrace.model import BRANCH_DTYPE, BranchKind, ExitInfo, ModuleMap
 from branchtrace.reporters import history
-from branchtrace.sizes import parse_size
+from branchtrace.store.sizes import parse_size
 from branchtrace.symbols import load_elf
 from branchtrace.trace import Trace
 from branchtrace.tracefile import save

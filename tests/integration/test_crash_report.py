@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import cli, marker_line
+from conftest import FIXTURES, cli, marker_line
 
 
 def test_json_crash_report_names_the_calls_and_lines(build, tmp_path):
@@ -77,3 +77,31 @@ def test_demo_runs_the_shipped_example(tmp_path):
     assert "killed by SIGSEGV" in result.stderr
     assert "record_visit" in result.stderr and "find_user" in result.stderr
     assert (tmp_path / "branchtrace" / "demo" / "demo_crash").exists()
+
+
+def test_a_binary_changed_since_the_trace_is_not_disassembled(tmp_path):
+    import subprocess
+
+    source = (FIXTURES / "crash.c").read_text()
+    src, exe, trace = tmp_path / "crash.c", tmp_path / "crash", tmp_path / "crash.btrace"
+    src.write_text(source)
+    subprocess.run(["gcc", "-g", "-O0", "-o", str(exe), str(src)], check=True)
+    recorded = cli("run", "--backend", "ptrace", "--report", "never", "-o", str(trace),
+                   "--", str(exe))
+    assert recorded.returncode == 139, recorded.stderr
+    before = cli("crash", str(trace))
+    assert before.returncode == 0, before.stderr
+    assert "  instruction:   mov" in before.stdout and "cannot disassemble" not in before.stdout
+    # the same program, rebuilt in place with other code: another build id
+    src.write_text(source.replace("return 0;", "return 3;"))
+    exe.unlink()
+    subprocess.run(["gcc", "-g", "-O0", "-o", str(exe), str(src)], check=True)
+    note = f"cannot disassemble: {exe} changed since the trace (build id differs)"
+    text = cli("crash", str(trace))
+    assert text.returncode == 0, text.stderr
+    assert f"  instruction:   ({note})\n" in text.stdout
+    assert "  instruction:   mov" not in text.stdout
+    assert f"warning: {exe} changed since the trace" in text.stderr
+    doc = json.loads(cli("crash", "--format", "json", str(trace)).stdout)
+    assert doc["exit"]["fault_instruction"] is None
+    assert doc["exit"]["fault_instruction_note"] == note

@@ -142,9 +142,11 @@ def call_trace(trace: Trace, tid: int, *, functions: FunctionIndex | None = None
     ret_lo[is_call] = sites + np.where(lengths > 0, lengths, np.uint64(2))
     ret_hi[is_call] = sites + np.where(lengths > 0, lengths, np.uint64(15))
     walk = _Walk(gaps_at)
-    walk.run(n, int(kf.key[0]), idx.tolist(), op[idx].tolist(), b["from_ip"][idx].tolist(),
-             b["to_ip"][idx].tolist(), kf.key[idx].tolist(), kt.key[idx].tolist(),
-             kt.start[idx].tolist(), pre[idx].tolist(), ret_lo.tolist(), ret_hi.tolist())
+    walk.run(n, int(kf.key[0]), _Events(
+        branch=idx.tolist(), op=op[idx].tolist(), from_ip=b["from_ip"][idx].tolist(),
+        to_ip=b["to_ip"][idx].tolist(), from_func=kf.key[idx].tolist(),
+        to_func=kt.key[idx].tolist(), to_start=kt.start[idx].tolist(),
+        fell_through=pre[idx].tolist(), ret_lo=ret_lo.tolist(), ret_hi=ret_hi.tolist()))
     first = np.array(walk.seg_first, dtype=np.int64)
     frame = np.array(walk.seg_frame, dtype=np.int64)
     last = np.empty_like(first)
@@ -158,6 +160,33 @@ def call_trace(trace: Trace, tid: int, *, functions: FunctionIndex | None = None
                      np.array(walk.f_func, dtype=np.uint64), depth - depth.min(),
                      np.array(walk.f_parent, dtype=np.int64),
                      np.array(walk.f_open, dtype=np.int64), close)
+
+
+@dataclass(frozen=True, slots=True)
+class _Events:
+    """The branches the stack pass looks at, one row each, as parallel Python lists.
+
+    Only the branches that may change the function are here: calls, returns,
+    interrupts, system calls, jumps into another function, and the branches whose
+    source is in another function than the previous target (the run fell through) or
+    that follow a gap. Plain lists, not numpy: the pass reads one row at a time.
+    """
+
+    branch: list[int]           # the branch's index k in the thread (it ends run k)
+    op: list[int]               # _NONE, _CALL, _RET, _INT, _SYS or _JUMP
+    from_ip: list[int]
+    to_ip: list[int]
+    from_func: list[int]        # function key of from_ip
+    to_func: list[int]          # function key of to_ip
+    to_start: list[bool]        # to_ip is the first byte of its function
+    fell_through: list[bool]    # run k fell through into from_func (not after a gap)
+    ret_lo: list[int]           # for a call: where a return out of its frame lands,
+    ret_hi: list[int]           # ret_lo..ret_hi (after the call instruction); else 0
+
+    def rows(self) -> zip[tuple[int, int, int, int, int, int, bool, bool, int, int]]:
+        """Every row, as a tuple of the fields in the order above."""
+        return zip(self.branch, self.op, self.from_ip, self.to_ip, self.from_func,
+                   self.to_func, self.to_start, self.fell_through, self.ret_lo, self.ret_hi)
 
 
 class _Walk:
@@ -258,9 +287,8 @@ class _Walk:
             self.seg_first.append(k)
             self.seg_frame.append(-1 - g)
 
-    def run(self, n: int, first_func: int, idx: list[int], ops: list[int], froms: list[int],
-            tos: list[int], kfs: list[int], kts: list[int], starts: list[bool],
-            pres: list[bool], los: list[int], his: list[int]) -> None:
+    def run(self, n: int, first_func: int, events: _Events) -> None:
+        """The pass over a thread of ``n`` branches that starts in ``first_func``."""
         self.gap(0)
         root = self.open(first_func, 0, -1, 0)
         self.roots.append(root)
@@ -272,37 +300,35 @@ class _Walk:
         f_open, f_close = self.f_open, self.f_close
         seg_first, seg_frame = self.seg_first, self.seg_frame
         gaps_at = self.gaps_at
-        for j, k in enumerate(idx):
+        for k, op, source, target, from_func, to_func, to_start, fell, lo, hi in events.rows():
             if k in gaps_at and k:
                 self.gap(k)
                 self.half = 1
-                self.resume(kfs[j], k)
+                self.resume(from_func, k)
                 self.half = 0
-            elif pres[j]:                           # fell through, within run k
+            elif fell:                              # fell through, within run k
                 self.half = 1
-                self.switch(kfs[j], k)
+                self.switch(from_func, k)
                 self.half = 0
-            op = ops[j]
             if op == _NONE:
                 continue
-            r = k + 1
-            t = tos[j]
+            r = k + 1                               # the branch lands at the start of run r
             if op == _CALL:                         # self.push(), inlined: the hot path
                 top = st[-1]
                 fid = len(f_func)
-                f_func.append(kts[j])
+                f_func.append(to_func)
                 f_depth.append(f_depth[top] + 1)
                 f_parent.append(top)
                 f_open.append(2 * r)
                 f_close.append(-1)
                 st.append(fid)
-                st_lo.append(los[j])
-                st_hi.append(his[j])
+                st_lo.append(lo)
+                st_hi.append(hi)
                 st_sig.append(-1)
                 seg_first.append(r)
                 seg_frame.append(fid)
             elif op == _RET:
-                if len(st) > 1 and st_lo[-1] <= t <= st_hi[-1] and f_func[st[-2]] == kts[j]:
+                if len(st) > 1 and st_lo[-1] <= target <= st_hi[-1] and f_func[st[-2]] == to_func:
                     f_close[st.pop()] = 2 * r       # the usual return, inlined
                     del st_lo[-1], st_hi[-1], st_sig[-1]
                     seg_first.append(r)
@@ -310,43 +336,43 @@ class _Walk:
                     continue
                 # the frame whose return address it lands on, in the function it lands in
                 i = len(st) - 1
-                while i > 0 and not (st_lo[i] <= t <= st_hi[i] and f_func[st[i - 1]] == kts[j]):
+                while i > 0 and not (st_lo[i] <= target <= st_hi[i]
+                                     and f_func[st[i - 1]] == to_func):
                     i -= 1
                 if i > 0:
                     self.cut(i, r)
                     continue
-                i = self.below(kts[j])
+                i = self.below(to_func)
                 if i >= 0:
                     self.cut(i + 1, r)
                 elif st_sig[-1] >= 0:
-                    self.switch(kts[j], r)          # a handler returns to the restorer
+                    self.switch(to_func, r)         # a handler returns to the restorer
                 elif len(st) == 1:
-                    self.lower(kts[j], r)
+                    self.lower(to_func, r)
                 else:
                     f_close[st[-1]] = 2 * r          # back to a caller we never saw
                     del st[-1], st_lo[-1], st_hi[-1], st_sig[-1]
-                    self.switch(kts[j], r)
+                    self.switch(to_func, r)
             elif op == _INT:
-                self.push(kts[j], r, 1, 0, froms[j])
+                self.push(to_func, r, 1, 0, source)  # remembers where the thread was
             else:
                 if op == _SYS:
                     i = len(st) - 1
-                    while i > 0 and st_sig[i] != t:
+                    while i > 0 and st_sig[i] != target:
                         i -= 1
                     if i > 0:                       # sigreturn
                         self.cut(i, r)
-                        if f_func[st[-1]] != kts[j]:
+                        if f_func[st[-1]] != to_func:
                             self.seg_first.pop()
                             self.seg_frame.pop()
-                            self.switch(kts[j], r)
+                            self.switch(to_func, r)
                         continue
-                func = kts[j]
-                if f_func[st[-1]] == func:
+                if f_func[st[-1]] == to_func:
                     continue
-                i = -1 if starts[j] else self.below(func)
+                i = -1 if to_start else self.below(to_func)
                 if i >= 0:
                     self.cut(i + 1, r)               # longjmp
                 else:
-                    self.switch(func, r)             # tail call, or a switch
+                    self.switch(to_func, r)             # tail call, or a switch
         if n in gaps_at:
             self.gap(n)

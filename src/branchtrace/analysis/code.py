@@ -3,22 +3,20 @@
 A branch trace records only where control went; the instructions in between are the
 ones that lie, in order, between one branch's target and the next branch's source. They
 are read back from the ELF files the module maps name (:meth:`ElfImage.read_vaddr`),
-only when the file on disk still has the build id the trace saw. capstone is imported
-on first use.
+only when the file on disk is still the one the trace saw
+(:func:`~branchtrace.symbols.images.module_image`). capstone is imported on first use.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from ..isa import NOT_A_BRANCH, classify
+from ..isa import NOT_A_BRANCH, classify, disassembler
 from ..model import BranchKind
-from ..symbols import ElfImage, Symbolizer, load_elf
-from ..symbols.maps import is_deleted, is_special
-from ..symbols.resolver import own_vdso_image
+from ..symbols import ElfImage, Symbolizer
+from ..symbols.images import module_image
 
 #: The longest straight-line run we decode (bytes); longer ones are called unreadable.
 MAX_RUN_BYTES = 1 << 17
@@ -33,18 +31,6 @@ class Instruction:
     text: str           # "mov rbp, rsp" (capstone's Intel syntax)
 
 
-_cs: Any = None
-
-
-def _capstone() -> Any:
-    global _cs
-    if _cs is None:
-        import capstone
-
-        _cs = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
-    return _cs
-
-
 class CodeReader:
     """Reads and decodes the code of the modules of one :class:`Symbolizer`."""
 
@@ -56,15 +42,7 @@ class CodeReader:
 
     def _image(self, m: int) -> ElfImage | None:
         if m not in self._images:
-            mod = self.symbolizer.modules[m]
-            image: ElfImage | None = None
-            if mod.path == "[vdso]":
-                image = own_vdso_image()
-            elif not is_special(mod.path) and not is_deleted(mod.path):
-                image = load_elf(mod.path)
-                if image is not None and mod.build_id and image.build_id != mod.build_id:
-                    image = None
-            self._images[m] = image
+            self._images[m] = module_image(self.symbolizer.modules[m]).image
         return self._images[m]
 
     def modules_of(self, addresses: np.ndarray) -> list[int]:
@@ -98,7 +76,7 @@ class CodeReader:
         if len(code) < end - start + 1:
             return None
         out: list[Instruction] = []
-        for address, size, mnemonic, op_str in _capstone().disasm_lite(code, start):
+        for address, size, mnemonic, op_str in disassembler(detail=False).disasm_lite(code, start):
             out.append(Instruction(address, size, f"{mnemonic} {op_str}".strip()))
             if address >= end:
                 return out if address == end else None
@@ -134,7 +112,7 @@ class CodeReader:
         a = np.asarray(sites, dtype=np.uint64)
         u, inverse = np.unique(a, return_inverse=True)
         lengths = np.zeros(len(u), dtype=np.uint64)
-        md = _capstone()
+        md = disassembler(detail=False)
         for i, (address, m) in enumerate(zip(u.tolist(), self.modules_of(u))):
             code = self.read(address, MAX_INSN, m)
             for _, size, mnemonic, _ in md.disasm_lite(code, address, 1):

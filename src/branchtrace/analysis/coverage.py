@@ -43,7 +43,6 @@ from ..model import BranchKind, ModuleMap
 from .code import MAX_INSN, CodeReader
 
 if TYPE_CHECKING:
-    from ..symbols import ElfImage
     from ..trace import Trace
 
 #: Executed blocks ``[start, end)`` (run-time addresses), sorted and non-overlapping.
@@ -131,25 +130,6 @@ def straight_line_end(reader: CodeReader, start: int, stop_at: int | None) -> in
             return None
         address = insn.fallthrough
     return None
-
-
-def module_image(module: ModuleMap) -> ElfImage | None:
-    """The ELF image of a module, for its line and symbol tables (None: a special
-    mapping, a deleted file, or a file that changed since the trace)."""
-    from ..symbols import load_elf
-    from ..symbols.maps import is_deleted, is_special
-    from ..symbols.resolver import own_vdso_image
-
-    if module.path == "[vdso]":
-        image = own_vdso_image()
-        size = sum(s.memsz for s in image.segments) if image is not None else 0
-        return image if image is not None and size <= module.end - module.start else None
-    if is_special(module.path) or is_deleted(module.path):
-        return None
-    image = load_elf(module.path)
-    if image is None or (module.build_id and image.build_id != module.build_id):
-        return None
-    return image
 
 
 def unique_rows(*columns: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:

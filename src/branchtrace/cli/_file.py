@@ -7,7 +7,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from ..errors import UsageError
-from ..reporters.render import check_output, pick_threads
+from ..reporters.base import check_output, pick_threads
 
 if TYPE_CHECKING:
     from ..trace import Trace

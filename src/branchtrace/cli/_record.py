@@ -13,7 +13,7 @@ from types import FrameType
 from typing import IO, TYPE_CHECKING, Any
 
 from ..errors import UsageError
-from ..reporters.render import check_output
+from ..reporters.base import check_output
 from ..store.sizes import format_bytes, parse_byte_size, parse_size
 
 if TYPE_CHECKING:

@@ -30,11 +30,12 @@ import re
 import sys
 
 from ..errors import UsageError
-from ..reporters.render import check_output, render, render_bytes
+from ..reporters.base import Options, check_output, write_report
+from ..reporters.table import COVERAGE_REPORTERS
 from ._file import check_not_input, warn
 
 NAME = "coverage"
-FORMATS = ("drcov", "lcov", "json")
+FORMATS = tuple(COVERAGE_REPORTERS)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -49,9 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    # imported here: `branchtrace run` should not pay for the reporters
+    # imported here: `branchtrace run` should not pay for the analysis
     from ..analysis.coverage import compute
-    from ..reporters import coverage_json, drcov, lcov
     if not re.fullmatch(r"\w*", args.test_name, re.ASCII):
         raise UsageError(f"--test-name: letters, digits and '_' only, not {args.test_name!r}")
     check_output(args.output)
@@ -65,24 +65,8 @@ def main(args: argparse.Namespace) -> int:
     if lost:
         warnings.append(f"{lost} branch record(s) were lost while recording; "
                         "the code around those gaps is not counted")
-    if args.format == "drcov":
-        left_out = cov.unmapped_blocks
-        render_bytes(args.output, lambda out: drcov.render(cov, out))
-        if left_out:
-            warnings.append(f"{left_out} executed block(s) lie in no module: left out of "
-                            "the drcov file")
-    elif args.format == "lcov":
-        lines = lcov.line_coverage(cov, all_sources=args.all_sources)
-        render(args.output,
-               lambda out: lcov.render(cov, out, test_name=args.test_name, lines=lines))
-        if lines.missing_sources:
-            warnings.append(f"{len(lines.missing_sources)} source file(s) not on disk left "
-                            f"out (e.g. {lines.missing_sources[0]}); --all-sources keeps them")
-        if not lines.files:
-            warnings.append("no source lines: the code that ran has no DWARF line "
-                            "information (build with -g)")
-    else:
-        render(args.output, lambda out: coverage_json.render(cov, out))
+    options = Options(test_name=args.test_name, all_sources=args.all_sources)
+    warnings += write_report(COVERAGE_REPORTERS[args.format], cov, args.output, options)
     warn(trace)
     for warning in warnings:
         print(f"branchtrace: warning: {warning}", file=sys.stderr)

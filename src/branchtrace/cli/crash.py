@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..reporters.render import render
+from ..reporters.base import write_to
 from ._file import add_file_arguments, load, warn
 from ._record import positive_int
 
@@ -27,7 +27,7 @@ def main(args: argparse.Namespace) -> int:
     # imported here: `branchtrace run` should not pay for the reporters
     from ..reporters import crash
     trace = load(args)
-    render(args.output, lambda out: crash.render(trace, out, last=args.last, fmt=args.format,
-                                                 tid=args.thread))
+    write_to(args.output, lambda out: crash.render(trace, out, last=args.last, fmt=args.format,
+                                                   tid=args.thread))
     warn(trace)
     return 0

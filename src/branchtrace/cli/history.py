@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import UsageError
-from ..reporters.render import render
+from ..reporters.base import write_to
 from ._file import add_file_arguments, load, warn
 from ._record import positive_int
 
@@ -57,10 +57,10 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError("--source goes with --insns")
     trace = load(args)
     if args.insns:
-        render(args.output, lambda out: history.render_insns(
+        write_to(args.output, lambda out: history.render_insns(
             trace, out, tid=args.thread, last=args.last, source=args.source))
     else:
-        render(args.output, lambda out: history.render_calls(
+        write_to(args.output, lambda out: history.render_calls(
             trace, out, tid=args.thread, last=args.last, indent=not args.no_indent,
             insn_ranges=args.insn_ranges, lines=args.lines))
     warn(trace)

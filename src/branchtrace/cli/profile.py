@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import argparse
 
-from ..reporters.render import render
+from ..reporters.base import Options, write_report
+from ..reporters.table import TRACE_REPORTERS
 from ._file import add_file_arguments, load, warn
 
 NAME = "profile"
-FORMATS = ("perfetto", "speedscope", "collapsed")
+FORMATS = tuple(TRACE_REPORTERS)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,14 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    # imported here: `branchtrace run` should not pay for the reporters
-    from ..reporters import collapsed, perfetto, speedscope
     trace = load(args)
-    if args.format == "perfetto":
-        render(args.output, lambda out: perfetto.render(trace, out, tid=args.thread))
-    elif args.format == "speedscope":
-        render(args.output, lambda out: speedscope.render(trace, out, tid=args.thread))
-    else:
-        render(args.output, lambda out: collapsed.render(trace, out, tid=args.thread))
+    write_report(TRACE_REPORTERS[args.format], trace, args.output, Options(tid=args.thread))
     warn(trace)
     return 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..reporters.render import render
+from ..reporters.base import write_to
 from ._file import add_file_arguments, load, warn
 from ._record import positive_int
 
@@ -28,7 +28,7 @@ def main(args: argparse.Namespace) -> int:
     # imported here: `branchtrace run` should not pay for the reporters
     from ..reporters import stats
     trace = load(args)
-    render(args.output, lambda out: stats.render(trace, out, top=args.top, tid=args.thread,
-                                                 fmt=args.format))
+    write_to(args.output, lambda out: stats.render(trace, out, top=args.top, tid=args.thread,
+                                                   fmt=args.format))
     warn(trace)
     return 0

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..analysis import CallTrace, CodeReader, FunctionIndex, call_trace
 from ..trace import Trace
-from .render import pick_threads
+from .base import pick_threads
 
 
 def stack_tree(ct: CallTrace) -> tuple[list[int], list[int], list[int]]:

@@ -2,6 +2,8 @@
 
 Modelled on ``perf script -F ip,addr,flags,sym`` (one line per branch, ``from => to``)
 and GDB's call history. A pure function of a trace, written to a stream, in text or JSON.
+The faulting instruction is disassembled from the binary on disk only while it is the
+one traced; otherwise the report says why not (``fault_instruction_note`` in JSON).
 """
 
 from __future__ import annotations
@@ -62,21 +64,22 @@ def _locate(trace: Trace, addresses: np.ndarray) -> list[_Loc]:
     return out
 
 
-def _instruction_at(trace: Trace, address: int) -> str | None:
-    """The instruction at ``address``, disassembled from the file on disk."""
+def _instruction_at(trace: Trace, address: int) -> tuple[str | None, str]:
+    """The instruction at ``address``, disassembled from the file on disk, and a note
+    ("" when none) when the file cannot be used (it changed since the trace, ...)."""
     from ..isa import classify
-    from ..symbols import load_elf
+    from ..symbols.images import module_image
 
     found = trace.symbolizer.resolve(np.array([address], dtype=np.uint64))
     module = int(found.module[0])
     if module < 0:
-        return None
-    image = load_elf(found.module_paths[module])
-    code = image.read_vaddr(int(found.vaddr[0]), 16) if image is not None else b""
-    if not code:
-        return None
-    insn = classify(code, address)
-    return insn.text if insn else None
+        return None, ""
+    loaded = module_image(trace.symbolizer.modules[module])
+    if loaded.image is None:
+        return None, f"cannot disassemble: {loaded.why()}"
+    code = loaded.image.read_vaddr(int(found.vaddr[0]), 16)
+    insn = classify(code, address) if code else None
+    return (insn.text if insn else None), ""
 
 
 def _crash_thread(trace: Trace) -> int | None:
@@ -103,7 +106,9 @@ def build(trace: Trace, last: int = 16, tid: int | None = None) -> dict[str, Any
         exit_doc["fault_address"] = ex.fault_address
     if ex.fault_pc is not None:
         exit_doc["fault_pc"] = _locate(trace, np.array([ex.fault_pc], dtype=np.uint64))[0].as_json()
-        exit_doc["fault_instruction"] = _instruction_at(trace, ex.fault_pc)
+        exit_doc["fault_instruction"], note = _instruction_at(trace, ex.fault_pc)
+        if note:
+            exit_doc["fault_instruction_note"] = note
     n = len(branches)
     return {
         "program": list(trace.argv), "pid": trace.pid, "backend": trace.backend,
@@ -143,6 +148,8 @@ def write_text(doc: dict[str, Any], out: IO[str]) -> None:
         out.write(f"  faulted at:    {pc['hex']} {_loc_text(pc)}\n")
         if ex.get("fault_instruction"):
             out.write(f"  instruction:   {ex['fault_instruction']}\n")
+        elif ex.get("fault_instruction_note"):
+            out.write(f"  instruction:   ({ex['fault_instruction_note']})\n")
     tid = doc["thread"]
     if tid is None:
         out.write("  no thread was recorded\n")

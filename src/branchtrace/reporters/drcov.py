@@ -34,8 +34,9 @@ from typing import IO
 
 import numpy as np
 
-from ..analysis.coverage import Coverage, module_image
+from ..analysis.coverage import Coverage
 from ..errors import TraceFormatError
+from ..symbols.images import module_image
 
 #: The packed block record: u32 offset from the module start, u16 size, u16 module id.
 BB_DTYPE = np.dtype([("start", "<u4"), ("size", "<u2"), ("mod_id", "<u2")])
@@ -51,7 +52,7 @@ def _clean_path(path: str) -> str:
 
 def _entry(cov: Coverage, index: int) -> int:
     module = cov.modules[index]
-    image = module_image(module)
+    image = module_image(module).image
     if image is None or not image.entry:
         return 0
     return (image.entry + module.bias) % (1 << 64)

@@ -30,7 +30,7 @@ from ..analysis.functions import UNKNOWN_LIMIT
 from ..model import Gap
 from ..symbols.elf import read_regular
 from ..trace import Trace
-from .render import pick_threads
+from .base import pick_threads
 
 #: Segments or instructions written per batch (bounded memory on big traces).
 _BATCH = 1 << 14

@@ -29,9 +29,10 @@ from typing import IO, Callable
 
 import numpy as np
 
-from ..analysis.coverage import Coverage, module_image
+from ..analysis.coverage import Coverage
 from ..model import ModuleMap
 from ..symbols import ElfImage, FunctionTable, LineTable, line_table_for
+from ..symbols.images import module_image
 
 
 @dataclass
@@ -57,7 +58,7 @@ class LineCoverage:
 
 
 def line_coverage(cov: Coverage, *, all_sources: bool = False,
-                  image_of: Callable[[ModuleMap], ElfImage | None] = module_image
+                  image_of: Callable[[ModuleMap], ElfImage | None] | None = None
                   ) -> LineCoverage:
     """Per source file: the lines with code and their hit counts, and the functions.
 
@@ -65,14 +66,14 @@ def line_coverage(cov: Coverage, *, all_sources: bool = False,
     ``all_sources``) files that are not on disk: ``genhtml`` stops at the first source
     it cannot read, and a library's debug information names the files of its build
     tree (``elf/dl-load.c``). ``image_of`` gives a module's ELF image (its line and
-    function tables).
+    function tables); by default :func:`~branchtrace.symbols.images.module_image`'s.
     """
     files: dict[str, SourceFile] = {}
     without: list[str] = []
     ran = np.unique(cov.blocks["module"])
     for m in ran[ran >= 0].tolist():
         module = cov.modules[m]
-        image = image_of(module)
+        image = module_image(module).image if image_of is None else image_of(module)
         table = line_table_for(image) if image is not None else None
         if image is None or table is None or len(table) == 0:
             without.append(module.path)

@@ -30,7 +30,7 @@ import numpy as np
 from ..analysis import CodeReader, FunctionIndex, Timeline, call_trace
 from ..trace import Trace
 from .history import gap_text
-from .render import pick_threads
+from .base import pick_threads
 
 
 def _micros(ns: np.ndarray) -> list[str]:

@@ -21,7 +21,7 @@ import numpy as np
 from .._version import __version__
 from ..analysis import CodeReader, FunctionIndex, Timeline, call_trace
 from ..trace import Trace
-from .render import pick_threads
+from .base import pick_threads
 
 SCHEMA = "https://www.speedscope.app/file-format-schema.json"
 

@@ -21,7 +21,7 @@ from ..analysis import (
 )
 from ..model import BranchKind
 from ..trace import Trace
-from .render import pick_threads
+from .base import pick_threads
 
 
 def build(trace: Trace, *, top: int = 10, tid: int | None = None) -> dict[str, Any]:

@@ -6,18 +6,20 @@ Typical use::
     sym = Symbolizer(modules)
     sym.describe(address).short()         # "step2+0x11 (crash)"
     arrays = sym.resolve(branches["to_ip"])  # vectorized
+    module_image(module).image            # a module's ELF image, if the file is still the traced one
 """
 
 from __future__ import annotations
 
-from branchtrace.symbols.dwarf import LineTable, line_table_for, read_line_table
-from branchtrace.symbols.elf import (
+from .dwarf import LineTable, line_table_for, read_line_table
+from .elf import (
     ElfImage,
     LoadSegment,
     clear_elf_cache,
     load_elf,
 )
-from branchtrace.symbols.maps import (
+from .images import ModuleImage, module_image
+from .maps import (
     is_deleted,
     is_special,
     merge_modules,
@@ -26,8 +28,8 @@ from branchtrace.symbols.maps import (
     read_maps,
     strip_deleted,
 )
-from branchtrace.symbols.resolver import Location, ResolvedArrays, Symbolizer
-from branchtrace.symbols.symtab import FunctionTable, RawSymbol
+from .resolver import Location, ResolvedArrays, Symbolizer
+from .symtab import FunctionTable, RawSymbol
 
 __all__ = [
     "ElfImage",
@@ -35,6 +37,7 @@ __all__ = [
     "LineTable",
     "LoadSegment",
     "Location",
+    "ModuleImage",
     "RawSymbol",
     "ResolvedArrays",
     "Symbolizer",
@@ -44,6 +47,7 @@ __all__ = [
     "line_table_for",
     "load_elf",
     "merge_modules",
+    "module_image",
     "modules_from_maps",
     "parse_maps",
     "read_line_table",

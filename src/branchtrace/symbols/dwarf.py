@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from branchtrace.symbols.elf import ElfImage
-from branchtrace.symbols.lineprog import UnitHeader, iter_units
+from .elf import ElfImage
+from .lineprog import UnitHeader, iter_units
 
 
 BROKEN = "broken DWARF line information"

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from branchtrace.symbols.symtab import (
+from .symtab import (
     BINDING_GLOBAL,
     BINDING_LOCAL,
     BINDING_WEAK,

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from branchtrace.errors import TargetError
-from branchtrace.model import Mapping, ModuleMap
-from branchtrace.symbols.elf import ElfImage, load_elf
-from branchtrace.symbols.elfhead import ElfHead, read_head
+from ..errors import TargetError
+from ..model import Mapping, ModuleMap
+from .elf import ElfImage, load_elf
+from .elfhead import ElfHead, read_head
 
 DELETED_SUFFIX = " (deleted)"
 

@@ -9,16 +9,15 @@ over its distinct addresses, never a Python loop per address; :meth:`Symbolizer.
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from branchtrace.model import ModuleMap
-from branchtrace.symbols.dwarf import LineTable, line_table_for
-from branchtrace.symbols.elf import ElfImage, load_elf
-from branchtrace.symbols.maps import is_deleted, is_special
+from ..model import ModuleMap
+from .dwarf import LineTable, line_table_for
+from .elf import ElfImage
+from .images import module_image
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,29 +98,6 @@ class ResolvedArrays:
         )
 
 
-_VDSO_LOCK = threading.Lock()
-_VDSO: list[ElfImage | None] = []
-
-
-def own_vdso_image() -> ElfImage | None:
-    """This process's vDSO, read from /proc/self/mem (the same kernel image for all)."""
-    with _VDSO_LOCK:
-        if not _VDSO:
-            image: ElfImage | None = None
-            try:
-                with open("/proc/self/maps", encoding="utf-8") as f:
-                    lines = [ln for ln in f if ln.rstrip().endswith(" [vdso]")]
-                if lines:
-                    lo, hi = (int(x, 16) for x in lines[0].split()[0].split("-"))
-                    with open("/proc/self/mem", "rb") as mem:
-                        mem.seek(lo)
-                        image = ElfImage.from_bytes(mem.read(hi - lo), "[vdso]")
-            except Exception:  # noqa: BLE001 - no vDSO symbols is fine
-                image = None
-            _VDSO.append(image)
-        return _VDSO[0]
-
-
 class _ModuleState:
     """What the resolver knows about one module, loaded on first use."""
 
@@ -136,22 +112,10 @@ class _ModuleState:
     def image(self) -> ElfImage | None:
         if not self._loaded:
             self._loaded = True
-            mod = self.module
-            if mod.path == "[vdso]":
-                image = own_vdso_image()
-                size = sum(s.memsz for s in image.segments) if image is not None else 0
-                self._image = image if image is not None and size <= mod.end - mod.start else None
-            elif is_special(mod.path):
-                pass   # [vsyscall] and the like: nothing to read, nothing to report
-            elif is_deleted(mod.path):
-                self.warning = f"{mod.path}: the file is gone; its addresses stay raw"
-            else:
-                self._image = load_elf(mod.path)
-                if self._image is None:
-                    self.warning = f"{mod.path}: cannot read it as an ELF file"
-                elif mod.build_id and self._image.build_id != mod.build_id:
-                    self.warning = f"{mod.path}: file changed since the trace (build id differs)"
-                    self._image = None
+            found = module_image(self.module)
+            self._image = found.image
+            if found.file_problem:
+                self.warning = f"{found.why()}: its addresses stay raw"
         return self._image
 
     def warnings(self) -> list[str]:
