@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from damage import assert_damage_marked, assert_prefixes
+from damage import assert_damage_marked, assert_prefixes, blockid_branches
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -69,22 +69,10 @@ def _blockid(path: Path) -> dict[int, np.ndarray]:
         for k in range(4):
             w.write_chunk(tid, ids[3000 * k:3000 * (k + 1)], 1, 2)
         w.write_thread(ThreadInfo(tid, 12000, 12000, 0))
-        threads[tid] = by_hand(ids, table)
+        threads[tid] = blockid_branches(ids, table)
     w.write_blocks(table)
     w.finish(EndInfo(3, 5, "signaled", signal=11, fault_address=0))
     return threads
-
-
-def by_hand(ids: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """The branches of ``ids``, one transition at a time (a reference, not the decoder)."""
-    out = []
-    for prev, cur in zip(ids[:-1].tolist(), ids[1:].tolist()):
-        if prev >= len(table) or cur >= len(table):
-            continue                      # an unknown block breaks the chain
-        a, b = table[prev], table[cur]
-        if int(b["start"]) != int(a["end"]):
-            out.append((int(a["last"]), int(b["start"]), int(a["kind"])))
-    return np.array(out, BRANCH_DTYPE)
 
 
 @dataclass
