@@ -14,6 +14,7 @@ import io
 import json
 import os
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -70,8 +71,31 @@ def test_golden(name, monkeypatch):
     source, write = CASES[name]
     got = text_of(lambda out: write(load_golden(source), out))
     if REGEN:
+        # Writing the file makes the comparison below hollow: fail instead, so that
+        # nothing regenerated passes until a person has read the diff and unset the
+        # variable (tests/golden/README.md says what to check).
+        before = (GOLDEN / name).read_text() if (GOLDEN / name).exists() else None
         (GOLDEN / name).write_text(got)
+        pytest.fail(f"regenerated: review the diff (git diff tests/golden/{name}; "
+                    f"{'unchanged' if got == before else 'changed'}), then run without "
+                    f"BRANCHTRACE_REGEN_GOLDEN")
     assert got == (GOLDEN / name).read_text()
+
+
+def test_regenerating_a_golden_file_fails(tmp_path, monkeypatch):
+    """BRANCHTRACE_REGEN_GOLDEN=1 writes the file and fails: a regenerated golden file
+    never passes by construction."""
+    copy = tmp_path / "golden"
+    copy.mkdir()
+    for name in ("fib", "fib.btrace"):
+        (copy / name).write_bytes((GOLDEN / name).read_bytes())
+    (copy / "stats.txt").write_text("stale\n")
+    module = sys.modules[__name__]
+    monkeypatch.setattr(module, "GOLDEN", copy)
+    monkeypatch.setattr(module, "REGEN", True)
+    with pytest.raises(pytest.fail.Exception, match="regenerated: review the diff"):
+        test_golden("stats.txt", monkeypatch)
+    assert (copy / "stats.txt").read_text() == (GOLDEN / "stats.txt").read_text()
 
 
 def fib_shape() -> list[tuple[str, int]]:

@@ -90,8 +90,8 @@ def in_process(args: list[str], capfd: pytest.CaptureFixture[str]) -> tuple[int,
     return code, capfd.readouterr().err
 
 
-def assert_one_line(code: int, err: str, words: str = "") -> str:
-    assert code != 0
+def assert_one_line(code: int, err: str, words: str) -> str:
+    assert code != 0 and words.strip(), "every case names the words it expects"
     assert "Traceback" not in err
     lines = err.strip("\n").splitlines()
     assert len(lines) == 1 and lines[0].strip(), repr(err)
@@ -103,7 +103,8 @@ def assert_one_line(code: int, err: str, words: str = "") -> str:
 # -- the commands that read a trace file ---------------------------------------------------
 
 BAD_FILES = {"missing": "no such file", "directory": "directory", "empty": "empty",
-             "text": "not a branchtrace trace", "newer": "newer", "cut": "",
+             "text": "not a branchtrace trace", "newer": "newer",
+             "cut": "truncated header: the file has only 10 bytes",
              "fifo": "not a regular file"}
 
 
@@ -261,7 +262,7 @@ def test_doctor_refuses_arguments(capfd, args):
     assert_one_line(code, err, "unrecognized arguments")
 
 
-@pytest.mark.parametrize("args, words", [([], "required"), (["--frobnicate"], ""),
+@pytest.mark.parametrize("args, words", [([], "required"), (["--frobnicate"], "required: COMMAND"),
                                          (["frobnicate"], "invalid choice")], ids=str)
 def test_no_command(capfd, args, words):
     code, err = in_process(args, capfd)

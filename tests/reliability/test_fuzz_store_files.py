@@ -18,7 +18,7 @@ from fuzzing import HOSTILE, bounded, examples, report_bounds
 from hypothesis import given
 from hypothesis import strategies as st
 
-from branchtrace.errors import BranchtraceError
+from branchtrace.errors import BranchtraceError, StoreError
 from branchtrace.store import (
     HEADER_DTYPE,
     HEADER_SIZE,
@@ -51,31 +51,54 @@ def store_file(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     return _store_bytes(tmp_path_factory.mktemp("store"), request.param)
 
 
-def read_store(path: Path, data: bytes) -> None:
-    """Open the store as the tracer does and use every read operation on each thread."""
+#: what _store_bytes pushes: thread tid holds 40 * (tid - 99) records (no ring wraps)
+ORIGINAL = {tid: [(0x1000 + k, 0x2000 + k, 1) for k in range(40 * (tid - 99))]
+            for tid in (100, 101, 102)}
+
+
+def as_tuples(records: np.ndarray) -> list[tuple[int, int, int]]:
+    return [(int(r["from_ip"]), int(r["to_ip"]), int(r["kind"])) for r in records]
+
+
+def read_store(path: Path, data: bytes) -> dict[int, list[tuple[int, int, int]]] | None:
+    """Open the store as the tracer does and use every read operation on each thread,
+    each saying the same thing: size = what peek gives = what get reaches = what the
+    drains take, and never more than a thread's region holds. The records peek gave,
+    per thread (None after one BranchtraceError)."""
     path.write_bytes(data)
+    seen: dict[int, list[tuple[int, int, int]]] = {}
     with bounded("store file", len(data)):
         try:
             store = Store.open(path)
         except BranchtraceError as err:
             assert "\n" not in str(err)
-            return
+            return None
         try:
             status = store.status()
-            assert status.held >= 0 and status.memory_used <= len(data)
+            assert status.memory_used <= len(data)
+            assert status.held == store.size() == sum(t.held for t in status.threads)
             for tid in store.tids():
                 held = store.size(tid)
-                assert 0 <= held
+                assert 0 <= held <= store.capacity, (tid, held, store.capacity)
                 peek = store.peek(tid)
-                assert len(peek) <= store.capacity
-                if len(peek):
-                    store.get(tid, 0)
-                assert len(store.drain(tid, final=False)) <= store.capacity
-                assert len(store.drain(tid)) <= store.capacity
+                assert len(peek) == held, (tid, len(peek), held)
+                if held:
+                    assert store.get(tid, 0) == peek[-1] and store.get(tid, held - 1) == peek[0]
+                with pytest.raises(StoreError):
+                    store.get(tid, held)
+                seen[tid] = as_tuples(peek)
+                taken = len(store.drain(tid, final=False)) + len(store.drain(tid))
+                if store.mode == StoreMode.STREAM:
+                    assert taken == held, (tid, taken, held)
+                else:     # ring: a running producer's oldest slots may be dropped as lost
+                    assert taken <= held, (tid, taken, held)
+                assert store.size(tid) == 0
         except BranchtraceError as err:
             assert "\n" not in str(err)
+            return None
         finally:
             store.close(unlink=False)
+    return seen
 
 
 def test_store_paths_that_are_not_stores(tmp_path: Path) -> None:
@@ -93,10 +116,7 @@ ENTRY_FIELDS = [(name, THREAD_DTYPE.fields[name][1], THREAD_DTYPE.fields[name][0
 
 
 def test_store_reads_back(store_file: bytes, tmp_path: Path) -> None:
-    path = tmp_path / "s.bts"
-    path.write_bytes(store_file)
-    with Store.open(path) as store:
-        assert store.tids() == [100, 101, 102] and store.size(101) == 80
+    assert read_store(tmp_path / "s.bts", store_file) == ORIGINAL
 
 
 def test_store_every_header_and_entry_field_hostile(store_file: bytes, tmp_path: Path) -> None:
@@ -126,12 +146,19 @@ def test_store_counters_hostile_together(store_file: bytes, tmp_path: Path) -> N
 
 
 def test_store_truncated_at_every_boundary(store_file: bytes, tmp_path: Path) -> None:
+    """A cut store gives one error, or (a cut in a region no thread uses) the records
+    as they were: never some of a thread's records, never others."""
     with Store.open(_copy(store_file, tmp_path / "v.bts")) as store:
         ends = [store.regions_offset + k * store.region_bytes for k in range(4)]
+    read = 0
     for at in {0, 8, 96, HEADER_SIZE, HEADER_SIZE + 64, *ends}:
         for cut in (at - 1, at, at + 1):
             if 0 <= cut < len(store_file):
-                read_store(tmp_path / "s.bts", store_file[:cut])
+                seen = read_store(tmp_path / "s.bts", store_file[:cut])
+                if seen is not None:
+                    assert seen == ORIGINAL, cut
+                    read += 1
+    assert read == 0     # every thread's region ends at the end of the file
 
 
 def test_store_random_damage(store_file: bytes, tmp_path: Path, soak: bool) -> None:
@@ -175,7 +202,9 @@ def table_file(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     return path.read_bytes()
 
 
-def read_blocks(path: Path, data: bytes) -> None:
+def read_blocks(path: Path, data: bytes, original: bytes) -> None:
+    """Read a damaged block table: one error, or rows that are the start of the rows
+    ``original`` (the undamaged file) holds, never more than ``data`` has room for."""
     path.write_bytes(data)
     with bounded("block table file", len(data)):
         try:
@@ -183,7 +212,9 @@ def read_blocks(path: Path, data: bytes) -> None:
         except BranchtraceError as err:
             assert "\n" not in str(err)
             return
-    assert len(table) * BLOCK_DTYPE.itemsize <= len(data) and overflow >= 0
+    assert len(table) * BLOCK_DTYPE.itemsize <= len(data) - TABLE_HEADER_SIZE
+    rows = np.frombuffer(original[TABLE_HEADER_SIZE:], BLOCK_DTYPE)
+    assert np.array_equal(table, rows[:len(table)]) and overflow >= 0
 
 
 def test_block_table_hostile_capacity_and_count(table_file: bytes, tmp_path: Path) -> None:
@@ -192,7 +223,7 @@ def test_block_table_hostile_capacity_and_count(table_file: bytes, tmp_path: Pat
         for count in (0, 100, 257, 0xFFFF_FFFF):
             data = bytearray(table_file)
             struct.pack_into("<QI", data, 16, capacity & ((1 << 64) - 1), count)
-            read_blocks(tmp_path / "b", bytes(data))
+            read_blocks(tmp_path / "b", bytes(data), table_file)
     data = bytearray(table_file)
     struct.pack_into("<QI", data, 16, 1 << 40, 0xFFFF_FFFF)
     (tmp_path / "b").write_bytes(data)
@@ -210,7 +241,7 @@ def test_block_table_random_damage(table_file: bytes, tmp_path: Path, soak: bool
         for at, bit in flips:
             if at < len(data):
                 data[at] ^= 1 << bit
-        read_blocks(tmp_path / "b", bytes(data))
+        read_blocks(tmp_path / "b", bytes(data), table_file)
 
     run()
 

@@ -29,6 +29,7 @@ from elftools.elf.elffile import ELFFile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import branchtrace
 from branchtrace.backends import probe_all
 from branchtrace.cli import DEBUG_ENV, main
 from branchtrace.model import Mapping, ModuleMap
@@ -118,17 +119,82 @@ def run_report(args: tuple[str, ...], trace: Path, out: Path,
     return stdout, stderr
 
 
-def check_output(args: tuple[str, ...], stdout: str, out: Path) -> None:
+def check_drcov(data: bytes, exe: Path) -> None:
+    """drcov 2 (docs: DynamoRIO's drcov format): a module table, then "BB Table: N bbs"
+    and N 8-byte entries (start offset u32, size u16, module id u16), some in ``exe``."""
+    head, sep, table = data.partition(b" bbs\n")
+    assert sep, data[:400]
+    lines = head.decode().splitlines()
+    assert lines[0] == "DRCOV VERSION: 2"
+    count = int(re.fullmatch(r"Module Table: version \d+, count (\d+)", lines[2]).group(1))
+    modules = [ln.rsplit(", ", 1)[1] for ln in lines[4:4 + count]]
+    bbs = int(re.fullmatch(r"BB Table: (\d+)", lines[4 + count]).group(1))
+    assert bbs > 0 and len(table) == 8 * bbs, (bbs, len(table))
+    entries = np.frombuffer(table, [("start", "<u4"), ("size", "<u2"), ("mod", "<u2")])
+    assert int(entries["mod"].max()) < count and int(entries["size"].min()) >= 0
+    assert str(exe) in modules
+    assert np.count_nonzero(entries["mod"] == modules.index(str(exe))) > 0
+
+
+def check_coverage_json(doc: dict, exe: Path, variant: str) -> None:
+    """Modules with blocks, the program's among them (once: a deleted program is one
+    module, not two), and counts that add up."""
+    assert doc["format"] == "branchtrace-coverage"
+    summary = doc["summary"]
+    assert summary["branches"] > 0 and summary["blocks"] > 0
+    assert summary["blocks"] == sum(len(m["blocks"]) for m in doc["modules"]) + \
+        len(doc["unmapped"]["blocks"]) == sum(len(m["blocks"]) for m in doc["modules"]) + \
+        summary["unmapped_blocks"]
+    (program,) = [m for m in doc["modules"] if Path(m["path"]).name.startswith(exe.name)]
+    assert program["path"] == str(exe) and len(program["blocks"]) > 0
+    assert all(hits >= 1 and size >= 0 for _, size, hits in program["blocks"])
+    if variant == "jit":                   # the generated code has no module
+        assert summary["unmapped_blocks"] > 0
+
+
+def check_lcov(text: str) -> None:
+    """Well-formed records: each SF ... end_of_record, LF = its DA lines, LH = those
+    run; the program's own source never (its DWARF is missing, broken or gone)."""
+    records = text.split("end_of_record\n")
+    assert records[-1] in ("", "TN:\n"), records[-1][:200]
+    for record in records[:-1]:
+        lines = [ln for ln in record.splitlines() if ln and ln != "TN:"]
+        assert lines[0].startswith("SF:") and "rel_nosym.c" not in lines[0], lines[0]
+        keys = {ln.split(":", 1)[0] for ln in lines}
+        assert keys <= {"SF", "FN", "FNDA", "FNF", "FNH", "DA", "LF", "LH", "BRDA", "BRF",
+                        "BRH"}, keys
+        da = [int(ln.split(",")[1]) for ln in lines if ln.startswith("DA:")]
+        counts = dict(ln.split(":", 1) for ln in lines if ln[:2] in ("LF", "LH"))
+        assert int(counts["LF"]) == len(da) and int(counts["LH"]) == sum(h > 0 for h in da)
+
+
+def check_output(args: tuple[str, ...], stdout: str, out: Path, exe: Path, variant: str,
+                 branches: int) -> None:
+    """The structure of each report, beyond "it came out"."""
     if args[0] == "coverage" and args[2] == "drcov":
-        assert out.read_bytes().startswith(b"DRCOV VERSION")
+        check_drcov(out.read_bytes(), exe)
     elif args[0] == "coverage" and args[2] == "json":
-        assert json.loads(out.read_text())
+        check_coverage_json(json.loads(out.read_text()), exe, variant)
     elif args[0] == "coverage":
-        assert out.exists()                         # lcov: no lines at all without DWARF
-    elif args[0] == "profile" and args[2] != "collapsed":
-        assert json.loads(out.read_text())
-    elif args[0] == "profile":
-        assert re.search(r" \d+$", out.read_text(), re.MULTILINE)
+        check_lcov(out.read_text())
+    elif args[0] == "profile" and args[2] == "perfetto":
+        calls = [e for e in json.loads(out.read_text())["traceEvents"] if e["ph"] == "X"]
+        assert calls and all(e["dur"] >= 0 and e["name"] for e in calls)
+    elif args[0] == "profile" and args[2] == "speedscope":
+        doc = json.loads(out.read_text())
+        frames, events = doc["shared"]["frames"], doc["profiles"][0]["events"]
+        assert frames and events
+        stack: list[int] = []
+        for e in events:                   # every frame opened is closed, innermost first
+            assert 0 <= e["frame"] < len(frames)
+            if e["type"] == "O":
+                stack.append(e["frame"])
+            else:
+                assert stack.pop() == e["frame"]
+        assert stack == []
+    elif args[0] == "profile":             # collapsed: one line per stack, every branch once
+        counts = [int(m.group(1)) for m in re.finditer(r" (\d+)$", out.read_text(), re.M)]
+        assert counts and sum(counts) == branches
     else:
         assert stdout.strip(), args
 
@@ -165,10 +231,11 @@ def test_every_report_comes_out(binaries: dict[str, Path], tmp_path: Path, backe
 
     monkeypatch.setenv(DEBUG_ENV, "1")
     capsys.readouterr()
+    branches = sum(len(b) for b in branchtrace.open(trace).threads.values())
     for report in REPORTS:
         out = tmp_path / f"out-{'-'.join(report)}"
         stdout, _ = run_report(report, trace, out, capsys)
-        check_output(report, stdout, out)
+        check_output(report, stdout, out, exe, variant, branches)
         if report == ("crash",):
             assert "SIGSEGV" in stdout
             assert re.search(r"faulted at:\s+" + re.escape(where), stdout), stdout

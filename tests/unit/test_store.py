@@ -189,6 +189,26 @@ def test_stream_final_drain_takes_the_partial_chunk(make_store: MakeStore) -> No
     assert store.size(1) == 0 and store.status().threads[0].lost == 0
 
 
+def test_stream_counters_past_the_region_say_what_it_holds(make_store: MakeStore) -> None:
+    """A corrupt table (the target can write its counters) claiming 30 records written
+    into a region of 12: size, peek, get and drain all say 12, and the other 18 are lost,
+    not read twice (size said 30 and the drains gave 12 + 2 records)."""
+    store = make_store(STREAM, capacity=12, chunk=4)
+    store.add_thread(1)
+    push_range(store, 1, 0, 10)
+    written = HEADER_SIZE + THREAD_DTYPE.fields["written"][1]     # slot 0's counter
+    with open(store.path, "r+b") as f:
+        f.seek(written)
+        f.write((30).to_bytes(8, "little"))
+    with Store.open(store.path) as again:
+        assert again.size(1) == 12 and len(again.peek(1)) == 12
+        assert again.status().threads[0].held == 12
+        with pytest.raises(StoreError, match="holds 12 records"):
+            again.get(1, 12)
+        assert len(again.drain(1, final=False)) + len(again.drain(1)) == 12
+        assert again.status().threads[0].lost == 18 and again.size(1) == 0
+
+
 def test_stream_clear_mid_chunk_keeps_positions_right(make_store: MakeStore) -> None:
     store = make_store(STREAM, capacity=8, chunk=4)
     buffer = store.add_thread(1, should_abort=lambda: True)

@@ -205,6 +205,47 @@ def test_merge_modules_unions_snapshots_without_duplicates() -> None:
     assert len(merge_modules(merged, [other])) == 4
 
 
+def test_merge_modules_joins_a_file_deleted_between_snapshots() -> None:
+    """At start /bin/prog is read (build id, bias from its program headers); by exit it
+    was deleted (or replaced) and /proc/PID/maps says "/bin/prog (deleted)": one load,
+    which keeps what was read while the file was there, so its addresses can be named
+    (they were split over two modules, and the deleted one never resolves)."""
+    maps = (Mapping(0x5000, 0x6000, "r-xp", 0x1000, "/bin/prog"),)
+    gone = (Mapping(0x5000, 0x6000, "r-xp", 0x1000, "/bin/prog (deleted)"),
+            Mapping(0x6000, 0x7000, "r--p", 0x2000, "/bin/prog (deleted)"))
+    start = ModuleMap("/bin/prog", 0x5000, 0x6000, 0x4000, "cd", maps)
+    end = ModuleMap("/bin/prog (deleted)", 0x5000, 0x7000, 0x4000 + 0x10, "", gone)
+    for a, b in (([start], [end]), ([end], [start])):
+        (mod,) = merge_modules(a, b)
+        assert (mod.path, mod.start, mod.end, mod.bias, mod.build_id) == \
+            ("/bin/prog", 0x5000, 0x7000, 0x4000, "cd")
+        assert [(m.start, m.offset) for m in mod.mappings] == [(0x5000, 0x1000), (0x6000, 0x2000)]
+    # elsewhere, or another file that happens to be deleted: separate modules
+    assert len(merge_modules([start], [ModuleMap("/bin/prog (deleted)", 0x9000, 0xA000,
+                                                 0x9000, "")])) == 2
+    assert len(merge_modules([start], [ModuleMap("/bin/other (deleted)", 0x5000, 0x6000,
+                                                 0x4000, "")])) == 2
+
+
+@needs_gcc
+def test_a_program_deleted_while_traced_is_named_from_what_was_read(tmp_path: Path) -> None:
+    """The merged module of a deleted program names its functions when a file with the
+    build id read at start is there again (a reinstall, a reproducible rebuild)."""
+    exe = compile_fixture(tmp_path / "prog", "-no-pie")
+    image = load_elf(str(exe))
+    assert image is not None
+    address = image.symbol_address("main")
+    text = (f"400000-401000 r--p 00000000 fe:00 7 {exe}\n"
+            f"401000-402000 r-xp 00001000 fe:00 7 {exe}\n")
+    start = modules_from_maps(parse_maps(text))
+    end = modules_from_maps(parse_maps(text.replace("\n", " (deleted)\n")))
+    assert end[0].path == f"{exe} (deleted)" and end[0].build_id == ""
+    clear_elf_cache()
+    described = Symbolizer(merge_modules(start, end)).describe(address).short()
+    assert described.startswith("main+0x0 "), described
+    clear_elf_cache()
+
+
 def test_read_maps_of_a_gone_process_raises_target_error() -> None:
     proc = subprocess.Popen(["true"])
     proc.wait()

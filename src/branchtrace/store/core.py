@@ -181,8 +181,13 @@ class Store:
             slot = self._slot(tid)
             w, c = self._word(slot, "written"), self._word(slot, "consumed")
             if self.mode == StoreMode.STREAM:
-                end = w if final else max(c, w - w % self.chunk_records)
-                out = self._copy(slot, c, end)
+                # a producer waits for room, so only a corrupt table has more than the
+                # region holds; what is past it is lost, not read twice
+                start = max(c, w - self.capacity)
+                end = w if final else max(start, w - w % self.chunk_records)
+                out = self._copy(slot, start, end)
+                if start > c:
+                    self._set(slot, "lost_acc", self._word(slot, "lost_acc") + start - c)
                 self._set(slot, "consumed", end)  # frees the slots: after the copy
                 return out
             start = max(c, w - self.capacity)
@@ -337,9 +342,12 @@ class Store:
         self._table[name][slot] = min(max(value, 0), (1 << 64) - 1)
 
     def _held(self, slot: int, written: int | None = None) -> int:
+        """Records the thread's region holds: written - consumed, never negative and
+        never more than the region has room for, in either mode (the ring overwrites
+        its oldest; a stream producer waits, so only a corrupt table says more)."""
         w = self._word(slot, "written") if written is None else written
         held = max(0, w - self._word(slot, "consumed"))   # never negative, even if corrupt
-        return min(held, self.capacity) if self.mode == StoreMode.RING else held
+        return min(held, self.capacity)
 
     def _thread_status(self, slot: int) -> ThreadStatus:
         w, c = self._word(slot, "written"), self._word(slot, "consumed")

@@ -136,29 +136,36 @@ def modules_from_maps(maps: list[Mapping]) -> list[ModuleMap]:
 
 
 def _same_load(a: ModuleMap, b: ModuleMap) -> bool:
-    return (a.path, a.bias, a.build_id) == (b.path, b.bias, b.build_id) and (
-        a.start <= b.end and b.start <= a.end
-    )
+    overlap = a.start <= b.end and b.start <= a.end
+    if is_deleted(a.path) != is_deleted(b.path):
+        # the file went away between the snapshots: its deleted side knows no build id
+        gone = a if is_deleted(a.path) else b
+        return overlap and strip_deleted(a.path) == strip_deleted(b.path) and not gone.build_id
+    return (a.path, a.bias, a.build_id) == (b.path, b.bias, b.build_id) and overlap
 
 
 def merge_modules(a: Iterable[ModuleMap], b: Iterable[ModuleMap]) -> list[ModuleMap]:
     """Union of two snapshots (say at start and at exit), without duplicates.
 
     The same load seen in both (same path, bias and build id, overlapping ranges)
-    becomes one module spanning both; anything else is kept as is. Sorted by start.
+    becomes one module spanning both; anything else is kept as is. A file deleted in
+    between shows as ``PATH (deleted)`` (no build id, a bias guessed from its maps)
+    where it was ``PATH``: the same load too, and the snapshot that could still read
+    the file gives the module its path, bias and build id. Sorted by start.
     """
     merged: list[ModuleMap] = []
     for mod in sorted([*a, *b], key=lambda m: (m.start, m.path)):
         for i, seen in enumerate(merged):
             if _same_load(seen, mod):
+                known = mod if is_deleted(seen.path) and not is_deleted(mod.path) else seen
                 maps = {(m.start, m.end, m.offset, m.perms): m
                         for m in (*seen.mappings, *mod.mappings)}
                 merged[i] = ModuleMap(
-                    path=seen.path,
+                    path=known.path,
                     start=min(seen.start, mod.start),
                     end=max(seen.end, mod.end),
-                    bias=seen.bias,
-                    build_id=seen.build_id,
+                    bias=known.bias,
+                    build_id=known.build_id,
                     mappings=tuple(maps[k] for k in sorted(maps)),
                 )
                 break
