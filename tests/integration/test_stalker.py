@@ -23,9 +23,9 @@ from branchtrace.recorder import RecordConfig, record
 from branchtrace.store import Encoding, Store, StoreConfig, StoreMode, StreamConsumer
 from branchtrace.symbols import Symbolizer
 
-if not StalkerBackend().probe().available:
-    pytest.skip(f"stalker cannot run here: {StalkerBackend().probe().reason}",
-                allow_module_level=True)
+# skipped with the reason when the stalker backend cannot run here; failed under
+# --require-backend stalker (tests/conftest.py)
+pytestmark = pytest.mark.backend("stalker")
 
 
 def kinds_inside(branches: np.ndarray, sym: Symbolizer, function: str) -> Counter[str]:

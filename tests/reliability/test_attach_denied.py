@@ -16,11 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import cli
+from conftest import ALL_BACKENDS, cli
 
-from branchtrace.backends import probe_all
 
-BACKENDS = [name for name, probe in probe_all() if probe.available]
 ROOT = os.geteuid() == 0
 NOBODY = 65534
 
@@ -61,7 +59,7 @@ needs_root = pytest.mark.skipif(not ROOT or SETPRIV is None,
 
 
 @needs_root
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_an_unprivileged_user_cannot_attach_to_roots_process(backend, build, tmp_path):
     check = ("import os, sys, branchtrace.cli; "
              "sys.exit(0 if os.access(sys.executable, os.X_OK) else 3)")
@@ -85,7 +83,7 @@ def test_an_unprivileged_user_cannot_attach_to_roots_process(backend, build, tmp
 
 
 @needs_root
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_without_cap_sys_ptrace_another_users_process_is_refused(backend):
     target = subprocess.Popen([SETPRIV or "setpriv", *AS_NOBODY, "sleep", "200"])
     try:
@@ -105,7 +103,7 @@ def test_without_cap_sys_ptrace_another_users_process_is_refused(backend):
 def test_stalker_says_why_it_cannot_record_another_users_process():
     """With CAP_SYS_PTRACE ptrace records it; the stalker backend cannot, since the
     process could not open our 0600 buffers: it says so and names the way out."""
-    if "stalker" not in BACKENDS:
+    if "stalker" not in ALL_BACKENDS:
         pytest.skip("the stalker backend cannot run here")
     target = subprocess.Popen([SETPRIV or "setpriv", *AS_NOBODY, "sleep", "200"])
     try:

@@ -15,12 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import cli
+from conftest import ALL_BACKENDS, cli
 from test_bad_input import Env, _record_args, _state, assert_one_line, make_env
 
-from branchtrace.backends import probe_all
 
-BACKENDS = [name for name, probe in probe_all() if probe.available]
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +26,7 @@ def env(build, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     yield from make_env(build, tmp_path_factory)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("program, words", [
     ("{root}/no-such-program", "not found"),
     ("{root}/adir", "directory"),
@@ -40,7 +38,7 @@ def test_run_refuses_what_cannot_run(env, backend, program, words):
                     words)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_attach_to_a_pid_that_is_gone(env, backend):
     gone = subprocess.Popen(["true"])
     gone.wait()
@@ -49,7 +47,7 @@ def test_attach_to_a_pid_that_is_gone(env, backend):
         assert "no process" in line
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_attach_to_a_kernel_thread(backend):
     status = Path("/proc/2/status")
     if not status.exists() or "PPid:\t0" not in status.read_text():
@@ -69,7 +67,7 @@ sys.stdin.read()
 """
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_attach_to_a_zombie(backend):
     parent = subprocess.Popen([sys.executable, "-c", ZOMBIE_PARENT], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
@@ -87,7 +85,7 @@ def test_attach_to_a_zombie(backend):
         parent.communicate("")
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("command", ["run", "attach"])
 def test_unwritable_trace_file(env, tmp_path, backend, command):
     marker = tmp_path / "ran"

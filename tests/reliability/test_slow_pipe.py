@@ -15,11 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import ALL_BACKENDS
 
 import branchtrace
-from branchtrace.backends import probe_all
 
-BACKENDS = [name for name, probe in probe_all() if probe.available]
 
 # A loop with a data-dependent branch (its records compress less than a plain loop's)
 # that prints a checksum per round: argv[1] rounds of argv[2] iterations.
@@ -101,7 +100,7 @@ class SlowReader(threading.Thread):
             time.sleep(0.01)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_a_slow_pipe_loses_nothing_and_slows_the_program(churn, tmp_path, backend):
     args = ARGS.get(backend, ARGS["stalker"])
     native = subprocess.run([str(churn), *args], capture_output=True, timeout=30, check=True)
