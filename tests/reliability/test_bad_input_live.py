@@ -6,7 +6,6 @@ whose fixture and checks this module shares.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -115,10 +114,9 @@ def _child(args: list[str]) -> tuple[int, str]:
     return result.returncode, result.stderr
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
-                    reason="needs root and setpriv to run as another user")
-def test_files_another_user_may_not_read_or_write(env, build):
-    """As an unprivileged user: root's 0600 trace file, and outputs in root's directory."""
+def test_files_another_user_may_not_read_or_write(env, build, nobody_python):
+    """As an unprivileged user (an interpreter uid 65534 can run: conftest.nobody_python):
+    root's 0600 trace file, and outputs in root's directory."""
     import tempfile
 
     shared = Path(tempfile.mkdtemp(prefix="bt-badinput-"))
@@ -141,12 +139,7 @@ def test_files_another_user_may_not_read_or_write(env, build):
                 (["run", "--backend", "ptrace", "--report-to", str(shared / "r.txt"), "--",
                   str(loop), "3"], "--report-to"),
         ):
-            result = subprocess.run(
-                ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
-                 "-m", "branchtrace", *args], capture_output=True, text=True, timeout=60,
-                cwd="/", check=False)
-            if "branchtrace" not in result.stderr:
-                pytest.skip(f"the venv is not usable by uid 65534: {result.stderr[-200:]}")
+            result = nobody_python.run(nobody_python.argv(*args))
             assert_one_line(result.returncode, result.stderr, words)
         assert sorted(p.name for p in shared.iterdir()) == ["loop", "public.btrace",
                                                              "secret.btrace"]
