@@ -41,13 +41,15 @@ def test_nothing_needed():
 """
 
 
-def _pytest(tmp_path: Path, source: str, *args: str, frida: bool = False) -> tuple[int, str]:
+def _pytest(tmp_path: Path, source: str, *args: str, frida: bool = False,
+            **environ: str) -> tuple[int, str]:
     project = tmp_path / "project"
     project.mkdir()
     shutil.copy(CONFTEST, project / "conftest.py")
     (project / "test_case.py").write_text(source)
-    env = dict(os.environ)
+    env = {**os.environ, **environ}
     env.pop("BRANCHTRACE_BACKEND", None)
+    env.pop("BRANCHTRACE_PROBE_CACHE", None)   # as in a shell: the conftest sets it
     if not frida:
         shadow = tmp_path / "no-frida"
         (shadow / "frida").mkdir(parents=True)
@@ -102,6 +104,26 @@ def test_with_frida_both_variants_run(tmp_path):
     code, out = _pytest(tmp_path, PER_BACKEND, "--require-backend", "stalker,ptrace", frida=True)
     assert code == 0, out
     assert "2 passed" in out and "skipped" not in out
+
+
+def test_a_failed_probe_kept_for_the_boot_is_not_used(tmp_path, monkeypatch):
+    """The stalker backend keeps its probe's answer per Frida, kernel and boot; a test
+    session ignores it, so one bad probe cannot turn the stalker tests into skips."""
+    need_backend("stalker")
+    from branchtrace.backends import Probe, stalker
+
+    key = stalker._probe_key()
+    assert key is not None
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    monkeypatch.delenv("BRANCHTRACE_PROBE_CACHE")
+    stalker._keep_probe(key, Probe(False, "a probe that failed once"))
+    # outside a test session it would be believed for the rest of the boot
+    assert stalker._cached_probe(key) == Probe(False, "a probe that failed once (cached)")
+    code, out = _pytest(tmp_path, PER_BACKEND, "--require-backend", "stalker,ptrace",
+                        frida=True)
+    assert code == 0, out
+    assert "2 passed" in out and "a probe that failed once" not in out
 
 
 @pytest.mark.parametrize("names", ["stalkr", "ptrace,bogus"])
