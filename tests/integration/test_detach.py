@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import proc_status, wait_for_status
+from procs import proc_status, wait_for_status
 
 # A program single-stepped by ptrace stops after every instruction, each stop a voluntary
 # context switch; the sleeper alone makes one per round (at most 40 here), and the run at

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import cli, marker_line, wait_for_status
+from conftest import cli, marker_line
+from procs import wait_for_status
 
 from branchtrace.backends import RecordOptions, Target
 from branchtrace.backends.stalker import StalkerBackend

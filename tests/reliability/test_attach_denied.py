@@ -15,17 +15,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import (
-    ALL_BACKENDS,
-    AS_NOBODY,
-    NOBODY,
-    SETPRIV,
-    cli,
-    need_backend,
-    proc_status,
-    real_uid,
-    wait_for_status,
-)
+from conftest import ALL_BACKENDS, cli, need_backend
+from other_user import AS_NOBODY, NOBODY, SETPRIV
+from procs import proc_status, real_uid, wait_for_status
 
 ROOT = os.geteuid() == 0
 DROP_PTRACE_CAP = ["--inh-caps=-sys_ptrace", "--bounding-set=-sys_ptrace"]

@@ -1,7 +1,7 @@
 """conftest.nobody_python: an interpreter uid 65534 can run. Without one (here: no
 ``setpriv`` on PATH) the tests that need it skip with the reason, and fail where CI is
 set. Each case runs pytest in a child process on a small test file next to a copy of
-tests/conftest.py."""
+tests/conftest.py (and the helpers it imports)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import SETPRIV
+from other_user import SETPRIV
 
-CONFTEST = Path(__file__).parent.parent / "conftest.py"
+TESTS = Path(__file__).parent.parent
+HELPERS = ["conftest.py", "other_user.py"]   # the conftest and what it imports
 
 USES_IT = """
 def test_as_nobody(nobody_python):
@@ -28,7 +29,8 @@ def test_as_nobody(nobody_python):
 def _pytest(tmp_path: Path, ci: bool, setpriv: bool) -> tuple[int, str]:
     project = tmp_path / "project"
     project.mkdir()
-    shutil.copy(CONFTEST, project / "conftest.py")
+    for name in HELPERS:
+        shutil.copy(TESTS / name, project / name)
     (project / "test_case.py").write_text(USES_IT)
     env = {k: v for k, v in os.environ.items() if k != "CI"}
     if ci:

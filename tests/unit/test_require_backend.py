@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from conftest import need_backend
 
-CONFTEST = Path(__file__).parent.parent / "conftest.py"
+TESTS = Path(__file__).parent.parent
+HELPERS = ["conftest.py", "other_user.py"]   # the conftest and what it imports
 
 PER_BACKEND = """
 import pytest
@@ -45,7 +46,8 @@ def _pytest(tmp_path: Path, source: str, *args: str, frida: bool = False,
             **environ: str) -> tuple[int, str]:
     project = tmp_path / "project"
     project.mkdir()
-    shutil.copy(CONFTEST, project / "conftest.py")
+    for name in HELPERS:
+        shutil.copy(TESTS / name, project / name)
     (project / "test_case.py").write_text(source)
     env = {**os.environ, **environ}
     env.pop("BRANCHTRACE_BACKEND", None)
