@@ -4,6 +4,8 @@ For each fixture we take the branches whose source and target both lie in the ma
 executable, from the first branch out of ``main`` to ``main``'s return, as offsets in
 the file (so ASLR does not matter). Every backend must give exactly the sequence the
 ptrace backend (the exact reference) gives, and each fixture's arithmetic must hold.
+A backend that cannot run here is skipped with the reason (a failure under
+``--require-backend``); no backend is ever compared with itself.
 """
 
 from __future__ import annotations
@@ -15,13 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ALL_BACKENDS, need_backend
 
-from branchtrace.backends import Target, probe_all
+from branchtrace.backends import Target
 from branchtrace.model import BranchKind
 from branchtrace.recorder import RecordConfig, record
 from branchtrace.trace import Trace
 
-BACKENDS = [name for name, probe in probe_all() if probe.available]
 FIXTURES = ["conf_calls", "conf_indirect", "conf_longjmp", "conf_returns", "conf_signal_work",
             "signal", "loop", "crash"]
 
@@ -71,7 +73,7 @@ def returns_from(seq: Seq, function: str) -> int:
     return sum(1 for s in seq if s[4] == "return" and s[0] == function)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_calls_returns_loops_recursion(build, backend):
     trace, seq = traced(build, backend, "conf_calls")
     assert trace.exit.code == 0
@@ -81,7 +83,7 @@ def test_calls_returns_loops_recursion(build, backend):
     assert len(loop_backs) == 5  # the loop test at the bottom jumps back 5 times
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_switch_table_and_function_pointers(build, backend):
     trace, seq = traced(build, backend, "conf_indirect")
     assert trace.exit.code == 0
@@ -94,7 +96,7 @@ def test_switch_table_and_function_pointers(build, backend):
     assert pointer_calls == {"op_add": 3, "op_sub": 3, "op_mul": 3}
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_setjmp_longjmp(build, backend):
     trace, seq = traced(build, backend, "conf_longjmp")
     assert trace.exit.code == 0
@@ -107,7 +109,7 @@ def test_setjmp_longjmp(build, backend):
     assert "main" in landing
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_signal_handler(build, backend):
     trace, seq = traced(build, backend, "signal")
     assert trace.exit.code == 0
@@ -119,7 +121,7 @@ def test_signal_handler(build, backend):
     assert len(handler_returns) == 1
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_signal_handler_inside(build, backend):
     """The handler's own branches are recorded: 3 deliveries, each an INTERRUPT into
     on_signal, a loop of 5 with 2 calls to twice(), and a return."""
@@ -141,11 +143,15 @@ def main_window_all(trace: Trace) -> list[tuple[str, str]]:
     return [(str(f), BranchKind(int(k)).label) for f, k in zip(fn, b["kind"])]
 
 
+#: the backends compared with the ptrace reference: every other one (never ptrace itself,
+#: which would compare a trace with itself)
+OTHERS = [b for b in ALL_BACKENDS if b != "ptrace"]
+
+
 @pytest.mark.parametrize("fixture", FIXTURES)
-@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "ptrace"] or ["ptrace"])
+@pytest.mark.parametrize("backend", OTHERS)
 def test_same_sequence_as_ptrace(build, backend, fixture):
-    if "ptrace" not in BACKENDS:
-        pytest.skip("the ptrace reference cannot run here")
+    need_backend("ptrace")   # the reference (the backend under test: tests/conftest.py)
     _, reference = traced(build, "ptrace", fixture)
     _, seq = traced(build, backend, fixture)
     assert len(seq) >= 2

@@ -10,6 +10,35 @@ import sys
 import time
 from pathlib import Path
 
+from procs import proc_status, wait_for_status
+
+# A program single-stepped by ptrace stops after every instruction, each stop a voluntary
+# context switch; the sleeper alone makes one per round (at most 40 here), and the run at
+# full speed to main a handful: more than this many means it is being stepped in main.
+STEPPING = 1000
+
+
+def _descendant(pid: int, name: str, timeout: float = 60) -> int:
+    """The first process called ``name`` below ``pid``, once it exists."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        parent, names = {}, {}
+        for d in Path("/proc").iterdir():
+            status = proc_status(int(d.name)) if d.name.isdigit() else {}
+            if status:
+                parent[int(d.name)], names[int(d.name)] = int(status["PPid"]), status["Name"]
+        below, todo = [], [pid]
+        while todo:
+            one = todo.pop()
+            kids = [child for child, p in parent.items() if p == one]
+            below += kids
+            todo += kids
+        for child in below:
+            if names[child] == name:
+                return child
+        time.sleep(0.01)
+    raise AssertionError(f"no process {name} below {pid}")
+
 
 def wait_for(path: Path, timeout: float = 60) -> str:
     deadline = time.monotonic() + timeout
@@ -35,7 +64,10 @@ def test_ctrl_c_detaches_and_the_program_goes_on(build, tmp_path):
         [sys.executable, "-m", "branchtrace", "run", "--backend", "ptrace", "--format", "json",
          "--report-to", str(report), "--", str(exe), str(out), "40"],
         start_new_session=True, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.5)
+    program = _descendant(tracer.pid, exe.name)
+    # traced, and being stepped (so recording), before the interrupt
+    wait_for_status(program, lambda st: int(st["TracerPid"]) != 0
+                    and int(st["voluntary_ctxt_switches"]) > STEPPING, "stepped by a tracer")
     assert tracer.poll() is None
     os.killpg(tracer.pid, signal.SIGINT)  # what Ctrl-C at the terminal does
     _, err = tracer.communicate(timeout=60)
@@ -53,7 +85,9 @@ def test_attach_for_a_while_then_detach(build, tmp_path):
     out, report = tmp_path / "out", tmp_path / "report.json"
     program = subprocess.Popen([str(exe), str(out), "40"])
     try:
-        time.sleep(0.3)
+        # in main's loop (asleep in its nanosleep), not still in the dynamic loader
+        wait_for_status(program.pid, lambda st: st["Name"] == exe.name
+                        and st["State"].startswith("S"), "asleep in main's loop")
         result = subprocess.run(
             [sys.executable, "-m", "branchtrace", "attach", str(program.pid), "--duration", "0.5",
              "--backend", "ptrace", "--report", "always", "--format", "json",

@@ -23,14 +23,13 @@ from conftest import FIXTURES, cli
 
 import branchtrace
 from branchtrace.analysis import call_trace
-from branchtrace.backends import load
 from branchtrace.reporters import collapsed, crash, history, perfetto, speedscope, stats
 from branchtrace.trace import Trace
 
 GOLDEN = Path(__file__).parent.parent / "golden"
 REGEN = os.environ.get("BRANCHTRACE_REGEN_GOLDEN") == "1"
-HAVE_PTRACE = load("ptrace").probe().available
-needs_ptrace = pytest.mark.skipif(not HAVE_PTRACE, reason="the ptrace backend cannot run here")
+# conftest skips these when ptrace cannot run, and fails them under --require-backend ptrace
+needs_ptrace = pytest.mark.backend("ptrace")
 
 
 def load_golden(name: str) -> Trace:

@@ -22,9 +22,9 @@ from branchtrace.backends.stalker.check import ENV
 from branchtrace.store import Encoding, Store, StoreConfig, StoreMode, StreamConsumer
 from branchtrace.store.blocks import FLAG_ASYNC
 
-if not StalkerBackend().probe().available:
-    pytest.skip(f"stalker cannot run here: {StalkerBackend().probe().reason}",
-                allow_module_level=True)
+# skipped with the reason when the stalker backend cannot run here; failed under
+# --require-backend stalker (tests/conftest.py)
+pytestmark = pytest.mark.backend("stalker")
 
 #: loop.c runs ~4.5 blocks per iteration under Stalker: 23M iterations are ~100M blocks
 ITERATIONS = 23_000_000

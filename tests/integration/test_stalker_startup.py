@@ -15,15 +15,18 @@ from pathlib import Path
 
 import pytest
 from conftest import cli
+from test_stalker import expected_work, kinds_inside
 
+import branchtrace
 from branchtrace.backends import Choice, Target
 from branchtrace.backends.stalker import StalkerBackend
+from branchtrace.cli import main as cli_main
 from branchtrace.errors import MemoryLimitError
 from branchtrace.recorder import RecordConfig, record
 
-if not StalkerBackend().probe().available:
-    pytest.skip(f"stalker cannot run here: {StalkerBackend().probe().reason}",
-                allow_module_level=True)
+# skipped with the reason when the stalker backend cannot run here; failed under
+# --require-backend stalker (tests/conftest.py)
+pytestmark = pytest.mark.backend("stalker")
 
 
 def _state(pid: int) -> str | None:
@@ -128,10 +131,70 @@ def test_another_target_cancels_the_early_one_and_is_recorded(sleeper: Path, bui
                    chosen=Choice(backend, ("test",)))
     assert _gone(pid)
     assert trace.exit.status == "exited" and trace.exit.code == 0
-    assert trace.pid != pid and len(trace.branches(trace.pid)) > 100
+    assert trace.pid != pid and list(trace.threads) == [trace.pid]
+    assert kinds_inside(trace.branches(trace.pid), trace.symbolizer, "work") == expected_work(100)
 
 
-def test_run_records_through_the_early_start(build) -> None:
+class EarlySpy:
+    """Records what StalkerBackend.start_early started and what record() took over."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.started: list[tuple[Target, int]] = []     # (target, pid) per start_early
+        self.taken: list[int | None] = []               # per record(): the early pid, or None
+        start_early, take_early = StalkerBackend.start_early, StalkerBackend._take_early
+
+        def spy_start(backend: StalkerBackend, target: Target) -> None:
+            start_early(backend, target)
+            assert backend._early is not None
+            self.started.append((target, backend._early[1].pid))
+
+        def spy_take(backend: StalkerBackend, target: Target | None):  # type: ignore[no-untyped-def]
+            got = take_early(backend, target)
+            if target is not None:
+                self.taken.append(got[0].pid if got is not None else None)
+            return got
+
+        monkeypatch.setattr(StalkerBackend, "start_early", spy_start)
+        monkeypatch.setattr(StalkerBackend, "_take_early", spy_take)
+
+
+@pytest.mark.parametrize("mode", ["ring", "stream"])
+def test_record_takes_over_the_early_program(build, monkeypatch, mode) -> None:
+    """The API: start_early, then record() of the same target records that very process
+    (its pid), from its first branches in main on: work's exact counts."""
+    exe, n = build("loop"), 333
+    spy = EarlySpy(monkeypatch)
+    backend = StalkerBackend()
+    target = Target(argv=(str(exe), str(n)))
+    backend.start_early(target)
+    [(_, pid)] = spy.started
+    trace = record(target, RecordConfig(backend="stalker", mode=mode),
+                   chosen=Choice(backend, ("test",)))
+    assert spy.taken == [pid] and backend._early is None
+    assert trace.pid == pid and list(trace.threads) == [pid]
+    assert trace.exit.status == "exited" and trace.exit.code == 0
+    assert kinds_inside(trace.branches(pid), trace.symbolizer, "work") == expected_work(n)
+    assert trace.lost == {pid: 0} and trace.gaps == []
+
+
+def test_run_records_through_the_early_start(build, monkeypatch, tmp_path, capfd) -> None:
+    """``branchtrace run`` (its main(), in this process, to watch it) starts the program
+    early, and the trace it writes is of that process: work's exact counts."""
+    exe, n = build("loop"), 100
+    out = tmp_path / "loop.btrace"
+    spy = EarlySpy(monkeypatch)
+    code = cli_main(["run", "--backend", "stalker", "--report", "never", "-o", str(out), "--",
+                     str(exe), str(n)])
+    assert code == 0, capfd.readouterr().err
+    [(target, pid)] = spy.started
+    assert target.argv == (str(exe), str(n)) and spy.taken == [pid]
+    trace = branchtrace.open(out)
+    assert (trace.backend, trace.pid, list(trace.threads)) == ("stalker", pid, [pid])
+    assert trace.exit.status == "exited" and trace.exit.code == 0
+    assert kinds_inside(trace.branches(pid), trace.symbolizer, "work") == expected_work(n)
+
+
+def test_run_through_python_m_says_what_it_recorded(build) -> None:
     exe = build("loop")
     proc = cli("run", "--backend", "stalker", "--report", "always", "--last", "4", "--",
                str(exe), "100")

@@ -18,7 +18,7 @@ import branchtrace
 from branchtrace.backends import Target
 from branchtrace.model import BranchKind
 from branchtrace.recorder import RecordConfig, record
-from conftest import cli, marker_line
+from conftest import cli, marker_line, need_backend
 from test_ptrace_counts import expected_work, kinds_inside
 
 
@@ -187,10 +187,7 @@ def test_record_api_writes_the_file_and_keeps_the_newest_in_memory(build, tmp_pa
 @pytest.mark.parametrize("mode", ["ring", "stream"])
 def test_block_id_traces_round_trip_through_a_file(build, tmp_path, mode):
     """The stalker backend's encoding (block ids + block table) written and read back."""
-    from branchtrace.backends import load
-
-    if not load("stalker").probe().available:
-        pytest.skip("the stalker backend cannot run here")
+    need_backend("stalker")
     exe, n = build("loop"), 2000
     out = tmp_path / "loop.btrace"
     result = cli("run", "--backend", "stalker", "--mode", mode, "-o", str(out), "--", str(exe), str(n))

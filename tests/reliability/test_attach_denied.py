@@ -3,35 +3,28 @@ backend, and the process left running, untouched (docs/security.md).
 
 As root anything can be traced, so the refusals are made real with setpriv: branchtrace
 as an unprivileged user against root's process, and root without CAP_SYS_PTRACE against
-another user's process.
+another user's process. The unprivileged branchtrace runs on an interpreter uid 65534
+can execute (conftest.nobody_python: the tests fail under CI when there is none).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import cli
+from conftest import ALL_BACKENDS, cli, need_backend
+from other_user import AS_NOBODY, NOBODY, SETPRIV
+from procs import proc_status, real_uid, wait_for_status
 
-from branchtrace.backends import probe_all
-
-BACKENDS = [name for name, probe in probe_all() if probe.available]
 ROOT = os.geteuid() == 0
-NOBODY = 65534
+DROP_PTRACE_CAP = ["--inh-caps=-sys_ptrace", "--bounding-set=-sys_ptrace"]
 
 
 def _cli_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "branchtrace", *args]
-
-
-SETPRIV = shutil.which("setpriv")
-DROP_PTRACE_CAP = ["--inh-caps=-sys_ptrace", "--bounding-set=-sys_ptrace"]
-AS_NOBODY = [f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
 
 
 def _as(setpriv_args: list[str], argv: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
@@ -42,10 +35,16 @@ def _as(setpriv_args: list[str], argv: list[str], **kw: object) -> subprocess.Co
 
 
 def _untouched(pid: int) -> None:
-    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    status = proc_status(pid)
     assert status["State"].split()[0] not in "tTZX" and int(status["TracerPid"]) == 0
 
 
+def _nobodys_sleep() -> subprocess.Popen[bytes]:
+    """``sleep 200`` as uid 65534, once setpriv has become that user and exec'd sleep."""
+    target = subprocess.Popen([SETPRIV or "setpriv", *AS_NOBODY, "sleep", "200"])
+    wait_for_status(target.pid, lambda st: st["Name"] == "sleep" and real_uid(st) == NOBODY,
+                    f"sleep as uid {NOBODY}")
+    return target
 def _refusal(result: subprocess.CompletedProcess[str], pid: int) -> str:
     assert result.returncode != 0 and "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
@@ -61,21 +60,13 @@ needs_root = pytest.mark.skipif(not ROOT or SETPRIV is None,
 
 
 @needs_root
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_an_unprivileged_user_cannot_attach_to_roots_process(backend, build, tmp_path):
-    check = ("import os, sys, branchtrace.cli; "
-             "sys.exit(0 if os.access(sys.executable, os.X_OK) else 3)")
-    usable = _as(AS_NOBODY, [sys.executable, "-c", check])
-    if usable.returncode == 3 and backend == "stalker":
-        pytest.skip(f"the interpreter {sys.executable} is not executable by uid {NOBODY} "
-                    "(a directory on its path is private), and the stalker backend starts it")
-    if usable.returncode not in (0, 3):
-        pytest.skip(f"the venv is not usable by uid {NOBODY}: {usable.stderr.strip()[-200:]}")
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_an_unprivileged_user_cannot_attach_to_roots_process(backend, build, tmp_path,
+                                                             nobody_python):
     target = subprocess.Popen([str(build("sleeper")), str(tmp_path / "done"), "200"])
     try:
-        line = _refusal(_as(AS_NOBODY, _cli_argv("attach", "--backend", backend,
-                                                 str(target.pid), "--duration", "1")),
-                        target.pid)
+        line = _refusal(nobody_python.run(nobody_python.argv(
+            "attach", "--backend", backend, str(target.pid), "--duration", "1")), target.pid)
         assert f"belongs to another user (uid {os.getuid()}" in line
         assert "CAP_SYS_PTRACE" in line
         _untouched(target.pid)
@@ -85,11 +76,10 @@ def test_an_unprivileged_user_cannot_attach_to_roots_process(backend, build, tmp
 
 
 @needs_root
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_without_cap_sys_ptrace_another_users_process_is_refused(backend):
-    target = subprocess.Popen([SETPRIV or "setpriv", *AS_NOBODY, "sleep", "200"])
+    target = _nobodys_sleep()
     try:
-        time.sleep(0.2)    # setpriv has exec'd sleep
         line = _refusal(_as(DROP_PTRACE_CAP, _cli_argv("attach", "--backend", backend,
                                                        str(target.pid), "--duration", "1")),
                         target.pid)
@@ -105,11 +95,9 @@ def test_without_cap_sys_ptrace_another_users_process_is_refused(backend):
 def test_stalker_says_why_it_cannot_record_another_users_process():
     """With CAP_SYS_PTRACE ptrace records it; the stalker backend cannot, since the
     process could not open our 0600 buffers: it says so and names the way out."""
-    if "stalker" not in BACKENDS:
-        pytest.skip("the stalker backend cannot run here")
-    target = subprocess.Popen([SETPRIV or "setpriv", *AS_NOBODY, "sleep", "200"])
+    need_backend("stalker")
+    target = _nobodys_sleep()
     try:
-        time.sleep(0.2)
         result = cli("attach", "--backend", "stalker", str(target.pid), "--duration", "1")
         lines = result.stderr.strip().splitlines()
         assert result.returncode != 0 and len(lines) == 1, result.stderr

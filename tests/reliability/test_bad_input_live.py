@@ -6,7 +6,6 @@ whose fixture and checks this module shares.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -15,12 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import cli
+from conftest import ALL_BACKENDS, cli
 from test_bad_input import Env, _record_args, _state, assert_one_line, make_env
 
-from branchtrace.backends import probe_all
 
-BACKENDS = [name for name, probe in probe_all() if probe.available]
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +25,7 @@ def env(build, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     yield from make_env(build, tmp_path_factory)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("program, words", [
     ("{root}/no-such-program", "not found"),
     ("{root}/adir", "directory"),
@@ -40,7 +37,7 @@ def test_run_refuses_what_cannot_run(env, backend, program, words):
                     words)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_attach_to_a_pid_that_is_gone(env, backend):
     gone = subprocess.Popen(["true"])
     gone.wait()
@@ -49,7 +46,7 @@ def test_attach_to_a_pid_that_is_gone(env, backend):
         assert "no process" in line
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_attach_to_a_kernel_thread(backend):
     status = Path("/proc/2/status")
     if not status.exists() or "PPid:\t0" not in status.read_text():
@@ -69,7 +66,7 @@ sys.stdin.read()
 """
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_attach_to_a_zombie(backend):
     parent = subprocess.Popen([sys.executable, "-c", ZOMBIE_PARENT], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
@@ -87,7 +84,7 @@ def test_attach_to_a_zombie(backend):
         parent.communicate("")
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("command", ["run", "attach"])
 def test_unwritable_trace_file(env, tmp_path, backend, command):
     marker = tmp_path / "ran"
@@ -117,10 +114,9 @@ def _child(args: list[str]) -> tuple[int, str]:
     return result.returncode, result.stderr
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
-                    reason="needs root and setpriv to run as another user")
-def test_files_another_user_may_not_read_or_write(env, build):
-    """As an unprivileged user: root's 0600 trace file, and outputs in root's directory."""
+def test_files_another_user_may_not_read_or_write(env, build, nobody_python):
+    """As an unprivileged user (an interpreter uid 65534 can run: conftest.nobody_python):
+    root's 0600 trace file, and outputs in root's directory."""
     import tempfile
 
     shared = Path(tempfile.mkdtemp(prefix="bt-badinput-"))
@@ -143,12 +139,7 @@ def test_files_another_user_may_not_read_or_write(env, build):
                 (["run", "--backend", "ptrace", "--report-to", str(shared / "r.txt"), "--",
                   str(loop), "3"], "--report-to"),
         ):
-            result = subprocess.run(
-                ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
-                 "-m", "branchtrace", *args], capture_output=True, text=True, timeout=60,
-                cwd="/", check=False)
-            if "branchtrace" not in result.stderr:
-                pytest.skip(f"the venv is not usable by uid 65534: {result.stderr[-200:]}")
+            result = nobody_python.run(nobody_python.argv(*args))
             assert_one_line(result.returncode, result.stderr, words)
         assert sorted(p.name for p in shared.iterdir()) == ["loop", "public.btrace",
                                                              "secret.btrace"]

@@ -16,15 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ALL_BACKENDS
 
 import branchtrace
-from branchtrace.backends import probe_all
 from branchtrace.errors import UsageError
 from branchtrace.model import BranchKind
 from branchtrace.tracefile import TraceWriter
 from branchtrace.tracefile.format import FileHeader
 
-BACKENDS = [name for name, probe in probe_all() if probe.available]
 
 MEET = r"""
 #include <fcntl.h>
@@ -101,7 +100,7 @@ def mapped_stores(pid: int) -> set[str]:
     return set(STORE.findall(Path(f"/proc/{pid}/maps").read_text()))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_two_runs_at_once_keep_their_own_store_and_file(backend, meet, tmp_path):
     n = {"a": 300, "b": 500} if backend == "ptrace" else {"a": 30000, "b": 50000}
     go = tmp_path / "go"
@@ -141,7 +140,7 @@ def test_two_runs_at_once_keep_their_own_store_and_file(backend, meet, tmp_path)
     assert not Path(a).exists() and not Path(b).exists()
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_the_same_output_path_twice_at_once(backend, meet, tmp_path):
     """The second run fails at once, in one line, before its program starts; the first
     writes its file undisturbed. (The file is locked with flock while it is written.)"""

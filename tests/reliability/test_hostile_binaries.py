@@ -24,20 +24,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FIXTURES, cli
+from conftest import ALL_BACKENDS, FIXTURES, cli
 from elftools.elf.elffile import ELFFile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import branchtrace
-from branchtrace.backends import probe_all
 from branchtrace.cli import DEBUG_ENV, main
 from branchtrace.model import Mapping, ModuleMap
 from branchtrace.symbols import Symbolizer, clear_elf_cache
 from branchtrace.tracefile import TraceWriter
 from branchtrace.tracefile.format import EndInfo, FileHeader
 
-BACKENDS = [name for name, probe in probe_all() if probe.available]
+BACKENDS = ALL_BACKENDS  # every backend; conftest skips (or, under --require-backend, fails) one that cannot run
 DEBUG_SECTIONS = (".debug_info", ".debug_line", ".debug_abbrev", ".debug_str",
                   ".debug_line_str", ".debug_aranges", ".debug_rnglists", ".debug_str_offsets")
 SEGV = 128 + signal.SIGSEGV

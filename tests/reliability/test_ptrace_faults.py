@@ -16,12 +16,9 @@ import numpy as np
 import pytest
 
 import branchtrace
-from branchtrace.backends import probe_all
 from branchtrace.model import BranchKind
 
-pytestmark = pytest.mark.skipif(
-    not dict(probe_all())["ptrace"].available,
-    reason=f"ptrace backend unavailable: {dict(probe_all())['ptrace'].reason}")
+pytestmark = pytest.mark.backend("ptrace")   # see tests/conftest.py
 
 LINES = 12
 

@@ -12,10 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import cli
+from conftest import ALL_BACKENDS, cli
 
 import branchtrace
-from branchtrace.backends import probe_all
 from branchtrace.cli import main as cli_main
 from branchtrace.errors import StoreError, UsageError
 from branchtrace.store import Encoding, Store, StoreConfig, StoreMode
@@ -25,7 +24,6 @@ from branchtrace.tracefile import TraceWriter, save
 from branchtrace.tracefile.format import FileHeader
 
 SRC = Path(branchtrace.__file__).parent
-BACKENDS = [name for name, probe in probe_all() if probe.available]
 ROOT = os.geteuid() == 0
 NOBODY = 65534
 CONFIG = StoreConfig(StoreMode.STREAM, Encoding.BLOCKID, 1024, 256)
@@ -143,7 +141,7 @@ int main(int argc, char **argv) {
 """
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_store_files_during_a_run(backend, tmp_path):
     """What exists while a program is recorded: the program lists the store directories
     (every branchtrace-* directory in /dev/shm or the temporary directory is some run's;

@@ -18,9 +18,9 @@ from branchtrace.model import BranchKind
 from branchtrace.recorder import RecordConfig, record
 from branchtrace.trace import Trace
 
-if not StalkerBackend().probe().available:
-    pytest.skip(f"stalker cannot run here: {StalkerBackend().probe().reason}",
-                allow_module_level=True)
+# skipped with the reason when the stalker backend cannot run here; failed under
+# --require-backend stalker (tests/conftest.py)
+pytestmark = pytest.mark.backend("stalker")
 
 CHILDREN = 8
 

@@ -10,13 +10,12 @@ import threading
 import numpy as np
 import pytest
 
-from branchtrace.backends import Target, probe_all
+from branchtrace.backends import Target
 from branchtrace.model import BranchKind
 from branchtrace.recorder import RecordConfig, record
 
-from conftest import cli
+from conftest import ALL_BACKENDS, cli
 
-BACKENDS = [name for name, probe in probe_all() if probe.available]
 
 
 def native(exe, *args: str) -> subprocess.CompletedProcess[bytes]:
@@ -49,7 +48,7 @@ def assert_complete(trace) -> None:
             assert trace.written[tid] == len(branches), f"thread {tid}"
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_fork_and_exec(build, backend):
     exe = build("rel_fork")
     trace, out = traced(exe, backend)
@@ -58,7 +57,7 @@ def test_fork_and_exec(build, backend):
     assert_complete(trace)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_two_hundred_short_threads(build, backend):
     exe = build("rel_many_threads")
     trace, out = traced(exe, backend)
@@ -75,7 +74,7 @@ def test_two_hundred_short_threads(build, backend):
         assert "add" in set(calls), f"thread {tid} never ran add"
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_sigalrm_every_millisecond(build, backend):
     exe = build("rel_alarm")
     trace, out = traced(exe, backend)
@@ -94,7 +93,7 @@ def test_sigalrm_every_millisecond(build, backend):
     assert returns == len(interrupts)  # every handler run returned
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_a_blocked_signal_waits_for_the_program(build, backend):
     """kill() to itself while the only thread blocks the signal: it runs on that thread
     once unblocked, not on a thread of Frida's meanwhile."""
@@ -106,7 +105,7 @@ def test_a_blocked_signal_waits_for_the_program(build, backend):
     assert [trace.symbolizer.describe(int(t)).function for t in interrupts["to_ip"]] == ["on_usr1"]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_exit_from_another_thread(build, backend):
     exe = build("rel_thread_exit")
     trace, out = traced(exe, backend)
@@ -116,7 +115,7 @@ def test_exit_from_another_thread(build, backend):
     assert_complete(trace)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_setjmp_and_longjmp(build, backend):
     exe = build("rel_longjmp")
     trace, out = traced(exe, backend)
@@ -141,7 +140,7 @@ def counter_lines(n: int) -> bytes:
 
 
 @pytest.mark.parametrize("via", ["api", "cli"])
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_attach_and_detach_fifty_times(build, backend, via, soak):
     """Back to back in one process (the API) or one branchtrace per cycle (the CLI):
     the program never notices: it lives on, and every line it printed is right."""

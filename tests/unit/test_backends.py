@@ -13,11 +13,43 @@ def test_unknown_backend_is_a_usage_error():
         backends.select("nope", environ={})
 
 
-def test_auto_chooses_the_first_available_backend_and_says_why():
+#: the intended order of preference for "auto": Stalker (near native speed) before
+#: ptrace (single-stepping, the exact but slow oracle); stated here, not read from the code
+INTENDED_ORDER = ["stalker", "ptrace"]
+
+
+def test_the_order_of_preference_is_the_intended_one():
+    assert backends.names() == INTENDED_ORDER
+    assert [name for name, _ in backends.probe_all()] == INTENDED_ORDER
+
+
+def _probe_as(monkeypatch, available: set[str]) -> None:
+    """Every backend answers its probe as told, without running the real one."""
+    from branchtrace.backends.ptrace import PtraceBackend
+    from branchtrace.backends.stalker import StalkerBackend
+
+    for name, cls in (("stalker", StalkerBackend), ("ptrace", PtraceBackend)):
+        ok = name in available
+        monkeypatch.setattr(cls, "probe", lambda self, ok=ok, name=name: backends.Probe(
+            ok, f"{name} {'can' if ok else 'cannot'} run (test)"))
+
+
+@pytest.mark.parametrize("available, chosen", [
+    ({"stalker", "ptrace"}, "stalker"), ({"ptrace"}, "ptrace"), ({"stalker"}, "stalker")])
+def test_auto_chooses_the_first_available_in_the_intended_order(monkeypatch, available, chosen):
+    _probe_as(monkeypatch, available)
     choice = backends.select("auto", environ={})
-    available = [name for name, probe in backends.probe_all() if probe.available]
-    assert choice.backend.name == available[0]
-    assert any(r.startswith(f"{available[0]}: chosen") for r in choice.reasons)
+    assert choice.backend.name == chosen
+    skipped = INTENDED_ORDER[:INTENDED_ORDER.index(chosen)]
+    assert choice.reasons == tuple(
+        [f"{name}: skipped [backend-unavailable]; {name} cannot run (test)" for name in skipped]
+        + [f"{chosen}: chosen; {chosen} can run (test)"])
+
+
+def test_auto_says_why_it_chose_on_this_machine():
+    choice = backends.select("auto", environ={})
+    assert choice.backend.name in INTENDED_ORDER
+    assert any(r.startswith(f"{choice.backend.name}: chosen") for r in choice.reasons)
 
 
 def test_environment_overrides_auto_only():
