@@ -57,31 +57,6 @@ if TYPE_CHECKING:
     )
     from .producer import ThreadBuffer
 
-#: Where each name lives. They are imported on first use (PEP 562), so that importing
-#: :mod:`.sizes` (which the CLI needs to parse its options) does not pull in numpy.
-_LAZY = {name: "layout" for name in (
-    "BLOCKID_DTYPE",
-    "DEFAULT_MAX_THREADS",
-    "DEFAULT_RING_RECORDS",
-    "DEFAULT_STREAM_RECORDS",
-    "FROMTO_DTYPE",
-    "HEADER_DTYPE",
-    "HEADER_SIZE",
-    "MAGIC",
-    "MAX_CHUNK_RECORDS",
-    "PAGE",
-    "RECORD_DTYPES",
-    "THREAD_DTYPE",
-    "THREAD_ENTRY_SIZE",
-    "VERSION",
-    "Encoding",
-    "StoreConfig",
-    "StoreMode",
-    "StoreStatus",
-    "ThreadState",
-    "ThreadStatus",
-)}
-_LAZY.update(StreamConsumer="consumer", Store="core", ThreadBuffer="producer")
 
 __all__ = [
     "BLOCKID_DTYPE",
@@ -108,6 +83,11 @@ __all__ = [
     "ThreadState",
     "ThreadStatus",
 ]
+
+#: Where each name lives. They are imported on first use (PEP 562), so that importing
+#: :mod:`.sizes` (which the CLI needs to parse its options) does not pull in numpy.
+_LAZY = {name: "layout" for name in __all__}
+_LAZY.update(StreamConsumer="consumer", Store="core", ThreadBuffer="producer")
 
 
 def __getattr__(name: str) -> Any:
