@@ -322,24 +322,31 @@ function refollowAfterTlsDtors() {
 /* A thread that forks while Stalker follows it leaves a child that crashes at once
  * (Frida 17.26, reproduced with no transform at all). So the forking thread stops
  * being followed around fork(); the parent follows itself again afterwards, the
- * child (untraced anyway) runs natively. */
+ * child (untraced anyway) runs natively. Only the entry is JS (a probe: no onLeave);
+ * the exit is C (signals.c, bt_fork_leave), so that the child runs no JS at all. */
+const forking = new Map();   // tid -> its thread state, between fork's entry and exit
+
+function forkParent() {
+  const tid = Process.getCurrentThreadId();
+  const t = forking.get(tid);
+  forking.delete(tid);
+  if (t !== undefined && !stopping)
+    Stalker.follow(tid, followOptions(t.ctx));
+}
+
 function unfollowAroundFork() {
   const address = Module.findGlobalExportByName('fork');
   if (address === null)
     return;
-  Interceptor.attach(address, {
-    onEnter() {
-      const tid = Process.getCurrentThreadId();
-      this.t = followed.get(tid);
-      if (this.t !== undefined && !stopping)
-        Stalker.unfollow(tid);
-    },
-    onLeave(retval) {
-      if (this.t === undefined || stopping || retval.toInt32() === 0)
-        return;
-      Stalker.follow(Process.getCurrentThreadId(), followOptions(this.t.ctx));
-    },
+  Interceptor.attach(address, function () {
+    const tid = Process.getCurrentThreadId();
+    const t = followed.get(tid);
+    if (t !== undefined && !stopping) {
+      Stalker.unfollow(tid);
+      forking.set(tid, t);
+    }
   });
+  Interceptor.attach(address, { onLeave: cm.bt_fork_leave });
 }
 
 /* Threads made with glibc's clone() rather than pthread_create: Stalker sends a clone's
@@ -468,10 +475,13 @@ rpc.exports = {
     cfg = Memory.alloc(CFG.size);   // CModule data is read-only: the config lives here
     xstate = Memory.alloc(XS.size);
     xstate.add(XS.avx512).writeU32(p.avx512 ? 1 : 0);
+    const forkParentCallback = new NativeCallback(forkParent, 'void', []);
+    keep.push(forkParentCallback);
     cm = new CModule(p.source, {
       bt_config: cfg,
       bt_xstate: xstate,
       kill: Module.getGlobalExportByName('kill'),
+      bt_fork_parent: forkParentCallback,
       __errno_location: Module.getGlobalExportByName('__errno_location'),
       syscall: Module.getGlobalExportByName('syscall'),
       pthread_getspecific: Module.getGlobalExportByName('pthread_getspecific'),

@@ -6,6 +6,7 @@
 
 #include <gum/gumstalker.h>
 #include <gum/gummodulemap.h>
+#include <gum/guminterceptor.h>
 
 typedef struct _BtThread BtThread;
 typedef struct _BtConfig BtConfig;

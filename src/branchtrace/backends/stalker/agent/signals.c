@@ -356,6 +356,21 @@ bt_sigint (int sig, gpointer info, gpointer uctx)
   g_atomic_int_add (&bt_config.in_sigint, -1);
 }
 
+/* fork()'s exit, a C listener (agent.js, unfollowAroundFork). In the child no JS may
+ * run: a lock that one of Frida's threads held at the moment of the fork stays held for
+ * ever there (a JS onLeave hung 1 child in ~60 under load). So the child returns at
+ * once, natively; the parent (or a failed fork) asks the agent to follow the thread
+ * again. */
+extern void bt_fork_parent (void);
+
+void
+bt_fork_leave (GumInvocationContext * ic)
+{
+  if ((gint) GPOINTER_TO_SIZE (gum_invocation_context_get_return_value (ic)) == 0)
+    return;
+  bt_fork_parent ();
+}
+
 /* A child of glibc's clone() starts here instead of in its start routine (agent.js,
  * followCloneChildren). It waits, natively, until the parent has had it followed (or
  * given up): `ready`. Then, now under Stalker, it says so (`entered`) and waits for
