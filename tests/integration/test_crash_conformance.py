@@ -126,6 +126,19 @@ def test_abort_ends_with_the_same_branches(exe, tmp, backend, case):
 
 @pytest.mark.parametrize("backend", OTHERS)
 @pytest.mark.parametrize("case", sorted(CASES))
+def test_the_last_branches_are_the_same(exe, tmp, backend, case):
+    """Up to the fault; for `uaf`, the call to the freed pointer too (under Stalker no
+    block there ever ran: the agent records the one the thread was entering)."""
+    reference = branch_names(report(exe, "ptrace", case, tmp))[-2:]
+    other = branch_names(report(exe, backend, case, tmp))[-2:]
+    assert len(reference) == 2 and other == reference
+    if case == "uaf":
+        kind, source, _, target, _ = reference[-1]
+        assert (kind, source, target) == ("indirect_call", "fire", None)
+
+
+@pytest.mark.parametrize("backend", OTHERS)
+@pytest.mark.parametrize("case", sorted(CASES))
 def test_no_fake_branch_into_sigaction(exe, tmp, backend, case):
     names = branch_names(report(exe, backend, case, tmp))
     assert names

@@ -84,8 +84,12 @@ function realFault(tid, pc, memory, info) {
     /* Frida's own code: Stalker reading the code at the target of the block's branch.
      * Natively the fetch there faulted (pc = si_addr = the target), or, with no address
      * (a non-canonical target), the branch itself did. */
-    if (branch && memory !== null)
-      return memory.isNull() ? [ptr(block.last), 'branch'] : [memory, 'target'];
+    if (branch && memory !== null && memory.isNull())
+      return [ptr(block.last), 'branch'];
+    if (branch && memory !== null) {
+      new NativeFunction(cm.bt_crash_target, 'void', ['pointer'])(memory);
+      return [memory, 'target'];
+    }
     return [null, 'frida'];
   }
   if (memory !== null && !memory.isNull()) {

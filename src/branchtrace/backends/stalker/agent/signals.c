@@ -326,6 +326,35 @@ bt_signal_block (gpointer handler)
   return (guint32) id;
 }
 
+/* A fault in Stalker's code while it read the code at a branch target (crash.js,
+ * realFault): natively the branch was taken and the fetch at `target` faulted. Record
+ * the block the thread was entering (nothing of it ran), so that the trace ends with
+ * that branch as ptrace's does. The thread is in Frida's code, not in a block's record
+ * sequence: appending is safe. */
+void
+bt_crash_target (gpointer at)
+{
+  guint64 target = GPOINTER_TO_SIZE (at);
+  BtThread * t = bt_current_thread ();
+  guint64 id;
+  BtBlock * b;
+
+  if (t == NULL)
+    return;
+  id = (guint32) g_atomic_int_add (&bt_config.table->count, 1);
+  if (id >= bt_config.table_capacity)
+    return;
+  b = &bt_config.blocks[id];
+  b->start = target;
+  b->last = target;
+  b->end = target;
+  b->kind = BT_OTHER;
+  b->ninsn = 0;
+  b->reserved = 0;
+  b->flags = BT_FLAG_VALID;
+  bt_append (t, (guint32) id);
+}
+
 /* SIGINT while the program has SIG_DFL for it (docs/stalker.md, "Ctrl-C"). A terminal's
  * Ctrl-C reaches the whole process group: branchtrace, which detaches, and the program,
  * which must go on, as under the ptrace backend. Wait (up to 1 s) for the tracer's word
