@@ -38,6 +38,7 @@ CASES = {
     "handled_abort": ("SIGABRT", "__pthread_kill_implementation", None, "main"),
     "fpe": ("SIGFPE", "divide", "DIVIDE", "main"),
     "ill": ("SIGILL", "illegal", "UD2", "main"),
+    "bus": ("SIGBUS", "main", "PAST_EOF", "main"),       # past the end of a mapped file
     "libc": ("SIGSEGV", "__strlen", None, "main"),  # strlen(NULL): in libc's strlen
     "thread": ("SIGSEGV", "null_write", "NULL_WRITE", "other"),
 }
@@ -103,6 +104,8 @@ def test_same_crash_facts_as_ptrace(exe, tmp, backend, case):
         assert reference["address"] is None
     if case in ("poison", "libc", "thread"):
         assert reference["address"] == 0
+    if case == "bus":
+        assert reference["address"] == 0x100000100000 + 4096 + 8
 
 
 def branch_names(doc: dict[str, Any]) -> list[tuple[str, Any, Any, Any, Any]]:

@@ -250,7 +250,8 @@ class Host:
             # one, the start of the last block the thread recorded (the fault is in it)
             pc = int(real, 0) if real else int(block["start"], 0) if block else None
             self.crash = Crash(
-                tid=int(p["tid"]), signal=_SIGNAL_OF_EXCEPTION.get(p.get("kind", ""), 0),
+                tid=int(p["tid"]),
+                signal=int(p.get("signal") or _SIGNAL_OF_EXCEPTION.get(p.get("kind", ""), 0)),
                 fault_address=int(memory, 0) if memory is not None else None,
                 fault_pc=pc, exact_pc=bool(real),
             )

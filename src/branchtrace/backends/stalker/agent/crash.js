@@ -120,6 +120,23 @@ function dieOfAbort(tid) {
   tgkill(234, Process.id, tid, SIGABRT);
 }
 
+/* The kernel's siginfo of the signal: in its signal frame, right after its ucontext
+ * (uc_flags, uc_link, uc_stack: 24, uc_mcontext: 256, uc_sigmask: 8 = 304 bytes), which
+ * Frida's handler passes on as nativeContext. null unless its si_signo is `sig`. */
+const KERNEL_UCONTEXT_BYTES = 304;
+
+function siginfoOf(details, sig) {
+  if (details.nativeContext === undefined || details.nativeContext.isNull())
+    return null;
+  const info = details.nativeContext.add(KERNEL_UCONTEXT_BYTES);
+  if (info.readS32() !== sig)
+    return null;
+  return { code: info.add(8).readS32(), addr: info.add(16).readPointer() };
+}
+
+const SIGNAL_OF_KIND = { 'access-violation': null, 'illegal-instruction': 4, 'arithmetic': 8,
+                         'breakpoint': 5, 'abort': 6 };
+
 function onException(details) {
   if (inChild())
     return false;
@@ -138,6 +155,20 @@ function onException(details) {
     /* si_addr of SIGILL and SIGFPE is the faulting instruction (under Stalker, its copy) */
     if ((details.type === 'illegal-instruction' || details.type === 'arithmetic') && real !== null)
       info.memory = info.realPc;
+    let sig = SIGNAL_OF_KIND[details.type];
+    let si = null;
+    if (sig === null) {               // SIGSEGV or SIGBUS
+      si = siginfoOf(details, SIGSEGV);
+      if (si !== null)
+        sig = SIGSEGV;
+      else if ((si = siginfoOf(details, SIGBUS)) !== null)
+        sig = SIGBUS;
+    } else if (sig !== undefined) {
+      si = siginfoOf(details, sig);
+    }
+    info.signal = si !== null ? sig : null;
+    if (si !== null && si.code <= 0 && details.type !== 'abort')
+      info.memory = null;             // sent by kill or tgkill: si_addr means nothing
   } catch (e) {
     info.error = String(e);
   }
