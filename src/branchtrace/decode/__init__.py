@@ -56,8 +56,9 @@ def decode_blocks(ids: np.ndarray, blocks: np.ndarray,
     Ids that the table does not know (never completed, or past its end) break the
     chain: no branch is made into or out of them. Transitions between two blocks that
     are both outside the ``--only`` modules are not reported. A block that begins with
-    a hook of the tracer's (FLAG_HOOKED) goes on a few bytes further on, once the hook
-    has run: that is no branch of the program's either. A signal handler's block
+    a hook of the tracer's (FLAG_HOOKED) goes on a few bytes further on, or enters the
+    hook once more (the hook's code calls the function), once the hook has run: that
+    is no branch of the program's either. A signal handler's block
     (FLAG_ASYNC) is entered by an INTERRUPT from wherever the thread was.
 
     Long sequences are cut into spans of ``_CHUNK`` ids (overlapping by one), decoded
@@ -148,7 +149,9 @@ class _Table:
         if self.hooked:
             at = np.flatnonzero(taken & ((flags[:-1] & np.uint8(FLAG_HOOKED)) != 0))
             prev, cur = starts[at], starts[at + 1]
-            resumed = (cur > prev) & (cur <= prev + np.uint64(HOOK_RESUME_SPAN))
+            # >=: a hook's own code may call the hooked function again (Frida's
+            # sigaction replacement does), which enters the hook's block once more
+            resumed = (cur >= prev) & (cur <= prev + np.uint64(HOOK_RESUME_SPAN))
             taken[at[resumed]] = False
         return np.flatnonzero(taken)
 

@@ -119,7 +119,7 @@ def _count(ids, start, end, flags, n, span, valid, foreign, hooked):  # type: ig
     for i in range(1, ids.shape[0]):
         cur = min(np.int64(ids[i]), n)
         if start[cur] != end[prev] and (flags[prev] & flags[cur] & (valid | foreign)) == valid \
-                and not ((flags[prev] & hooked) != 0 and start[prev] < start[cur] <= start[prev] + span):
+                and not ((flags[prev] & hooked) != 0 and start[prev] <= start[cur] <= start[prev] + span):
             found += 1
         prev = cur
     return found
@@ -132,7 +132,7 @@ def _fill(ids, start, end, last, kind, flags, n, span, valid, foreign, hooked,  
     for i in range(1, ids.shape[0]):
         cur = min(np.int64(ids[i]), n)
         if start[cur] != end[prev] and (flags[prev] & flags[cur] & (valid | foreign)) == valid \
-                and not ((flags[prev] & hooked) != 0 and start[prev] < start[cur] <= start[prev] + span):
+                and not ((flags[prev] & hooked) != 0 and start[prev] <= start[cur] <= start[prev] + span):
             out[found].from_ip = last[prev]
             out[found].to_ip = start[cur]
             out[found].kind = interrupt if (flags[cur] & async_flag) != 0 else kind[prev]

@@ -292,7 +292,9 @@ class Stepper:
             address: int | None = None
             if sig in FAULT_SIGNALS:
                 try:
-                    address = pt.getsiginfo(t.tid).si_addr
+                    info = pt.getsiginfo(t.tid)
+                    if info.si_code > 0:   # sent by kill/tgkill (<= 0): no si_addr
+                        address = info.si_addr
                 except OSError:
                     pass
             fault = Fault(sig, address, pc, t.tid)

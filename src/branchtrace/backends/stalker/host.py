@@ -246,12 +246,17 @@ class Host:
         try:
             self._refresh_modules()
             real, block, memory = p.get("realPc"), p.get("block"), p.get("memory")
-            pc = int(real, 0) if real else int(block["start"], 0) if block else int(p["pc"], 0)
+            # the agent's realPc is the program's instruction (crash.js, realFault); without
+            # one, the start of the last block the thread recorded (the fault is in it)
+            pc = int(real, 0) if real else int(block["start"], 0) if block else None
             self.crash = Crash(
-                tid=int(p["tid"]), signal=_SIGNAL_OF_EXCEPTION.get(p.get("kind", ""), 0),
+                tid=int(p["tid"]),
+                signal=int(p.get("signal") or _SIGNAL_OF_EXCEPTION.get(p.get("kind", ""), 0)),
                 fault_address=int(memory, 0) if memory is not None else None,
-                fault_pc=pc, exact_pc=bool(real) or not block,
+                fault_pc=pc, exact_pc=bool(real),
             )
+            if p.get("error"):
+                self._agent_errors.append(f"crash report: {p['error']}")
         except (KeyError, TypeError, ValueError) as err:
             self._agent_errors.append(f"bad crash report {p!r}: {err}")
 
@@ -329,7 +334,7 @@ class Host:
         if self.crash is not None and not self.crash.exact_pc and exit_info.fault_pc:
             notes.append(
                 "the fault pc is the start of the last block the crashing thread recorded "
-                "(under Stalker the real pc is in Stalker's code)"
+                "(the fault was in Stalker's code for it, at no instruction of the program)"
             )
         notes.extend(f"agent error: {e}" for e in self._agent_errors)
         for tid in self.threads:

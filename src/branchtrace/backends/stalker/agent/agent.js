@@ -50,7 +50,7 @@ function noteXstate() {
 const THREAD_SLOTS = 4096, NSIG = 65;
 /* signals Frida's exception handler owns: their handlers are left alone */
 const FRIDA_SIGNALS = new Set([4, 5, 6, 7, 8, 11, 31]);
-const SA_SIGINFO = 4, SA_RESTART = 0x10000000, SIGINT = 2;
+const SA_SIGINFO = 4, SA_RESTART = 0x10000000, SIGINT = 2, SIGABRT = 6, SIGBUS = 7, SIGSEGV = 11;
 /* BtThread field offsets (recorder.c) */
 const TH = { cursor: 24, chunkEnd: 32, slow: 40, entry: 56, region: 64, capacity: 72,
              chunk: 80, inSlow: 104, nopend: 112, flush: 120, sinkEnd: 128, npending: 136,
@@ -265,6 +265,7 @@ function followAtEntry(entry, slot) {
     if (done || Process.getCurrentThreadId() !== slot.tid)
       return;
     done = true;
+    cm.altstack();   // crash.js: the thread's own alternate signal stack
     Stalker.follow(slot.tid, followOptions(t.ctx));
     setTimeout(() => {
       if (entryHook !== null) {
@@ -495,6 +496,8 @@ rpc.exports = {
     cm.registerThread = new NativeFunction(cm.bt_register_thread, 'void', ['pointer']);
     cm.signalBlock = new NativeFunction(cm.bt_signal_block, 'uint', ['pointer']);
     cm.cacheClear = new NativeFunction(cm.bt_cache_clear, 'void', ['pointer']);
+    cm.altstack = new NativeFunction(cm.bt_altstack, 'void', []);
+    cm.onstack = new NativeFunction(cm.bt_onstack, 'int', ['int']);
 
     const fd = openFile(p.tablePath);
     tablePtr = mmap(NULL, p.tableBytes, PROT_RW, MAP_SHARED, fd, 0);
@@ -538,6 +541,8 @@ rpc.exports = {
     followCloneChildren();
 
     Process.setExceptionHandler(onException);
+    cm.onstack(SIGSEGV);   // crash.js: a stack overflow is reported too
+    cm.onstack(SIGBUS);
     if (p.entry !== null) {
       for (const slot of p.slots) {
         if (slot.tid === Process.id)
@@ -552,6 +557,8 @@ rpc.exports = {
           noteTool(thread.id);
           return;
         }
+        if (mine)
+          cm.altstack();   // crash.js: the thread's own alternate signal stack
         if (mine || p.entry === null)
           followNew([thread.id]);
       },

@@ -21,54 +21,160 @@ function lastBlockOf(tid) {
   if (id >= params.tableCapacity)
     return null;
   const b = tablePtr.add(64 + 32 * id);
-  return { id: id, start: b.readU64().toString(), end: b.add(16).readU64().toString() };
+  return { id: id, start: b.readU64().toString(), last: b.add(8).readU64().toString(),
+           end: b.add(16).readU64().toString(), kind: b.add(24).readU8() };
 }
 
 /* The instruction of the block whose bytes the faulting slab instruction has: Stalker
  * copies most instructions unchanged. null when none or several match. */
 function matchInstruction(block, pc) {
-  let at = ptr(block.start);
-  const end = ptr(block.end);
   const hits = [];
-  try {
-    while (at.compare(end) < 0) {
-      const insn = Instruction.parse(at);
-      const bytes = new Uint8Array(at.readByteArray(insn.size));
-      const slab = new Uint8Array(pc.readByteArray(insn.size));
-      if (bytes.every((v, i) => v === slab[i]))
-        hits.push(at);
-      at = insn.next;
-    }
-  } catch (e) {
-    return null;
+  for (const insn of instructionsOf(block)) {
+    const bytes = new Uint8Array(insn.address.readByteArray(insn.size));
+    const slab = new Uint8Array(pc.readByteArray(insn.size));
+    if (bytes.every((v, i) => v === slab[i]))
+      hits.push(insn.address);
   }
   return hits.length === 1 ? hits[0] : null;
 }
+
+function instructionsOf(block) {
+  const out = [];
+  let at = ptr(block.start);
+  const end = ptr(block.end);
+  while (at.compare(end) < 0 && out.length < 4096) {
+    const insn = Instruction.parse(at);
+    out.push(insn);
+    at = insn.next;
+  }
+  return out;
+}
+
+/* A RIP-relative instruction (Stalker rewrites those) whose operand holds `memory`. */
+function ripRelative(block, memory) {
+  const hits = [];
+  for (const insn of instructionsOf(block)) {
+    for (const op of insn.operands) {
+      if (op.type === 'mem' && op.value.base === 'rip') {
+        const ea = insn.next.add(op.value.disp);
+        if (memory.compare(ea) >= 0 && memory.compare(ea.add(op.size)) < 0)
+          hits.push(insn.address);
+      }
+    }
+  }
+  return hits.length === 1 ? hits[0] : null;
+}
+
+const BRANCH_KINDS = new Set([1, 2, 3, 4, 5, 6]);   // call, return, jump, cond, indirect ones
+
+/* Where the program really was when a followed thread faulted at `pc`, and how we know
+ * (docs/stalker.md, "Where the fault really was"): [address, how] or [null, why not]. */
+function realFault(tid, pc, memory, info) {
+  if (Process.findModuleByAddress(pc) !== null && !Cloak.hasRangeContaining(pc))
+    return [pc, 'native'];            // the thread ran the program's own code (a handler)
+  const block = lastBlockOf(tid);
+  info.block = block;
+  if (block === null)
+    return [null, 'no block'];
+  const copied = matchInstruction(block, pc);
+  if (copied !== null)
+    return [copied, 'copied'];
+  const branch = BRANCH_KINDS.has(block.kind);
+  if (Cloak.hasRangeContaining(pc)) {
+    /* Frida's own code: Stalker reading the code at the target of the block's branch.
+     * Natively the fetch there faulted (pc = si_addr = the target), or, with no address
+     * (a non-canonical target), the branch itself did. */
+    if (branch && memory !== null && memory.isNull())
+      return [ptr(block.last), 'branch'];
+    if (branch && memory !== null) {
+      new NativeFunction(cm.bt_crash_target, 'void', ['pointer'])(memory);
+      return [memory, 'target'];
+    }
+    return [null, 'frida'];
+  }
+  if (memory !== null && !memory.isNull()) {
+    const rip = ripRelative(block, memory);
+    if (rip !== null)
+      return [rip, 'rip-relative'];
+  }
+  /* Stalker's code for the block's branch (a call's push of the return address, a
+   * memory operand of an indirect branch, a ret's read of the stack) */
+  return branch ? [ptr(block.last), 'branch'] : [null, 'rewritten'];
+}
+
+/* The program has SIG_DFL for SIGABRT: Frida's handler, had it returned, would have let
+ * raise() return, and abort() go on to reset the action and raise it again (recording
+ * that second part, and Interceptor's sigaction hook, which natively never ran). Die here,
+ * as natively, of the default action. */
+function dieOfAbort(tid) {
+  const act = Memory.alloc(152);
+  const sigaction = new NativeFunction(Module.getGlobalExportByName('sigaction'), 'int',
+                                       ['int', 'pointer', 'pointer']);
+  if (sigaction(SIGABRT, NULL, act) !== 0 || !act.readPointer().isNull())
+    return;                           // the program's own handler runs (Frida chains it)
+  const syscall = new NativeFunction(Module.getGlobalExportByName('syscall'), 'long',
+                                     ['long', 'long', 'pointer', 'pointer', 'long']);
+  const tgkill = new NativeFunction(Module.getGlobalExportByName('syscall'), 'long',
+                                    ['long', 'long', 'long', 'long']);
+  syscall(13, SIGABRT, Memory.alloc(32), NULL, 8);   // rt_sigaction: SIG_DFL
+  tgkill(234, Process.id, tid, SIGABRT);
+}
+
+/* The kernel's siginfo of the signal: in its signal frame, right after its ucontext
+ * (uc_flags, uc_link, uc_stack: 24, uc_mcontext: 256, uc_sigmask: 8 = 304 bytes), which
+ * Frida's handler passes on as nativeContext. null unless its si_signo is `sig`. */
+const KERNEL_UCONTEXT_BYTES = 304;
+
+function siginfoOf(details, sig) {
+  if (details.nativeContext === undefined || details.nativeContext.isNull())
+    return null;
+  const info = details.nativeContext.add(KERNEL_UCONTEXT_BYTES);
+  if (info.readS32() !== sig)
+    return null;
+  return { code: info.add(8).readS32(), addr: info.add(16).readPointer() };
+}
+
+const SIGNAL_OF_KIND = { 'access-violation': null, 'illegal-instruction': 4, 'arithmetic': 8,
+                         'breakpoint': 5, 'abort': 6 };
 
 function onException(details) {
   if (inChild())
     return false;
   noteXstate();   // agent.js: the note reaches the tracer before the crash report
   const tid = Process.getCurrentThreadId();
+  const pc = details.address;
+  const memory = details.memory ? details.memory.address : null;
   const info = {
-    type: 'crash', tid: tid, kind: details.type, pc: details.address.toString(),
-    memory: details.memory ? details.memory.address.toString() : null,
-    block: null, realPc: null,
+    type: 'crash', tid: tid, kind: details.type, pc: pc.toString(),
+    memory: memory !== null ? memory.toString() : null, block: null, realPc: null, how: null,
   };
   try {
-    if (followed.has(tid)) {
-      info.block = lastBlockOf(tid);
-      if (info.block !== null) {
-        const real = matchInstruction(info.block, details.address);
-        info.realPc = real !== null ? real.toString() : null;
-      }
-    } else {
-      info.realPc = info.pc;   // not under Stalker: the pc is the program's
+    const [real, how] = followed.has(tid) ? realFault(tid, pc, memory, info) : [pc, 'unfollowed'];
+    info.realPc = real !== null ? real.toString() : null;
+    info.how = how;
+    /* si_addr of SIGILL and SIGFPE is the faulting instruction (under Stalker, its copy) */
+    if ((details.type === 'illegal-instruction' || details.type === 'arithmetic') && real !== null)
+      info.memory = info.realPc;
+    let sig = SIGNAL_OF_KIND[details.type];
+    let si = null;
+    if (sig === null) {               // SIGSEGV or SIGBUS
+      si = siginfoOf(details, SIGSEGV);
+      if (si !== null)
+        sig = SIGSEGV;
+      else if ((si = siginfoOf(details, SIGBUS)) !== null)
+        sig = SIGBUS;
+    } else if (sig !== undefined) {
+      si = siginfoOf(details, sig);
     }
+    info.signal = si !== null ? sig : null;
+    if (si !== null && si.code <= 0 && details.type !== 'abort')
+      info.memory = null;             // sent by kill or tgkill: si_addr means nothing
   } catch (e) {
     info.error = String(e);
   }
   send(info);
   recv('crash-ack', () => {}).wait();
+  if (details.type === 'abort')
+    dieOfAbort(tid);
   return false;   // let the program die of its signal (or its own handler run)
 }

@@ -326,6 +326,35 @@ bt_signal_block (gpointer handler)
   return (guint32) id;
 }
 
+/* A fault in Stalker's code while it read the code at a branch target (crash.js,
+ * realFault): natively the branch was taken and the fetch at `target` faulted. Record
+ * the block the thread was entering (nothing of it ran), so that the trace ends with
+ * that branch as ptrace's does. The thread is in Frida's code, not in a block's record
+ * sequence: appending is safe. */
+void
+bt_crash_target (gpointer at)
+{
+  guint64 target = GPOINTER_TO_SIZE (at);
+  BtThread * t = bt_current_thread ();
+  guint64 id;
+  BtBlock * b;
+
+  if (t == NULL)
+    return;
+  id = (guint32) g_atomic_int_add (&bt_config.table->count, 1);
+  if (id >= bt_config.table_capacity)
+    return;
+  b = &bt_config.blocks[id];
+  b->start = target;
+  b->last = target;
+  b->end = target;
+  b->kind = BT_OTHER;
+  b->ninsn = 0;
+  b->reserved = 0;
+  b->flags = BT_FLAG_VALID;
+  bt_append (t, (guint32) id);
+}
+
 /* SIGINT while the program has SIG_DFL for it (docs/stalker.md, "Ctrl-C"). A terminal's
  * Ctrl-C reaches the whole process group: branchtrace, which detaches, and the program,
  * which must go on, as under the ptrace backend. Wait (up to 1 s) for the tracer's word
@@ -371,6 +400,60 @@ bt_fork_leave (GumInvocationContext * ic)
   bt_fork_parent ();
 }
 
+/* Crash facts (docs/stalker.md, "Where the fault really was"). Frida's handler for
+ * SIGSEGV and SIGBUS (its exceptor, which calls the agent's onException) runs on the
+ * faulting thread's stack: after a stack overflow the kernel cannot deliver it and the
+ * program dies without a word. The handler is made SA_ONSTACK and every followed thread
+ * gets an alternate signal stack, unless it has one of its own. */
+#define BT_ALTSTACK_BYTES (256 * 1024)
+
+/* A system call with the instruction itself: a clone child runs bt_altstack natively
+ * while its parent has it followed, and libc's syscall() would then be recorded. */
+static glong
+bt_raw_syscall (glong nr, glong a, glong b, glong c, glong d, glong e, glong f)
+{
+  glong r;
+  register glong r10 __asm__ ("r10") = d;
+  register glong r8 __asm__ ("r8") = e;
+  register glong r9 __asm__ ("r9") = f;
+
+  __asm__ volatile ("syscall" : "=a" (r)
+      : "0" (nr), "D" (a), "S" (b), "d" (c), "r" (r10), "r" (r8), "r" (r9)
+      : "rcx", "r11", "memory");
+  return r;
+}
+
+void
+bt_altstack (void)
+{
+  struct { gpointer sp; gint flags; gsize size; } old, ss;
+  glong p;
+
+  if (bt_raw_syscall (131, 0, (glong) &old, 0, 0, 0, 0) != 0 || (old.flags & 2) == 0)
+    return;                           /* sigaltstack: the thread has one (not SS_DISABLE) */
+  p = bt_raw_syscall (9, 0, BT_ALTSTACK_BYTES, 3, 0x22 | 0x4000, -1, 0);
+  if (p < 0 && p > -4096)             /* mmap: RW, PRIVATE | ANONYMOUS | NORESERVE */
+    return;
+  ss.sp = GSIZE_TO_POINTER ((gsize) p);
+  ss.flags = 0;
+  ss.size = BT_ALTSTACK_BYTES;
+  bt_raw_syscall (131, (glong) &ss, 0, 0, 0, 0, 0);
+}
+
+/* Add SA_ONSTACK to the kernel's action for `sig` (Frida's handler), with the system
+ * call: sigaction() itself is Frida's replacement, which keeps the program's actions. */
+int
+bt_onstack (int sig)
+{
+  struct { gpointer handler; gulong flags; gpointer restorer; guint64 mask; } act;
+
+  if (syscall (13, sig, NULL, &act, 8) != 0 || act.handler == NULL ||
+      act.handler == GSIZE_TO_POINTER (1))
+    return 0;
+  act.flags |= 0x08000000;                                       /* SA_ONSTACK */
+  return syscall (13, sig, &act, NULL, 8) == 0;
+}
+
 /* A child of glibc's clone() starts here instead of in its start routine (agent.js,
  * followCloneChildren). It waits, natively, until the parent has had it followed (or
  * given up): `ready`. Then, now under Stalker, it says so (`entered`) and waits for
@@ -398,6 +481,7 @@ bt_yield (void)
 int
 bt_clone_gate (BtCloneGate * g)
 {
+  bt_altstack ();
   while (!g->ready)
     bt_yield ();
   if (g->ready == 1)
