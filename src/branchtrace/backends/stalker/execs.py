@@ -1,0 +1,199 @@
+"""Following a target through ``execve``: catch the new image at its entry point.
+
+An exec replaces the process's memory, and Frida's agent with it: Stalker stops, and
+the new image would run natively, unrecorded. So the agent's hook on ``execve``
+(agent.js, followExec) tells the host before the system call runs, and waits. The host
+seizes the calling thread with ptrace (:class:`ExecCatcher`, PTRACE_O_TRACEEXEC; Frida
+holds no ptrace attachment once its agent is in) and lets it go on. If the exec
+succeeds, the kernel stops the thread at PTRACE_EVENT_EXEC, in the new image, before
+any of its code ran; the catcher then runs it to its ELF entry point (a breakpoint at
+``AT_ENTRY``, as the reaper does for a program we start: the dynamic loader has mapped
+and initialized the libraries, not a line of the program has run), takes the
+breakpoint out and detaches with SIGSTOP. The host attaches Frida again and loads the
+agent, which follows the thread from there on into the same store slot
+(:meth:`Host._reattach`). If the exec fails, the hook's onLeave says so, and the
+catcher lets the thread go (PTRACE_INTERRUPT, PTRACE_DETACH): the trace goes on.
+
+Why Frida's own child gating is not used: it gates every fork and posix_spawn child
+too (each held until resumed, with Frida's agent in it), which changes how programs
+that start processes behave; the catcher touches nothing but the exec.
+
+Every ptrace request must come from the thread that seized: one thread of ours per
+exec does them all, and takes its orders through :meth:`cancel`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import struct
+import threading
+import time
+
+from ..linux import sys as pt
+
+AT_ENTRY = 9
+#: How long the catcher waits for a step of the exec (the program may be slow to get to
+#: its entry point: the dynamic loader maps and relocates every library first).
+STEP_TIMEOUT = 60.0
+_POLL = 0.0005
+
+
+class ExecCatcher:
+    """Seize ``tid`` (the thread about to call execve) from a thread of our own;
+    :meth:`wait` gives the new image's entry point once it is stopped there, or None
+    (the exec failed and :meth:`cancel` let the thread go, or the process ended)."""
+
+    def __init__(self, pid: int, tid: int) -> None:
+        self.pid = pid
+        self.tid = tid
+        self.error: str | None = None
+        self.entry: int | None = None
+        self.ended = False
+        self._seized = threading.Event()
+        self._done = threading.Event()
+        self._cancel = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="branchtrace-exec",
+                                        daemon=True)
+
+    def start(self) -> bool:
+        """Seize the thread; False (and :attr:`error`) when that is not possible."""
+        self._thread.start()
+        self._seized.wait()
+        return self.error is None
+
+    def cancel(self) -> None:
+        """The exec failed: let the thread go on, untraced by us, and wait until it is."""
+        self._cancel.set()
+        self._done.wait()
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """The entry point of the new image, stopped there (SIGSTOP, detached); None if
+        the exec was cancelled, the process ended or a step failed (:attr:`error`)."""
+        self._done.wait(timeout)
+        return self.entry
+
+    # -- the catcher thread: every ptrace request ------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            pt.ptrace(pt.PTRACE_SEIZE, self.tid, 0, pt.PTRACE_O_TRACEEXEC)
+        except OSError as err:
+            self.error = f"cannot follow the exec: ptrace: {err.strerror}"
+            self._seized.set()
+            self._done.set()
+            return
+        self._seized.set()
+        try:
+            if self._until_exec():
+                self.entry = self._run_to_entry()
+        except (OSError, _Failed) as err:
+            self.error = f"cannot follow the exec: {err}"
+            self._let_go()
+        finally:
+            self._done.set()
+
+    def _wait(self, deadline: float, cancellable: bool) -> int | None:
+        """The next wait status of the thread; None once cancelled."""
+        while True:
+            if cancellable and self._cancel.is_set():
+                return None
+            done, status = os.waitpid(self.tid, os.WNOHANG | pt.WALL)
+            if done == self.tid:
+                if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+                    self.ended = True
+                    raise _Failed("the process ended")
+                return status
+            if time.monotonic() > deadline:
+                raise _Failed("the program took too long")
+            time.sleep(_POLL)
+
+    def _until_exec(self) -> bool:
+        """Pass signals on until the exec stop (True) or a cancel (False: let go)."""
+        while True:
+            # no deadline: the exec may wait for the tracer (it waits for our answer)
+            status = self._wait(float("inf"), cancellable=True)
+            if status is None:
+                self._let_go()
+                return False
+            event, sig = status >> 16, os.WSTOPSIG(status)
+            if event == pt.PTRACE_EVENT_EXEC:
+                return True
+            if event == pt.PTRACE_EVENT_STOP:
+                self._restart_stop(sig)
+                continue
+            pt.ptrace(pt.PTRACE_CONT, self.tid, 0, 0 if event else sig)
+
+    def _restart_stop(self, sig: int) -> None:
+        if sig in (signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU):
+            pt.ptrace(pt.PTRACE_LISTEN, self.tid)   # a group stop: stay stopped
+        else:
+            pt.ptrace(pt.PTRACE_CONT, self.tid)
+
+    def _let_go(self) -> None:
+        """Detach: interrupt the thread (wherever it waits), then PTRACE_DETACH."""
+        try:
+            pt.ptrace(pt.PTRACE_INTERRUPT, self.tid)
+            deadline = time.monotonic() + STEP_TIMEOUT
+            while True:
+                status = self._wait(deadline, cancellable=False)
+                assert status is not None
+                event, sig = status >> 16, os.WSTOPSIG(status)
+                if event == pt.PTRACE_EVENT_STOP:
+                    pt.ptrace(pt.PTRACE_DETACH, self.tid)
+                    return
+                # a signal on its way in: keep it for the program
+                pt.ptrace(pt.PTRACE_DETACH, self.tid, 0, 0 if event else sig)
+                return
+        except (OSError, _Failed):
+            pass   # gone: nothing to let go
+
+    def _run_to_entry(self) -> int:
+        entry = _entry_point(self.pid)
+        saved = pt.write_byte(self.pid, entry, 0xCC)
+        pt.ptrace(pt.PTRACE_CONT, self.pid)
+        deadline = time.monotonic() + STEP_TIMEOUT
+        while True:
+            status = self._wait(deadline, cancellable=False)
+            assert status is not None
+            sig, event = os.WSTOPSIG(status), status >> 16
+            if (sig == signal.SIGTRAP and event == 0
+                    and pt.peekuser(self.pid, pt.RIP) == entry + 1):
+                break
+            if event == pt.PTRACE_EVENT_STOP:
+                self._restart_stop(sig)
+                continue
+            pt.ptrace(pt.PTRACE_CONT, self.pid, 0, 0 if event else sig)
+        pt.write_byte(self.pid, entry, saved)
+        pt.pokeuser(self.pid, pt.RIP, entry)
+        pt.ptrace(pt.PTRACE_DETACH, self.pid, 0, signal.SIGSTOP)
+        _until_stopped(self.pid, deadline)
+        return entry
+
+
+class _Failed(Exception):
+    pass
+
+
+def _entry_point(pid: int) -> int:
+    with open(f"/proc/{pid}/auxv", "rb") as f:
+        raw = f.read()
+    for key, value in struct.iter_unpack("<QQ", raw[: len(raw) // 16 * 16]):
+        if key == AT_ENTRY:
+            return int(value)
+    raise _Failed("no entry point in the new image's auxiliary vector")
+
+
+def _until_stopped(pid: int, deadline: float) -> None:
+    """After PTRACE_DETACH with SIGSTOP: until the process sits in its group stop (we
+    are not its parent: no waitpid tells us)."""
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            raise _Failed("the process ended") from None
+        if state == "T":
+            return
+        time.sleep(_POLL)
+    raise _Failed("the program did not stop at its entry point")
