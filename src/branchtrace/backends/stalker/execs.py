@@ -9,14 +9,33 @@ succeeds, the kernel stops the thread at PTRACE_EVENT_EXEC, in the new image, be
 any of its code ran; the catcher then runs it to its ELF entry point (a breakpoint at
 ``AT_ENTRY``, as the reaper does for a program we start: the dynamic loader has mapped
 and initialized the libraries, not a line of the program has run), takes the
-breakpoint out and detaches with SIGSTOP. The host attaches Frida again and loads the
-agent, which follows the thread from there on into the same store slot
-(:meth:`Host._reattach`). If the exec fails, the hook's onLeave says so, and the
+breakpoint out and detaches, leaving it stopped (SIGSTOP). The host attaches Frida
+again and loads the agent, which follows the thread from there on into the same store
+slot (``Host._follow_exec``). If the exec fails, the hook's onLeave says so, and the
 catcher lets the thread go (PTRACE_INTERRUPT, PTRACE_DETACH): the trace goes on.
 
 Why Frida's own child gating is not used: it gates every fork and posix_spawn child
 too (each held until resumed, with Frida's agent in it), which changes how programs
-that start processes behave; the catcher touches nothing but the exec.
+that start processes behave; and enabled only once our hook sees the exec, it is too
+late (Frida decides in its own execve hook, which runs first: no ``child-added``).
+
+Frida handles the exec on its own all the same: after it, something of Frida's
+attaches to the new image for a moment (/proc showed the state go R, t, R) and lets it
+run. Three precautions keep that from starting the new image before our agent is in,
+each measured with two or three loops of the exec fixture at once, under the load of
+other test suites:
+
+- the catcher holds the thread in its exec stop (no signal ends it) until Frida
+  reports the old session detached (``settled``); without that wait Frida's attach
+  raced ours: 1 run in 300 ran the new image unrecorded ("target exited");
+- it detaches from a group stop (SIGSTOP injected while it still traces the thread),
+  which leaves the process stopped with no moment in between; detaching with SIGSTOP,
+  as the reaper does, leaves the signal pending for a moment, and Frida attached in
+  that moment in 2 runs of 160 and let the program go;
+- the host detaches the old session only once the new image runs under the new one;
+  detaching it first made Frida's next attach fail now and then (3 runs in 160).
+
+With all three: 0 runs in 500 lost the new image.
 
 Every ptrace request must come from the thread that seized: one thread of ours per
 exec does them all, and takes its orders through :meth:`cancel`.
@@ -37,6 +56,8 @@ AT_ENTRY = 9
 #: its entry point: the dynamic loader maps and relocates every library first).
 STEP_TIMEOUT = 60.0
 _POLL = 0.0005
+#: The longest the catcher waits for Frida to let go of the old image's session.
+SETTLE_TIMEOUT = 5.0
 
 
 class ExecCatcher:
@@ -44,9 +65,11 @@ class ExecCatcher:
     :meth:`wait` gives the new image's entry point once it is stopped there, or None
     (the exec failed and :meth:`cancel` let the thread go, or the process ended)."""
 
-    def __init__(self, pid: int, tid: int) -> None:
+    def __init__(self, pid: int, tid: int, settled: threading.Event | None = None) -> None:
         self.pid = pid
         self.tid = tid
+        #: set once Frida has let go of the old image (its session reported detached)
+        self._settled = settled
         self.error: str | None = None
         self.entry: int | None = None
         self.ended = False
@@ -86,6 +109,10 @@ class ExecCatcher:
         self._seized.set()
         try:
             if self._until_exec():
+                if self._settled is not None:
+                    # held in the exec stop (no signal ends it) until Frida is done
+                    # with the old image: see the module's docstring
+                    self._settled.wait(SETTLE_TIMEOUT)
                 self.entry = self._run_to_entry()
         except (OSError, _Failed) as err:
             self.error = f"cannot follow the exec: {err}"
@@ -101,11 +128,6 @@ class ExecCatcher:
             done, status = os.waitpid(self.tid, os.WNOHANG | pt.WALL)
             if done == self.tid:
                 if os.WIFEXITED(status) or os.WIFSIGNALED(status):
-                    if _alive(self.pid):
-                        # seen about once in 50 runs: an end status while the process
-                        # goes on (not understood yet); keep waiting for the real stop
-                        time.sleep(_POLL)
-                        continue
                     self.ended = True
                     raise _Failed(f"the process ended (wait status {status:#x})")
                 return status
@@ -171,9 +193,25 @@ class ExecCatcher:
             pt.ptrace(pt.PTRACE_CONT, self.pid, 0, 0 if event else sig)
         pt.write_byte(self.pid, entry, saved)
         pt.pokeuser(self.pid, pt.RIP, entry)
-        pt.ptrace(pt.PTRACE_DETACH, self.pid, 0, signal.SIGSTOP)
+        self._group_stop(deadline)
+        pt.ptrace(pt.PTRACE_DETACH, self.pid)
         _until_stopped(self.pid, deadline)
         return entry
+
+    def _group_stop(self, deadline: float) -> None:
+        """Put the process in a group stop (SIGSTOP) while we still trace it; a detach
+        then leaves it stopped, with no moment in between (module docstring)."""
+        pt.ptrace(pt.PTRACE_CONT, self.pid, 0, signal.SIGSTOP)   # in place of the SIGTRAP
+        while True:
+            status = self._wait(deadline, cancellable=False)
+            assert status is not None
+            sig, event = os.WSTOPSIG(status), status >> 16
+            if event == pt.PTRACE_EVENT_STOP and sig == signal.SIGSTOP:
+                return
+            if event == 0 and sig == signal.SIGSTOP:   # delivered as a signal first
+                pt.ptrace(pt.PTRACE_CONT, self.pid, 0, signal.SIGSTOP)
+                continue
+            pt.ptrace(pt.PTRACE_CONT, self.pid, 0, 0 if event else sig)
 
 
 class _Failed(Exception):
@@ -189,23 +227,17 @@ def _entry_point(pid: int) -> int:
     raise _Failed("no entry point in the new image's auxiliary vector")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        return False
-
-
 def _until_stopped(pid: int, deadline: float) -> None:
     """After PTRACE_DETACH with SIGSTOP: until the process sits in its group stop (we
     are not its parent: no waitpid tells us)."""
+    seen: list[str] = []
     while time.monotonic() < deadline:
         try:
             with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
                 state = f.read().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            raise _Failed("the process ended") from None
+        except OSError as err:
+            raise _Failed(f"the process ended ({err}, states seen {seen})") from None
+        seen.append(state)
         if state == "T":
             return
         time.sleep(_POLL)

@@ -95,6 +95,7 @@ class Host:
         self._generation = 0
         self._exec: ExecCatcher | None = None
         self._carried: set[int] = set()
+        self._old_detached = threading.Event()
 
     # -- starting ------------------------------------------------------------------------
 
@@ -306,6 +307,7 @@ class Host:
         if generation != self._generation:
             return              # the session of an image an exec replaced
         if self._exec is not None:
+            self._old_detached.set()
             return              # an exec we follow (_follow_exec), whatever Frida calls it
         if reason in ("process-terminated", "process-replaced"):
             self._ended.set()
@@ -317,7 +319,8 @@ class Host:
         so that the new image is caught at its entry point. True if it is."""
         if self._interrupted or self._exec is not None:
             return False
-        catcher = ExecCatcher(self.pid, tid)
+        self._old_detached.clear()
+        catcher = ExecCatcher(self.pid, tid, self._old_detached)
         if not catcher.start():
             self.notes.append(f"exec of {path}: {catcher.error}; the new image runs "
                               "unrecorded")
@@ -354,9 +357,8 @@ class Host:
                 exe = os.readlink(f"/proc/{self.pid}/exe")
             except OSError:
                 exe = path or "?"
-            old_script, old_session = self._script, self._session
+            old = (self._script, self._session)
             self._script = self._session = None
-            _forget(old_script, old_session)
             try:
                 self._attach(self.pid)
                 self._load_agent(self.pid, str(entry))
@@ -368,6 +370,7 @@ class Host:
             self.notes.append(f"exec: {exe} (pid {self.pid}): the trace goes on in the new "
                               "image; branches before it belong to the old one")
             self._resume(self.pid)
+            _forget(*old)   # only now: see _forget
         finally:
             self._exec = None
             if self._launcher is None and not os.path.exists(f"/proc/{self.pid}"):
@@ -478,7 +481,9 @@ class Host:
 
 
 def _forget(script: Any, session: Any) -> None:
-    """Let go of the session of an image an exec replaced (its agent is gone)."""
+    """Let go of the session of an image an exec replaced (its agent is gone); only
+    once the new image runs under the new session, so that nothing of Frida's touches
+    the pid while the new image waits at its entry point."""
     for close in (getattr(script, "unload", None), getattr(session, "detach", None)):
         if close is not None:
             with contextlib.suppress(Exception):  # frida's errors have no common base
