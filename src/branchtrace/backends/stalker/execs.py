@@ -43,13 +43,21 @@ exec does them all, and takes its orders through :meth:`cancel`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import struct
 import threading
 import time
+from typing import TYPE_CHECKING, Any
 
+from ...errors import BranchtraceError, TargetError, UsageError
 from ..linux import sys as pt
+from .launch import continue_if_stopped
+
+if TYPE_CHECKING:
+    from ...store import Store
+    from .launch import Attaching, Launcher
 
 AT_ENTRY = 9
 #: How long the catcher waits for a step of the exec (the program may be slow to get to
@@ -242,3 +250,112 @@ def _until_stopped(pid: int, deadline: float) -> None:
             return
         time.sleep(_POLL)
     raise _Failed("the program did not stop at its entry point")
+
+
+class ExecFollowing:
+    """The host's side of an exec (mixed into :class:`~.host.Host`, which owns the
+    session, the store and the methods declared at the end here)."""
+
+    pid: int
+    notes: list[str]
+    threads: list[int]
+    store: Store
+    _lock: threading.Lock
+    _ended: threading.Event
+    _interrupted: bool
+    _launcher: Launcher | None
+    _script: Any
+    _session: Any
+    #: the sessions so far (one per image), the catcher of an exec under way, the thread
+    #: that goes on in the same store slot in the new image, and whether Frida has let
+    #: go of the old image's session
+    _generation: int
+    _exec: ExecCatcher | None
+    _carried: set[int]
+    _old_detached: threading.Event
+
+    def _on_exec(self, tid: int, path: str | None) -> bool:
+        """The main thread is about to call execve (it waits for our answer): seize it
+        so that the new image is caught at its entry point. True if it is."""
+        if self._interrupted or self._exec is not None:
+            return False
+        self._old_detached.clear()
+        catcher = ExecCatcher(self.pid, tid, self._old_detached)
+        if not catcher.start():
+            self.notes.append(f"exec of {path}: {catcher.error}; the new image runs "
+                              "unrecorded")
+            return False
+        self._refresh_modules()   # the old image's, while it is there
+        self._exec = catcher
+        threading.Thread(target=self._follow_exec, args=(catcher, path),
+                         name="branchtrace-exec-follow", daemon=True).start()
+        return True
+
+    def _on_exec_failed(self, errno: Any) -> None:
+        """The execve returned (it failed): let the thread go on; the trace goes on."""
+        catcher = self._exec
+        if catcher is not None:
+            catcher.cancel()
+
+    def _follow_exec(self, catcher: ExecCatcher, path: str | None) -> None:
+        """Once the new image is stopped at its entry point: attach again, load the
+        agent, let the main thread follow itself from there into its old slot."""
+        entry = catcher.wait()
+        try:
+            if entry is None:
+                if catcher.error is not None and not catcher.ended:
+                    self.notes.append(f"exec of {path}: {catcher.error}")
+                return
+            self._generation += 1
+            with self._lock:
+                for tid in self.threads:   # the exec ended every other thread
+                    if tid != self.pid:
+                        with contextlib.suppress(BranchtraceError):
+                            self.store.mark_exited(tid)
+                self._carried.add(self.pid)
+            try:
+                exe = os.readlink(f"/proc/{self.pid}/exe")
+            except OSError:
+                exe = path or "?"
+            old = (self._script, self._session)
+            self._script = self._session = None
+            try:
+                self._attach(self.pid)
+                self._load_agent(self.pid, str(entry))
+            except (TargetError, UsageError) as err:
+                self.notes.append(f"exec: {exe}: cannot follow the new image ({err}); it "
+                                  "runs unrecorded")
+                continue_if_stopped(self.pid)
+                return
+            self.notes.append(f"exec: {exe} (pid {self.pid}): the trace goes on in the new "
+                              "image; branches before it belong to the old one")
+            self._resume(self.pid)
+            _forget_session(*old)   # only now: see _forget_session
+        finally:
+            self._exec = None
+            if self._launcher is None and not os.path.exists(f"/proc/{self.pid}"):
+                self._ended.set()
+
+    # -- the host's, declared here for the type checker ----------------------------------
+
+    def _attach(self, pid: int, attaching: Attaching | None = None) -> None:
+        raise NotImplementedError
+
+    def _load_agent(self, pid: int, entry: str | None) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _resume(self, pid: int) -> None:
+        raise NotImplementedError
+
+    def _refresh_modules(self) -> None:
+        raise NotImplementedError
+
+
+def _forget_session(script: Any, session: Any) -> None:
+    """Let go of the session of an image an exec replaced (its agent is gone); only
+    once the new image runs under the new session, so that nothing of Frida's touches
+    the pid while the new image waits at its entry point."""
+    for close in (getattr(script, "unload", None), getattr(session, "detach", None)):
+        if close is not None:
+            with contextlib.suppress(Exception):  # frida's errors have no common base
+                close()

@@ -28,8 +28,8 @@ from ...store import HEADER_SIZE, THREAD_ENTRY_SIZE, Store
 from ...symbols import merge_modules, modules_from_maps, read_maps
 from .agent_code import agent_options, agent_source, has_avx512, has_bmi2
 from .check import CheckCounters, enabled
-from .execs import ExecCatcher
-from .launch import Attaching, Launcher, attach, continue_if_stopped
+from .execs import ExecCatcher, ExecFollowing
+from .launch import Attaching, Launcher, attach, check_attachable, continue_if_stopped
 
 #: Signals that Frida's exception types stand for.
 _SIGNAL_OF_EXCEPTION = {
@@ -63,7 +63,7 @@ class HostResult:
     check: dict[int, int] | None = None
 
 
-class Host:
+class Host(ExecFollowing):
     """One Frida session recording one target into ``store``."""
 
     def __init__(self, store: Store, only: tuple[str, ...] = (),
@@ -115,7 +115,7 @@ class Host:
             threading.Thread(target=self._wait_child, args=(launcher,),
                              name="branchtrace-end", daemon=True).start()
         if launcher is None:
-            _check_attachable(pid)
+            check_attachable(pid)
         self._attach(pid, attaching)
         self._refresh_modules()
         entry = self._start_address(launcher, start_vaddr)
@@ -312,70 +312,6 @@ class Host:
         if reason in ("process-terminated", "process-replaced"):
             self._ended.set()
 
-    # -- exec (execs.py) --------------------------------------------------------------------
-
-    def _on_exec(self, tid: int, path: str | None) -> bool:
-        """The main thread is about to call execve (it waits for our answer): seize it
-        so that the new image is caught at its entry point. True if it is."""
-        if self._interrupted or self._exec is not None:
-            return False
-        self._old_detached.clear()
-        catcher = ExecCatcher(self.pid, tid, self._old_detached)
-        if not catcher.start():
-            self.notes.append(f"exec of {path}: {catcher.error}; the new image runs "
-                              "unrecorded")
-            return False
-        self._refresh_modules()   # the old image's, while it is there
-        self._exec = catcher
-        threading.Thread(target=self._follow_exec, args=(catcher, path),
-                         name="branchtrace-exec-follow", daemon=True).start()
-        return True
-
-    def _on_exec_failed(self, errno: Any) -> None:
-        """The execve returned (it failed): let the thread go on; the trace goes on."""
-        catcher = self._exec
-        if catcher is not None:
-            catcher.cancel()
-
-    def _follow_exec(self, catcher: ExecCatcher, path: str | None) -> None:
-        """Once the new image is stopped at its entry point: attach again, load the
-        agent, let the main thread follow itself from there into its old slot."""
-        entry = catcher.wait()
-        try:
-            if entry is None:
-                if catcher.error is not None and not catcher.ended:
-                    self.notes.append(f"exec of {path}: {catcher.error}")
-                return
-            self._generation += 1
-            with self._lock:
-                for tid in self.threads:   # the exec ended every other thread
-                    if tid != self.pid:
-                        with contextlib.suppress(BranchtraceError):
-                            self.store.mark_exited(tid)
-                self._carried.add(self.pid)
-            try:
-                exe = os.readlink(f"/proc/{self.pid}/exe")
-            except OSError:
-                exe = path or "?"
-            old = (self._script, self._session)
-            self._script = self._session = None
-            try:
-                self._attach(self.pid)
-                self._load_agent(self.pid, str(entry))
-            except (TargetError, UsageError) as err:
-                self.notes.append(f"exec: {exe}: cannot follow the new image ({err}); it "
-                                  "runs unrecorded")
-                continue_if_stopped(self.pid)
-                return
-            self.notes.append(f"exec: {exe} (pid {self.pid}): the trace goes on in the new "
-                              "image; branches before it belong to the old one")
-            self._resume(self.pid)
-            _forget(*old)   # only now: see _forget
-        finally:
-            self._exec = None
-            if self._launcher is None and not os.path.exists(f"/proc/{self.pid}"):
-                self._ended.set()
-
     def _refresh_modules(self) -> None:
         try:
             maps = read_maps(self.pid)
@@ -478,49 +414,3 @@ class Host:
         self.table_path.unlink(missing_ok=True)
         if self.check is not None:
             self.check.close()
-
-
-def _forget(script: Any, session: Any) -> None:
-    """Let go of the session of an image an exec replaced (its agent is gone); only
-    once the new image runs under the new session, so that nothing of Frida's touches
-    the pid while the new image waits at its entry point."""
-    for close in (getattr(script, "unload", None), getattr(session, "detach", None)):
-        if close is not None:
-            with contextlib.suppress(Exception):  # frida's errors have no common base
-                close()
-
-
-def _check_attachable(pid: int) -> None:
-    """The reasons Frida would give badly, in one line each."""
-    from ..linux.permissions import (
-        denied_reason,
-        has_cap_sys_ptrace,
-        other_owner,
-        tracer_of,
-        untraceable,
-    )
-
-    if pid == os.getpid():
-        raise TargetError("branchtrace cannot trace itself")
-    if not os.path.exists(f"/proc/{pid}/status"):
-        raise TargetError(f"no process with pid {pid}")
-    tracer = tracer_of(pid)
-    deadline = time.monotonic() + 2.0
-    while tracer and os.path.exists(f"/proc/self/task/{tracer}"):
-        # one of our own threads: Frida still cleaning up after an earlier session
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.01)
-        tracer = tracer_of(pid)
-    if tracer and not os.path.exists(f"/proc/self/task/{tracer}"):
-        raise TargetError(f"cannot trace pid {pid}: it is already traced by pid {tracer}")
-    never = untraceable(pid)
-    if never:
-        raise TargetError(f"cannot trace pid {pid}: {never}")
-    owner = other_owner(pid)
-    if owner is not None and not has_cap_sys_ptrace():
-        raise TargetError(f"cannot trace pid {pid}: {denied_reason(pid)}")
-    if owner is not None:
-        raise TargetError(f"cannot trace pid {pid} with the stalker backend: it runs as "
-                          f"another user (uid {owner}) and could not map our private "
-                          "buffers; use --backend ptrace")
