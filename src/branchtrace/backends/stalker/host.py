@@ -28,7 +28,8 @@ from ...store import HEADER_SIZE, THREAD_ENTRY_SIZE, Store
 from ...symbols import merge_modules, modules_from_maps, read_maps
 from .agent_code import agent_options, agent_source, has_avx512, has_bmi2
 from .check import CheckCounters, enabled
-from .launch import Attaching, Launcher, attach, continue_if_stopped
+from .execs import ExecCatcher, ExecFollowing
+from .launch import Attaching, Launcher, attach, check_attachable, continue_if_stopped
 
 #: Signals that Frida's exception types stand for.
 _SIGNAL_OF_EXCEPTION = {
@@ -62,7 +63,7 @@ class HostResult:
     check: dict[int, int] | None = None
 
 
-class Host:
+class Host(ExecFollowing):
     """One Frida session recording one target into ``store``."""
 
     def __init__(self, store: Store, only: tuple[str, ...] = (),
@@ -89,6 +90,12 @@ class Host:
         self._device: Any = None
         self._launcher: Launcher | None = None
         self._agent_errors: list[str] = []
+        #: exec (execs.py): the sessions so far (one per image), the catcher of an exec
+        #: under way, and the thread that goes on in the same store slot in the new image
+        self._generation = 0
+        self._exec: ExecCatcher | None = None
+        self._carried: set[int] = set()
+        self._old_detached = threading.Event()
 
     # -- starting ------------------------------------------------------------------------
 
@@ -102,21 +109,37 @@ class Host:
         launcher tells how it ended. ``attaching``: Frida's attach to ``pid``, started
         earlier (the session is taken from it).
         """
-        import frida
-
         self.pid = pid
         self._launcher = launcher
-        spawned = launcher is not None
         if launcher is not None:
             threading.Thread(target=self._wait_child, args=(launcher,),
                              name="branchtrace-end", daemon=True).start()
         if launcher is None:
-            _check_attachable(pid)
+            check_attachable(pid)
+        self._attach(pid, attaching)
+        self._refresh_modules()
+        entry = self._start_address(launcher, start_vaddr)
+        reply = self._load_agent(pid, entry)
+        missing = [name for name in self.only if name not in reply["onlyMatched"]]
+        if missing:
+            self.stop()
+            raise UsageError(
+                f"--only: no module {', '.join(map(repr, missing))} in pid {pid} "
+                f"(modules: {', '.join(reply['modules'])})"
+            )
+        if launcher is not None:
+            launcher.go()
+            self._resume(pid)
+
+    def _attach(self, pid: int, attaching: Attaching | None = None) -> None:
+        """Frida's session on ``pid`` (taken from ``attaching`` when given)."""
+        import frida
+
         try:
             if attaching is not None:
                 self._device, self._session = attaching.result()
             else:
-                self._device = frida.get_local_device()
+                self._device = self._device or frida.get_local_device()
                 self._session = attach(self._device, pid)
         except frida.ProcessNotFoundError:
             raise TargetError(f"no process with pid {pid}") from None
@@ -130,13 +153,21 @@ class Host:
             if type(err).__module__.startswith(("frida", "_frida")):
                 raise TargetError(f"cannot trace pid {pid}: {err}") from None
             raise
-        self._session.on("detached", self._on_detached)
+        generation = self._generation
+        self._session.on("detached",
+                         lambda reason, crash: self._on_detached(reason, crash, generation))
+
+    def _load_agent(self, pid: int, entry: str | None) -> dict[str, Any]:
+        """Load the agent into the attached ``pid`` and start it; with ``entry`` (a
+        program stopped there) the main thread follows itself from that address."""
+        import frida
+
         self._refresh_modules()
         script_source, c_source = agent_source()
         self._script = self._session.create_script(script_source, name="branchtrace")
         self._script.on("message", self._on_message)
         self._script.load()
-        slots = [self._slot_for(pid)] if spawned else []  # the main thread, at its entry
+        slots = [self._slot_for(pid)] if entry is not None else []  # the main thread
         params = {
             "source": c_source, "storePath": str(self.store.path),
             "tablePath": str(self.table_path), "tableBytes": table_bytes(self.table_capacity),
@@ -146,31 +177,28 @@ class Host:
             "mode": int(self.store.mode), "hostPid": os.getpid(), "bmi2": has_bmi2(),
             "avx512": has_avx512(),
             "only": list(self.only), "slots": slots,
-            "entry": self._start_address(launcher, start_vaddr),
+            "entry": entry, "started": self._launcher is not None,
             "checkPath": str(self.check.path) if self.check is not None else None,
             **self.options,
         }
         try:
-            reply = self._script.exports_sync.init(params)
+            reply: dict[str, Any] = self._script.exports_sync.init(params)
         except frida.core.RPCException as err:
             raise TargetError(f"the Stalker agent could not start in pid {pid}: {err}") from None
-        missing = [name for name in self.only if name not in reply["onlyMatched"]]
-        if missing:
-            self.stop()
-            raise UsageError(
-                f"--only: no module {', '.join(map(repr, missing))} in pid {pid} "
-                f"(modules: {', '.join(reply['modules'])})"
-            )
-        if launcher is not None:
-            launcher.go()
-            try:
-                self._device.resume(pid)
-            except (frida.InvalidArgumentError, frida.InvalidOperationError) as err:
-                # seen once in ~35 runs of the benchmark's stock variant: the program had
-                # run on before it was followed; say so, never die of it
-                self.notes.append(f"Frida did not hold pid {pid} at its entry point "
-                                  f"(resume: {err}): its first instructions may be missing")
-            continue_if_stopped(pid)
+        return reply
+
+    def _resume(self, pid: int) -> None:
+        """Let the program, held by Frida at its entry point, run (under Stalker)."""
+        import frida
+
+        try:
+            self._device.resume(pid)
+        except (frida.InvalidArgumentError, frida.InvalidOperationError) as err:
+            # seen once in ~35 runs of the benchmark's stock variant: the program had
+            # run on before it was followed; say so, never die of it
+            self.notes.append(f"Frida did not hold pid {pid} at its entry point "
+                              f"(resume: {err}): its first instructions may be missing")
+        continue_if_stopped(pid)
 
     def _start_address(self, launcher: Launcher | None, vaddr: int | None) -> str | None:
         """Where the main thread starts to follow itself (None: attached, no such thing)."""
@@ -189,6 +217,13 @@ class Host:
         with self._lock:
             if tid not in self.threads:
                 self.threads.append(tid)
+            if tid in self._carried:   # after an exec: the same thread, the same buffer
+                self._carried.discard(tid)
+                with contextlib.suppress(BranchtraceError):
+                    slot, region_offset = self.store.placement(tid)
+                    return {"tid": tid, "index": slot, "regionOffset": region_offset,
+                            "checkIndex": self.check.assign(tid) if self.check is not None
+                            else None}
             try:
                 self.store.add_thread(tid)
             except MemoryLimitError as err:
@@ -215,6 +250,8 @@ class Host:
             finally:
                 self._post({"type": payload["key"], "slots": slots})
         elif kind == "gone":
+            if self._exec is not None and int(payload["tid"]) == self.pid:
+                return   # the main thread goes on in the new image, in the same slot
             with self._lock:
                 try:
                     self.store.mark_exited(int(payload["tid"]))
@@ -224,6 +261,17 @@ class Host:
             self._refresh_modules()
         elif kind == "note":  # the agent's warning (the AVX-512 fix could not be applied)
             self.notes.append(str(payload.get("text", "")))
+        elif kind == "exec":
+            ok = False
+            try:
+                ok = self._on_exec(int(payload["tid"]), payload.get("path"))
+            finally:
+                self._post({"type": payload["key"], "ok": ok})
+        elif kind == "exec-failed":
+            try:
+                self._on_exec_failed(payload.get("errno"))
+            finally:
+                self._post({"type": payload["key"]})
         elif kind == "crash":
             try:
                 self._on_crash(payload)
@@ -260,7 +308,12 @@ class Host:
         except (KeyError, TypeError, ValueError) as err:
             self._agent_errors.append(f"bad crash report {p!r}: {err}")
 
-    def _on_detached(self, reason: str, crash: Any) -> None:
+    def _on_detached(self, reason: str, crash: Any, generation: int = 0) -> None:
+        if generation != self._generation:
+            return              # the session of an image an exec replaced
+        if self._exec is not None:
+            self._old_detached.set()
+            return              # an exec we follow (_follow_exec), whatever Frida calls it
         if reason in ("process-terminated", "process-replaced"):
             self._ended.set()
 
@@ -366,39 +419,3 @@ class Host:
         self.table_path.unlink(missing_ok=True)
         if self.check is not None:
             self.check.close()
-
-
-def _check_attachable(pid: int) -> None:
-    """The reasons Frida would give badly, in one line each."""
-    from ..linux.permissions import (
-        denied_reason,
-        has_cap_sys_ptrace,
-        other_owner,
-        tracer_of,
-        untraceable,
-    )
-
-    if pid == os.getpid():
-        raise TargetError("branchtrace cannot trace itself")
-    if not os.path.exists(f"/proc/{pid}/status"):
-        raise TargetError(f"no process with pid {pid}")
-    tracer = tracer_of(pid)
-    deadline = time.monotonic() + 2.0
-    while tracer and os.path.exists(f"/proc/self/task/{tracer}"):
-        # one of our own threads: Frida still cleaning up after an earlier session
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.01)
-        tracer = tracer_of(pid)
-    if tracer and not os.path.exists(f"/proc/self/task/{tracer}"):
-        raise TargetError(f"cannot trace pid {pid}: it is already traced by pid {tracer}")
-    never = untraceable(pid)
-    if never:
-        raise TargetError(f"cannot trace pid {pid}: {never}")
-    owner = other_owner(pid)
-    if owner is not None and not has_cap_sys_ptrace():
-        raise TargetError(f"cannot trace pid {pid}: {denied_reason(pid)}")
-    if owner is not None:
-        raise TargetError(f"cannot trace pid {pid} with the stalker backend: it runs as "
-                          f"another user (uid {owner}) and could not map our private "
-                          "buffers; use --backend ptrace")

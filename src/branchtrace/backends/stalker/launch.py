@@ -10,7 +10,9 @@ has run), which is taken out again before the reaper detaches with SIGSTOP. Frid
 attaches to the stopped process and holds it until ``device.resume``.
 
 :class:`Launcher` is our side of the reaper: it reads when the program is ready and
-how it ended, and tells the reaper when Frida holds the program.
+how it ended, and tells the reaper when Frida holds the program. :func:`attach` is
+Frida's attach with a time limit, and :func:`check_attachable` says in one line why a
+running pid cannot be attached.
 """
 
 from __future__ import annotations
@@ -269,3 +271,39 @@ def continue_if_stopped(pid: int) -> None:
         if state != "t":
             return
         time.sleep(0.002)
+
+
+def check_attachable(pid: int) -> None:
+    """The reasons Frida would give badly, in one line each."""
+    from ..linux.permissions import (
+        denied_reason,
+        has_cap_sys_ptrace,
+        other_owner,
+        tracer_of,
+        untraceable,
+    )
+
+    if pid == os.getpid():
+        raise TargetError("branchtrace cannot trace itself")
+    if not os.path.exists(f"/proc/{pid}/status"):
+        raise TargetError(f"no process with pid {pid}")
+    tracer = tracer_of(pid)
+    deadline = time.monotonic() + 2.0
+    while tracer and os.path.exists(f"/proc/self/task/{tracer}"):
+        # one of our own threads: Frida still cleaning up after an earlier session
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+        tracer = tracer_of(pid)
+    if tracer and not os.path.exists(f"/proc/self/task/{tracer}"):
+        raise TargetError(f"cannot trace pid {pid}: it is already traced by pid {tracer}")
+    never = untraceable(pid)
+    if never:
+        raise TargetError(f"cannot trace pid {pid}: {never}")
+    owner = other_owner(pid)
+    if owner is not None and not has_cap_sys_ptrace():
+        raise TargetError(f"cannot trace pid {pid}: {denied_reason(pid)}")
+    if owner is not None:
+        raise TargetError(f"cannot trace pid {pid} with the stalker backend: it runs as "
+                          f"another user (uid {owner}) and could not map our private "
+                          "buffers; use --backend ptrace")

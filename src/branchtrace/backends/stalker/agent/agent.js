@@ -350,6 +350,53 @@ function unfollowAroundFork() {
   Interceptor.attach(address, { onLeave: cm.bt_fork_leave });
 }
 
+/* exec: the new image replaces this agent, so the tracer follows it from outside
+ * (backends/stalker/execs.py). Before the system call runs, the calling thread tells
+ * the tracer and waits: the tracer seizes it with ptrace, catches the new image at its
+ * entry point and loads the agent again, which goes on in the same store slot. Every
+ * record of the old image is in the shared store already (each block writes there).
+ * If the exec fails (onLeave is reached only then), the tracer lets the thread go and
+ * the trace goes on here. Only the main thread's exec of the process we trace is
+ * followed: in a forked or vfork child (posix_spawn) the agent is a copy nobody reads. */
+function ask(kind, fields) {
+  const key = kind + ':' + Process.getCurrentThreadId();
+  let reply = null;
+  send(Object.assign({ type: kind, key: key }, fields));
+  recv(key, m => { reply = m; }).wait();
+  return reply;
+}
+
+function followExec() {
+  const address = Module.findGlobalExportByName('execve');
+  if (address === null)
+    return;
+  Interceptor.attach(address, {
+    onEnter(args) {
+      this.asked = false;
+      const tid = Process.getCurrentThreadId();
+      if (stopping || inChild() || !followed.has(tid))
+        return;
+      let path = null;
+      try {
+        path = args[0].readUtf8String();
+      } catch (e) {
+        path = null;
+      }
+      if (tid !== Process.id) {
+        send({ type: 'note', text: `exec of ${path} from thread ${tid}, not the main ` +
+               'thread: the new image is not followed' });
+        return;
+      }
+      const reply = ask('exec', { tid: tid, path: path });
+      this.asked = reply !== null && reply.ok === true;
+    },
+    onLeave(retval) {
+      if (this.asked)
+        ask('exec-failed', { errno: this.errno });
+    },
+  });
+}
+
 /* Threads made with glibc's clone() rather than pthread_create: Stalker sends a clone's
  * child back to native code and Frida's thread observer does not see it. So the parent
  * (in clone's onEnter) makes the child start in bt_clone_gate (signals.c) instead of its
@@ -533,12 +580,13 @@ rpc.exports = {
     cfg.add(CFG.signals).writePointer(signals);
     const matched = p.only.length > 0 ? restrictTo(p.only) : [];
     libc.sigaction = fn('sigaction', 'int', ['int', 'pointer', 'pointer']);
-    if (p.entry !== null)   // a program we started: in our process group, Ctrl-C hits it too
+    if (p.started)   // a program we started: in our process group, Ctrl-C hits it too
       standInForSigint();
     wrapSignalHandlers(signals);
     refollowAfterTlsDtors();
     unfollowAroundFork();
     followCloneChildren();
+    followExec();
 
     Process.setExceptionHandler(onException);
     cm.onstack(SIGSEGV);   // crash.js: a stack overflow is reported too
@@ -574,7 +622,7 @@ rpc.exports = {
           send({ type: 'modules' });
       },
     });
-    if (p.entry === null)
+    if (!p.started)  // attached (also in an image an exec brought): no exit status for us
       hookExit();
     return {
       followed: Array.from(followed.keys()),
