@@ -366,35 +366,41 @@ function ask(kind, fields) {
   return reply;
 }
 
+/* execve's hooks are C listeners (signals.c, bt_exec_on_enter/leave) that call these
+ * only in the traced process itself: a forked child (which execs more often than not)
+ * runs no JS, for the reason given at unfollowAroundFork. */
+const execAsked = new Set();   // tids whose exec the host was told of
+
+function execEnter(pathPointer) {
+  const tid = Process.getCurrentThreadId();
+  if (stopping || !followed.has(tid))
+    return;
+  let path = null;
+  try {
+    path = pathPointer.readUtf8String();
+  } catch (e) {
+    path = null;
+  }
+  if (tid !== Process.id) {
+    send({ type: 'note', text: `exec of ${path} from thread ${tid}, not the main ` +
+           'thread: the new image is not followed' });
+    return;
+  }
+  const reply = ask('exec', { tid: tid, path: path });
+  if (reply !== null && reply.ok === true)
+    execAsked.add(tid);
+}
+
+function execFailed(errno) {
+  if (execAsked.delete(Process.getCurrentThreadId()))
+    ask('exec-failed', { errno: errno });
+}
+
 function followExec() {
   const address = Module.findGlobalExportByName('execve');
   if (address === null)
     return;
-  Interceptor.attach(address, {
-    onEnter(args) {
-      this.asked = false;
-      const tid = Process.getCurrentThreadId();
-      if (stopping || inChild() || !followed.has(tid))
-        return;
-      let path = null;
-      try {
-        path = args[0].readUtf8String();
-      } catch (e) {
-        path = null;
-      }
-      if (tid !== Process.id) {
-        send({ type: 'note', text: `exec of ${path} from thread ${tid}, not the main ` +
-               'thread: the new image is not followed' });
-        return;
-      }
-      const reply = ask('exec', { tid: tid, path: path });
-      this.asked = reply !== null && reply.ok === true;
-    },
-    onLeave(retval) {
-      if (this.asked)
-        ask('exec-failed', { errno: this.errno });
-    },
-  });
+  Interceptor.attach(address, { onEnter: cm.bt_exec_on_enter, onLeave: cm.bt_exec_on_leave });
 }
 
 /* Threads made with glibc's clone() rather than pthread_create: Stalker sends a clone's
@@ -525,11 +531,19 @@ rpc.exports = {
     xstate.add(XS.avx512).writeU32(p.avx512 ? 1 : 0);
     const forkParentCallback = new NativeCallback(forkParent, 'void', []);
     keep.push(forkParentCallback);
+    const execEnterCallback = new NativeCallback(execEnter, 'void', ['pointer']);
+    const execFailedCallback = new NativeCallback(execFailed, 'void', ['int']);
+    const agentPid = Memory.alloc(4);
+    agentPid.writeS32(params.pid);
+    keep.push(execEnterCallback, execFailedCallback, agentPid);
     cm = new CModule(p.source, {
       bt_config: cfg,
       bt_xstate: xstate,
       kill: Module.getGlobalExportByName('kill'),
       bt_fork_parent: forkParentCallback,
+      bt_exec_enter: execEnterCallback,
+      bt_exec_failed: execFailedCallback,
+      bt_agent_pid: agentPid,
       __errno_location: Module.getGlobalExportByName('__errno_location'),
       syscall: Module.getGlobalExportByName('syscall'),
       pthread_getspecific: Module.getGlobalExportByName('pthread_getspecific'),

@@ -400,6 +400,32 @@ bt_fork_leave (GumInvocationContext * ic)
   bt_fork_parent ();
 }
 
+/* execve's entry and (failed) exit, C listeners (agent.js, followExec): the agent is
+ * called only in the traced process; in a forked child about to exec, no JS. */
+extern volatile gint bt_agent_pid;          /* the traced process (agent.js writes it) */
+extern void bt_exec_enter (gpointer path);
+extern void bt_exec_failed (gint err);
+
+static gboolean
+bt_in_traced_process (void)
+{
+  return syscall (39) == bt_agent_pid;                        /* getpid */
+}
+
+void
+bt_exec_on_enter (GumInvocationContext * ic)
+{
+  if (bt_in_traced_process ())
+    bt_exec_enter (gum_invocation_context_get_nth_argument (ic, 0));
+}
+
+void
+bt_exec_on_leave (GumInvocationContext * ic)
+{
+  if (bt_in_traced_process ())
+    bt_exec_failed (ic->system_error);
+}
+
 /* Crash facts (docs/stalker.md, "Where the fault really was"). Frida's handler for
  * SIGSEGV and SIGBUS (its exceptor, which calls the agent's onException) runs on the
  * faulting thread's stack: after a stack overflow the kernel cannot deliver it and the
