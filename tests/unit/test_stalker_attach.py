@@ -50,8 +50,11 @@ def test_a_stuck_attach_is_cancelled_and_tried_again() -> None:
 
 def test_stuck_every_time_is_a_clear_error() -> None:
     device = StuckDevice(5)
+    # pytest-timeout's own Timer runs during every test: only ours must be gone
+    before = {t for t in threading.enumerate() if isinstance(t, threading.Timer)}
     with pytest.raises(TargetError, match=r"cannot trace pid 42: Frida's attach did not "
                                           r"finish in 0.1 s, 2 times"):
         attach(device, 42, timeout=0.1)
     assert device.calls == 2
-    assert not [t for t in threading.enumerate() if isinstance(t, threading.Timer)]
+    assert not [t for t in threading.enumerate()
+                if isinstance(t, threading.Timer) and t not in before]
