@@ -28,7 +28,7 @@ from ...store import HEADER_SIZE, THREAD_ENTRY_SIZE, Store
 from ...symbols import merge_modules, modules_from_maps, read_maps
 from .agent_code import agent_options, agent_source, has_avx512, has_bmi2
 from .check import CheckCounters, enabled
-from .launch import Attaching, Launcher, attach, continue_if_stopped, mapped_paths
+from .launch import Attaching, Launcher, attach, continue_if_stopped
 
 #: Signals that Frida's exception types stand for.
 _SIGNAL_OF_EXCEPTION = {
@@ -83,10 +83,6 @@ class Host:
         self.notes: list[str] = []
         self.notes.extend(option_notes)
         self.modules: list[ModuleMap] = []
-        #: modules only Frida's agent loaded (mapped by the attach, not before): left out
-        #: of the module map, their code unrecorded, unless the program dlopens them
-        self.ours: set[str] = set()
-        self._claimed: set[str] = set()
         self.crash: Crash | None = None
         self.exit_code: int | None = None     # reported by the agent (attach mode)
         self._lock = threading.Lock()
@@ -121,7 +117,6 @@ class Host:
                              name="branchtrace-end", daemon=True).start()
         if launcher is None:
             _check_attachable(pid)
-        before = attaching.before if attaching is not None else mapped_paths(pid)
         try:
             if attaching is not None:
                 self._device, self._session = attaching.result()
@@ -141,8 +136,6 @@ class Host:
                 raise TargetError(f"cannot trace pid {pid}: {err}") from None
             raise
         self._session.on("detached", self._on_detached)
-        if before is not None:
-            self.ours = (mapped_paths(pid) or set()) - before
         self._refresh_modules()
         script_source, c_source = agent_source()
         self._script = self._session.create_script(script_source, name="branchtrace")
@@ -157,7 +150,7 @@ class Host:
             "capacity": self.store.capacity, "chunk": self.store.chunk_records,
             "mode": int(self.store.mode), "hostPid": os.getpid(), "bmi2": has_bmi2(),
             "avx512": has_avx512(),
-            "only": list(self.only), "slots": slots, "ours": sorted(self.ours),
+            "only": list(self.only), "slots": slots,
             "entry": self._start_address(launcher, start_vaddr),
             "checkPath": str(self.check.path) if self.check is not None else None,
             **self.options,
@@ -234,10 +227,6 @@ class Host:
                     pass
         elif kind == "modules":
             self._refresh_modules()
-        elif kind == "claim":  # the program dlopened a library Frida's agent had loaded
-            with self._lock:
-                self._claimed.add(str(payload.get("path", "")))
-            self._refresh_modules()
         elif kind == "note":  # the agent's warning (the AVX-512 fix could not be applied)
             self.notes.append(str(payload.get("text", "")))
         elif kind == "crash":
@@ -280,9 +269,8 @@ class Host:
             maps = read_maps(self.pid)
         except TargetError:
             return
+        mods = modules_from_maps(maps)
         with self._lock:
-            mods = [m for m in modules_from_maps(maps)
-                    if m.path not in self.ours or m.path in self._claimed]
             self.modules = merge_modules(self.modules, mods)
 
     def _wait_child(self, launcher: Launcher) -> None:
