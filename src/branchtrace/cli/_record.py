@@ -226,20 +226,24 @@ def _record_and_report(args: argparse.Namespace, target: Target, config: RecordC
     if output is not None and args.mode == "stream" and sys.stderr.isatty():
         progress = ProgressLine(sys.stderr)
     try:
-        # with a file, memory holds only what the report shows; the file has everything
-        trace = record(target, config, on_start=on_start, output=output,
-                       keep=args.last if output is not None else None, listener=progress,
-                       chosen=choice)
+        try:
+            # with a file, memory holds only what the report shows; the file has everything
+            trace = record(target, config, on_start=on_start, output=output,
+                           keep=args.last if output is not None else None, listener=progress,
+                           chosen=choice)
+        finally:
+            if progress is not None:
+                progress.finish()
+        ex = trace.exit
+        show = args.report == "always" or (args.report == "crash" and ex.status == "signaled") \
+            or (args.report != "never" and ex.status == "detached")
+        if show:
+            _write_report(trace, args)
     finally:
-        if progress is not None:
-            progress.finish()
+        # only now: a second Ctrl-C while we detach or report is the program's (it
+        # kills it; the backend reports that), never a KeyboardInterrupt of ours
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
-    ex = trace.exit
-    show = args.report == "always" or (args.report == "crash" and ex.status == "signaled") \
-        or (args.report != "never" and ex.status == "detached")
-    if show:
-        _write_report(trace, args)
     if ex.status == "detached":
         return 130 if interrupted else 0
     return ex.shell_status

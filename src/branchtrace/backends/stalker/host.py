@@ -38,6 +38,10 @@ _SIGNAL_OF_EXCEPTION = {
 }
 _POLL = 0.02  # seconds between checks of the end conditions
 _STOP_TIMEOUT = 10.0
+#: After a Ctrl-C, how long stop() waits for Frida to unload its agent (see stop()).
+_DETACH_WAIT = 0.25
+#: After a second Ctrl-C, how long finish() waits for the program to die of it.
+_FATE_WAIT = 2.0
 
 
 @dataclass
@@ -85,6 +89,7 @@ class Host(ExecFollowing):
         self._lock = threading.Lock()
         self._ended = threading.Event()
         self._interrupted = False
+        self._interrupts = 0
         self._session: Any = None
         self._script: Any = None
         self._device: Any = None
@@ -337,6 +342,7 @@ class Host(ExecFollowing):
         Ctrl-C that reached the program as well is then swallowed there (agent.js,
         standInForSigint), and the program goes on."""
         self._interrupted = True
+        self._interrupts += 1
         self._post({"type": "interrupt"})
 
     def wait(self, duration: float | None) -> bool:
@@ -349,7 +355,14 @@ class Host(ExecFollowing):
         return True
 
     def stop(self) -> None:
-        """Stop following every thread and detach; the target goes on at native speed."""
+        """Stop following every thread and detach; the target goes on at native speed.
+
+        Recording stops at once (the agent's ``stop``), but Frida's script unload and
+        detach wait until every thread has passed through Stalker once more, and a
+        thread asleep in a system call (``read`` of a terminal, ``nanosleep``) does so
+        only when the call returns, however long that takes. After a Ctrl-C we wait
+        for that at most :data:`_DETACH_WAIT` seconds and leave the rest to the agent:
+        it unloads itself when the thread wakes, the program sees nothing of it."""
         import frida
 
         script, session = self._script, self._session
@@ -364,18 +377,40 @@ class Host(ExecFollowing):
             except (frida.InvalidOperationError, frida.core.RPCException,
                     frida.TransportError):
                 pass
-            try:
-                script.unload()
-            except (frida.InvalidOperationError, frida.TransportError):
-                pass
-        if session is not None:
-            try:
-                session.detach()
-            except (frida.InvalidOperationError, frida.TransportError):
-                pass
+
+        def unload() -> None:
+            if script is not None:
+                try:
+                    script.unload()
+                except (frida.InvalidOperationError, frida.TransportError):
+                    pass
+            if session is not None:
+                try:
+                    session.detach()
+                except (frida.InvalidOperationError, frida.TransportError):
+                    pass
+
+        if script is None and session is None:
+            return
+        if not self._interrupted:
+            unload()
+            return
+        worker = threading.Thread(target=unload, name="branchtrace-unload", daemon=True)
+        worker.start()
+        worker.join(_DETACH_WAIT)
+        if worker.is_alive():
+            self.notes.append(
+                "a thread of the program was in a system call when we detached: Frida's "
+                "agent unloads itself from the program when the call returns"
+            )
 
     def finish(self, ended: bool) -> HostResult:
         """How the run ended, with the block table, once the target is gone or detached."""
+        if not ended and self._launcher is not None:
+            # a second Ctrl-C reached the program as well: it dies of it (bt_sigint
+            # swallows one Ctrl-C only); report what really happened to it
+            self._launcher.ended.wait(_FATE_WAIT if self._interrupts >= 2 else _POLL)
+            ended = self._launcher.ended.is_set()
         exit_info = self._exit_info(ended)
         if not ended:
             self._refresh_modules()

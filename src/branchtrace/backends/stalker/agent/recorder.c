@@ -107,6 +107,7 @@ transform (GumStalkerIterator * iterator, GumStalkerOutput * output, gpointer us
   guint64 id = 0, start = 0, last = 0, end = 0;
   guint8 kind = BT_OTHER, flags = BT_FLAG_VALID;
   guint ninsn = 0;
+  guint64 * site;
 
   bt_xstate_check (iterator);         /* xstate.c: before Stalker's helpers first run */
   while (gum_stalker_iterator_next (iterator, &insn))
@@ -150,7 +151,11 @@ transform (GumStalkerIterator * iterator, GumStalkerOutput * output, gpointer us
     {
       emit_indirect (output->writer.x86, t, insn, insn->id == X86_INS_CALL);
     }
+    site = (insn->id == X86_INS_SYSCALL && t != NULL)
+        ? bt_syscall_note (output->writer.x86, t) : NULL;   /* signals.c: Ctrl-C */
     gum_stalker_iterator_keep (iterator);
+    if (site != NULL)
+      bt_syscall_mark (output->writer.x86, site);
   }
   if (ninsn != 0 && (kind == BT_OTHER || kind == BT_SYSCALL) &&
       (flags & BT_FLAG_UNRECORDED) == 0)

@@ -8,6 +8,8 @@
 #include <gum/gummodulemap.h>
 #include <gum/guminterceptor.h>
 
+#define BT_SITES 448          /* BtThread fills its page: 480 + 8 * 448 = 4064 */
+
 typedef struct _BtThread BtThread;
 typedef struct _BtConfig BtConfig;
 typedef struct _BtBlock BtBlock;
@@ -71,6 +73,10 @@ struct _BtThread
   guint32 shares_tls;        /* 340 1: a clone() child sharing its parent's thread pointer:
                               *     no code of Frida's JS runtime may run in it */
   guint32 pending_reps[32];  /* 344 pending[k-1], pending[k] happened this many times more */
+  guint32 nsites;            /* 472 system call sites compiled for this thread (signals.c) */
+  guint32 reserved2;         /* 476 */
+  guint64 sites[BT_SITES];   /* 480 per site, the number its last system call had: a call
+                              *     that a swallowed Ctrl-C cut short is issued again */
 };
 
 /* The return cache: direct-mapped by a hash of the return address; an empty entry's
@@ -129,7 +135,8 @@ struct _BtConfig
   BtThread ** threads;       /* 64 BT_THREAD_SLOTS contexts, open addressing by tid */
   BtSignal * signals;        /* 72 BT_NSIG handlers the program installed, wrapped */
   const gchar * host_stat;   /* 80 "/proc/<tracer pid>/stat": is the tracer a zombie? */
-  volatile gint interrupted; /* 88 the tracer was interrupted (Ctrl-C): it detaches */
+  volatile gint interrupted; /* 88 1: the tracer was interrupted (Ctrl-C), 2: that Ctrl-C
+                              * was swallowed in the program (bt_sigint) */
   volatile gint in_sigint;   /* 92 threads inside bt_sigint */
   gpointer enter;            /* 96 the stub that enters a handler through Stalker (agent.js,
                               *    handlerEntry); NULL: handlers run natively */

@@ -355,11 +355,77 @@ bt_crash_target (gpointer at)
   bt_append (t, (guint32) id);
 }
 
+/* System calls a swallowed Ctrl-C cut short (docs/stalker.md, "Ctrl-C"). bt_sigint is a
+ * handler, and a handler that runs makes the kernel end some calls with EINTR even with
+ * SA_RESTART (nanosleep, poll, select, epoll_wait, pause, futex waits with a timeout):
+ * natively the program would have died of the signal, not seen EINTR. So each system
+ * call site compiled for a followed thread notes the call's number in a slot of its
+ * own (`movabs [slot], rax` before the call: no register, no flag), and is followed by
+ * a marker that names the slot (`jmp +12; marker32; slot64`, jumped over). A call that
+ * returned -EINTR at a marked site is issued again when bt_sigint returns: pc back onto
+ * the `syscall`, rax = the number, the arguments still in their registers. A relative
+ * timeout starts over. Sites past BT_SITES per thread are not marked. */
+guint64 *
+bt_syscall_note (GumX86Writer * cw, BtThread * t)
+{
+  guint64 * slot;
+  guint64 where;
+  guint8 code[10] = { 0x48, 0xa3 };
+  guint i;
+
+  if (t->nsites >= BT_SITES)
+    return NULL;
+  slot = &t->sites[t->nsites++];
+  where = GPOINTER_TO_SIZE (slot);
+  for (i = 0; i < 8; i++)
+    code[2 + i] = (guint8) (where >> (8 * i));
+  gum_x86_writer_put_bytes (cw, code, sizeof (code));
+  return slot;
+}
+
+/* Right after Stalker's `syscall` (gum_stalker_iterator_keep put it last). */
+void
+bt_syscall_mark (GumX86Writer * cw, guint64 * slot)
+{
+  guint8 code[14] = { 0xeb, 12 };
+  guint64 where = GPOINTER_TO_SIZE (slot);
+  guint i;
+
+  for (i = 0; i < 4; i++)
+    code[2 + i] = (guint8) (bt_config.marker >> (8 * i));
+  for (i = 0; i < 8; i++)
+    code[6 + i] = (guint8) (where >> (8 * i));
+  gum_x86_writer_put_bytes (cw, code, sizeof (code));
+}
+
+static void
+bt_reissue (gpointer uctx)
+{
+  guint64 * gregs = (guint64 *) uctx + 5;        /* uc_mcontext.gregs */
+  const guint8 * pc = GSIZE_TO_POINTER (gregs[16]);   /* REG_RIP */
+  guint32 marker = 0;
+  guint64 where = 0;
+  guint i;
+
+  if ((gint64) gregs[13] != -4 || (GPOINTER_TO_SIZE (pc) & 0xfff) < 2)  /* rax: -EINTR */
+    return;
+  if (pc[-2] != 0x0f || pc[-1] != 0x05 || pc[0] != 0xeb || pc[1] != 12)
+    return;
+  for (i = 0; i < 4; i++)
+    marker |= (guint32) pc[2 + i] << (8 * i);
+  for (i = 0; i < 8; i++)
+    where |= (guint64) pc[6 + i] << (8 * i);
+  if (marker != bt_config.marker || where == 0)
+    return;
+  gregs[16] -= 2;
+  gregs[13] = *(const guint64 *) GSIZE_TO_POINTER (where);
+}
+
 /* SIGINT while the program has SIG_DFL for it (docs/stalker.md, "Ctrl-C"). A terminal's
  * Ctrl-C reaches the whole process group: branchtrace, which detaches, and the program,
  * which must go on, as under the ptrace backend. Wait (up to 1 s) for the tracer's word
- * that it was interrupted: then the signal was the user's Ctrl-C, and it is swallowed.
- * Without it, do what SIG_DFL does: restore it and raise the signal again (blocked
+ * that it was interrupted: then the signal was the user's Ctrl-C, and it is swallowed
+ * (once: a second Ctrl-C kills the program, as it would without us). Otherwise do what SIG_DFL does: restore it and raise the signal again (blocked
  * while we are in the handler, it is delivered when we return: the program dies of it). */
 void
 bt_sigint (int sig, gpointer info, gpointer uctx)
@@ -373,7 +439,9 @@ bt_sigint (int sig, gpointer info, gpointer uctx)
   g_atomic_int_add (&bt_config.in_sigint, 1);
   for (i = 0; i < 200 && !bt_config.interrupted; i++)
     g_usleep (5000);
-  if (!bt_config.interrupted)
+  /* the one Ctrl-C that was for branchtrace: 1 -> 2 (the agent writes 1 once, never
+   * 0); a second one kills, as natively */
+  if (bt_config.interrupted == 0 || g_atomic_int_add (&bt_config.interrupted, 1) != 1)
   {
     dfl.handler = NULL;
     dfl.flags = 0;
@@ -382,6 +450,8 @@ bt_sigint (int sig, gpointer info, gpointer uctx)
     syscall (13, sig, &dfl, NULL, 8);              /* rt_sigaction (SIG_DFL) */
     syscall (62, pid, sig);                        /* kill */
   }
+  else
+    bt_reissue (uctx);                             /* no EINTR the program would not see */
   g_atomic_int_add (&bt_config.in_sigint, -1);
 }
 
