@@ -67,11 +67,25 @@ function ripRelative(block, memory) {
 
 const BRANCH_KINDS = new Set([1, 2, 3, 4, 5, 6]);   // call, return, jump, cond, indirect ones
 
+/* After Stalker's `syscall` a followed thread's code has a marker (signals.c,
+ * bt_syscall_mark: `jmp +12; marker32; slot64`): a signal delivered as the call returns
+ * (abort's tgkill) leaves the pc on it. The program's next instruction follows it. */
+function pastSyscallMarker(pc) {
+  try {
+    if (pc.readU8() === 0xeb && pc.add(1).readU8() === 12 &&
+        pc.add(2).readU32() === cfg.add(CFG.marker).readU32())
+      return pc.add(14);
+  } catch (e) {
+  }
+  return pc;
+}
+
 /* Where the program really was when a followed thread faulted at `pc`, and how we know
  * (docs/stalker.md, "Where the fault really was"): [address, how] or [null, why not]. */
 function realFault(tid, pc, memory, info) {
   if (Process.findModuleByAddress(pc) !== null && !Cloak.hasRangeContaining(pc))
     return [pc, 'native'];            // the thread ran the program's own code (a handler)
+  pc = pastSyscallMarker(pc);
   const block = lastBlockOf(tid);
   info.block = block;
   if (block === null)
