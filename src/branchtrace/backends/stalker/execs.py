@@ -66,6 +66,8 @@ STEP_TIMEOUT = 60.0
 _POLL = 0.0005
 #: The longest the catcher waits for Frida to let go of the old image's session.
 SETTLE_TIMEOUT = 5.0
+#: how long an exec waits for the follow of the one before it to let go of its old session
+EXEC_BUSY_WAIT = 10.0
 
 
 class ExecCatcher:
@@ -277,7 +279,16 @@ class ExecFollowing:
     def _on_exec(self, tid: int, path: str | None) -> bool:
         """The main thread is about to call execve (it waits for our answer): seize it
         so that the new image is caught at its entry point. True if it is."""
-        if self._interrupted or self._exec is not None:
+        if self._interrupted:
+            return False
+        # the follow of an earlier exec ends letting go of the old session; the new
+        # image may exec again meanwhile (a shim: bash, then env, then python)
+        deadline = time.monotonic() + EXEC_BUSY_WAIT
+        while self._exec is not None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        if self._exec is not None:
+            self.notes.append(f"exec of {path}: the previous exec was still being followed "
+                              f"after {EXEC_BUSY_WAIT:g} s; the new image runs unrecorded")
             return False
         self._old_detached.clear()
         catcher = ExecCatcher(self.pid, tid, self._old_detached)
@@ -330,9 +341,11 @@ class ExecFollowing:
             self.notes.append(f"exec: {exe} (pid {self.pid}): the trace goes on in the new "
                               "image; branches before it belong to the old one")
             self._resume(self.pid)
+            self._exec = None       # the new image runs: it may exec again
             _forget_session(*old)   # only now: see _forget_session
         finally:
-            self._exec = None
+            if self._exec is catcher:
+                self._exec = None
             if self._launcher is None and not os.path.exists(f"/proc/{self.pid}"):
                 self._ended.set()
 
