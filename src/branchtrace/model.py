@@ -140,3 +140,23 @@ class ExitInfo:
         if self.status == "signaled" and self.signal is not None:
             return 128 + self.signal
         return 0
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessInfo:
+    """One process of a run: the program started (or attached to), or a process it
+    started (fork, vfork, clone without CLONE_THREAD, posix_spawn), followed by default.
+
+    Every recorded thread belongs to exactly one process. An exec keeps the pid and
+    replaces ``argv`` and ``modules`` (the trace notes it); ``modules`` are the maps the
+    process's branches symbolize against.
+    """
+
+    pid: int
+    ppid: int                        # the parent's pid (0: not traced, the first process)
+    argv: tuple[str, ...]            # at its start or its last exec; () when not known
+    exit: ExitInfo
+    modules: tuple[ModuleMap, ...] = ()
+    threads: tuple[int, ...] = ()    # tids, in order of appearance; the first is ``pid``
+    start_ns: int = 0                # when it was first seen (Unix epoch, ns); 0: not known
+    end_ns: int = 0                  # when it ended or was let go; 0: not known

@@ -17,7 +17,7 @@ from ..errors import BackendUnavailable, UsageError
 if TYPE_CHECKING:
     import numpy as np
 
-    from ..model import ExitInfo, Gap, ModuleMap
+    from ..model import ExitInfo, Gap, ModuleMap, ProcessInfo
     from ..store import Encoding, Store, StoreMode
 
 #: Environment variable that overrides ``--backend auto``.
@@ -56,6 +56,11 @@ class RunResult:
     pid: int = 0
     #: for the BLOCKID encoding: the block table, indexed by block id (see decode/)
     blocks: np.ndarray | None = None
+    #: every process traced, the first (``pid``) first, each with its own threads,
+    #: modules and exit. Empty: one process, described by the fields above. ``threads``
+    #: above lists the threads of all of them (what the store holds); ``exit`` and
+    #: ``modules`` above are the first process's.
+    processes: list[ProcessInfo] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
