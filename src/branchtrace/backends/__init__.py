@@ -42,6 +42,7 @@ class RecordOptions:
     start: str | None = None      # symbol to start at; "entry"; None = backend default
     duration: float | None = None  # stop (detach) after this many seconds
     only: tuple[str, ...] = ()     # stalker: report only branches from or into these modules
+    follow_children: bool = True   # trace every process the target starts (and exec in them)
 
 
 @dataclass
