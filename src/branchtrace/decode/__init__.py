@@ -86,6 +86,30 @@ def decode_blocks(ids: np.ndarray, blocks: np.ndarray,
     return _two_passes(table, ids, spans, pool)
 
 
+class Carry:
+    """Decodes one thread's block ids piece by piece, in order: the last id of a piece
+    pairs with the first id of the next (the branch between two chunks), so the pieces'
+    branches, joined, are :func:`decode_blocks` of the joined ids. :meth:`cut` forgets
+    the last id (records are missing there: no branch is made across a hole)."""
+
+    def __init__(self, blocks: np.ndarray) -> None:
+        self.table = _Table(blocks)
+        self.last: int | None = None
+
+    def feed(self, ids: np.ndarray) -> np.ndarray:
+        if len(ids) == 0:
+            return np.zeros(0, dtype=BRANCH_DTYPE)
+        seq = ids if self.last is None else np.concatenate(
+            [np.array([self.last], dtype=ids.dtype), ids])
+        self.last = int(ids[-1])
+        if len(seq) < 2:
+            return np.zeros(0, dtype=BRANCH_DTYPE)
+        return self.table.fill(seq, self.table.taken(seq), None)
+
+    def cut(self) -> None:
+        self.last = None
+
+
 def table_columns(blocks: np.ndarray
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The block table's columns (start, end, last, kind, flags) as the compiled decoder

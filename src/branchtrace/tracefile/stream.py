@@ -1,0 +1,162 @@
+"""A trace file's branches piece by piece, in memory bounded by one chunk.
+
+:func:`~.load.open_trace` decodes every branch of every thread into memory (17 bytes a
+branch): a reader that only counts, or that wants the first or last few branches, needs
+none of that. :func:`pieces` yields a thread's branches in order, one decoded chunk at a
+time (a chunk holds at most :data:`~.format.MAX_CHUNK_BYTES` of records; writers aim
+for :data:`~.format.CHUNK_BYTES`), with what is missing as :class:`~branchtrace.model.Gap`
+values in between. Block ids are paired across chunk edges (the branch between two
+chunks is in the later piece), never across a hole.
+
+Joined, the pieces of a thread are the branches :func:`~.load.open_trace` gives it, and
+the gaps are its gaps (a test checks both on recorded and damaged files). Two things
+differ by design: a chunk that does not decompress is found when its turn comes (its gap
+has the reason ``"corrupt chunk"`` as there), and branches of a kind no
+:class:`~branchtrace.model.BranchKind` names become OTHER without a note (``strange``
+counts them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import zstandard
+
+from ..decode import Carry, decode
+from ..model import BRANCH_DTYPE, BranchKind, Gap
+from ..store import RECORD_DTYPES, Encoding
+from .holes import Hole, Shifter, select
+from .reader import Chunk, TraceFile
+
+CORRUPT = "corrupt chunk"
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """Consecutive branches of one thread."""
+
+    tid: int
+    index: int              # of the first branch, in the thread's branches
+    branches: np.ndarray    # BRANCH_DTYPE, oldest first
+    first_ns: int           # when the chunk they came from was drained: first and last
+    last_ns: int            # record's times (0: not known)
+
+
+def thread_order(tf: TraceFile) -> list[int]:
+    """The threads of the file in order of appearance (as :func:`open_trace` lists them)."""
+    return list(dict.fromkeys([t.tid for t in tf.threads] + list(tf.chunks)))
+
+
+class ThreadStream:
+    """The pieces and gaps of one thread; iterate once. ``strange`` counts branches of
+    kinds no :class:`BranchKind` names (shown as OTHER)."""
+
+    def __init__(self, tf: TraceFile, tid: int) -> None:
+        self.tf, self.tid = tf, tid
+        kept = next((t.kept for t in tf.threads if t.tid == tid), None)
+        self.chunks, self.holes = select(tf.chunks.get(tid, []), kept)
+        shift = Shifter(self.holes)
+        self.file_gaps = sorted(((shift(g.index), g.count, g.reason) for g in tf.gaps
+                                 if g.tid == tid), key=lambda g: g[0])
+        self.strange = 0
+        self.n = 0
+        self._dctx = zstandard.ZstdDecompressor()
+        self._carry = Carry(tf.blocks) if tf.encoding == Encoding.BLOCKID \
+            and tf.blocks is not None else None
+        self._pending: Hole | None = None      # holes touching each other become one gap
+
+    def __iter__(self) -> Iterator[Piece | Gap]:
+        h = 0
+        for c in self.chunks:
+            while h < len(self.holes) and self.holes[h].start <= c.head.first_index:
+                yield from self._hole(self.holes[h])
+                h += 1
+            branches = self._chunk(c)
+            if branches is None:
+                yield from self._hole(Hole(c.head.first_index, c.head.count))
+                continue
+            yield from self._flush()
+            yield from self._emit(branches, c.head.first_ns, c.head.last_ns)
+        for hole in self.holes[h:]:
+            yield from self._hole(hole)
+        yield from self._flush()
+        for at, count, reason in self.file_gaps:        # past the last branch
+            yield Gap(self.tid, min(at, self.n), count, reason)
+        self.file_gaps = []
+
+    def _hole(self, hole: Hole) -> Iterator[Gap]:
+        if self._carry is not None:
+            self._carry.cut()
+        p = self._pending
+        if p is not None and p.start + p.count == hole.start:
+            self._pending = Hole(p.start, p.count + hole.count)
+            return
+        yield from self._flush()
+        self._pending = hole
+
+    def _flush(self) -> Iterator[Gap]:
+        if self._pending is not None:
+            yield Gap(self.tid, self.n, self._pending.count, CORRUPT)
+            self._pending = None
+
+    def _emit(self, branches: np.ndarray, first_ns: int, last_ns: int) -> Iterator[Piece | Gap]:
+        """The branches as pieces, split where a gap of the file's lies among them."""
+        at = 0
+        while self.file_gaps and self.file_gaps[0][0] < self.n + len(branches) - at:
+            index, count, reason = self.file_gaps.pop(0)
+            cut = max(index - self.n, 0)
+            if cut:
+                yield Piece(self.tid, self.n, branches[at:at + cut], first_ns, last_ns)
+                self.n += cut
+                at += cut
+            yield Gap(self.tid, self.n, count, reason)
+        if at < len(branches):
+            yield Piece(self.tid, self.n, branches[at:], first_ns, last_ns)
+            self.n += len(branches) - at
+
+    def _chunk(self, c: Chunk) -> np.ndarray | None:
+        """The chunk's branches; None when it does not decompress to its size."""
+        dtype = RECORD_DTYPES[self.tf.encoding]
+        size = c.head.count * dtype.itemsize
+        buf = bytearray(size)
+        view = memoryview(buf)
+        try:
+            with self._dctx.stream_reader(c.body, read_across_frames=False) as reader:
+                got = 0
+                while got < size:
+                    k = reader.readinto(view[got:])
+                    if not k:
+                        return None
+                    got += k
+        except zstandard.ZstdError:
+            return None
+        raw = np.frombuffer(buf, dtype)
+        if self._carry is not None:
+            out = self._carry.feed(raw)
+        else:
+            try:
+                out = decode(self.tf.encoding, raw, self.tf.blocks)
+            except (ValueError, IndexError, TypeError):
+                return None
+        bad = out["kind"] > max(BranchKind)
+        if bad.any():
+            out = out.copy() if not out.flags.writeable else out
+            self.strange += int(np.count_nonzero(bad))
+            out["kind"][bad] = BranchKind.OTHER
+        return out
+
+
+def pieces(tf: TraceFile, tid: int | None = None) -> Iterator[Piece | Gap]:
+    """The branches of thread ``tid`` (every thread, one after the other, when None) as
+    :class:`Piece` values, oldest first, with :class:`Gap` values where records are
+    missing."""
+    for t in ([tid] if tid is not None else thread_order(tf)):
+        yield from ThreadStream(tf, t)
+
+
+def joined(stream: Iterator[Piece | Gap]) -> np.ndarray:
+    """The branches of a stream of pieces, in one array (for tests and small traces)."""
+    parts = [p.branches for p in stream if isinstance(p, Piece)]
+    return np.concatenate(parts) if parts else np.zeros(0, BRANCH_DTYPE)
