@@ -104,3 +104,42 @@ def test_collapsed_threads_are_prefixed():
     trace = make_trace([], threads={3: [call(("main", 0x10), "f")],
                                     4: [(K.COND, at("g", 0), at("g", 8))]})
     assert render(collapsed, trace) == "thread 3;main 1\nthread 4;g 1\n"
+
+
+def tail_calls():
+    """main calls f, f tail-calls g (a jump to g's first byte: g takes f's frame), g
+    tail-calls h, h returns to main; then main calls f again: f's frames end exactly
+    where the next ones start."""
+    rows = []
+    for _ in range(3):
+        rows += [call(("main", 0x10), "f"), (K.JUMP, at("f", 0x20), at("g")),
+                 (K.JUMP, at("g", 0x30), at("h")), ret(("h", 0x10), ("main", 0x10)),
+                 (K.COND, at("main", 0x20), at("main", 0x8))]
+    return rows
+
+
+def test_perfetto_siblings_and_children_nest_in_floating_point():
+    """speedscope's importer (and a browser) read ts and dur as doubles and add them:
+    the end of a call must be <= the start of the next sibling and of its parent's end
+    exactly, with no tolerance (decimal microseconds failed: 5022.72 + 62.72 =
+    5085.4400000000005)."""
+    for k in range(200):
+        span = 0.000_997 * (k + 1) + 0.000_000_013 * k      # odd nanosecond spans
+        doc = json.loads(render(perfetto, make_trace(tail_calls(), start=1_700_000_000.0 + k,
+                                                     end=1_700_000_000.0 + k + span)))
+        calls = [e for e in doc["traceEvents"] if e["ph"] == "X"]
+        assert [e["name"] for e in calls if e["args"]["depth"] == 1] == ["f", "g", "h"] * 3
+        stack: list[tuple[float, float]] = []       # (ts, end) of the open parents
+        prev_end: dict[int, float] = {}             # depth -> end of the last sibling
+        for e in calls:
+            depth, ts, end = e["args"]["depth"], e["ts"], e["ts"] + e["dur"]
+            del stack[depth:]
+            assert ts >= prev_end.get(depth, 0.0), (k, e)        # after its sibling
+            if stack:
+                assert stack[-1][0] <= ts and end <= stack[-1][1], (k, e)  # inside
+            for d in [d for d in prev_end if d > depth]:
+                del prev_end[d]
+            prev_end[depth] = end
+            stack.append((ts, end))
+            # the value written is exactly a multiple of 1/1024 us
+            assert float(ts * 1024).is_integer() and float(e["dur"] * 1024).is_integer()

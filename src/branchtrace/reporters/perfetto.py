@@ -4,12 +4,15 @@ One complete event (``"ph": "X"``) per call, that is per frame of the rebuilt ca
 stacks, on one track per thread, in microseconds from the start of the trace. The
 branches carry no time: each branch's time comes from :meth:`Trace.times` (spread over
 the chunk it was recorded in), so durations are estimates, proportional to branches
-taken within a chunk. Gaps are instant events. The layout::
+taken within a chunk. Gaps are instant events. Times are multiples of 1/1024 us written
+exactly (analysis/timeline.py), so ``ts + dur`` in a reader's floating point is the
+end meant, and a call that ends where the next starts never seems to overlap it. The
+layout::
 
     {"traceEvents": [
       {"name": "process_name", "ph": "M", "pid": P, "args": {"name": "fib"}},
       {"name": "thread_name", "ph": "M", "pid": P, "tid": T, "args": {"name": "fib 123"}},
-      {"name": "main", "cat": "function", "ph": "X", "ts": 0.000, "dur": 812.345,
+      {"name": "main", "cat": "function", "ph": "X", "ts": 0, "dur": 812.3447265625,
        "pid": P, "tid": T, "args": {"depth": 0}},
       ...],
      "displayTimeUnit": "ns",
@@ -28,14 +31,10 @@ from typing import IO
 import numpy as np
 
 from ..analysis import CodeReader, FunctionIndex, Timeline, call_trace
+from ..analysis.timeline import micros_text
 from ..trace import Trace
 from .history import gap_text
 from .base import pick_threads
-
-
-def _micros(ns: np.ndarray) -> list[str]:
-    """Integer nanoseconds as microsecond strings with three decimals (exact)."""
-    return [f"{v // 1000}.{v % 1000:03d}" for v in ns.tolist()]
 
 
 def render(trace: Trace, out: IO[str], *, tid: int | None = None) -> None:
@@ -56,14 +55,14 @@ def render(trace: Trace, out: IO[str], *, tid: int | None = None) -> None:
         timeline = Timeline(trace, t)
         note = timeline.note
         order = np.lexsort((ct.frame_depth, ct.frame_open))
-        begin = np.rint(timeline.at(ct.frame_open[order] // 2) * 1000).astype(np.int64)
-        end = np.rint(timeline.at(ct.frame_close[order] // 2) * 1000).astype(np.int64)
+        begin = timeline.ticks(ct.frame_open[order] // 2)
+        end = timeline.ticks(ct.frame_close[order] // 2)
         names: dict[int, str] = {}
         head = f', "pid": {pid}, "tid": {t}, "args": {{"depth": '
         buf: list[str] = []
         for key, depth, ts, dur in zip(ct.frame_function[order].tolist(),
-                                       ct.frame_depth[order].tolist(), _micros(begin),
-                                       _micros(end - begin)):
+                                       ct.frame_depth[order].tolist(), micros_text(begin),
+                                       micros_text(end - begin)):
             name = names.get(key)
             if name is None:
                 name = names[key] = json.dumps(functions.name(key))
@@ -74,8 +73,7 @@ def render(trace: Trace, out: IO[str], *, tid: int | None = None) -> None:
                 buf.clear()
         out.write("".join(buf))
         if ct.gaps:
-            at = _micros(np.rint(timeline.at(np.array([g.index for g in ct.gaps])) * 1000)
-                         .astype(np.int64))
+            at = micros_text(timeline.ticks(np.array([g.index for g in ct.gaps])))
             for g, ts in zip(ct.gaps, at):
                 out.write(",\n" + json.dumps({"name": gap_text(g), "cat": "gap", "ph": "i",
                                               "s": "t", "pid": pid, "tid": t})[:-1]

@@ -3,7 +3,8 @@
 One ``evented`` profile per thread (schema:
 https://www.speedscope.app/file-format-schema.json): an open (``O``) event when a
 frame of the rebuilt call stack starts and a close (``C``) event when it ends, at times
-in microseconds from the start of the trace (estimated as for :mod:`.perfetto`).
+in microseconds from the start of the trace (estimated as for :mod:`.perfetto`, and
+like it exact multiples of 1/1024 us).
 Frames are shared between the profiles: one per function, with its source file and
 line when the binary has DWARF. Events are ordered so that every close matches the
 frame on top of speedscope's stack: by position in the trace, closes before opens,
@@ -20,6 +21,7 @@ import numpy as np
 
 from .._version import __version__
 from ..analysis import CodeReader, FunctionIndex, Timeline, call_trace
+from ..analysis.timeline import TICKS_PER_US, micros_text, ticks
 from ..trace import Trace
 from .base import pick_threads
 
@@ -49,12 +51,13 @@ def render(trace: Trace, out: IO[str], *, tid: int | None = None) -> None:
             if f is None:
                 f = frame_of[key] = len(frame_of)
             frames.append(f)
-        at = np.rint(timeline.at(pos[order] // 2) * 1000).astype(np.int64).tolist()
+        at = micros_text(timeline.ticks(pos[order] // 2))
         kinds = ["O" if o else "C" for o in is_open[order].tolist()]
-        events = ",\n".join(f'{{"type": "{k}", "frame": {f}, "at": {a / 1000:.3f}}}'
+        events = ",\n".join(f'{{"type": "{k}", "frame": {f}, "at": {a}}}'
                             for k, f, a in zip(kinds, frames, at))
         head = {"type": "evented", "name": f"{program} thread {t}", "unit": "microseconds",
-                "startValue": 0, "endValue": round(timeline.end, 3)}
+                "startValue": 0,
+                "endValue": int(ticks(np.array([timeline.end_ns]))[0]) / TICKS_PER_US}
         profiles.append(json.dumps(head)[:-1] + ', "events": [\n' + events + "]}")
     functions.locate()
     shared: list[dict[str, Any]] = []
