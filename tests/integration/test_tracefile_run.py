@@ -198,3 +198,42 @@ def test_block_id_traces_round_trip_through_a_file(build, tmp_path, mode):
     memory = record(Target(argv=(str(exe), str(n))), RecordConfig(backend="stalker", mode=mode))
     assert kinds_inside(memory, memory.pid, "work") == expected_work(n)
     assert trace.lost.get(trace.pid, 0) == 0
+
+
+_MAXRSS = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
+           "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, r.returncode)")
+
+
+def test_a_stream_without_a_file_keeps_only_what_the_report_shows(build, tmp_path):
+    """`run --mode stream` without -o: ~90M branches went through memory, and the run
+    kept every one of them (2.3 GB peak; a longer run died of MemoryError, exit 70,
+    and the program's status was lost). It keeps the last --last N per thread: the
+    peak stays near the store's size. The report still counts every branch."""
+    need_backend("stalker")
+    exe = build("loop")
+    n = 20_000_000
+    probe = subprocess.run(
+        [sys.executable, "-c", _MAXRSS, sys.executable, "-m", "branchtrace", "run",
+         "--backend", "stalker", "--mode", "stream", "--report", "always",
+         "--report-to", str(tmp_path / "report.txt"), "--last", "4", "--", str(exe), str(n)],
+        capture_output=True, text=True, timeout=600)
+    peak_kb, rc = map(int, probe.stdout.split())
+    assert rc == 0, probe.stderr
+    report = (tmp_path / "report.txt").read_text()
+    recorded = int(report.split(" branches recorded")[0].rsplit(" ", 1)[1])
+    assert recorded > 4 * n                       # every branch went through memory
+    assert report.count("=>") == 4
+    # 17 bytes a branch would be 1.5 GB; the store, the decoder and Python fit in 700 MB
+    assert peak_kb < 700 * 1024, f"peak RSS {peak_kb} KB for {recorded} branches"
+
+
+def test_a_report_that_cannot_be_written_leaves_the_programs_status(build, tmp_path):
+    """The report goes to /dev/full: writing it fails after the program ran. One line
+    says so, and branchtrace exits with the program's status (it exited 2 before)."""
+    need_backend("stalker")
+    result = cli("run", "--backend", "stalker", "--report", "always", "--report-to", "/dev/full",
+                 "--", "/bin/sh", "-c", "exit 3")
+    assert result.returncode == 3, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines == ["branchtrace: the report could not be made: cannot write the report to "
+                     "/dev/full: No space left on device"], lines

@@ -12,7 +12,7 @@ import time
 from types import FrameType
 from typing import IO, TYPE_CHECKING, Any
 
-from ..errors import UsageError
+from ..errors import BranchtraceError, UsageError
 from ..reporters.base import check_output
 from ..store.sizes import format_bytes, parse_byte_size, parse_size
 
@@ -227,10 +227,10 @@ def _record_and_report(args: argparse.Namespace, target: Target, config: RecordC
         progress = ProgressLine(sys.stderr)
     try:
         try:
-            # with a file, memory holds only what the report shows; the file has everything
+            # memory holds only what the report shows (a file, if any, has everything):
+            # a stream without a file would otherwise keep every branch of the run
             trace = record(target, config, on_start=on_start, output=output,
-                           keep=args.last if output is not None else None, listener=progress,
-                           chosen=choice)
+                           keep=args.last, listener=progress, chosen=choice)
         finally:
             if progress is not None:
                 progress.finish()
@@ -238,7 +238,14 @@ def _record_and_report(args: argparse.Namespace, target: Target, config: RecordC
         show = args.report == "always" or (args.report == "crash" and ex.status == "signaled") \
             or (args.report != "never" and ex.status == "detached")
         if show:
-            _write_report(trace, args)
+            try:
+                _write_report(trace, args)
+            except BrokenPipeError:
+                raise
+            except (MemoryError, BranchtraceError, OSError, ValueError) as err:
+                # the program's status matters more than our report: say why, in a line
+                print(f"branchtrace: the report could not be made: {_why(err)}",
+                      file=sys.stderr)
     finally:
         # only now: a second Ctrl-C while we detach or report is the program's (it
         # kills it; the backend reports that), never a KeyboardInterrupt of ours
@@ -247,3 +254,9 @@ def _record_and_report(args: argparse.Namespace, target: Target, config: RecordC
     if ex.status == "detached":
         return 130 if interrupted else 0
     return ex.shell_status
+
+
+def _why(err: BaseException) -> str:
+    if isinstance(err, MemoryError):
+        return "out of memory"
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
