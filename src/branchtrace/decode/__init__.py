@@ -110,6 +110,18 @@ class Carry:
         self.last = None
 
 
+def taken_pairs(first: np.ndarray, second: np.ndarray, blocks: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Which of the id pairs ``first[k] -> second[k]`` are taken branches (by the rules
+    of :func:`decode_blocks`), as (their indices ``k``, their branches)."""
+    table = _Table(blocks)
+    seq = np.empty(2 * len(first), np.uint32)
+    seq[0::2], seq[1::2] = first, second
+    at = table.taken(seq)
+    at = at[at % 2 == 0]                  # pair k is seq[2k] -> seq[2k + 1]
+    return at // 2, table.fill(seq, at, None)
+
+
 def table_columns(blocks: np.ndarray
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The block table's columns (start, end, last, kind, flags) as the compiled decoder

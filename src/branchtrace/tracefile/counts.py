@@ -1,0 +1,132 @@
+"""How often each distinct branch was taken, per thread, in one pass over a trace file.
+
+Statistics (branches by kind, the hottest functions and edges) are functions of the
+*edge table*: each distinct (from_ip, to_ip, kind) with its count. This module makes it
+without decoding the trace into memory: block-id chunks are decompressed one at a time
+and their consecutive id pairs counted (decode/pairs.py); only the distinct pairs are
+decoded at the end. From/to chunks (ptrace) are counted with ``np.unique`` per chunk.
+Memory grows with the distinct edges, never with the branches.
+
+The counts are those of the branches :func:`~.load.open_trace` gives (the same pairing
+across chunk edges, none across a missing or corrupt chunk): a test checks it on
+recorded files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import zstandard
+
+from ..decode import taken_pairs
+from ..decode.pairs import PairCounter
+from ..model import BranchKind
+from ..store import RECORD_DTYPES, Encoding
+from .holes import select
+from .reader import Chunk, TraceFile
+
+#: One row per distinct branch of a thread.
+EDGE_COUNT_DTYPE = np.dtype([("from_ip", "<u8"), ("to_ip", "<u8"), ("kind", "u1"),
+                             ("count", "<u8")])
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadCounts:
+    tid: int
+    branches: int            # taken branches (the sum of the counts)
+    edges: np.ndarray        # EDGE_COUNT_DTYPE, sorted by (from_ip, to_ip, kind)
+    corrupt: int             # chunks that did not decompress (their records are missing)
+
+
+def count_thread(tf: TraceFile, tid: int, compiled: bool = True) -> ThreadCounts:
+    """The edge table of thread ``tid`` of ``tf``."""
+    kept = next((t.kept for t in tf.threads if t.tid == tid), None)
+    chunks, holes = select(tf.chunks.get(tid, []), kept)
+    dctx = zstandard.ZstdDecompressor()
+    dtype = RECORD_DTYPES[tf.encoding]
+    blockid = tf.encoding == Encoding.BLOCKID and tf.blocks is not None
+    pairs = PairCounter(compiled) if blockid else None
+    parts: list[np.ndarray] = []
+    corrupt = 0
+    h = 0
+    for c in chunks:
+        if h < len(holes) and holes[h].start <= c.head.first_index:
+            while h < len(holes) and holes[h].start <= c.head.first_index:
+                h += 1
+            if pairs is not None:
+                pairs.cut()
+        raw = _records(dctx, c, dtype)
+        if raw is None:
+            corrupt += 1
+            if pairs is not None:
+                pairs.cut()
+            continue
+        if pairs is not None:
+            pairs.feed(raw)
+        elif tf.encoding == Encoding.FROMTO:
+            parts.append(_unique(raw["from_ip"], raw["to_ip"], raw["kind"],
+                                 np.ones(len(raw), np.uint64)))
+            if len(parts) >= 64:
+                parts = [_merge(parts)]
+    if pairs is not None:
+        assert tf.blocks is not None
+        edges = _decode_pairs(*pairs.result(), tf.blocks)
+    else:
+        edges = _merge(parts) if parts else np.zeros(0, EDGE_COUNT_DTYPE)
+    bad = edges["kind"] > max(BranchKind)
+    if bad.any():                                 # as open_trace shows them: OTHER
+        edges["kind"][bad] = BranchKind.OTHER
+        edges = _merge([edges])
+    return ThreadCounts(tid, int(edges["count"].sum()), edges, corrupt)
+
+
+def _records(dctx: zstandard.ZstdDecompressor, c: Chunk, dtype: np.dtype) -> np.ndarray | None:
+    size = c.head.count * dtype.itemsize
+    buf = bytearray(size)
+    view = memoryview(buf)
+    try:
+        with dctx.stream_reader(c.body, read_across_frames=False) as reader:
+            got = 0
+            while got < size:
+                k = reader.readinto(view[got:])
+                if not k:
+                    return None
+                got += k
+    except zstandard.ZstdError:
+        return None
+    return np.frombuffer(buf, dtype)
+
+
+def _decode_pairs(first: np.ndarray, second: np.ndarray, counts: np.ndarray,
+                  blocks: np.ndarray) -> np.ndarray:
+    """The distinct id pairs that are taken branches, as edges with their counts."""
+    index, branches = taken_pairs(first, second, blocks)
+    return _unique(branches["from_ip"], branches["to_ip"], branches["kind"], counts[index])
+
+
+def _unique(from_ip: np.ndarray, to_ip: np.ndarray, kind: np.ndarray,
+            counts: np.ndarray) -> np.ndarray:
+    """Rows with equal (from, to, kind) summed, sorted."""
+    if len(from_ip) == 0:
+        return np.zeros(0, EDGE_COUNT_DTYPE)
+    order = np.lexsort((kind, to_ip, from_ip))
+    f, t, k, n = from_ip[order], to_ip[order], kind[order], counts[order]
+    new = np.concatenate(([True], (f[1:] != f[:-1]) | (t[1:] != t[:-1]) | (k[1:] != k[:-1])))
+    starts = np.flatnonzero(new)
+    out = np.zeros(len(starts), EDGE_COUNT_DTYPE)
+    out["from_ip"], out["to_ip"], out["kind"] = f[starts], t[starts], k[starts]
+    out["count"] = np.add.reduceat(n.astype(np.uint64), starts)
+    return out
+
+
+def _merge(parts: list[np.ndarray]) -> np.ndarray:
+    rows = np.concatenate(parts)
+    return _unique(rows["from_ip"], rows["to_ip"], rows["kind"], rows["count"])
+
+
+def edges_of(branches: np.ndarray) -> np.ndarray:
+    """The edge table of a branch array in memory (what :func:`count_thread` gives for
+    a thread of a file)."""
+    return _unique(branches["from_ip"], branches["to_ip"], branches["kind"],
+                   np.ones(len(branches), np.uint64))
