@@ -23,9 +23,10 @@ if not StalkerBackend().probe().available:
 OURS = ("frida", "libpthread.so", "libm.so", "librt.so", "libdl.so")
 
 
-def _record(exe: Path, tmp_path: Path, expect: str) -> tuple[list[str], dict, bytes]:
+def _record(exe: Path, tmp_path: Path, expect: str,
+            argv: tuple[str, ...] = ()) -> tuple[list[str], dict, bytes]:
     trace_file, js, drcov = tmp_path / "t.bt", tmp_path / "c.json", tmp_path / "c.drcov"
-    run = cli("run", "--backend", "stalker", "-o", str(trace_file), "--", str(exe))
+    run = cli("run", "--backend", "stalker", "-o", str(trace_file), "--", *(argv or (str(exe),)))
     assert run.returncode == 0, run.stderr
     assert expect in run.stdout
     paths = [m.path for m in open_trace(trace_file).modules]
@@ -57,3 +58,19 @@ def test_a_library_the_program_dlopens_itself_is_the_programs(build, tmp_path):
     assert libm and libm[0]["blocks"], "cos() ran: its blocks are recorded"
     assert b"libm.so" in drcov.split(b"BB Table")[0]
     assert not [p for p in paths if "frida" in p], paths
+
+
+def test_after_an_exec_the_new_image_has_none_of_ours_either(build, tmp_path):
+    """Each image an exec brings gets its own before/after snapshot (Host._attach): /bin/sh
+    (dash, libc only) execs the plain program; neither image shows Frida's libraries."""
+    exe = build("rel_plain_exit")
+    paths, cov, drcov = _record(exe, tmp_path, "plain", ("/bin/sh", "-c", f"exec {exe}"))
+    assert str(exe) in paths and any(p.endswith("libc.so.6") for p in paths), paths
+    assert not [p for p in paths if any(o in p for o in OURS)], paths
+    covered = [m["path"] for m in cov["modules"]]
+    assert str(exe) in covered, covered                 # the new image was recorded
+    assert not [p for p in covered if any(o in p for o in OURS)], covered
+    assert cov["summary"]["unmapped_blocks"] == 0
+    header = drcov.split(b"BB Table")[0]
+    for o in OURS:
+        assert o.encode() not in header, header.decode(errors="replace")
