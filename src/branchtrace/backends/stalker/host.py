@@ -29,7 +29,8 @@ from ...symbols import merge_modules, modules_from_maps, read_maps
 from .agent_code import agent_options, agent_source, has_avx512, has_bmi2
 from .check import CheckCounters, enabled
 from .execs import ExecCatcher, ExecFollowing
-from .launch import Attaching, Launcher, attach, check_attachable, continue_if_stopped
+from .launch import (Attaching, Launcher, attach, check_attachable, continue_if_stopped,
+                     mapped_paths)
 
 #: Signals that Frida's exception types stand for.
 _SIGNAL_OF_EXCEPTION = {
@@ -84,6 +85,10 @@ class Host(ExecFollowing):
         self.notes: list[str] = []
         self.notes.extend(option_notes)
         self.modules: list[ModuleMap] = []
+        #: modules only Frida's agent loaded (mapped by the attach, not before): left out
+        #: of the module map, their code unrecorded, unless the program dlopens them
+        self.ours: set[str] = set()
+        self._claimed: set[str] = set()
         self.crash: Crash | None = None
         self.exit_code: int | None = None     # reported by the agent (attach mode)
         self._lock = threading.Lock()
@@ -140,6 +145,7 @@ class Host(ExecFollowing):
         """Frida's session on ``pid`` (taken from ``attaching`` when given)."""
         import frida
 
+        before = attaching.before if attaching is not None else mapped_paths(pid)
         try:
             if attaching is not None:
                 self._device, self._session = attaching.result()
@@ -158,6 +164,9 @@ class Host(ExecFollowing):
             if type(err).__module__.startswith(("frida", "_frida")):
                 raise TargetError(f"cannot trace pid {pid}: {err}") from None
             raise
+        if before is not None:   # what the attach mapped is ours (ours.js)
+            self.ours = (mapped_paths(pid) or set()) - before
+            self._claimed = set()
         generation = self._generation
         self._session.on("detached",
                          lambda reason, crash: self._on_detached(reason, crash, generation))
@@ -181,7 +190,7 @@ class Host(ExecFollowing):
             "capacity": self.store.capacity, "chunk": self.store.chunk_records,
             "mode": int(self.store.mode), "hostPid": os.getpid(), "bmi2": has_bmi2(),
             "avx512": has_avx512(),
-            "only": list(self.only), "slots": slots,
+            "only": list(self.only), "slots": slots, "ours": sorted(self.ours),
             "entry": entry, "started": self._launcher is not None,
             "checkPath": str(self.check.path) if self.check is not None else None,
             **self.options,
@@ -264,6 +273,10 @@ class Host(ExecFollowing):
                     pass
         elif kind == "modules":
             self._refresh_modules()
+        elif kind == "claim":  # the program dlopened a library Frida's agent had loaded
+            with self._lock:
+                self._claimed.add(str(payload.get("path", "")))
+            self._refresh_modules()
         elif kind == "note":  # the agent's warning (the AVX-512 fix could not be applied)
             self.notes.append(str(payload.get("text", "")))
         elif kind == "exec":
@@ -327,8 +340,9 @@ class Host(ExecFollowing):
             maps = read_maps(self.pid)
         except TargetError:
             return
-        mods = modules_from_maps(maps)
         with self._lock:
+            mods = [m for m in modules_from_maps(maps)
+                    if m.path not in self.ours or m.path in self._claimed]
             self.modules = merge_modules(self.modules, mods)
 
     def _wait_child(self, launcher: Launcher) -> None:

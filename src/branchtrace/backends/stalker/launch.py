@@ -166,6 +166,16 @@ class Launcher:
         self.ended.set()
 
 
+def mapped_paths(pid: int) -> set[str] | None:
+    """The files of ``pid``'s modules now (None: its maps cannot be read)."""
+    from ...symbols.maps import modules_from_maps, read_maps
+
+    try:
+        return {m.path for m in modules_from_maps(read_maps(pid))}
+    except TargetError:
+        return None
+
+
 class Attaching:
     """Frida's attach to ``pid``, on a thread of its own: ``device.attach`` waits about
     0.1 s while Frida's agent loads in the target, without holding the GIL, so the
@@ -176,6 +186,8 @@ class Attaching:
         import frida
 
         self.pid = pid
+        #: the program's modules before Frida's agent is injected (host.Host.ours)
+        self.before = mapped_paths(pid)
         self.device: Any = frida.get_local_device()
         self._session: Any = None
         self._error: BaseException | None = None

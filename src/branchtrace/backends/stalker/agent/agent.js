@@ -1,6 +1,6 @@
 /*
- * branchtrace Stalker agent, part 1 of 4 (agent_code.py concatenates agent.js,
- * signals.js, crash.js and detach.js into one script): follows every thread of the target with Stalker and a
+ * branchtrace Stalker agent, part 1 of 5 (agent_code.py concatenates agent.js,
+ * signals.js, crash.js, detach.js and ours.js into one script): follows every thread of the target with Stalker and a
  * CModule transform (recorder.h, emit.c, signals.c, recorder.c) that makes each block
  * append its id to the thread's region of the shared store. The host
  * (backends/stalker/host.py) drives it through rpc.exports and answers its slot
@@ -27,7 +27,8 @@ const PAGE = 4096;
 const CFG = { table: 0, blocks: 8, capacity: 16, ranges: 24, nranges: 32, bmi2: 36,
               abort: 40, hostPid: 44, modules: 48, isTool: 56, threads: 64,
               signals: 72, hostStat: 80, interrupted: 88, inSigint: 92, enter: 96,
-              restorer: 104, marker: 112, ntools: 116, tools: 120, size: 128 };
+              restorer: 104, marker: 112, ntools: 116, tools: 120, ours: 128, nours: 136,
+              size: 144 };
 const TOOL_SLOTS = 256;
 /* BtXstate field offsets (xstate.c: the AVX-512 fix of Frida's epilog helpers) */
 const XS = { avx512: 0, learned: 4, patched: 24, failed: 28, size: 48 };
@@ -593,6 +594,7 @@ rpc.exports = {
         noteTool(tid);
     cfg.add(CFG.signals).writePointer(signals);
     const matched = p.only.length > 0 ? restrictTo(p.only) : [];
+    excludeOurModules(p.ours);   // ours.js
     libc.sigaction = fn('sigaction', 'int', ['int', 'pointer', 'pointer']);
     if (p.started)   // a program we started: in our process group, Ctrl-C hits it too
       standInForSigint();

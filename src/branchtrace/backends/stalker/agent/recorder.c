@@ -82,6 +82,13 @@ bt_in_ranges (guint64 address)
 static gboolean
 bt_is_tool (BtThread * t, guint64 address)
 {
+  guint32 i;
+
+  for (i = 0; i < bt_config.nours; i++)
+  {
+    if (address >= bt_config.ours[2 * i] && address < bt_config.ours[2 * i + 1])
+      return TRUE;    /* a library only Frida's agent loaded: its code is Frida's */
+  }
   if (bt_config.modules != NULL && gum_module_map_find (bt_config.modules, address) != NULL)
     return FALSE;
   if (t != NULL && t->shares_tls)

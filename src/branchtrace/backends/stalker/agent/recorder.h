@@ -144,6 +144,10 @@ struct _BtConfig
   guint32 marker;            /* 112 the disp32 of the NOP that ends each block's body */
   volatile guint32 ntools;   /* 116 tids in `tools` */
   volatile guint32 * tools;  /* 120 BT_TOOL_SLOTS tids of Frida's own threads (agent.js) */
+  guint64 * ours;            /* 128 [start, end) pairs: modules only Frida's agent loaded
+                              *     (agent.js, excludeOurModules); [0, 0): given back */
+  volatile guint32 nours;    /* 136 */
+  guint32 reserved3;         /* 140 */
 };
 
 #define BT_TOOL_SLOTS 256
