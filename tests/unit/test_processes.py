@@ -1,0 +1,78 @@
+"""Several processes in one trace: Trace.processes, process_of, for_pid, and files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from branchtrace.errors import UsageError
+from branchtrace.model import BRANCH_DTYPE, BranchKind, ExitInfo, Gap, ModuleMap, ProcessInfo
+from branchtrace.trace import Trace
+
+PARENT_MODS = (ModuleMap("/bin/sh", 0x5000, 0x9000, 0x5000),)
+# the child exec'd another program whose maps cover the same addresses
+CHILD_MODS = (ModuleMap("/bin/true", 0x5000, 0x9000, 0x4000),
+              ModuleMap("/lib/libc.so.6", 0x7f00_0000, 0x7f10_0000, 0x7f00_0000))
+
+
+def arr(*pairs: tuple[int, int]) -> np.ndarray:
+    out = np.zeros(len(pairs), BRANCH_DTYPE)
+    for i, (a, b) in enumerate(pairs):
+        out[i] = (a, b, int(BranchKind.CALL))
+    return out
+
+
+def two_processes() -> Trace:
+    parent = ProcessInfo(10, 0, ("sh", "-c", "x"), ExitInfo("exited", code=0), PARENT_MODS,
+                         (10, 11), 1_000_000_000, 3_000_000_000)
+    child = ProcessInfo(20, 10, ("/bin/true",), ExitInfo("signaled", signal=11, fault_pc=0x5010,
+                                                          tid=20),
+                        CHILD_MODS, (20,), 1_500_000_000, 2_000_000_000)
+    return Trace(backend="ptrace", mode="stream", argv=parent.argv, pid=10, exit=parent.exit,
+                 modules=list(PARENT_MODS),
+                 threads={10: arr((0x5001, 0x5002)), 11: arr((0x5003, 0x5004), (1, 2)),
+                          20: arr((0x5005, 0x5006), (3, 4), (5, 6))},
+                 gaps=[Gap(11, 0, 3, "ring"), Gap(20, 1, 5, "ring")],
+                 written={10: 1, 11: 5, 20: 8}, lost={11: 3, 20: 5},
+                 notes=["shared", "pid 20: executed /bin/true", "pid 10: something"],
+                 start_time=1.0, end_time=3.0, processes=[parent, child])
+
+
+def test_one_process_is_built_from_the_old_fields() -> None:
+    t = Trace(backend="ptrace", mode="ring", argv=("a",), pid=5, exit=ExitInfo("exited", 0),
+              modules=list(PARENT_MODS), threads={5: arr((1, 2)), 6: arr()})
+    assert len(t.processes) == 1
+    p = t.processes[0]
+    assert (p.pid, p.ppid, p.argv, p.threads, p.modules) == (5, 0, ("a",), (5, 6), PARENT_MODS)
+    assert t.for_pid(5) is t
+    assert t.process_of(6).pid == 5
+    assert t.process_of(999).pid == 5     # a thread nobody lists: the first process's
+
+
+def test_process_of_and_for_pid() -> None:
+    t = two_processes()
+    assert t.pids == [10, 20]
+    assert t.process_of(11).pid == 10 and t.process_of(20).pid == 20
+    child = t.for_pid(20)
+    assert list(child.threads) == [20] and child.total() == 3
+    assert child.exit.signal == 11 and child.argv == ("/bin/true",) and child.pid == 20
+    assert [g.tid for g in child.gaps] == [20] and child.lost == {20: 5}
+    assert child.notes == ["shared", "pid 20: executed /bin/true"]
+    assert child.start_time == 1.5 and child.end_time == 2.0
+    assert [p.pid for p in child.processes] == [20]
+    parent = t.for_pid(10)
+    assert list(parent.threads) == [10, 11] and parent.total() == 3
+    assert parent.notes == ["shared", "pid 10: something"]
+
+
+def test_each_process_symbolizes_with_its_own_modules() -> None:
+    t = two_processes()
+    assert t.for_pid(10).symbolizer.describe(0x5010).module == "/bin/sh"
+    assert t.for_pid(20).symbolizer.describe(0x5010).module == "/bin/true"
+
+
+def test_unknown_pid_is_a_one_line_usage_error() -> None:
+    with pytest.raises(UsageError, match=r"^no process 7 in this trace \(its processes: 10, 20\)$"):
+        two_processes().for_pid(7)
