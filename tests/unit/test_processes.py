@@ -76,3 +76,75 @@ def test_each_process_symbolizes_with_its_own_modules() -> None:
 def test_unknown_pid_is_a_one_line_usage_error() -> None:
     with pytest.raises(UsageError, match=r"^no process 7 in this trace \(its processes: 10, 20\)$"):
         two_processes().for_pid(7)
+
+
+# ---- trace files ---------------------------------------------------------------------
+
+def test_file_round_trip_keeps_the_processes(tmp_path: Path) -> None:
+    from branchtrace.tracefile import open_trace, save
+
+    t = two_processes()
+    save(t, tmp_path / "t.btrace")
+    back = open_trace(tmp_path / "t.btrace")
+    assert back.pids == [10, 20]
+    assert back.processes[0].exit == ExitInfo("exited", code=0)
+    assert back.processes[1] == t.processes[1]
+    assert back.processes[0].threads == (10, 11) and back.processes[0].modules == PARENT_MODS
+    assert back.modules == list(PARENT_MODS) and back.argv == ("sh", "-c", "x")
+    child = back.for_pid(20)
+    assert child.total() == 3 and child.symbolizer.describe(0x5010).module == "/bin/true"
+    assert back.for_pid(10).total() == 3
+
+
+def test_a_file_without_process_records_is_one_process(tmp_path: Path) -> None:
+    """What every file written before processes were recorded looks like."""
+    from branchtrace.tracefile import open_trace, save, scan
+
+    t = Trace(backend="ptrace", mode="ring", argv=("a", "b"), pid=5,
+              exit=ExitInfo("exited", code=3), modules=list(PARENT_MODS),
+              threads={5: arr((1, 2)), 6: arr((3, 4))})
+    save(t, tmp_path / "old.btrace")
+    assert scan(tmp_path / "old.btrace").processes == {}
+    back = open_trace(tmp_path / "old.btrace")
+    assert len(back.processes) == 1
+    p = back.processes[0]
+    assert (p.pid, p.ppid, p.argv, p.threads, p.exit.code) == (5, 0, ("a", "b"), (5, 6), 3)
+    assert back.for_pid(5) is back
+
+
+def test_old_payloads_without_pid_fields_still_decode() -> None:
+    from branchtrace.tracefile.format import ModuleInfo, ThreadInfo
+
+    old_thread = ThreadInfo(7, 1, 2, 3, 4, pid=99).encode()[:-4]
+    assert ThreadInfo.decode(old_thread) == ThreadInfo(7, 1, 2, 3, 4, 0)
+    old_module = ModuleInfo(1, 2, 3, "/x", "ab", (), pid=99).encode()[:-4]
+    assert ModuleInfo.decode(old_module).pid == 0
+
+
+def test_a_cut_short_file_keeps_the_processes_known_so_far(tmp_path: Path) -> None:
+    from branchtrace.tracefile import TraceWriter, open_trace
+    from branchtrace.tracefile.format import FileHeader
+
+    t = two_processes()
+    path = tmp_path / "cut.btrace"
+    from branchtrace.store import FROMTO_DTYPE
+    w = TraceWriter.create(path, FileHeader(1, 2, FROMTO_DTYPE.itemsize, 1024, 0, 0, 10**18, "ptrace", "test",
+                                            ("sh",)))
+    from branchtrace.store import FROMTO_DTYPE
+    for tid, branches in t.threads.items():
+        raw = np.zeros(len(branches), FROMTO_DTYPE)
+        for name in ("from_ip", "to_ip", "kind"):
+            raw[name] = branches[name]
+        w.write_chunk(tid, raw, 10**18, 10**18 + 1)
+    running = ProcessInfo(10, 0, ("sh",), ExitInfo("running"), (), (10, 11))
+    w.write_process(running)
+    w.write_process(t.processes[1])
+    for m in CHILD_MODS:
+        w.write_module(m, 20)
+    w.close()                                   # no END: cut short
+    back = open_trace(path)
+    assert back.truncated and back.pids == [10, 20]
+    assert back.processes[0].exit.status == "unknown"
+    assert back.processes[1].exit.signal == 11
+    assert back.for_pid(20).total() == 3 and back.for_pid(10).total() == 3
+    assert back.for_pid(20).modules == list(CHILD_MODS)
