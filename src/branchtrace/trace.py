@@ -51,6 +51,7 @@ class Trace:
     #: the first process's. Read one process with :meth:`for_pid`.
     processes: list[ProcessInfo] = field(default_factory=list)
     _symbolizer: Symbolizer | None = field(default=None, repr=False)
+    _views: dict[int, Trace] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.processes:
@@ -87,16 +88,17 @@ class Trace:
     def for_pid(self, pid: int) -> Trace:
         """The trace of one process: its threads, modules (its symbolizer: another
         process's maps may cover the same addresses), exit, gaps and notes (those that
-        name another process, ``"pid N: ..."``, are left out). ``self`` when it is the
-        only process."""
+        name another process, ``"pid N: ..."``, are left out). Its start and end times
+        stay the whole trace's (one clock for every process's timeline; the process's
+        own are in its :class:`ProcessInfo`). ``self`` when it is the only process."""
         process = self.process(pid)
         if len(self.processes) == 1:
             return self
+        if pid in self._views:       # one view per process: its symbolizer is built once
+            return self._views[pid]
         tids = self.tids_of(pid)
         others = tuple(f"pid {p.pid}:" for p in self.processes if p.pid != pid)
-        start = process.start_ns / 1e9 if process.start_ns else self.start_time
-        end = process.end_ns / 1e9 if process.end_ns else self.end_time
-        return Trace(
+        view = self._views[pid] = Trace(
             backend=self.backend, mode=self.mode, argv=process.argv, pid=pid,
             exit=process.exit,
             modules=list(process.modules or (self.modules if pid == self.pids[0] else ())),
@@ -105,11 +107,12 @@ class Trace:
             written={t: n for t, n in self.written.items() if t in tids},
             lost={t: n for t, n in self.lost.items() if t in tids},
             notes=[n for n in self.notes if not n.startswith(others)],
-            start_time=start, end_time=end, producer_waits=self.producer_waits,
+            start_time=self.start_time, end_time=self.end_time, producer_waits=self.producer_waits,
             capacity=self.capacity, truncated=self.truncated,
             chunk_times={t: c for t, c in self.chunk_times.items() if t in tids},
             processes=[process],
         )
+        return view
 
     def per_process(self) -> list[Trace]:
         """:meth:`for_pid` of every process, the first first."""

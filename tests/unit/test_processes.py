@@ -60,7 +60,7 @@ def test_process_of_and_for_pid() -> None:
     assert child.exit.signal == 11 and child.argv == ("/bin/true",) and child.pid == 20
     assert [g.tid for g in child.gaps] == [20] and child.lost == {20: 5}
     assert child.notes == ["shared", "pid 20: executed /bin/true"]
-    assert child.start_time == 1.5 and child.end_time == 2.0
+    assert child.start_time == 1.0 and child.processes[0].start_ns == 1_500_000_000
     assert [p.pid for p in child.processes] == [20]
     parent = t.for_pid(10)
     assert list(parent.threads) == [10, 11] and parent.total() == 3
