@@ -6,9 +6,9 @@ not the fall-through of the instruction it just ran, that instruction was a take
 All ptrace requests are made from the thread that created the :class:`Stepper`.
 
 Every process the target starts (fork, vfork, clone without ``CLONE_THREAD``,
-posix_spawn) is followed, with its threads and execs (:mod:`.procs`), unless
-``follow_children`` is off: then each is let go at its first stop and runs untraced,
-and a note counts them.
+posix_spawn) is followed, with its threads and execs (:mod:`.family`, :mod:`.procs`),
+unless ``follow_children`` is off: then each is let go at its first stop and runs
+untraced, and a note counts them.
 """
 
 from __future__ import annotations
@@ -19,37 +19,22 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
-from ...errors import MemoryLimitError, StoreError, TargetError
-from ...isa import NOT_A_BRANCH, Insn
+from ...errors import StoreError
+from ...isa import NOT_A_BRANCH
 from ...model import BranchKind, ExitInfo, Gap, ModuleMap, ProcessInfo
 from . import launch
 from ..linux import sys as pt
-from .procs import Proc, cmdline, status_field
+from .family import FREE, STEPPING, Family, Thread
+from .procs import Proc, cmdline
 from .signals import (FAULT_SIGNALS, GROUP_STOP_SIGNALS, SI_KERNEL, STEP_TRAP, Fault, bit,
                       caught_signals, pending_signals)
 
 if TYPE_CHECKING:
-    from ...store import Store, ThreadBuffer
+    from ...store import Store
 
 OPTIONS = (pt.PTRACE_O_TRACECLONE | pt.PTRACE_O_TRACEEXEC | pt.PTRACE_O_TRACEEXIT
            | pt.PTRACE_O_TRACESYSGOOD | pt.PTRACE_O_TRACEFORK | pt.PTRACE_O_TRACEVFORK)
 _NEW_CHILD = (pt.PTRACE_EVENT_FORK, pt.PTRACE_EVENT_VFORK, pt.PTRACE_EVENT_CLONE)
-
-# Thread modes
-FREE = 0       # running at full speed (before the start point)
-STEPPING = 1
-
-
-@dataclass(eq=False)
-class _Thread:
-    tid: int
-    mode: int
-    buf: ThreadBuffer | None
-    proc: Proc
-    insn: Insn | None = None          # the instruction the thread is about to run
-    lost: int = 0                     # branches we could not store (no buffer)
-    signal_from: int | None = None    # pc where a caught signal was delivered
-    running: bool = False             # resumed and not yet reported by waitpid
 
 
 @dataclass
@@ -62,14 +47,14 @@ class StepResult:
     processes: list[ProcessInfo] = field(default_factory=list)   # the first first
 
 
-class Stepper:
+class Stepper(Family):
     """Drives one traced process. Create it, then call :meth:`spawn` or :meth:`attach`,
     then :meth:`run`."""
 
     def __init__(self, store: Store, follow_children: bool = True) -> None:
         self.store = store
         self.pid = 0
-        self.threads: dict[int, _Thread] = {}
+        self.threads: dict[int, Thread] = {}
         self.order: list[int] = []
         self.procs: dict[int, Proc] = {}      # every process seen, the first first
         self.follow_children = follow_children
@@ -83,12 +68,6 @@ class Stepper:
         self._stop_requested = False
         self._user_interrupt = False
         self._owner = threading.get_ident()
-
-    @property
-    def modules(self) -> list[ModuleMap]:
-        """The first process's module maps."""
-        first = self.procs.get(self.pid)
-        return first.modules if first is not None else []
 
     # ---- setup -------------------------------------------------------------------
 
@@ -207,7 +186,7 @@ class Stepper:
         return StepResult(exit_info, self.modules, list(self.order), self.gaps, self.notes,
                           [p.info() for p in self.procs.values()])
 
-    def _record(self, t: _Thread, from_ip: int, to_ip: int, kind: int) -> None:
+    def _record(self, t: Thread, from_ip: int, to_ip: int, kind: int) -> None:
         buf = t.buf
         if buf is None:
             t.lost += 1
@@ -217,7 +196,7 @@ class Stepper:
         except StoreError:  # stream mode, gave up waiting for a free chunk: we are detaching
             t.lost += 1
 
-    def _is_program_int3(self, t: _Thread, pc: int) -> bool:
+    def _is_program_int3(self, t: Thread, pc: int) -> bool:
         """An int3 the program ran itself: give it its SIGTRAP, as it would get untraced."""
         info = pt.getsiginfo(t.tid)
         if info.si_code != SI_KERNEL:
@@ -226,7 +205,7 @@ class Stepper:
         self._resume(t, signal.SIGTRAP)
         return True
 
-    def _slow_path(self, tid: int, t: _Thread | None, status: int) -> None:
+    def _slow_path(self, tid: int, t: Thread | None, status: int) -> None:
         if os.WIFEXITED(status) or os.WIFSIGNALED(status):
             self._thread_gone(tid, status)
             return
@@ -257,66 +236,7 @@ class Stepper:
         else:
             self._signal(t, sig)
 
-    def _new_task(self, tid: int, parent: _Thread | None = None) -> _Thread | None:
-        """A thread or process we have not seen (from its parent's event, or from its
-        own first stop when that comes first): its thread, or None for a child process
-        we do not follow (let go at its first stop)."""
-        if tid in self.threads:
-            return self.threads[tid]
-        if tid in self._untraced:
-            self._let_go(tid, parent is None)
-            return None
-        tgid = status_field(tid, "Tgid") or tid
-        proc = self.procs.get(tgid)
-        if proc is None and tgid != tid and parent is not None:
-            proc = parent.proc              # /proc did not answer: a thread of the parent
-        if proc is None:
-            if not self.follow_children:
-                self._untraced.add(tid)
-                self._let_go(tid, parent is None)
-                return None
-            ppid = parent.proc.pid if parent is not None else (status_field(tid, "PPid") or 0)
-            up = self.procs.get(ppid)
-            proc = self.procs[tid] = Proc(
-                tid, ppid, up.argv if up is not None else cmdline(tid),
-                modules=list(up.modules) if up is not None else [],
-                breakpoint=up.breakpoint if up is not None else None,
-                started=up.started if up is not None else True)
-            try:
-                proc.open()
-            except TargetError as exc:   # its code cannot be decoded: kinds are 'other'
-                self.notes.append(f"pid {tid}: {exc}")
-            if not proc.modules:
-                self._snapshot_maps(proc)
-            self._tell_processes()
-        return self._add_thread(tid, STEPPING if proc.started else FREE, proc)
-
-    def _let_go(self, tid: int, stopped: bool) -> None:
-        """Detach a child we do not follow, at its first stop (it runs untraced)."""
-        if stopped:
-            try:
-                pt.ptrace(pt.PTRACE_DETACH, tid, 0, 0)
-            except OSError:
-                pass
-
-    def _exec(self, t: _Thread) -> None:
-        """The process of ``t`` executed a new image (``t`` is now its leader)."""
-        proc = t.proc
-        former = pt.geteventmsg(t.tid)      # the tid that called execve
-        if former != t.tid and former in self.threads:
-            self._drop(former)              # it became the leader, without an exit
-        proc.breakpoint = None
-        proc.argv = cmdline(proc.pid) or proc.argv
-        what = proc.argv[0] if proc.argv else "a new image"
-        self.notes.append(f"pid {proc.pid}: executed {what} (exec); "
-                          "branches before it belong to the old image")
-        proc.open()
-        self._snapshot_maps(proc, fresh=proc.pid != self.pid)
-        self._tell_processes()
-        t.insn = None
-        self._continue(t)
-
-    def _trap(self, t: _Thread) -> None:
+    def _trap(self, t: Thread) -> None:
         pc = pt.peekuser(t.tid, pt.RIP)
         bp = t.proc.breakpoint
         insns = t.proc.insns
@@ -337,7 +257,7 @@ class Stepper:
             t.insn = insns.get(pc)
         self._continue(t)
 
-    def _start_at_breakpoint(self, t: _Thread, bp: tuple[int, int]) -> None:
+    def _start_at_breakpoint(self, t: Thread, bp: tuple[int, int]) -> None:
         address, original = bp
         proc = t.proc
         pt.write_byte(t.tid, address, original)
@@ -359,7 +279,7 @@ class Stepper:
                         pass
         self._continue(t)
 
-    def _signal(self, t: _Thread, sig: int) -> None:
+    def _signal(self, t: Thread, sig: int) -> None:
         """A signal is about to be delivered to the thread: pass it on, as a debugger does."""
         if self._stop_requested and bit(sig) & self._swallow_mask():
             self._continue(t, inject=0)  # our own step trap, or the Ctrl-C meant for us
@@ -387,7 +307,7 @@ class Stepper:
             mask |= bit(signal.SIGINT)
         return mask
 
-    def _continue(self, t: _Thread, inject: int = 0, keep_stepping: bool = True) -> None:
+    def _continue(self, t: Thread, inject: int = 0, keep_stepping: bool = True) -> None:
         """Resume a stopped thread, or detach it when we are stopping."""
         if self._stop_requested:
             if inject == 0 and pending_signals(t.tid) & self._swallow_mask():
@@ -404,7 +324,7 @@ class Stepper:
             return
         self._resume(t, inject, step=keep_stepping and t.mode == STEPPING)
 
-    def _remove_breakpoint(self, t: _Thread) -> None:
+    def _remove_breakpoint(self, t: Thread) -> None:
         """Before the first detach: put back the byte our start-point int3 replaced, or
         the program would die of SIGTRAP when it got there untraced."""
         proc = t.proc
@@ -419,7 +339,7 @@ class Stepper:
         proc.detached_before_start = True
         proc.insns.invalidate()
 
-    def _resume(self, t: _Thread, inject: int = 0, step: bool | None = None) -> None:
+    def _resume(self, t: Thread, inject: int = 0, step: bool | None = None) -> None:
         if step is None:
             step = t.mode == STEPPING
         try:
@@ -429,62 +349,5 @@ class Stepper:
             if exc.errno != 3:  # ESRCH: it died under us; waitpid will tell
                 raise
 
-    def _thread_gone(self, tid: int, status: int) -> None:
-        proc = self.procs.get(tid)
-        if proc is not None:
-            if os.WIFEXITED(status):
-                proc.exit = ExitInfo("exited", code=os.WEXITSTATUS(status))
-            else:
-                sig = os.WTERMSIG(status)
-                fault = proc.faults.get(sig)
-                proc.exit = ExitInfo(
-                    "signaled", signal=sig,
-                    fault_address=fault.address if fault else None,
-                    fault_pc=fault.pc if fault else None,
-                    tid=fault.tid if fault else None,
-                    core_dumped=os.WCOREDUMP(status),
-                )
-            proc.ended()
-            self._drop(tid)
-            self._tell_processes()
-            return
-        self._drop(tid)
-
-    def _drop(self, tid: int) -> None:
-        t = self.threads.pop(tid, None)
-        if t is None:
-            return
-        t.proc.live.discard(tid)
-        if t.buf is not None:
-            self.store.mark_exited(tid)
-        if t.lost:
-            self.gaps.append(Gap(tid, 0, t.lost, "no buffer for this thread (memory limit)"))
-
     # ---- helpers -------------------------------------------------------------------------
 
-    def _add_thread(self, tid: int, mode: int, proc: Proc) -> _Thread:
-        buf: ThreadBuffer | None
-        try:
-            buf = self.store.add_thread(tid, should_abort=lambda: self._stop_requested)
-        except MemoryLimitError as exc:
-            buf = None
-            self.notes.append(f"thread {tid} is not recorded: {exc}")
-        t = _Thread(tid, mode, buf, proc)
-        self.threads[tid] = t
-        if tid not in self.order:
-            self.order.append(tid)
-        if tid not in proc.order:
-            proc.order.append(tid)
-        proc.live.add(tid)
-        return t
-
-    def _snapshot_maps(self, proc: Proc, fresh: bool = False) -> None:
-        if proc.snapshot_maps(fresh):
-            if proc.pid == self.pid and self.on_modules is not None:
-                self.on_modules(proc.modules)
-            elif proc.pid != self.pid:
-                self._tell_processes()
-
-    def _tell_processes(self) -> None:
-        if self.on_processes is not None and len(self.procs) > 1:
-            self.on_processes([p.live_info() for p in self.procs.values()])
