@@ -148,3 +148,34 @@ def test_a_cut_short_file_keeps_the_processes_known_so_far(tmp_path: Path) -> No
     assert back.processes[1].exit.signal == 11
     assert back.for_pid(20).total() == 3 and back.for_pid(10).total() == 3
     assert back.for_pid(20).modules == list(CHILD_MODS)
+
+
+# ---- coverage over several processes ---------------------------------------------------
+
+def test_coverage_union_adds_up_a_file_loaded_at_different_addresses() -> None:
+    from branchtrace.analysis.coverage import BLOCK_DTYPE, EDGE_DTYPE, Coverage
+    from branchtrace.analysis.coverage_union import union
+
+    def cov(base: int, blocks: list[tuple[int, int, int]], edges: list[tuple[int, int, int]],
+            extra: tuple[ModuleMap, ...] = ()) -> Coverage:
+        mods = extra + (ModuleMap("/bin/prog", base, base + 0x1000, base, "ab"),)
+        b = np.zeros(len(blocks), BLOCK_DTYPE)
+        for i, (s, e, h) in enumerate(blocks):
+            b[i] = (base + s, base + e, h, len(extra))
+        ed = np.zeros(len(edges), EDGE_DTYPE)
+        for i, (f, t, h) in enumerate(edges):
+            ed[i] = (base + f, base + t, int(BranchKind.CALL), h, len(extra), len(extra))
+        return Coverage(mods, b, ed, branches=5, runs=3, dropped_runs=1, unknown_lengths=0,
+                        notes=("n",))
+
+    lib = ModuleMap("/lib/other.so", 0x9000_0000, 0x9000_1000, 0x9000_0000)
+    a = cov(0x5000_0000, [(0x10, 0x20, 2)], [(0x1f, 0x40, 2)])
+    b = cov(0x7000_0000, [(0x18, 0x30, 3)], [(0x1f, 0x40, 1), (0x2f, 0x10, 4)], (lib,))
+    u = union([a, b])
+    assert [m.path for m in u.modules] == ["/bin/prog", "/lib/other.so"]
+    base = 0x5000_0000          # the first mapping of the file seen
+    assert [(int(x["start"]) - base, int(x["end"]) - base, int(x["hits"]), int(x["module"]))
+            for x in u.blocks] == [(0x10, 0x18, 2, 0), (0x18, 0x20, 5, 0), (0x20, 0x30, 3, 0)]
+    assert [(int(e["from_ip"]) - base, int(e["to_ip"]) - base, int(e["hits"]))
+            for e in u.edges] == [(0x1f, 0x40, 3), (0x2f, 0x10, 4)]
+    assert (u.branches, u.runs, u.dropped_runs, u.notes) == (10, 6, 2, ("n",))
