@@ -51,7 +51,8 @@ class Trace:
     #: the first process's. Read one process with :meth:`for_pid`.
     processes: list[ProcessInfo] = field(default_factory=list)
     _symbolizer: Symbolizer | None = field(default=None, repr=False)
-    _views: dict[int, Trace] = field(default_factory=dict, repr=False, compare=False)
+    _views: dict[int, Trace] = field(default_factory=dict, init=False, repr=False,
+                                     compare=False)
 
     def __post_init__(self) -> None:
         if not self.processes:

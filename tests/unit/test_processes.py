@@ -179,3 +179,29 @@ def test_coverage_union_adds_up_a_file_loaded_at_different_addresses() -> None:
     assert [(int(e["from_ip"]) - base, int(e["to_ip"]) - base, int(e["hits"]))
             for e in u.edges] == [(0x1f, 0x40, 3), (0x2f, 0x10, 4)]
     assert (u.branches, u.runs, u.dropped_runs, u.notes) == (10, 6, 2, ("n",))
+
+
+# ---- crash reports over several processes ----------------------------------------------
+
+def test_a_report_for_every_process_that_died_of_a_signal() -> None:
+    import io
+    import json
+
+    from branchtrace.reporters.crash import render_all, to_report
+
+    t = two_processes()
+    assert [r.pid for r in to_report(t, first=False)] == [20]
+    assert [r.pid for r in to_report(t, first=True)] == [10, 20]
+    out = io.StringIO()
+    render_all(to_report(t, first=True), out, last=2)
+    text = out.getvalue()
+    assert "branchtrace: sh -c x (pid 10) exited with status 0\n" in text
+    assert "branchtrace: /bin/true (pid 20) was killed by SIGSEGV (Segmentation fault)\n" in text
+    assert text.index("(pid 10)") < text.index("(pid 20)")
+    out = io.StringIO()
+    render_all(to_report(t, first=True), out, fmt="json")
+    assert [r["pid"] for r in json.loads(out.getvalue())["reports"]] == [10, 20]
+    # none died: the first process's report, as for one process
+    calm = Trace(backend="ptrace", mode="ring", argv=("a",), pid=5,
+                 exit=ExitInfo("exited", code=0), modules=[], threads={5: arr((1, 2))})
+    assert [r.pid for r in to_report(calm, first=False)] == [5]

@@ -3,6 +3,7 @@
 The report `branchtrace run` prints when the program dies of a signal, from a file.
 With several processes: the report of every process that died of a signal, each headed
 with its pid and argv (the first process's when none did); --pid PID for one process.
+JSON: one report, or {"reports": [...]} when several processes died of a signal.
 
 Example: branchtrace crash crash.btrace --last 8
 """
