@@ -258,3 +258,46 @@ def test_a_shell_and_the_programs_it_runs(tmp_path):
         paths = {os.path.realpath(m.path) for m in view.modules}
         assert os.path.realpath(p.argv[0]) in paths
         assert os.path.realpath(shutil.which("sh") or "/bin/sh") not in paths
+
+
+@pytest.mark.backend("ptrace")
+def test_a_file_cut_short_keeps_the_processes_known_so_far(tmp_path):
+    """branchtrace killed (SIGKILL) once the file names a child: the file reads, cut
+    short, with the processes written so far, each with its own modules; the program
+    finishes untraced."""
+    import signal
+    import sys
+    import time
+
+    from branchtrace.tracefile import scan
+
+    path, out = tmp_path / "cut.btrace", tmp_path / "out.txt"
+    with open(out, "wb") as sink:
+        bt = subprocess.Popen([sys.executable, "-m", "branchtrace", "run", "--backend", "ptrace",
+                               "--mode", "stream", "--buffer", "4096", "-o", str(path), "--",
+                               "sh", "-c", "/bin/true; /bin/echo hi"],
+                              stdout=sink, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline and bt.poll() is None:
+                if path.exists() and len(scan(path).processes) >= 2:
+                    break
+                time.sleep(0.2)
+            assert bt.poll() is None, "the run ended before the file named a child"
+            bt.send_signal(signal.SIGKILL)
+            bt.wait()
+        finally:
+            if bt.poll() is None:
+                bt.kill()
+                bt.wait()
+    deadline = time.monotonic() + 300          # the program goes on, untraced, to its end
+    while time.monotonic() < deadline and out.read_bytes() != b"hi\n":
+        time.sleep(0.2)
+    assert out.read_bytes() == b"hi\n"
+    trace = open_trace(path)
+    assert trace.truncated and len(trace.processes) >= 2
+    first, child = trace.processes[0], trace.processes[1]
+    assert first.argv == ("sh", "-c", "/bin/true; /bin/echo hi") and first.ppid == 0
+    assert child.ppid == first.pid and child.argv in {("/bin/true",), ("/bin/echo", "hi")}
+    paths = {os.path.realpath(m.path) for m in trace.for_pid(child.pid).modules}
+    assert os.path.realpath(child.argv[0]) in paths
