@@ -66,19 +66,25 @@ class Family:
         first = self.procs.get(self.pid)
         return first.modules if first is not None else []
 
-    def _new_task(self, tid: int, parent: Thread | None = None) -> Thread | None:
-        """A thread or process we have not seen (from its parent's event, or from its
-        own first stop when that comes first): its thread, or None for a child process
-        we do not follow (let go at its first stop)."""
+    def _new_task(self, tid: int, parent: Thread | None = None,
+                  event: int = 0) -> Thread | None:
+        """A thread or process we have not seen, from its parent's ``event`` (fork,
+        vfork, clone) or from its own first stop when that comes first (no parent): its
+        thread, or None for a child process we do not follow (let go at its first
+        stop)."""
         if tid in self.threads:
             return self.threads[tid]
         if tid in self._untraced:
             self._let_go(tid, parent is None)
             return None
-        tgid = status_field(tid, "Tgid") or tid
-        proc = self.procs.get(tgid)
-        if proc is None and tgid != tid and parent is not None:
-            proc = parent.proc              # /proc did not answer: a thread of the parent
+        if event in (pt.PTRACE_EVENT_FORK, pt.PTRACE_EVENT_VFORK):
+            proc = None                     # a new process, whatever /proc says
+        else:                               # clone: a thread, or a process (no CLONE_THREAD)
+            tgid = status_field(tid, "Tgid")
+            if tgid is None and parent is not None:
+                proc = parent.proc          # /proc did not answer: most clones are threads
+            else:
+                proc = self.procs.get(tgid or tid)
         if proc is None:
             if not self.follow_children:
                 self._untraced.add(tid)

@@ -218,7 +218,7 @@ class Stepper(Family):
         sig = os.WSTOPSIG(status)
         event = status >> 16
         if event in _NEW_CHILD:
-            self._new_task(pt.geteventmsg(tid), t)
+            self._new_task(pt.geteventmsg(tid), t, event)
             self._continue(t)
         elif event == pt.PTRACE_EVENT_EXEC:
             self._exec(t)
