@@ -301,3 +301,57 @@ def test_a_file_cut_short_keeps_the_processes_known_so_far(tmp_path):
     assert child.ppid == first.pid and child.argv in {("/bin/true",), ("/bin/echo", "hi")}
     paths = {os.path.realpath(m.path) for m in trace.for_pid(child.pid).modules}
     assert os.path.realpath(child.argv[0]) in paths
+
+
+@pytest.mark.backend("ptrace")
+def test_ctrl_c_lets_every_traced_child_go_on(build, tmp_path):
+    """Attached to a shell that then starts a program (a traced child, being stepped),
+    Ctrl-C detaches both: neither is left stopped or traced, and both finish."""
+    import signal
+    import sys
+    import time
+
+    from procs import proc_status, wait_for_status
+
+    sleeper = build("sleeper")
+    fifo, out, said = tmp_path / "go", tmp_path / "finished", tmp_path / "said"
+    os.mkfifo(fifo)
+    with open(said, "wb") as sink:
+        sh = subprocess.Popen(["sh", "-c", f"read x < {fifo}; {sleeper} {out} 20; echo done"],
+                              stdout=sink)
+    bt = subprocess.Popen([sys.executable, "-m", "branchtrace", "attach", "--backend", "ptrace",
+                           "--report", "never", str(sh.pid)],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for_status(sh.pid, lambda s: s["TracerPid"] != "0", "traced")
+        with open(fifo, "w") as go:
+            go.write("go\n")
+        child = 0
+
+        def traced_child(_: dict[str, str]) -> bool:
+            nonlocal child
+            for d in Path("/proc").iterdir():
+                s = proc_status(int(d.name)) if d.name.isdigit() else {}
+                if s.get("PPid") == str(sh.pid) and s.get("TracerPid", "0") != "0":
+                    child = int(d.name)
+                    return True
+            return False
+
+        wait_for_status(sh.pid, traced_child, "the parent of a traced child")
+        bt.send_signal(signal.SIGINT)
+        assert bt.wait(timeout=120) == 130, bt.stderr.read() if bt.stderr else ""
+        for pid in (sh.pid, child):
+            deadline = time.monotonic() + 60
+            while (status := proc_status(pid)) and status["TracerPid"] != "0":
+                assert time.monotonic() < deadline, f"pid {pid} still traced"
+                time.sleep(0.01)
+            # (the child may be gone already: it ran to its end)
+            assert not status or status["State"][0] not in "tT", \
+                f"pid {pid} left stopped: {status['State']}"
+        assert sh.wait(timeout=300) == 0
+        assert out.read_text().startswith("finished") and said.read_text() == "done\n"
+    finally:
+        for p in (bt, sh):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
