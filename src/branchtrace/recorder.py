@@ -28,7 +28,7 @@ from .backends import (
 )
 from .decode import concat, decode
 from .errors import StoreError
-from .model import Gap, ModuleMap
+from .model import Gap, ModuleMap, ProcessInfo
 from .store import (
     RECORD_DTYPES,
     Encoding,
@@ -52,6 +52,7 @@ class RecordConfig:
     start: str | None = None
     duration: float | None = None
     only: tuple[str, ...] = ()       # stalker: report only branches from or into these modules
+    follow_children: bool = True    # trace every process the target starts
 
 
 def parse_mode(mode: str) -> StoreMode:
@@ -103,8 +104,13 @@ class _Collector:
         # live(first_id) -> (block rows, modules): the backend hands over its block table
         # and module maps while the program runs, and the file gets them as it goes.
         self.live = backend.live
+        # (a backend written before processes were recorded has no live_processes)
+        self.live_processes: Callable[[], list[ProcessInfo]] = getattr(
+            backend, "live_processes", list)
         self.blocks_written = 0                       # table rows already in the file
-        self.modules_written: set[tuple[str, int, int]] = set()
+        # (pid, path, start, end); pid 0: the first process
+        self.modules_written: set[tuple[int, str, int, int]] = set()
+        self.processes_written: dict[int, ProcessInfo] = {}
         self.live_ns = 0                              # when live() was last asked
         # BLOCKID makes at most one branch per record: keep a margin of records
         self.keep = None if keep is None else 4 * keep + 64
@@ -125,6 +131,7 @@ class _Collector:
                     self.live_ns = now
                     rows, modules = self.live(self.blocks_written)
                     self.write_meta(rows, modules)
+                    self.write_processes(self.live_processes())
                 self.writer.write_chunk(tid, records, first, now)
             except OSError as err:
                 self.error = err
@@ -154,11 +161,28 @@ class _Collector:
         if rows is not None and len(rows):
             self.writer.write_blocks(rows, self.blocks_written)
             self.blocks_written += len(rows)
+        self.write_modules(modules, 0)
+
+    def write_modules(self, modules: list[ModuleMap] | tuple[ModuleMap, ...], pid: int) -> None:
+        """The modules of process ``pid`` (0: the first) the file does not have yet."""
+        assert self.writer is not None
         for module in modules:
-            key = (module.path, module.start, module.end)
+            key = (pid, module.path, module.start, module.end)
             if key not in self.modules_written:
-                self.writer.write_module(module)
+                self.writer.write_module(module, pid)
                 self.modules_written.add(key)
+
+    def write_processes(self, processes: list[ProcessInfo]) -> None:
+        """PROCESS records (and modules) of the processes that are new or changed, when
+        there are several; the first process's modules go without a pid."""
+        assert self.writer is not None
+        if len(processes) < 2 and not self.processes_written:
+            return
+        for k, process in enumerate(processes):
+            if self.processes_written.get(process.pid) != process:
+                self.writer.write_process(process)
+                self.processes_written[process.pid] = process
+            self.write_modules(process.modules, 0 if k == 0 else process.pid)
 
     def dropped(self, tid: int) -> int:
         """Records of ``tid`` taken but no longer held in memory."""
@@ -219,7 +243,8 @@ def _record(target: Target, config: RecordConfig, choice: Choice,
                 if sconfig.mode == StoreMode.STREAM:
                     consumer = StreamConsumer(store, sink.take)
                     consumer.start()
-                result = backend.record(target, store, RecordOptions(config.start, config.duration, config.only))
+                result = backend.record(target, store, RecordOptions(
+                    config.start, config.duration, config.only, config.follow_children))
             finally:
                 backend.release()
                 if consumer is not None:
@@ -267,6 +292,7 @@ def _record(target: Target, config: RecordConfig, choice: Choice,
         notes=result.notes, start_time=start_ns / 10**9, end_time=end_ns / 10**9,
         producer_waits=sum(t.producer_waits for t in status.threads),
         capacity=sconfig.capacity_records, chunk_times=times,
+        processes=list(result.processes),
     )
 
 
@@ -287,6 +313,9 @@ def _finish_file(writer: TraceWriter, sink: _Collector, result: RunResult, gaps:
             raise sink.error
         blocks = result.blocks
         sink.write_meta(None if blocks is None else blocks[sink.blocks_written:], result.modules)
+        sink.write_processes(result.processes)
+        owner = {tid: p.pid for p in result.processes for tid in p.threads} \
+            if len(result.processes) > 1 else {}
         for gap in gaps:
             writer.write_gap(gap)
         for note in result.notes:
@@ -294,7 +323,7 @@ def _finish_file(writer: TraceWriter, sink: _Collector, result: RunResult, gaps:
         for tid in dict.fromkeys([*result.threads, *writer.kept]):
             kept = writer.kept.get(tid, 0)
             writer.write_thread(ThreadInfo(tid, kept, written.get(tid, kept), lost.get(tid, 0),
-                                           waits.get(tid, 0)))
+                                           waits.get(tid, 0), owner.get(tid, 0)))
         writer.finish(end_info(result.exit, pid, end_ns))
     except OSError as err:
         writer.close()

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 
-from .model import BRANCH_DTYPE, Branch, ExitInfo, Gap, ModuleMap, branches_of
+from .errors import UsageError
+from .model import BRANCH_DTYPE, Branch, ExitInfo, Gap, ModuleMap, ProcessInfo, branches_of
 
 #: When the branches of a thread were recorded, chunk by chunk: branches
 #: ``index .. index + count - 1`` were produced between ``first_ns`` and ``last_ns``
@@ -44,7 +45,79 @@ class Trace:
     #: missing): what it holds is readable, how the target ended is not known.
     truncated: bool = False
     chunk_times: dict[int, np.ndarray] = field(default_factory=dict)  # CHUNK_TIMES_DTYPE
+    #: every process traced, the first (``pid``) first. Never empty once built: a
+    #: backend or a file that gives none makes one from the fields above. ``threads``
+    #: holds the threads of all of them; ``exit``, ``argv`` and ``modules`` above are
+    #: the first process's. Read one process with :meth:`for_pid`.
+    processes: list[ProcessInfo] = field(default_factory=list)
     _symbolizer: Symbolizer | None = field(default=None, repr=False)
+    _views: dict[int, Trace] = field(default_factory=dict, init=False, repr=False,
+                                     compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.processes:
+            self.processes = [ProcessInfo(
+                self.pid, 0, tuple(self.argv), self.exit, tuple(self.modules),
+                tuple(self.threads), round(self.start_time * 1e9), round(self.end_time * 1e9))]
+
+    # ---- processes ---------------------------------------------------------------------
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.processes]
+
+    def process_of(self, tid: int) -> ProcessInfo:
+        """The process thread ``tid`` belongs to (a thread no process lists: the first,
+        as in a file from before processes were recorded)."""
+        for process in self.processes:
+            if tid in process.threads:
+                return process
+        return self.processes[0]
+
+    def process(self, pid: int) -> ProcessInfo:
+        """The process ``pid``; an unknown pid is a one-line :class:`UsageError`."""
+        for process in self.processes:
+            if process.pid == pid:
+                return process
+        raise UsageError(f"no process {pid} in this trace (its processes: "
+                         f"{', '.join(str(p) for p in self.pids)})")
+
+    def tids_of(self, pid: int) -> list[int]:
+        """The recorded threads of process ``pid``, in the trace's order."""
+        return [tid for tid in self.threads if self.process_of(tid).pid == pid]
+
+    def for_pid(self, pid: int) -> Trace:
+        """The trace of one process: its threads, modules (its symbolizer: another
+        process's maps may cover the same addresses), exit, gaps and notes (those that
+        name another process, ``"pid N: ..."``, are left out). Its start and end times
+        stay the whole trace's (one clock for every process's timeline; the process's
+        own are in its :class:`ProcessInfo`). ``self`` when it is the only process."""
+        process = self.process(pid)
+        if len(self.processes) == 1:
+            return self
+        if pid in self._views:       # one view per process: its symbolizer is built once
+            return self._views[pid]
+        tids = self.tids_of(pid)
+        others = tuple(f"pid {p.pid}:" for p in self.processes if p.pid != pid)
+        view = self._views[pid] = Trace(
+            backend=self.backend, mode=self.mode, argv=process.argv, pid=pid,
+            exit=process.exit,
+            modules=list(process.modules or (self.modules if pid == self.pids[0] else ())),
+            threads={t: self.threads[t] for t in tids},
+            gaps=[g for g in self.gaps if g.tid in tids],
+            written={t: n for t, n in self.written.items() if t in tids},
+            lost={t: n for t, n in self.lost.items() if t in tids},
+            notes=[n for n in self.notes if not n.startswith(others)],
+            start_time=self.start_time, end_time=self.end_time, producer_waits=self.producer_waits,
+            capacity=self.capacity, truncated=self.truncated,
+            chunk_times={t: c for t, c in self.chunk_times.items() if t in tids},
+            processes=[process],
+        )
+        return view
+
+    def per_process(self) -> list[Trace]:
+        """:meth:`for_pid` of every process, the first first."""
+        return [self.for_pid(p.pid) for p in self.processes]
 
     def branches(self, tid: int | None = None) -> np.ndarray:
         """The branches of one thread (default: the first one), oldest first."""

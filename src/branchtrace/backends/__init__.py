@@ -131,6 +131,11 @@ class Backend(Protocol):
         trace file cut short still decodes and symbolizes. Default: nothing known."""
         return None, []
 
+    def live_processes(self) -> list[ProcessInfo]:
+        """While a run goes on: the processes known so far (as :attr:`RunResult.processes`
+        will list them), so that a trace file cut short knows them. Default: none."""
+        return []
+
 
 # name -> "module:Class"; the order is the order of preference for "auto".
 _REGISTRY: dict[str, str] = {

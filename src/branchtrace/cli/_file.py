@@ -1,4 +1,11 @@
-"""What the commands that read a trace file share: FILE, --thread, -o, loading, warnings."""
+"""What the commands that read a trace file share: FILE, --pid, --thread, -o, loading,
+warnings.
+
+A trace may hold several processes (the program and the processes it started). Each
+process is read with its own module maps (after an exec, a process's addresses mean
+other code than its parent's): ``--pid PID`` reads one process, ``--thread TID`` reads
+the process of that thread; without them each command covers every process in the way
+its docstring says."""
 
 from __future__ import annotations
 
@@ -18,9 +25,27 @@ def add_file_arguments(p: argparse.ArgumentParser,
                        thread_help: str = "only this thread (default: every thread)") -> None:
     """FILE, --thread TID and -o/--output OUT ('-', the default, is stdout)."""
     p.add_argument("file", metavar="FILE", help="a trace file (branchtrace run -o FILE ...)")
+    add_pid_argument(p)
     p.add_argument("--thread", type=positive_int, metavar="TID", help=thread_help)
     p.add_argument("-o", "--output", default="-", metavar="OUT",
                    help="where to write ('-', the default: stdout)")
+
+
+def add_pid_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pid", type=positive_int, metavar="PID",
+                   help="only this process (default: every process; branchtrace stats "
+                        "lists them)")
+
+
+def select_process(trace: Trace, pid: int | None, tid: int | None = None) -> Trace:
+    """The trace of process ``pid`` (a one-line error naming the pids there are), or of
+    the process of thread ``tid``, or the whole trace."""
+    if pid is not None:
+        trace = trace.for_pid(pid)
+    elif tid is not None and len(trace.processes) > 1 and tid in trace.threads:
+        trace = trace.for_pid(trace.process_of(tid).pid)
+    pick_threads(trace, tid)
+    return trace
 
 
 def check_not_input(file: str, output: str) -> None:
@@ -30,14 +55,13 @@ def check_not_input(file: str, output: str) -> None:
 
 
 def load(args: argparse.Namespace) -> Trace:
-    """Check the output path, read the trace, check --thread: each a one-line error."""
+    """Check the output path, read the trace, select --pid or the process of --thread and
+    check them: each a one-line error."""
     check_output(args.output)
     check_not_input(args.file, args.output)
     from ..tracefile import open_trace
 
-    trace = open_trace(args.file)
-    pick_threads(trace, args.thread)
-    return trace
+    return select_process(open_trace(args.file), args.pid, args.thread)
 
 
 def warn(trace: Trace) -> None:
@@ -45,5 +69,9 @@ def warn(trace: Trace) -> None:
     if trace.truncated:
         print("branchtrace: warning: the trace file was cut short; it is read up to its "
               "last whole record", file=sys.stderr)
-    for warning in trace.symbolizer.warnings:
-        print(f"branchtrace: warning: {warning}", file=sys.stderr)
+    seen: set[str] = set()
+    for one in trace.per_process():
+        for warning in one.symbolizer.warnings:
+            if warning not in seen:
+                seen.add(warning)
+                print(f"branchtrace: warning: {warning}", file=sys.stderr)

@@ -109,6 +109,9 @@ def add_record_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--disable-randomization", action="store_true",
                    help="start the program with address-space randomization off (as GDB does), "
                         "so addresses repeat from run to run")
+    g.add_argument("--no-follow-children", dest="follow_children", action="store_false",
+                   help="trace only the program, not the processes it starts (fork, vfork, "
+                        "posix_spawn, ...): they run untraced, and a note says how many")
     r = p.add_argument_group("report")
     r.add_argument("--last", type=positive_int, default=16, metavar="N",
                    help="how many of the last branches to show (default 16)")
@@ -165,13 +168,13 @@ def _open_report(path: str | None) -> tuple[IO[str], bool]:
         raise UsageError(f"--report-to: cannot write {path}: {err.strerror or err}") from None
 
 
-def _write_report(trace: Trace, args: argparse.Namespace) -> None:
+def _write_report(traces: list[Trace], args: argparse.Namespace) -> None:
     from ..reporters import crash  # only when there is a report to write
 
     out, close = _open_report(args.report_to)
     try:
         try:
-            crash.render(trace, out, last=args.last, fmt=args.format)
+            crash.render_all(traces, out, last=args.last, fmt=args.format)
         finally:
             if close:
                 out.close()
@@ -199,7 +202,8 @@ def record_and_report(args: argparse.Namespace, target: Target, duration: float 
         only = tuple(name for name in args.only.split(",") if name)
         config = RecordConfig(backend=args.backend, mode=args.mode, buffer=args.buffer,
                               memory_limit=args.memory_limit, start=args.start,
-                              duration=duration, only=only)
+                              duration=duration, only=only,
+                              follow_children=args.follow_children)
         return _record_and_report(args, target, config, choice)
     finally:
         choice.backend.cancel_early()   # if the program was started but not recorded
@@ -235,11 +239,16 @@ def _record_and_report(args: argparse.Namespace, target: Target, config: RecordC
             if progress is not None:
                 progress.finish()
         ex = trace.exit
-        show = args.report == "always" or (args.report == "crash" and ex.status == "signaled") \
+        # the first process's report when asked or when it ended unusually; the report of
+        # every process that died of a signal (the exit status stays the first one's)
+        first = args.report == "always" or (args.report == "crash" and ex.status == "signaled") \
             or (args.report != "never" and ex.status == "detached")
-        if show:
+        if args.report != "never" and (first or any(
+                p.exit.status == "signaled" for p in trace.processes)):
+            from ..reporters.crash import to_report
+
             try:
-                _write_report(trace, args)
+                _write_report(to_report(trace, first=first), args)
             except BrokenPipeError:
                 raise
             except (MemoryError, BranchtraceError, OSError, ValueError) as err:

@@ -18,6 +18,10 @@ Formats:
          offsets are from the module's start (lowest mapped address); to_module -1
          means the target lies in no module and to_offset is its address
 
+With several processes: the union of what ran in each (each process read with its own
+modules; a file mapped by several processes is one module, hits added up); --pid PID
+for one process.
+
 A block ran when the trace shows control reaching it; code before a thread's first
 recorded branch is not seen (record with --start entry to see the whole program).
 Example: branchtrace coverage prog.btrace --format lcov -o prog.info && genhtml -o html prog.info
@@ -32,7 +36,7 @@ import sys
 from ..errors import UsageError
 from ..reporters.base import Options, check_output, write_report
 from ..reporters.table import COVERAGE_REPORTERS
-from ._file import check_not_input, warn
+from ._file import add_pid_argument, check_not_input, select_process, warn
 
 NAME = "coverage"
 FORMATS = tuple(COVERAGE_REPORTERS)
@@ -41,6 +45,7 @@ FORMATS = tuple(COVERAGE_REPORTERS)
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", metavar="FILE", help="a trace file (branchtrace run -o FILE ...)")
     p.add_argument("--format", required=True, choices=FORMATS, help="output format")
+    add_pid_argument(p)
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="where to write ('-' for stdout)")
     p.add_argument("--test-name", default="", metavar="NAME",
@@ -51,15 +56,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     # imported here: `branchtrace run` should not pay for the analysis
-    from ..analysis.coverage import compute
+    from ..analysis.coverage_union import compute_all
     if not re.fullmatch(r"\w*", args.test_name, re.ASCII):
         raise UsageError(f"--test-name: letters, digits and '_' only, not {args.test_name!r}")
     check_output(args.output)
     check_not_input(args.file, args.output)
     from ..tracefile import open_trace
 
-    trace = open_trace(args.file)
-    cov = compute(trace)
+    trace = select_process(open_trace(args.file), args.pid)
+    cov = compute_all(trace)
     warnings = list(cov.notes)
     lost = sum(g.count for g in trace.gaps)
     if lost:

@@ -1,6 +1,9 @@
 """Show the crash report of a trace file: how the program ended, its last branches.
 
 The report `branchtrace run` prints when the program dies of a signal, from a file.
+With several processes: the report of every process that died of a signal, each headed
+with its pid and argv (the first process's when none did); --pid PID for one process.
+JSON: one report, or {"reports": [...]} when several processes died of a signal.
 
 Example: branchtrace crash crash.btrace --last 8
 """
@@ -27,7 +30,8 @@ def main(args: argparse.Namespace) -> int:
     # imported here: `branchtrace run` should not pay for the reporters
     from ..reporters import crash
     trace = load(args)
-    write_to(args.output, lambda out: crash.render(trace, out, last=args.last, fmt=args.format,
-                                                   tid=args.thread))
+    reports = crash.to_report(trace, first=False)
+    write_to(args.output, lambda out: crash.render_all(reports, out, last=args.last,
+                                                       fmt=args.format, tid=args.thread))
     warn(trace)
     return 0

@@ -13,12 +13,17 @@ instruction run, numbered from 1, decoded (capstone) from the binaries on disk
 between one branch's target and the next branch's source.
   --source       /s  interleave the source lines (from DWARF)
 
+With several processes: each process's history after the other's, headed
+"process PID (parent PPID): ARGV", each symbolized with its own modules; --pid PID
+for one process.
+
 Example: branchtrace history fib.btrace --calls --lines --insn-ranges --last 20
 """
 
 from __future__ import annotations
 
 import argparse
+from typing import IO
 
 from ..errors import UsageError
 from ..reporters.base import write_to
@@ -56,13 +61,23 @@ def main(args: argparse.Namespace) -> int:
     if not args.insns and args.source:
         raise UsageError("--source goes with --insns")
     trace = load(args)
-    if args.insns:
-        write_to(args.output, lambda out: history.render_insns(
-            trace, out, tid=args.thread, last=args.last, source=args.source))
-    else:
-        write_to(args.output, lambda out: history.render_calls(
-            trace, out, tid=args.thread, last=args.last, indent=not args.no_indent,
-            insn_ranges=args.insn_ranges, lines=args.lines))
+    several = len(trace.processes) > 1
+
+    def render(out: IO[str]) -> None:
+        for one in trace.per_process():
+            if several:
+                p = one.processes[0]
+                out.write(f"process {p.pid} (parent {p.ppid or '-'}): "
+                          f"{' '.join(p.argv) or '?'}\n")
+            if args.insns:
+                history.render_insns(one, out, tid=args.thread, last=args.last,
+                                     source=args.source)
+            else:
+                history.render_calls(one, out, tid=args.thread, last=args.last,
+                                     indent=not args.no_indent, insn_ranges=args.insn_ranges,
+                                     lines=args.lines)
+
+    write_to(args.output, render)
     warn(trace)
     return 0
 

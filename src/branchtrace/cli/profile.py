@@ -7,6 +7,10 @@ Formats:
   collapsed   "a;b;c WEIGHT" lines for flamegraph.pl, weighted by the branches taken
               with that stack
 
+With several processes, each one's stacks (symbolized with its own modules): perfetto
+under its own pid, speedscope as its own profiles, collapsed stacks headed "PROGRAM
+PID"; --pid PID for one process.
+
 Branches carry no timestamps: times are spread evenly over the branches recorded
 between the trace's timestamps (per chunk in a trace file), so they are estimates.
 Example: branchtrace profile fib.btrace --format perfetto -o fib.json

@@ -3,6 +3,11 @@
 Records, threads, lost records, duration, branches by kind, and the hottest functions
 (by branches taken inside them) and edges (from => to, by count).
 
+With several processes (the program and those it started): a table of them (pid,
+parent, threads, branches, exit, argv), then statistics over all of them, perf-like:
+each process symbolized with its own modules, functions and edges merged by name.
+--pid PID for one process.
+
 Example: branchtrace stats fib.btrace --top 5
 """
 

@@ -2,12 +2,14 @@
 
 Each line is a call stack of the rebuilt call stacks, outermost first, and the number
 of branches taken while it was the stack (a function's own branches, not its callees').
-With several threads, each stack starts with ``thread TID``. Lines are sorted by stack;
+With several threads, each stack starts with ``thread TID``; with several processes,
+with ``PROGRAM PID`` (each process symbolized with its own modules). Lines are sorted by stack;
 ``;`` inside a name becomes ``:``.
 """
 
 from __future__ import annotations
 
+import os
 from typing import IO
 
 import numpy as np
@@ -60,7 +62,19 @@ def stack_weights(ct: CallTrace) -> dict[tuple[int, ...], int]:
 
 def render(trace: Trace, out: IO[str], *, tid: int | None = None) -> None:
     """Write the collapsed stacks of each thread (or of ``tid``) to ``out``."""
-    tids = pick_threads(trace, tid)
+    views = trace.per_process() if tid is None else [trace]
+    lines: list[str] = []
+    for view in views:
+        head = ""
+        if len(views) > 1:
+            name = os.path.basename(view.argv[0]) if view.argv else "?"
+            head = f"{name} {view.pid};".replace(";", ":")[:-1] + ";"
+        lines += _lines(view, pick_threads(view, tid), head)
+    lines.sort()
+    out.write("".join(lines))
+
+
+def _lines(trace: Trace, tids: list[int], head: str) -> list[str]:
     functions = FunctionIndex(trace.symbolizer)
     reader = CodeReader(trace.symbolizer)
     lines: list[str] = []
@@ -68,7 +82,7 @@ def render(trace: Trace, out: IO[str], *, tid: int | None = None) -> None:
     for t in tids:
         node_parent, node_func, weight = stack_tree(
             call_trace(trace, t, functions=functions, reader=reader))
-        prefix = f"thread {t};" if len(tids) > 1 else ""
+        prefix = head + (f"thread {t};" if len(tids) > 1 else "")
         text: list[str] = []                 # each node's stack, built from its parent's
         for up, key, w in zip(node_parent, node_func, weight):
             name = names.get(key)
@@ -77,5 +91,4 @@ def render(trace: Trace, out: IO[str], *, tid: int | None = None) -> None:
             text.append(f"{text[up]};{name}" if up >= 0 else prefix + name)
             if w:
                 lines.append(f"{text[-1]} {w}\n")
-    lines.sort()
-    out.write("".join(lines))
+    return lines

@@ -189,3 +189,34 @@ def render(trace: Trace, out: IO[str], *, last: int = 16, fmt: str = "text",
         write_json(doc, out)
     else:
         write_text(doc, out)
+
+
+def crashed(trace: Trace) -> list[Trace]:
+    """The processes of ``trace`` that died of a signal, each as its own trace."""
+    return [trace.for_pid(p.pid) for p in trace.processes if p.exit.status == "signaled"]
+
+
+def to_report(trace: Trace, *, first: bool = True) -> list[Trace]:
+    """What a crash report of ``trace`` covers: every process that died of a signal,
+    and the first process too when ``first`` (or when none died), first first."""
+    out = crashed(trace)
+    if (first or not out) and not any(t.pid == trace.processes[0].pid for t in out):
+        out.insert(0, trace.for_pid(trace.processes[0].pid))
+    return out
+
+
+def render_all(traces: list[Trace], out: IO[str], *, last: int = 16, fmt: str = "text",
+               tid: int | None = None) -> None:
+    """The reports of several processes: text one after the other, each headed with its
+    pid and argv; JSON one document, ``{"reports": [...]}`` when there are several."""
+    if len(traces) == 1:
+        render(traces[0], out, last=last, fmt=fmt, tid=tid)
+        return
+    docs = [build(t, last=last, tid=tid) for t in traces]
+    if fmt == "json":
+        write_json({"reports": docs}, out)
+        return
+    for k, doc in enumerate(docs):
+        if k:
+            out.write("\n")
+        write_text(doc, out)

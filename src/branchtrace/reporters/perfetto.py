@@ -38,15 +38,26 @@ from .base import pick_threads
 
 
 def render(trace: Trace, out: IO[str], *, tid: int | None = None) -> None:
-    """Write the call timeline of each thread (or of ``tid``) to ``out``."""
-    tids = pick_threads(trace, tid)
+    """Write the call timeline of each thread (or of ``tid``) to ``out``; with several
+    processes, each process (symbolized with its own modules) under its own pid."""
+    views = trace.per_process() if tid is None else [trace]
+    out.write('{"traceEvents": [\n')
+    note = ""
+    for k, view in enumerate(views):
+        note = _process(view, pick_threads(view, tid), out, k == 0) or note
+    other = {"program": " ".join(trace.argv), "backend": trace.backend, "mode": trace.mode,
+             "clock": note or "no threads"}
+    out.write('\n],\n"displayTimeUnit": "ns",\n"otherData": ' + json.dumps(other) + "}\n")
+
+
+def _process(trace: Trace, tids: list[int], out: IO[str], first: bool) -> str:
+    """The events of one process; the note of its timeline."""
     functions = FunctionIndex(trace.symbolizer)
     reader = CodeReader(trace.symbolizer)
     program = os.path.basename(trace.argv[0]) if trace.argv else f"pid {trace.pid}"
     pid = trace.pid
-    out.write('{"traceEvents": [\n')
-    out.write(json.dumps({"name": "process_name", "ph": "M", "pid": pid,
-                          "args": {"name": program}}))
+    out.write(("" if first else ",\n") + json.dumps({"name": "process_name", "ph": "M",
+                                                     "pid": pid, "args": {"name": program}}))
     note = ""
     for t in tids:
         out.write(",\n" + json.dumps({"name": "thread_name", "ph": "M", "pid": pid, "tid": t,
@@ -78,6 +89,4 @@ def render(trace: Trace, out: IO[str], *, tid: int | None = None) -> None:
                 out.write(",\n" + json.dumps({"name": gap_text(g), "cat": "gap", "ph": "i",
                                               "s": "t", "pid": pid, "tid": t})[:-1]
                           + f', "ts": {ts}}}')
-    other = {"program": " ".join(trace.argv), "backend": trace.backend, "mode": trace.mode,
-             "clock": note or "no threads"}
-    out.write('\n],\n"displayTimeUnit": "ns",\n"otherData": ' + json.dumps(other) + "}\n")
+    return note

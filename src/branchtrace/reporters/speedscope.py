@@ -8,7 +8,8 @@ like it exact multiples of 1/1024 us).
 Frames are shared between the profiles: one per function, with its source file and
 line when the binary has DWARF. Events are ordered so that every close matches the
 frame on top of speedscope's stack: by position in the trace, closes before opens,
-deeper closes first, shallower opens first.
+deeper closes first, shallower opens first. With several processes, one profile per
+thread of each, named with its process; each process's functions are its own frames.
 """
 
 from __future__ import annotations
@@ -30,11 +31,39 @@ SCHEMA = "https://www.speedscope.app/file-format-schema.json"
 
 def render(trace: Trace, out: IO[str], *, tid: int | None = None) -> None:
     """Write the evented profile of each thread (or of ``tid``) to ``out``."""
-    tids = pick_threads(trace, tid)
-    functions = FunctionIndex(trace.symbolizer)
-    reader = CodeReader(trace.symbolizer)
+    views = trace.per_process() if tid is None else [trace]
+    several = len(views) > 1
     program = os.path.basename(trace.argv[0]) if trace.argv else f"pid {trace.pid}"
-    frame_of: dict[int, int] = {}
+    frame_of: dict[tuple[int, int], int] = {}       # (process, function key) -> frame
+    indexes = [FunctionIndex(view.symbolizer) for view in views]
+    profiles: list[str] = []
+    for v, (view, functions) in enumerate(zip(views, indexes)):
+        reader = CodeReader(view.symbolizer)
+        name = program if not several else \
+            f"{os.path.basename(view.argv[0]) if view.argv else '?'} pid {view.pid}"
+        profiles += _profiles(view, pick_threads(view, tid), v, name, functions, reader,
+                              frame_of)
+    for functions in indexes:
+        functions.locate()
+    shared: list[dict[str, Any]] = []
+    for v, key in frame_of:                             # in frame index order
+        info = indexes[v].info(key)
+        frame: dict[str, Any] = {"name": info.name}
+        if info.file:
+            frame["file"] = info.file
+            if info.line:
+                frame["line"] = info.line
+        shared.append(frame)
+    out.write('{"$schema": ' + json.dumps(SCHEMA) + ",\n")
+    out.write('"shared": {"frames": [\n' + ",\n".join(json.dumps(f) for f in shared) + "]},\n")
+    out.write('"profiles": [\n' + ",\n".join(profiles) + "],\n")
+    out.write(f'"name": {json.dumps(program)}, "activeProfileIndex": 0, '
+              f'"exporter": "branchtrace {__version__}"}}\n')
+
+
+def _profiles(trace: Trace, tids: list[int], v: int, program: str, functions: FunctionIndex,
+              reader: CodeReader, frame_of: dict[tuple[int, int], int]) -> list[str]:
+    """The profiles of the threads of one process (number ``v``)."""
     profiles: list[str] = []
     for t in tids:
         ct = call_trace(trace, t, functions=functions, reader=reader)
@@ -47,9 +76,9 @@ def render(trace: Trace, out: IO[str], *, tid: int | None = None) -> None:
         keys = np.concatenate((ct.frame_function, ct.frame_function))[order].tolist()
         frames = []
         for key in keys:
-            f = frame_of.get(key)
+            f = frame_of.get((v, key))
             if f is None:
-                f = frame_of[key] = len(frame_of)
+                f = frame_of[(v, key)] = len(frame_of)
             frames.append(f)
         at = micros_text(timeline.ticks(pos[order] // 2))
         kinds = ["O" if o else "C" for o in is_open[order].tolist()]
@@ -59,18 +88,4 @@ def render(trace: Trace, out: IO[str], *, tid: int | None = None) -> None:
                 "startValue": 0,
                 "endValue": int(ticks(np.array([timeline.end_ns]))[0]) / TICKS_PER_US}
         profiles.append(json.dumps(head)[:-1] + ', "events": [\n' + events + "]}")
-    functions.locate()
-    shared: list[dict[str, Any]] = []
-    for key in frame_of:                                # in frame index order
-        info = functions.info(key)
-        frame: dict[str, Any] = {"name": info.name}
-        if info.file:
-            frame["file"] = info.file
-            if info.line:
-                frame["line"] = info.line
-        shared.append(frame)
-    out.write('{"$schema": ' + json.dumps(SCHEMA) + ",\n")
-    out.write('"shared": {"frames": [\n' + ",\n".join(json.dumps(f) for f in shared) + "]},\n")
-    out.write('"profiles": [\n' + ",\n".join(profiles) + "],\n")
-    out.write(f'"name": {json.dumps(program)}, "activeProfileIndex": 0, '
-              f'"exporter": "branchtrace {__version__}"}}\n')
+    return profiles

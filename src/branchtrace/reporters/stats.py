@@ -1,6 +1,11 @@
 """Statistics of a trace: records, threads, lost records, duration, branches by kind,
 and the hottest functions and edges.
 
+A trace of several processes gets a table of them (pid, parent, argv, exit, threads,
+branches), and statistics over all of them, perf-like: each process's branches are
+symbolized with that process's own modules, and functions and edges are merged by name
+(an edge by its kind and its two symbolized ends) across processes.
+
 :func:`build` gives the numbers as plain data (what ``--format json`` prints);
 :func:`render` writes them as text or JSON. Counting is numpy over the branch arrays.
 """
@@ -24,8 +29,67 @@ from ..trace import Trace
 from .base import pick_threads
 
 
+#: When processes are merged, each one contributes this many times ``top`` edges.
+_EDGES_PER_PROCESS = 16
+
+
 def build(trace: Trace, *, top: int = 10, tid: int | None = None) -> dict[str, Any]:
     """The statistics of ``trace`` (all threads, or ``tid``) as plain data."""
+    if len(trace.processes) > 1 and tid is None:
+        return _build_many(trace, top)
+    doc = _build_one(trace, top, tid, top)
+    doc["processes"] = [_process_row(trace, trace.processes[0].pid)]
+    return doc
+
+
+def _process_row(trace: Trace, pid: int) -> dict[str, Any]:
+    one = trace.for_pid(pid)
+    p = one.processes[0]
+    return {"pid": p.pid, "ppid": p.ppid, "argv": list(p.argv), "exit": _exit_text(one),
+            "threads": len(one.threads), "branches": one.total()}
+
+
+def _build_many(trace: Trace, top: int) -> dict[str, Any]:
+    """Statistics over every process, each symbolized with its own modules."""
+    parts = [_build_one(trace.for_pid(p.pid), 1 << 30, None, top * _EDGES_PER_PROCESS)
+             for p in trace.processes]
+    functions: dict[tuple[str, str | None], dict[str, Any]] = {}
+    edges: dict[tuple[str, str, str], dict[str, Any]] = {}
+    kinds: dict[str, int] = {}
+    threads = []
+    for part in parts:
+        threads += [dict(t, pid=part["pid"]) for t in part["threads"]]
+        for k, n in part["kinds"].items():
+            kinds[k] = kinds.get(k, 0) + n
+        for f in part["functions"]:
+            got = functions.setdefault((f["name"], f["module"]), dict(f, branches=0, calls=0))
+            got["branches"] += f["branches"]
+            got["calls"] += f["calls"]
+        for e in part["edges"]:
+            got = edges.setdefault((e["kind"], e["from_symbol"], e["to_symbol"]), dict(e, count=0))
+            got["count"] += e["count"]
+    total = sum(part["records"] for part in parts)
+    duration = max(0.0, trace.end_time - trace.start_time)
+    first = trace.for_pid(trace.processes[0].pid)
+    return {
+        "program": list(trace.argv), "pid": trace.pid, "backend": trace.backend,
+        "mode": trace.mode, "exit": _exit_text(first),
+        "records": total, "threads": threads,
+        "lost": sum(t["lost"] for t in threads),
+        "duration": duration,
+        "rate": total / duration if duration > 0 else None,
+        "kinds": {k: kinds[k] for k in sorted(kinds, key=lambda k: BranchKind.from_label(k))},
+        "functions": sorted(functions.values(),
+                            key=lambda f: (-f["branches"], f["name"], f["module"] or ""))[:top],
+        "edges": sorted(edges.values(),
+                        key=lambda e: (-e["count"], e["from_symbol"], e["to_symbol"]))[:top],
+        "truncated": bool(trace.truncated),
+        "notes": list(trace.notes),
+        "processes": [_process_row(trace, p.pid) for p in trace.processes],
+    }
+
+
+def _build_one(trace: Trace, top: int, tid: int | None, top_edges: int) -> dict[str, Any]:
     tids = pick_threads(trace, tid)
     arrays = [trace.branches(t) for t in tids]
     branches = all_branches(arrays)
@@ -38,7 +102,7 @@ def build(trace: Trace, *, top: int = 10, tid: int | None = None) -> dict[str, A
                         "gaps": sum(1 for g in trace.gaps if g.tid == t)})
     total = len(branches)
     by_kind = kind_counts(branches)
-    edges = hot_edges(branches, top)
+    edges = hot_edges(branches, top_edges)
     ends = [e.from_ip for e in edges] + [e.to_ip for e in edges]
     locs = sym.resolve(np.array(ends, dtype=np.uint64)).locations()
     duration = max(0.0, trace.end_time - trace.start_time)
@@ -83,7 +147,13 @@ def write_text(doc: dict[str, Any], out: IO[str]) -> None:
       f"{doc['mode']} mode; {doc['exit']}\n")
     if doc["truncated"]:
         w("           (the trace file was cut short: how the program ended is not known)\n")
-    w(f"records:   {total} branches in {len(doc['threads'])} thread(s)\n")
+    processes = doc.get("processes", [])
+    if len(processes) > 1:
+        _write_processes(processes, w)
+        w(f"records:   {total} branches in {len(doc['threads'])} thread(s) of "
+          f"{len(processes)} processes\n")
+    else:
+        w(f"records:   {total} branches in {len(doc['threads'])} thread(s)\n")
     w(f"lost:      {doc['lost']}\n")
     rate = f" ({doc['rate']:,.0f} branches/s)" if doc["rate"] else ""
     w(f"duration:  {doc['duration']:.6f} s{rate}\n")
@@ -91,7 +161,8 @@ def write_text(doc: dict[str, Any], out: IO[str]) -> None:
         w("\nthreads:\n")
         for t in doc["threads"]:
             gaps = f" in {t['gaps']} gap(s)" if t["gaps"] else ""
-            w(f"  {t['tid']:>8}  {t['records']:>12} branches  {t['lost']:>10} lost{gaps}\n")
+            pid = f"  (pid {t['pid']})" if "pid" in t else ""
+            w(f"  {t['tid']:>8}  {t['records']:>12} branches  {t['lost']:>10} lost{gaps}{pid}\n")
     w("\nbranches by kind:\n")
     for kind in BranchKind:
         n = doc["kinds"].get(kind.label, 0)
@@ -112,6 +183,17 @@ def write_text(doc: dict[str, Any], out: IO[str]) -> None:
               f"{e['from_symbol']} => {e['to_symbol']}\n")
     for note in doc["notes"]:
         w(f"note: {note}\n")
+
+
+def _write_processes(processes: list[dict[str, Any]], w: Any) -> None:
+    w(f"\nprocesses: {len(processes)} (the statistics below cover all of them, each "
+      f"symbolized with its own modules, merged by name; --pid PID for one)\n")
+    w(f"  {'pid':>8}  {'parent':>8}  {'threads':>7}  {'branches':>12}  {'exit':<26}  argv\n")
+    for p in processes:
+        argv = " ".join(p["argv"]) or "?"
+        w(f"  {p['pid']:>8}  {p['ppid'] or '-':>8}  {p['threads']:>7}  {p['branches']:>12}  "
+          f"{p['exit']:<26}  {argv}\n")
+    w("\n")
 
 
 def render(trace: Trace, out: IO[str], *, top: int = 10, tid: int | None = None,

@@ -24,6 +24,8 @@ import numpy as np
 MAGIC = b"\x89BTR\r\n\x1a\n"
 #: Trace file format version. Changelog:
 #:   1 - first version: header, chunk, gap, module, blocks, note, thread and end records.
+#:       Later, compatibly (no version change): the PROCESS record, and ``pid`` appended
+#:       to THREAD and MODULE (a file without them holds one process).
 VERSION = 1
 
 PREAMBLE = struct.Struct("<8sII")      # magic, version, reserved (0)
@@ -49,6 +51,7 @@ class RecordType(IntEnum):
     NOTE = 6
     THREAD = 7
     END = 8
+    PROCESS = 9
 
 
 def frame(rtype: RecordType, payload: bytes, flags: int = 0) -> bytes:
@@ -187,15 +190,18 @@ class ThreadInfo:
     written: int                  # records the thread produced
     lost: int                     # records lost (overwritten by the ring, dropped, ...)
     producer_waits: int = 0
+    pid: int = 0                  # the process it belongs to; 0: not said (the first)
 
     def encode(self) -> bytes:
-        return Packer().pack("IIQQQQ", self.tid, 0, self.kept, self.written, self.lost,
-                             self.producer_waits).done()
+        return Packer().pack("IIQQQQI", self.tid, 0, self.kept, self.written, self.lost,
+                             self.producer_waits, self.pid).done()
 
     @classmethod
     def decode(cls, data: bytes | memoryview) -> ThreadInfo:
-        tid, _, kept, written, lost, waits = Unpacker(data).unpack("IIQQQQ")
-        return cls(tid, kept, written, lost, waits)
+        u = Unpacker(data)
+        tid, _, kept, written, lost, waits = u.unpack("IIQQQQ")
+        pid = u.one("I") if len(u.rest()) >= 4 else 0
+        return cls(tid, kept, written, lost, waits, pid)
 
 
 #: END record flags: which optional fields hold a value.
@@ -217,13 +223,10 @@ class EndInfo:
     core_dumped: bool = False
 
     def encode(self) -> bytes:
-        flags = sum(bit for bit, value in (
-            (END_CODE, self.code), (END_SIGNAL, self.signal),
-            (END_FAULT_ADDRESS, self.fault_address), (END_FAULT_PC, self.fault_pc),
-            (END_TID, self.tid)) if value is not None) | (END_CORE if self.core_dumped else 0)
-        return Packer().pack("QIIIiiQQ", self.end_ns, self.pid, self.tid or 0, flags,
-                             self.code or 0, self.signal or 0, self.fault_address or 0,
-                             self.fault_pc or 0).text(self.status).done()
+        return Packer().pack("QIIIiiQQ", self.end_ns, self.pid, self.tid or 0,
+                             _end_flags(self), self.code or 0, self.signal or 0,
+                             self.fault_address or 0, self.fault_pc or 0
+                             ).text(self.status).done()
 
     @classmethod
     def decode(cls, data: bytes | memoryview) -> EndInfo:
@@ -234,6 +237,67 @@ class EndInfo:
                    address if flags & END_FAULT_ADDRESS else None,
                    pc if flags & END_FAULT_PC else None, tid if flags & END_TID else None,
                    bool(flags & END_CORE))
+
+
+def _end_flags(e: EndInfo | ProcessRecord) -> int:
+    return sum(bit for bit, value in (
+        (END_CODE, e.code), (END_SIGNAL, e.signal), (END_FAULT_ADDRESS, e.fault_address),
+        (END_FAULT_PC, e.fault_pc), (END_TID, e.tid)) if value is not None) \
+        | (END_CORE if e.core_dumped else 0)
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessRecord:
+    """The PROCESS record: one process of the run (the first one first). Written when
+    it is known and again when more is known; the last record of a pid holds. The
+    exit fields are those of END (``status`` "running": not ended yet)."""
+
+    pid: int
+    ppid: int                     # 0: the first process (its parent is not traced)
+    start_ns: int
+    end_ns: int
+    status: str
+    code: int | None = None
+    signal: int | None = None
+    fault_address: int | None = None
+    fault_pc: int | None = None
+    tid: int | None = None
+    core_dumped: bool = False
+    argv: tuple[str, ...] = ()
+    threads: tuple[int, ...] = ()
+
+    def encode(self) -> bytes:
+        p = Packer().pack("IIQQIIiiQQ", self.pid, self.ppid, self.start_ns, self.end_ns,
+                          self.tid or 0, _end_flags(self), self.code or 0, self.signal or 0,
+                          self.fault_address or 0, self.fault_pc or 0).text(self.status)
+        p.pack("I", len(self.argv))
+        for arg in self.argv:
+            p.text(arg)
+        p.pack("I", len(self.threads))
+        for tid in self.threads:
+            p.pack("I", tid)
+        return p.done()
+
+    @classmethod
+    def decode(cls, data: bytes | memoryview) -> ProcessRecord:
+        u = Unpacker(data)
+        pid, ppid, start, end, tid, flags, code, sig, address, pc = u.unpack("IIQQIIiiQQ")
+        status = u.text()
+        argc = u.one("I")
+        if argc > len(u.rest()) // 4:
+            raise Malformed("more arguments than the record holds")
+        argv = tuple(u.text() for _ in range(argc))
+        n = u.one("I")
+        if n > len(u.rest()) // 4:
+            raise Malformed("more threads than the record holds")
+        threads = u.unpack(f"{n}I") if n else ()
+        if pid == 0:
+            raise Malformed("process 0")
+        return cls(pid, ppid, start, end, status,
+                   code if flags & END_CODE else None, sig if flags & END_SIGNAL else None,
+                   address if flags & END_FAULT_ADDRESS else None,
+                   pc if flags & END_FAULT_PC else None, tid if flags & END_TID else None,
+                   bool(flags & END_CORE), argv, tuple(threads))
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,13 +334,14 @@ class ModuleInfo:
     path: str
     build_id: str
     mappings: tuple[MappingInfo, ...] = field(default=())
+    pid: int = 0                  # the process it is mapped in; 0: not said (the first)
 
     def encode(self) -> bytes:
         p = Packer().pack("QQQ", self.start, self.end, self.bias)
         p.text(self.path).text(self.build_id).pack("I", len(self.mappings))
         for m in self.mappings:
             p.pack("QQQ", m.start, m.end, m.offset).text(m.perms).text(m.path)
-        return p.done()
+        return p.pack("I", self.pid).done()
 
     @classmethod
     def decode(cls, data: bytes | memoryview) -> ModuleInfo:
@@ -289,7 +354,8 @@ class ModuleInfo:
         for _ in range(n):
             s, e, o = u.unpack("QQQ")
             maps.append(MappingInfo(s, e, o, u.text(), u.text()))
-        return cls(start, end, bias, path, build_id, tuple(maps))
+        pid = u.one("I") if len(u.rest()) >= 4 else 0
+        return cls(start, end, bias, path, build_id, tuple(maps), pid)
 
 
 # A field format of a block table: optional subarray shape, byte order, kind, size.

@@ -25,10 +25,10 @@ import zstandard
 from ..bigarrays import reserve
 from ..decode import concat, decode, fused
 from ..errors import TraceFormatError
-from ..model import BRANCH_DTYPE, BranchKind, ExitInfo, Gap, Mapping, ModuleMap
+from ..model import BRANCH_DTYPE, BranchKind, ExitInfo, Gap, Mapping, ModuleMap, ProcessInfo
 from ..store import RECORD_DTYPES, Encoding, StoreMode
 from ..trace import CHUNK_TIMES_DTYPE, Trace
-from .format import GapInfo, ModuleInfo
+from .format import GapInfo, ModuleInfo, ProcessRecord
 from .holes import Hole, Shifter, add_gap, items_of, select
 from .reader import Chunk, TraceFile, scan
 
@@ -107,14 +107,63 @@ def to_trace(tf: TraceFile) -> Trace:
     last_ns = max((c.head.last_ns for cs in tf.chunks.values() for c in cs), default=h.start_ns)
     mode = {StoreMode.RING: "ring", StoreMode.STREAM: "stream"}.get(StoreMode(h.mode), "") \
         if h.mode in (1, 2) else f"mode {h.mode}"
+    processes = _processes(tf, pid, exit, list(threads))
+    if processes:
+        pid = processes[0].pid
+    modules = list(processes[0].modules) if processes else [_module(m) for m in tf.modules]
     return Trace(
-        backend=h.backend, mode=mode, argv=h.argv, pid=pid, exit=exit,
-        modules=[_module(m) for m in tf.modules], threads=threads, gaps=gaps,
+        backend=h.backend, mode=mode, argv=processes[0].argv if processes else h.argv,
+        pid=pid, exit=exit, modules=modules, threads=threads, gaps=gaps, processes=processes,
         written=written, lost=lost, notes=notes + tf.problems,
         start_time=h.start_ns / 10**9, end_time=(end.end_ns if end else last_ns) / 10**9,
         producer_waits=sum(t.producer_waits for t in tf.threads), capacity=h.capacity,
         truncated=tf.truncated, chunk_times=times,
     )
+
+
+def _processes(tf: TraceFile, pid: int, exit: ExitInfo, tids: list[int]) -> list[ProcessInfo]:
+    """The processes of a file with PROCESS records ([] without: one process, which the
+    Trace makes from its other fields). The first process is END's pid (else the first
+    record's); its exit is END's when there is one. MODULE and THREAD records without
+    a pid belong to the first process, as do threads no record places."""
+    if not tf.processes:
+        return []
+    records = list(tf.processes.values())
+    first = tf.processes.get(pid, records[0]) if tf.end is not None else records[0]
+    records.remove(first)
+    records.insert(0, first)
+    first_pid = first.pid
+    modules: dict[int, list[ModuleMap]] = defaultdict(list)
+    for m in tf.modules:
+        modules[m.pid or first_pid].append(_module(m))
+    threads: dict[int, list[int]] = defaultdict(list)
+    placed: set[int] = set()
+    for r in records:
+        for tid in r.threads:
+            if tid not in placed:
+                threads[r.pid].append(tid)
+                placed.add(tid)
+    for t in tf.threads:
+        if t.tid not in placed and (t.pid in tf.processes or t.pid == 0):
+            threads[t.pid or first_pid].append(t.tid)
+            placed.add(t.tid)
+    for tid in tids:
+        if tid not in placed:
+            threads[first_pid].append(tid)
+    out = []
+    for r in records:
+        ex = exit if r is first and tf.end is not None else _exit(r, tf.end is None)
+        out.append(ProcessInfo(r.pid, r.ppid, r.argv or (tf.header.argv if r is first else ()),
+                               ex, tuple(modules.get(r.pid, ())), tuple(threads[r.pid]),
+                               r.start_ns, r.end_ns))
+    return out
+
+
+def _exit(r: ProcessRecord, cut: bool) -> ExitInfo:
+    if cut and r.status == "running":    # not ended when the file was cut short
+        return ExitInfo("unknown")
+    return ExitInfo(r.status, r.code, r.signal, r.fault_address, r.fault_pc, r.tid,
+                    r.core_dumped)
 
 
 def _module(m: ModuleInfo) -> ModuleMap:

@@ -43,6 +43,7 @@ from .format import (
     GapInfo,
     Malformed,
     ModuleInfo,
+    ProcessRecord,
     RecordType,
     ThreadInfo,
     dtype_from_fields,
@@ -71,6 +72,8 @@ class TraceFile:
     modules: list[ModuleInfo] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     threads: list[ThreadInfo] = field(default_factory=list)
+    #: PROCESS records by pid, in order of first appearance (the last record of a pid)
+    processes: dict[int, ProcessRecord] = field(default_factory=dict)
     blocks: np.ndarray | None = None
     end: EndInfo | None = None
     truncated: bool = False
@@ -271,6 +274,9 @@ def _take(tf: TraceFile, rtype: int, payload: bytes, pos: int,
         tf.threads.append(ThreadInfo.decode(payload))
     elif rtype == RecordType.END:
         tf.end = EndInfo.decode(payload)
+    elif rtype == RecordType.PROCESS:
+        record = ProcessRecord.decode(payload)
+        tf.processes[record.pid] = record
     elif rtype == RecordType.BLOCKS:
         bhead, frame_body = BlocksHead.decode(payload)
         nbytes = bhead.count * bhead.row_size

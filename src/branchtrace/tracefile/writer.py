@@ -20,7 +20,7 @@ import zstandard
 
 from .._version import __version__
 from ..errors import UsageError
-from ..model import ExitInfo, Gap, ModuleMap
+from ..model import ExitInfo, Gap, ModuleMap, ProcessInfo
 from ..store import FROMTO_DTYPE, Encoding, StoreMode
 from ..trace import Trace
 from .format import (
@@ -35,6 +35,7 @@ from .format import (
     GapInfo,
     MappingInfo,
     ModuleInfo,
+    ProcessRecord,
     RecordType,
     ThreadInfo,
     dtype_fields,
@@ -151,12 +152,17 @@ class TraceWriter:
                 body = self._compressor.compress(rows.view(np.uint8).data)
                 self._append(frame(RecordType.BLOCKS, head.encode() + body))
 
-    def write_module(self, module: ModuleMap) -> None:
+    def write_module(self, module: ModuleMap, pid: int = 0) -> None:
+        """A module of process ``pid`` (0: of the first process)."""
         maps = tuple(MappingInfo(m.start, m.end, m.offset, m.perms, m.path)
                      for m in module.mappings)
         info = ModuleInfo(module.start, module.end, module.bias, module.path,
-                          module.build_id, maps)
+                          module.build_id, maps, pid)
         self._record(RecordType.MODULE, info.encode())
+
+    def write_process(self, process: ProcessInfo) -> None:
+        """A PROCESS record (its modules are MODULE records with its pid)."""
+        self._record(RecordType.PROCESS, process_record(process).encode())
 
     def write_gap(self, gap: Gap) -> None:
         self._record(RecordType.GAP, GapInfo(gap.tid, gap.index, gap.count, gap.reason).encode())
@@ -200,6 +206,13 @@ class TraceWriter:
         self.size += len(data)
 
 
+def process_record(p: ProcessInfo) -> ProcessRecord:
+    e = p.exit
+    return ProcessRecord(p.pid, p.ppid, p.start_ns, p.end_ns, e.status, e.code, e.signal,
+                         e.fault_address, e.fault_pc, e.tid, e.core_dumped, tuple(p.argv),
+                         tuple(p.threads))
+
+
 def end_info(exit: ExitInfo, pid: int, end_ns: int) -> EndInfo:
     return EndInfo(end_ns, pid, exit.status, exit.code, exit.signal, exit.fault_address,
                    exit.fault_pc, exit.tid, exit.core_dumped)
@@ -219,8 +232,15 @@ def save(trace: Trace, path: str | os.PathLike[str]) -> None:
                 raw[name] = branches[name]
             for lo, hi, first, last in _spans(trace, tid, start_ns, end_ns):
                 writer.write_chunk(tid, raw[lo:hi], first, last)
-        for module in trace.modules:
-            writer.write_module(module)
+        several = len(trace.processes) > 1
+        if several:
+            for process in trace.processes:
+                writer.write_process(process)
+                for module in process.modules:
+                    writer.write_module(module, process.pid)
+        else:
+            for module in trace.modules:
+                writer.write_module(module)
         for gap in trace.gaps:
             writer.write_gap(gap)
         for note in trace.notes:
@@ -228,7 +248,8 @@ def save(trace: Trace, path: str | os.PathLike[str]) -> None:
         for tid, branches in trace.threads.items():
             writer.write_thread(ThreadInfo(tid, len(branches),
                                            trace.written.get(tid, len(branches)),
-                                           trace.lost.get(tid, 0)))
+                                           trace.lost.get(tid, 0),
+                                           pid=trace.process_of(tid).pid if several else 0))
         writer.finish(end_info(trace.exit, trace.pid, end_ns))
     except BaseException:
         writer.close()

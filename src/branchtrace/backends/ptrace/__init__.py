@@ -18,7 +18,7 @@ from .. import Backend, Probe, RecordOptions, RunResult, Target
 from ..linux.program import find_program, start_vaddr
 
 if TYPE_CHECKING:
-    from ...model import ModuleMap
+    from ...model import ModuleMap, ProcessInfo
     from ...store import Encoding, Store, StoreMode
     from .process import TracerProcess
 
@@ -77,6 +77,11 @@ class PtraceBackend(Backend):
         tracer = self._tracer
         return None, list(tracer.modules) if tracer is not None else []
 
+    def live_processes(self) -> list[ProcessInfo]:
+        """While a run goes on: every process traced so far, once there are several."""
+        tracer = self._tracer
+        return list(tracer.processes) if tracer is not None else []
+
     def interrupt(self) -> None:
         self._interrupted = True
         if self._tracer is not None:
@@ -89,12 +94,14 @@ class PtraceBackend(Backend):
         if target.pid is not None:
             if target.pid == os.getpid():  # the tracer process checks for its own pid
                 raise TargetError("branchtrace cannot trace itself")
-            request = Request(pid=target.pid, duration=options.duration)
+            request = Request(pid=target.pid, duration=options.duration,
+                              follow_children=options.follow_children)
         else:
             path = find_program(target.argv[0])
             vaddr, note = start_vaddr(path, options.start)
             request = Request(target.argv, target.env, target.disable_aslr, path=path,
-                              start_vaddr=vaddr, duration=options.duration)
+                              start_vaddr=vaddr, duration=options.duration,
+                              follow_children=options.follow_children)
         self.prepare(store)
         assert self._tracer is not None
         try:
@@ -106,9 +113,11 @@ class PtraceBackend(Backend):
             self._interrupted = False
         assert reply.result is not None
         result = reply.result
+        if note and len(result.processes) > 1:
+            note = f"pid {reply.pid}: {note}"
         notes = ([note] if note else []) + result.notes
         return RunResult(result.exit, result.modules, result.threads, result.gaps, notes,
-                         pid=reply.pid)
+                         pid=reply.pid, processes=result.processes)
 
 
 _probe_cache: Probe | None = None

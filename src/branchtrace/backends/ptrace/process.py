@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from ...errors import BranchtraceError, TargetError
-from ...model import ModuleMap
+from ...model import ModuleMap, ProcessInfo
 from . import tracer, wire
 
 
@@ -33,6 +33,8 @@ class TracerProcess:
         self._reaped = False
         #: the target's module maps as the tracer last reported them (while it runs)
         self.modules: list[ModuleMap] = []
+        #: every process traced, as the tracer last reported them (several: children)
+        self.processes: list[ProcessInfo] = []
 
     @classmethod
     def fork(cls, store_path: Path) -> TracerProcess:
@@ -52,8 +54,11 @@ class TracerProcess:
         """Have the tracer trace ``request``; its reply (errors re-raised here)."""
         wire.send(self._commands, request)
         reply = wire.receive(self._replies)
-        while isinstance(reply, wire.Modules):
-            self.modules = reply.modules
+        while isinstance(reply, (wire.Modules, wire.Processes)):
+            if isinstance(reply, wire.Modules):
+                self.modules = reply.modules
+            else:
+                self.processes = reply.processes
             reply = wire.receive(self._replies)
         self._answered = True
         if not isinstance(reply, wire.Reply):

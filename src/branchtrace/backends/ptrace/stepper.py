@@ -4,6 +4,11 @@ A thread is resumed with PTRACE_SINGLESTEP; at each stop we read its pc. When th
 not the fall-through of the instruction it just ran, that instruction was a taken branch
 (its kind comes from decoding it), or a signal moved the thread (kind ``interrupt``).
 All ptrace requests are made from the thread that created the :class:`Stepper`.
+
+Every process the target starts (fork, vfork, clone without ``CLONE_THREAD``,
+posix_spawn) is followed, with its threads and execs (:mod:`.family`, :mod:`.procs`),
+unless ``follow_children`` is off: then each is let go at its first stop and runs
+untraced, and a note counts them.
 """
 
 from __future__ import annotations
@@ -14,36 +19,22 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
-from ...errors import MemoryLimitError, StoreError, TargetError
-from ...isa import NOT_A_BRANCH, Insn, InsnCache
-from ...model import BranchKind, ExitInfo, Gap, ModuleMap
-from ...symbols import merge_modules, modules_from_maps, read_maps
+from ...errors import StoreError
+from ...isa import NOT_A_BRANCH
+from ...model import BranchKind, ExitInfo, Gap, ModuleMap, ProcessInfo
 from . import launch
 from ..linux import sys as pt
-from .memory import TargetMemory
+from .family import FREE, STEPPING, Family, Thread
+from .procs import Proc, cmdline
 from .signals import (FAULT_SIGNALS, GROUP_STOP_SIGNALS, SI_KERNEL, STEP_TRAP, Fault, bit,
                       caught_signals, pending_signals)
 
 if TYPE_CHECKING:
-    from ...store import Store, ThreadBuffer
+    from ...store import Store
 
 OPTIONS = (pt.PTRACE_O_TRACECLONE | pt.PTRACE_O_TRACEEXEC | pt.PTRACE_O_TRACEEXIT
-           | pt.PTRACE_O_TRACESYSGOOD)
-
-# Thread modes
-FREE = 0       # running at full speed (before the start point)
-STEPPING = 1
-
-
-@dataclass(eq=False)
-class _Thread:
-    tid: int
-    mode: int
-    buf: ThreadBuffer | None
-    insn: Insn | None = None          # the instruction the thread is about to run
-    lost: int = 0                     # branches we could not store (no buffer)
-    signal_from: int | None = None    # pc where a caught signal was delivered
-    running: bool = False             # resumed and not yet reported by waitpid
+           | pt.PTRACE_O_TRACESYSGOOD | pt.PTRACE_O_TRACEFORK | pt.PTRACE_O_TRACEVFORK)
+_NEW_CHILD = (pt.PTRACE_EVENT_FORK, pt.PTRACE_EVENT_VFORK, pt.PTRACE_EVENT_CLONE)
 
 
 @dataclass
@@ -53,33 +44,30 @@ class StepResult:
     threads: list[int]
     gaps: list[Gap]
     notes: list[str] = field(default_factory=list)
+    processes: list[ProcessInfo] = field(default_factory=list)   # the first first
 
 
-class Stepper:
+class Stepper(Family):
     """Drives one traced process. Create it, then call :meth:`spawn` or :meth:`attach`,
     then :meth:`run`."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, follow_children: bool = True) -> None:
         self.store = store
         self.pid = 0
-        self.threads: dict[int, _Thread] = {}
+        self.threads: dict[int, Thread] = {}
         self.order: list[int] = []
-        self.modules: list[ModuleMap] = []
-        #: told of the module maps each time they change (while the run goes on)
+        self.procs: dict[int, Proc] = {}      # every process seen, the first first
+        self.follow_children = follow_children
+        #: told of the first process's module maps each time they change
         self.on_modules: Callable[[list[ModuleMap]], None] | None = None
+        #: told of every process each time one appears, execs or ends
+        self.on_processes: Callable[[list[ProcessInfo]], None] | None = None
         self.gaps: list[Gap] = []
         self.notes: list[str] = []
-        self._faults: dict[int, Fault] = {}   # by signal number, the latest
-        self._last_fault: Fault | None = None
-        self._mem = TargetMemory()
-        self._insns = InsnCache(self._read)
-        self._started = False
-        self._breakpoint: tuple[int, int] | None = None   # (address, original byte)
-        self._detached_before_start = False
+        self._untraced: set[int] = set()      # children let go (follow_children off)
         self._stop_requested = False
         self._user_interrupt = False
         self._owner = threading.get_ident()
-        self._exit: ExitInfo | None = None
 
     # ---- setup -------------------------------------------------------------------
 
@@ -87,28 +75,30 @@ class Stepper:
               disable_aslr: bool = False) -> int:
         """Start ``argv`` traced, stopped at its exec. Raises TargetError."""
         self.pid = launch.spawn_traced(argv, env, OPTIONS, disable_aslr)
-        self._add_thread(self.pid, FREE)
-        self._mem.open(self.pid)
-        self._snapshot_maps()
+        proc = self.procs[self.pid] = Proc(self.pid, 0, tuple(argv))
+        self._add_thread(self.pid, FREE, proc)
+        proc.open()
+        self._snapshot_maps(proc)
         return self.pid
 
     def attach(self, pid: int) -> None:
         """Seize every thread of a running process and interrupt each. Raises TargetError."""
         self.pid = pid
+        proc = self.procs[pid] = Proc(pid, 0, cmdline(pid), started=True)
         for tid in launch.seize_all(pid, OPTIONS):
-            self._add_thread(tid, STEPPING).running = True
-        self._started = True
-        self._mem.open(self.pid)
-        self._snapshot_maps()
+            self._add_thread(tid, STEPPING, proc).running = True
+        proc.open()
+        self._snapshot_maps(proc)
 
     def set_start(self, address: int | None) -> None:
         """Run at full speed to ``address`` (a breakpoint), or step from here if None."""
+        proc = self.procs[self.pid]
         if address is None:
-            self._started = True
+            proc.started = True
             self.threads[self.pid].mode = STEPPING
             return
         original = pt.write_byte(self.pid, address, 0xCC)
-        self._breakpoint = (address, original)
+        proc.breakpoint = (address, original)
 
     # ---- interruption ----------------------------------------------------------------
 
@@ -137,7 +127,6 @@ class Stepper:
             self.interrupt()
         threads = self.threads
         record = self._record
-        insns = self._insns.get
         peek = pt.peekuser
         step = pt.ptrace
         SINGLESTEP, RIP = pt.PTRACE_SINGLESTEP, pt.RIP
@@ -164,7 +153,7 @@ class Stepper:
                                 record(t, prev.address, pc, prev.kind)
                             elif pc != prev.address:
                                 record(t, prev.address, pc, BranchKind.OTHER)
-                        t.insn = insns(pc)
+                        t.insn = t.proc.insns.get(pc)
                         step(SINGLESTEP, tid)
                         t.running = True
                         continue
@@ -175,16 +164,29 @@ class Stepper:
                     if t is not None:
                         t.running = True
         finally:
-            self._mem.close()
+            for proc in self.procs.values():
+                proc.mem.close()
         for tid in list(self.threads):
             self._drop(tid)
-        if self._breakpoint is not None or self._detached_before_start:
-            self.notes.append("the start point was never reached, so nothing was recorded; "
-                              "--start entry records from the first instruction")
-        exit_info = self._exit or ExitInfo("detached")
-        return StepResult(exit_info, self.modules, list(self.order), self.gaps, self.notes)
+        first = self.procs[self.pid]
+        if first.breakpoint is not None or first.detached_before_start:
+            self.notes.append(f"pid {self.pid}: the start point was never reached, so "
+                              "nothing was recorded; --start entry records from the first "
+                              "instruction")
+        if len(self.procs) == 1:    # one process: no need to say which one a note is of
+            prefix = f"pid {self.pid}: "
+            self.notes = [n[len(prefix):] if n.startswith(prefix) else n for n in self.notes]
+        if self._untraced:
+            n = len(self._untraced)
+            self.notes.append(f"{n} child process{'es' if n > 1 else ''} ran untraced "
+                              f"(--no-follow-children)")
+        for proc in self.procs.values():
+            proc.ended()
+        exit_info = first.exit or ExitInfo("detached")
+        return StepResult(exit_info, self.modules, list(self.order), self.gaps, self.notes,
+                          [p.info() for p in self.procs.values()])
 
-    def _record(self, t: _Thread, from_ip: int, to_ip: int, kind: int) -> None:
+    def _record(self, t: Thread, from_ip: int, to_ip: int, kind: int) -> None:
         buf = t.buf
         if buf is None:
             t.lost += 1
@@ -194,41 +196,34 @@ class Stepper:
         except StoreError:  # stream mode, gave up waiting for a free chunk: we are detaching
             t.lost += 1
 
-    def _is_program_int3(self, t: _Thread, pc: int) -> bool:
+    def _is_program_int3(self, t: Thread, pc: int) -> bool:
         """An int3 the program ran itself: give it its SIGTRAP, as it would get untraced."""
         info = pt.getsiginfo(t.tid)
         if info.si_code != SI_KERNEL:
             return False
-        t.insn = self._insns.get(pc)
+        t.insn = t.proc.insns.get(pc)
         self._resume(t, signal.SIGTRAP)
         return True
 
-    def _slow_path(self, tid: int, t: _Thread | None, status: int) -> None:
+    def _slow_path(self, tid: int, t: Thread | None, status: int) -> None:
         if os.WIFEXITED(status) or os.WIFSIGNALED(status):
             self._thread_gone(tid, status)
             return
         if not os.WIFSTOPPED(status):
             return
-        if t is None:  # a new thread reported before its parent's clone event
-            t = self._add_thread(tid, STEPPING if self._started else FREE)
+        if t is None:  # a new thread or process reported before its parent's event
+            t = self._new_task(tid)
+            if t is None:   # a child we do not follow: let go
+                return
         sig = os.WSTOPSIG(status)
         event = status >> 16
-        if event == pt.PTRACE_EVENT_CLONE:
-            child = pt.geteventmsg(tid)
-            if child not in self.threads:
-                self._add_thread(child, STEPPING if self._started else FREE)
+        if event in _NEW_CHILD:
+            self._new_task(pt.geteventmsg(tid), t, event)
             self._continue(t)
         elif event == pt.PTRACE_EVENT_EXEC:
-            self._insns.invalidate()
-            self._breakpoint = None
-            self.notes.append("the program executed a new image (exec); "
-                              "branches before it belong to the old one")
-            self._mem.open(self.pid)
-            self._snapshot_maps()
-            t.insn = None
-            self._continue(t)
+            self._exec(t)
         elif event == pt.PTRACE_EVENT_EXIT:
-            self._snapshot_maps()
+            self._snapshot_maps(t.proc)
             self._continue(t, keep_stepping=False)
         elif event == pt.PTRACE_EVENT_STOP:
             if sig in GROUP_STOP_SIGNALS and not self._stop_requested:
@@ -241,9 +236,10 @@ class Stepper:
         else:
             self._signal(t, sig)
 
-    def _trap(self, t: _Thread) -> None:
+    def _trap(self, t: Thread) -> None:
         pc = pt.peekuser(t.tid, pt.RIP)
-        bp = self._breakpoint
+        bp = t.proc.breakpoint
+        insns = t.proc.insns
         if t.mode == FREE and bp is not None and pc - 1 == bp[0]:
             self._start_at_breakpoint(t, bp)
             return
@@ -251,28 +247,29 @@ class Stepper:
             # the first instruction of a signal handler
             self._record(t, t.signal_from, pc, BranchKind.INTERRUPT)
             t.signal_from = None
-            t.insn = self._insns.get(pc)
+            t.insn = insns.get(pc)
         elif t.mode == STEPPING and t.insn is not None and pc != t.insn.fallthrough:
             kind = t.insn.kind if t.insn.kind != NOT_A_BRANCH else BranchKind.OTHER
             if t.insn.kind != NOT_A_BRANCH or pc != t.insn.address:
                 self._record(t, t.insn.address, pc, kind)
-            t.insn = self._insns.get(pc)
+            t.insn = insns.get(pc)
         elif t.mode == STEPPING:
-            t.insn = self._insns.get(pc)
+            t.insn = insns.get(pc)
         self._continue(t)
 
-    def _start_at_breakpoint(self, t: _Thread, bp: tuple[int, int]) -> None:
+    def _start_at_breakpoint(self, t: Thread, bp: tuple[int, int]) -> None:
         address, original = bp
+        proc = t.proc
         pt.write_byte(t.tid, address, original)
         pt.pokeuser(t.tid, pt.RIP, address)
-        self._breakpoint = None
-        self._started = True
-        self._insns.invalidate()
-        self._snapshot_maps()  # the libraries the program needs are loaded by now
+        proc.breakpoint = None
+        proc.started = True
+        proc.insns.invalidate()
+        self._snapshot_maps(proc)  # the libraries the program needs are loaded by now
         t.mode = STEPPING
-        t.insn = self._insns.get(address)
+        t.insn = proc.insns.get(address)
         for other in self.threads.values():  # threads started before the start point
-            if other is not t and other.mode == FREE:
+            if other is not t and other.proc is proc and other.mode == FREE:
                 other.mode = STEPPING
                 other.insn = None
                 if other.running:
@@ -282,7 +279,7 @@ class Stepper:
                         pass
         self._continue(t)
 
-    def _signal(self, t: _Thread, sig: int) -> None:
+    def _signal(self, t: Thread, sig: int) -> None:
         """A signal is about to be delivered to the thread: pass it on, as a debugger does."""
         if self._stop_requested and bit(sig) & self._swallow_mask():
             self._continue(t, inject=0)  # our own step trap, or the Ctrl-C meant for us
@@ -297,9 +294,7 @@ class Stepper:
                         address = info.si_addr
                 except OSError:
                     pass
-            fault = Fault(sig, address, pc, t.tid)
-            self._faults[sig] = fault
-            self._last_fault = fault
+            t.proc.faults[sig] = Fault(sig, address, pc, t.tid)
         if t.mode == STEPPING and caught_signals(t.tid) & bit(sig):
             t.signal_from = pc
         self._continue(t, inject=sig)
@@ -312,7 +307,7 @@ class Stepper:
             mask |= bit(signal.SIGINT)
         return mask
 
-    def _continue(self, t: _Thread, inject: int = 0, keep_stepping: bool = True) -> None:
+    def _continue(self, t: Thread, inject: int = 0, keep_stepping: bool = True) -> None:
         """Resume a stopped thread, or detach it when we are stopping."""
         if self._stop_requested:
             if inject == 0 and pending_signals(t.tid) & self._swallow_mask():
@@ -329,21 +324,22 @@ class Stepper:
             return
         self._resume(t, inject, step=keep_stepping and t.mode == STEPPING)
 
-    def _remove_breakpoint(self, t: _Thread) -> None:
+    def _remove_breakpoint(self, t: Thread) -> None:
         """Before the first detach: put back the byte our start-point int3 replaced, or
         the program would die of SIGTRAP when it got there untraced."""
-        if self._breakpoint is None:
+        proc = t.proc
+        if proc.breakpoint is None:
             return
-        address, original = self._breakpoint
+        address, original = proc.breakpoint
         try:
             pt.write_byte(t.tid, address, original)
         except OSError:
             return
-        self._breakpoint = None
-        self._detached_before_start = True
-        self._insns.invalidate()
+        proc.breakpoint = None
+        proc.detached_before_start = True
+        proc.insns.invalidate()
 
-    def _resume(self, t: _Thread, inject: int = 0, step: bool | None = None) -> None:
+    def _resume(self, t: Thread, inject: int = 0, step: bool | None = None) -> None:
         if step is None:
             step = t.mode == STEPPING
         try:
@@ -353,61 +349,5 @@ class Stepper:
             if exc.errno != 3:  # ESRCH: it died under us; waitpid will tell
                 raise
 
-    def _thread_gone(self, tid: int, status: int) -> None:
-        if tid == self.pid:
-            if os.WIFEXITED(status):
-                self._exit = ExitInfo("exited", code=os.WEXITSTATUS(status))
-            else:
-                sig = os.WTERMSIG(status)
-                fault = self._faults.get(sig)
-                self._exit = ExitInfo(
-                    "signaled", signal=sig,
-                    fault_address=fault.address if fault else None,
-                    fault_pc=fault.pc if fault else None,
-                    tid=fault.tid if fault else None,
-                    core_dumped=os.WCOREDUMP(status),
-                )
-        self._drop(tid)
-
-    def _drop(self, tid: int) -> None:
-        t = self.threads.pop(tid, None)
-        if t is None:
-            return
-        if t.buf is not None:
-            self.store.mark_exited(tid)
-        if t.lost:
-            self.gaps.append(Gap(tid, 0, t.lost, "no buffer for this thread (memory limit)"))
-
     # ---- helpers -------------------------------------------------------------------------
 
-    def _add_thread(self, tid: int, mode: int) -> _Thread:
-        buf: ThreadBuffer | None
-        try:
-            buf = self.store.add_thread(tid, should_abort=lambda: self._stop_requested)
-        except MemoryLimitError as exc:
-            buf = None
-            self.notes.append(f"thread {tid} is not recorded: {exc}")
-        t = _Thread(tid, mode, buf)
-        self.threads[tid] = t
-        if tid not in self.order:
-            self.order.append(tid)
-        return t
-
-    def _read(self, address: int, n: int) -> bytes:
-        data = self._mem.read(address, n)
-        if self._breakpoint is not None:
-            bp, original = self._breakpoint
-            if address <= bp < address + len(data):  # show the code, not our int3
-                i = bp - address
-                data = data[:i] + bytes([original]) + data[i + 1:]
-        return data
-
-    def _snapshot_maps(self) -> None:
-        try:
-            maps = read_maps(self.pid)
-        except TargetError:
-            return
-        modules = merge_modules(self.modules, modules_from_maps(maps))
-        if modules != self.modules and self.on_modules is not None:
-            self.on_modules(modules)
-        self.modules = modules

@@ -29,7 +29,7 @@ from types import FrameType
 from typing import Callable, NoReturn
 
 from ...errors import TargetError
-from ...model import ModuleMap
+from ...model import ModuleMap, ProcessInfo
 from ...store import Store
 from ..linux import sys as pt
 from . import wire
@@ -72,7 +72,8 @@ def serve(store_path: Path, commands: int, replies: int, parent: int) -> NoRetur
             os._exit(0)
         request = wire.receive(commands)
         if isinstance(request, wire.Request):
-            reply = _answer(store_path, request, lambda m: _tell(replies, wire.Modules(m)))
+            reply = _answer(store_path, request, lambda m: _tell(replies, wire.Modules(m)),
+                            lambda p: _tell(replies, wire.Processes(p)))
             if _control.abandoned or os.getppid() != parent:
                 _remove_orphan_store(store_path)
             try:
@@ -96,12 +97,14 @@ def _tell(fd: int, message: object) -> None:
 
 
 def _answer(store_path: Path, request: wire.Request,
-            on_modules: Callable[[list[ModuleMap]], None]) -> wire.Reply:
+            on_modules: Callable[[list[ModuleMap]], None],
+            on_processes: Callable[[list[ProcessInfo]], None]) -> wire.Reply:
     stepper: Stepper | None = None
     try:
         with Store.open(store_path) as store:
-            stepper = Stepper(store)
+            stepper = Stepper(store, request.follow_children)
             stepper.on_modules = on_modules
+            stepper.on_processes = on_processes
             _control.stepper = stepper
             if _control.stop:
                 stepper.interrupt(user=_control.user)

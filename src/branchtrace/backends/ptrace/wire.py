@@ -3,7 +3,7 @@
 The two processes are one program forked (see :mod:`.process`), so messages are
 pickled objects, each sent as an 8-byte little-endian length and the pickle. The
 parent sends one :class:`Request`; the tracer answers with any number of
-:class:`Modules` while it runs, then one :class:`Reply`.
+:class:`Modules` and :class:`Processes` while it runs, then one :class:`Reply`.
 Records never cross here: the tracer writes them into the shared-memory store.
 """
 
@@ -15,7 +15,7 @@ import struct
 import traceback
 from dataclasses import dataclass
 
-from ...model import ModuleMap
+from ...model import ModuleMap, ProcessInfo
 from .stepper import StepResult
 
 _LENGTH = struct.Struct("<Q")
@@ -32,6 +32,7 @@ class Request:
     path: str = ""                   # spawn: the executable, to find the start point's bias
     start_vaddr: int | None = None   # spawn: the ELF address to step from (None: at once)
     duration: float | None = None    # detach after this many seconds
+    follow_children: bool = True     # trace the processes the target starts
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,13 @@ class Modules:
     """The module maps of the target as they are now (sent each time they change)."""
 
     modules: list[ModuleMap]
+
+
+@dataclass(frozen=True)
+class Processes:
+    """Every process traced so far (sent each time one appears, execs or ends)."""
+
+    processes: list[ProcessInfo]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,106 @@
+"""The processes a :class:`~.stepper.Stepper` traces: the program, and every process it
+starts (fork, vfork, clone without ``CLONE_THREAD``, posix_spawn), each with its own
+memory, decoded instructions, module maps, threads, start point and exit.
+
+A process that forks before its start point was reached hands its breakpoint on to the
+child (the ``int3`` is in the child's copy of the memory). After an exec, a child's
+modules are those of its new image (an exec'd program's maps may cover the same
+addresses as its parent's); the first process keeps the union of its snapshots, as it
+always did.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from ...errors import TargetError
+from ...isa import InsnCache
+from ...model import ExitInfo, ModuleMap, ProcessInfo
+from ...symbols import merge_modules, modules_from_maps, read_maps
+from .memory import TargetMemory
+from .signals import Fault
+
+
+@dataclass(eq=False)
+class Proc:
+    pid: int
+    ppid: int                                   # 0: the first process
+    argv: tuple[str, ...]
+    start_ns: int = field(default_factory=time.time_ns)
+    modules: list[ModuleMap] = field(default_factory=list)
+    order: list[int] = field(default_factory=list)     # tids, in order of appearance
+    live: set[int] = field(default_factory=set)        # tids not gone yet
+    exit: ExitInfo | None = None
+    end_ns: int = 0
+    faults: dict[int, Fault] = field(default_factory=dict)   # by signal number, the latest
+    breakpoint: tuple[int, int] | None = None   # (address, original byte) of the start point
+    started: bool = False                       # stepping (past the start point)
+    detached_before_start: bool = False
+    mem: TargetMemory = field(default_factory=TargetMemory)
+
+    def __post_init__(self) -> None:
+        self.insns = InsnCache(self.read)
+
+    def open(self) -> None:
+        """(Re)open the memory (at the start and after an exec): a new image."""
+        self.insns.invalidate()
+        self.mem.open(self.pid)
+
+    def read(self, address: int, n: int) -> bytes:
+        """Code, as the program has it (never our start-point int3)."""
+        data = self.mem.read(address, n)
+        if self.breakpoint is not None:
+            bp, original = self.breakpoint
+            if address <= bp < address + len(data):
+                i = bp - address
+                data = data[:i] + bytes([original]) + data[i + 1:]
+        return data
+
+    def snapshot_maps(self, fresh: bool = False) -> bool:
+        """Read the module maps again (``fresh``: forget the old ones, a new image);
+        whether they changed."""
+        try:
+            maps = read_maps(self.pid)
+        except TargetError:
+            return False
+        found = modules_from_maps(maps)
+        modules = found if fresh else merge_modules(self.modules, found)
+        changed = modules != self.modules
+        self.modules = modules
+        return changed
+
+    def ended(self) -> None:
+        if not self.end_ns:
+            self.end_ns = time.time_ns()
+
+    def info(self) -> ProcessInfo:
+        return ProcessInfo(self.pid, self.ppid, self.argv, self.exit or ExitInfo("detached"),
+                           tuple(self.modules), tuple(self.order), self.start_ns, self.end_ns)
+
+    def live_info(self) -> ProcessInfo:
+        """As :meth:`info`, while the run goes on (not ended yet: ``running``)."""
+        return ProcessInfo(self.pid, self.ppid, self.argv, self.exit or ExitInfo("running"),
+                           tuple(self.modules), tuple(self.order), self.start_ns, self.end_ns)
+
+
+def status_field(tid: int, name: str) -> int | None:
+    """An integer field of /proc/TID/status (``Tgid``, ``PPid``), None if unreadable."""
+    try:
+        with open(f"/proc/{tid}/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith(name + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def cmdline(pid: int) -> tuple[str, ...]:
+    """The argv of ``pid`` (from /proc), () if unreadable."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return ()
+    return tuple(a.decode("utf-8", "surrogateescape") for a in raw.split(b"\0")[:-1])
