@@ -124,7 +124,8 @@ SELECT run, pid, from_function AS caller, from_module AS caller_module,
 FROM branches WHERE kind IN {CALL_KINDS}
 GROUP BY run, pid, from_function, from_module, to_function, to_module""",
     "functions": f"""
-SELECT run, pid, function, module, sum(b) AS branches, sum(c) AS calls FROM (
+SELECT run, pid, function, module, CAST(sum(b) AS BIGINT) AS branches,
+       CAST(sum(c) AS BIGINT) AS calls FROM (
   SELECT run, pid, from_function AS function, from_module AS module, 1 AS b, 0 AS c
   FROM branches
   UNION ALL
