@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -243,3 +244,35 @@ def test_docs_list_every_column() -> None:
         assert section, name
         listed = re.findall(r"^\| `(\w+)` \|", section.group(1), re.M)
         assert tuple(listed) == columns, name
+
+
+def test_prefetch_keeps_order_hands_errors_over_and_stops_when_closed() -> None:
+    import threading
+
+    from branchtrace.query.prefetch import prefetch
+
+    assert list(prefetch(iter(range(1000)), depth=3)) == list(range(1000))
+
+    def failing() -> Iterator[int]:
+        yield 1
+        raise ValueError("broken chunk")
+
+    got: list[int] = []
+    with pytest.raises(ValueError, match="broken chunk"):
+        for x in prefetch(failing()):
+            got.append(x)
+    assert got == [1]
+    made: list[int] = []
+
+    def endless() -> Iterator[int]:
+        n = 0
+        while True:
+            made.append(n)
+            yield n
+            n += 1
+
+    it = prefetch(endless(), depth=2)
+    assert [next(it) for _ in range(5)] == [0, 1, 2, 3, 4]
+    it.close()
+    assert not [t for t in threading.enumerate() if t.name == "branchtrace-prefetch"]
+    assert len(made) <= 5 + 2 + 1          # never more than depth ahead

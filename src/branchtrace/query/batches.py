@@ -19,6 +19,7 @@ import numpy as np
 from ..model import Gap
 from ..tracefile.stream import ThreadStream
 from .addresses import Addresses
+from .prefetch import prefetch
 from .runs import Run
 from .schema import BRANCHES, KIND_LABELS, arrow_schema
 
@@ -38,7 +39,7 @@ def thread_batches(run: Run, addresses: Addresses, tid: int, *,
     run_name = pa.array([run.id], pa.string())
     pid = run.pids.get(tid, run.pid)
     prev_to: int | None = None           # the last to_ip before this piece (None: a gap)
-    for item in ThreadStream(run.tf, tid):
+    for item in prefetch(iter(ThreadStream(run.tf, tid))):
         if isinstance(item, Gap):
             prev_to = None
             continue
