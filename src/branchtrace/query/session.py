@@ -63,6 +63,8 @@ class Session:
         duckdb = engine()
         import pyarrow as pa
 
+        if not paths:
+            raise UsageError("give one or more trace files")
         self.runs: list[Run] = open_runs(paths)
         self.addresses = [Addresses(run) for run in self.runs]
         self._tmp = tempfile.mkdtemp(prefix="branchtrace-sql-")
@@ -80,10 +82,7 @@ class Session:
             name = f"_branches_{i}"
             con.register(name, Source(branch_schema(), partial(branch_batches, run, addresses)))
             scans.append(f"SELECT * FROM {name}")
-        empty = small_table([], branch_schema(dictionary=False))
-        con.register("_branches_none", empty)
-        con.execute("CREATE VIEW branches AS " + (" UNION ALL ".join(scans)
-                                                  or "SELECT * FROM _branches_none"))
+        con.execute("CREATE VIEW branches AS " + " UNION ALL ".join(scans))
         tables = {
             "addresses": pa.concat_tables([a.table() for a in self.addresses])
             if self.addresses else small_table([], arrow_schema(ADDRESSES)),
