@@ -114,10 +114,13 @@ PARTITIONS: dict[str, tuple[str, ...]] = {
 #: The derived views: SQL over ``branches`` and ``addresses`` (DuckDB and Spark SQL).
 DERIVED: dict[str, str] = {
     "edges": """
-SELECT run, pid, from_ip, to_ip, kind, count(*) AS count,
-       min(from_function) AS from_function, min(from_module) AS from_module,
-       min(to_function) AS to_function, min(to_module) AS to_module
-FROM branches GROUP BY run, pid, from_ip, to_ip, kind""",
+SELECT e.run, e.pid, e.from_ip, e.to_ip, e.kind, e.count,
+       f.function AS from_function, f.module AS from_module,
+       t.function AS to_function, t.module AS to_module
+FROM (SELECT run, pid, from_ip, to_ip, kind, count(*) AS count
+      FROM branches GROUP BY run, pid, from_ip, to_ip, kind) e
+LEFT JOIN addresses f ON f.run = e.run AND f.pid = e.pid AND f.address = e.from_ip
+LEFT JOIN addresses t ON t.run = e.run AND t.pid = e.pid AND t.address = e.to_ip""",
     "calls": f"""
 SELECT run, pid, from_function AS caller, from_module AS caller_module,
        to_function AS callee, to_module AS callee_module, count(*) AS count
