@@ -139,3 +139,60 @@ def test_memory_does_not_grow_with_the_trace(build, tmp_path: Path) -> None:
     rss_small, rss_big = peak_rss_kb("sql", str(small), query), peak_rss_kb("sql", str(big), query)
     # 10x the branches (12M, 200 MB of decoded branches) cost no more than a little
     assert rss_big < rss_small + 64 * 1024, (rss_small, rss_big)
+
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "fib.btrace"
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, str]]:
+    """Files of every bad kind, and the words their one-line error has."""
+    from branchtrace.tracefile.format import PREAMBLE, VERSION
+
+    root = tmp_path_factory.mktemp("sqlbad")
+    data = GOLDEN.read_bytes()
+    magic, version, reserved = PREAMBLE.unpack_from(data)
+    (root / "adir").mkdir()
+    (root / "empty.btrace").write_bytes(b"")
+    (root / "text.btrace").write_text("this is not a trace\n" * 20)
+    (root / "newer.btrace").write_bytes(PREAMBLE.pack(magic, VERSION + 1, reserved)
+                                        + data[PREAMBLE.size:])
+    (root / "cut.btrace").write_bytes(data[:10])
+    return {"missing": (root / "no-such.btrace", "no such file"),
+            "directory": (root / "adir", "directory"), "empty": (root / "empty.btrace", "empty"),
+            "text": (root / "text.btrace", "not a branchtrace trace"),
+            "newer": (root / "newer.btrace", "newer"), "cut": (root / "cut.btrace", "truncated")}
+
+
+@pytest.mark.parametrize("which", ["missing", "directory", "empty", "text", "newer", "cut"])
+@pytest.mark.parametrize("command", ["sql", "export"])
+def test_bad_files_are_one_line(bad_files, capfd, tmp_path: Path, command: str,
+                                which: str) -> None:
+    from branchtrace.cli import main as cli_main
+
+    path, words = bad_files[which]
+    args = ([command, str(GOLDEN), str(path), "SELECT 1"] if command == "sql"
+            else [command, str(GOLDEN), str(path), "-o", str(tmp_path / "out")])
+    code = cli_main(args)
+    err = capfd.readouterr().err
+    assert code != 0 and "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0].lower(), err
+    assert not (tmp_path / "out" / "branches").exists()     # nothing half exported
+
+
+def test_bad_options_are_one_line(capfd, tmp_path: Path) -> None:
+    from branchtrace.cli import main as cli_main
+
+    for args, words in ((["sql", str(GOLDEN), "SELECT 1", "--memory-limit", "lots"], "lots"),
+                        (["sql", str(GOLDEN), "SELECT 1", "--format", "xml"], "xml"),
+                        (["sql", str(GOLDEN), "SELECT 1", "-o", str(GOLDEN)], "being read"),
+                        (["export", str(GOLDEN), "-o", str(GOLDEN)], "not a directory")):
+        try:
+            code = cli_main(args)
+        except SystemExit as exc:       # argparse
+            code = int(exc.code or 0)
+        err = capfd.readouterr().err
+        assert code != 0 and "Traceback" not in err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and words in lines[0], (args, err)

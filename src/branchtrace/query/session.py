@@ -65,8 +65,6 @@ class Session:
 
         if not paths:
             raise UsageError("give one or more trace files")
-        self.runs: list[Run] = open_runs(paths)
-        self.addresses = [Addresses(run) for run in self.runs]
         self._tmp = tempfile.mkdtemp(prefix="branchtrace-sql-")
         config: dict[str, Any] = {"memory_limit": memory_limit, "temp_directory": self._tmp}
         if threads:
@@ -75,7 +73,13 @@ class Session:
             self.con = duckdb.connect(":memory:", config=config)
         except duckdb.Error as err:
             shutil.rmtree(self._tmp, ignore_errors=True)
-            raise UsageError(f"DuckDB: {error_line(err)}") from None
+            raise UsageError(f"--memory-limit {memory_limit}: {error_line(err)}") from None
+        try:
+            self.runs: list[Run] = open_runs(paths)
+            self.addresses = [Addresses(run) for run in self.runs]
+        except BaseException:
+            self.close()
+            raise
         con = self.con
         scans = []
         for i, (run, addresses) in enumerate(zip(self.runs, self.addresses)):
