@@ -11,12 +11,12 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from ..errors import BranchtraceError
-from . import attach, coverage, crash, demo, doctor, history, profile, run, stats
+from . import attach, coverage, crash, demo, doctor, export, history, profile, run, sql, stats
 
 #: Set to show the traceback of an internal error (a bug) instead of one line.
 DEBUG_ENV = "BRANCHTRACE_DEBUG"
 
-_COMMANDS = (run, attach, doctor, demo, coverage, crash, history, profile, stats)
+_COMMANDS = (run, attach, doctor, demo, coverage, crash, history, profile, stats, sql, export)
 
 
 class _Parser(argparse.ArgumentParser):
