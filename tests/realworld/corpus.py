@@ -138,7 +138,8 @@ CASES: list[Case] = [
          children=True, quick=True),
     Case("gdb-batch", ("gdb", "-nx", "--batch", "-ex", "print 6 * 7",
                        "-ex", "print sizeof(long double)", "-ex", "print $_strlen(\"corpus\")",
-                       "-ex", "ptype struct { int a; char b[3]; }"), "gdb",
+                       "-ex", "print/x 48879", "-ex", "show language", "-ex", "print 1.0 / 3"),
+         "gdb",
          needs=("gdb", "iconv"), children=True),  # gdb runs `iconv -l` at startup
     Case("gdb-version", ("gdb", "--version"), "gdb", needs=("gdb", "iconv"), children=True),
     Case("node", ("node", "-e", "const c = {}; for (let i = 0; i < 200000; i++)"

@@ -13,6 +13,7 @@ import difflib
 import fnmatch
 import json
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -118,10 +119,14 @@ def test_same_as_native(request: pytest.FixtureRequest, workspace: Workspace, ca
     if mode == "stream":
         assert lost == 0 and trace.gaps == [], f"stream mode lost {lost}, gaps {trace.gaps}"
     processes = getattr(trace, "processes", None)
+    if table_file(request.config):
+        native_procs = (len(workspace.native_processes(case))
+                        if shutil.which("strace", path="/usr/bin:/bin") else None)
     _record(request.config, {
         "case": case.name, "package": case.package, "mode": mode,
         "command": " ".join(case.argv), "children": case.children,
         "processes": len(processes) if processes is not None else None,
+        "native_processes": native_procs if table_file(request.config) else None,
         "threads": len(trace.threads), "kept": trace.total(),
         "written": written, "lost": lost, "own": own,
         "native_s": round(native.wall, 3), "traced_s": round(traced.outcome.wall, 3),
