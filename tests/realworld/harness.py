@@ -140,7 +140,6 @@ def parse_strace(directory: Path, argv0: str) -> list[NativeProcess]:
     started = {pid for text in lines.values() for line in text
                for pid in [_clone_child(line)] if pid}
     threads_of: dict[int, int] = {}                  # tid -> its process's pid
-    children: dict[int, list[int]] = {}
     for tid, text in lines.items():
         for line in text:
             m = _CLONE.match(line)
@@ -168,7 +167,6 @@ def parse_strace(directory: Path, argv0: str) -> list[NativeProcess]:
                     name = e.group(1)
                     execs += 1
                 elif (child := _clone_child(line)):
-                    children.setdefault(pid, []).append(child)
                     order.append((child, pid, name))
                 elif tid == pid and (x := _EXIT.match(line)):
                     exit_ = f"exited {x.group(2)}" if x.group(2) else f"killed {x.group(3)}"
