@@ -134,6 +134,22 @@ def fork_file(build, tmp_path_factory) -> tuple[Path, Trace]:
 
 
 @pytest.mark.backend("ptrace")
+def test_sql_places_every_thread_in_its_process(fork_file):
+    """sql's processes and the pid of each branch come from the file's PROCESS records:
+    the per-process counts equal the Trace's, and ppid and exit are each process's."""
+    path, trace = fork_file
+    done = cli("sql", str(path), "select pid, count(*) from branches group by pid order by pid",
+               "--format", "csv")
+    assert done.returncode == 0, done.stderr
+    got = {int(a): int(b) for a, b in (line.split(",") for line in done.stdout.split()[1:])}
+    assert got == {p.pid: trace.for_pid(p.pid).total() for p in trace.processes}
+    done = cli("sql", str(path), "select pid, ppid, exit_code from processes order by pid",
+               "--format", "csv")
+    rows = [tuple(map(int, line.split(","))) for line in done.stdout.split()[1:]]
+    assert rows == sorted((p.pid, p.ppid, p.exit.code) for p in trace.processes)
+
+
+@pytest.mark.backend("ptrace")
 def test_stats_lists_the_processes(fork_file):
     path, trace = fork_file
     done = cli("stats", str(path))

@@ -20,14 +20,17 @@ from ..tracefile.stream import thread_order
 
 
 def thread_pids(tf: TraceFile) -> dict[int, int]:
-    """The process of each thread of the file.
+    """The process of each thread of the file: as the PROCESS records place them (see
+    ``tracefile.load.processes_of``); a file without them holds one process, the END
+    record's pid (else the header's, else the first thread's)."""
+    from ..tracefile.load import processes_of
 
-    Today a trace file holds one process: every thread belongs to the END record's pid
-    (else the header's, else the first thread's). The one place to change when the file
-    format records processes (issue 12: ``Trace.processes``)."""
     tids = thread_order(tf)
     pid = tf.end.pid if tf.end is not None else tf.header.pid or (tids[0] if tids else 0)
-    return {tid: pid for tid in tids}
+    out = {tid: pid for tid in tids}
+    for p in processes_of(tf):
+        out.update((tid, p.pid) for tid in p.threads)
+    return out
 
 
 def module_maps(tf: TraceFile) -> list[ModuleMap]:
@@ -94,6 +97,14 @@ def run_rows(run: Run) -> list[dict[str, Any]]:
 
 
 def process_rows(run: Run) -> list[dict[str, Any]]:
+    """One row per process: from the PROCESS records, else the one process of the file."""
+    from ..tracefile.load import processes_of
+
+    found = processes_of(run.tf)
+    if found:
+        return [{"run": run.id, "pid": p.pid, "ppid": p.ppid, "command": shlex.join(p.argv),
+                 "exit": p.exit.status, "exit_code": p.exit.code, "signal": p.exit.signal}
+                for p in found]
     status, code, signal = _exit(run.tf)
     pids = list(dict.fromkeys(run.pids.values())) or [run.pid]
     return [{"run": run.id, "pid": pid, "ppid": 0, "command": shlex.join(run.tf.header.argv),

@@ -121,6 +121,20 @@ def to_trace(tf: TraceFile) -> Trace:
     )
 
 
+def processes_of(tf: TraceFile) -> list[ProcessInfo]:
+    """The processes a scanned file records, without decoding its branches ([] for a
+    file of one process with no PROCESS record)."""
+    from .stream import thread_order
+
+    tids = thread_order(tf)
+    end = tf.end
+    pid = end.pid if end else tf.header.pid or (tids[0] if tids else 0)
+    exit = ExitInfo("unknown") if end is None else ExitInfo(
+        end.status, end.code, end.signal, end.fault_address, end.fault_pc, end.tid,
+        end.core_dumped)
+    return _processes(tf, pid, exit, tids)
+
+
 def _processes(tf: TraceFile, pid: int, exit: ExitInfo, tids: list[int]) -> list[ProcessInfo]:
     """The processes of a file with PROCESS records ([] without: one process, which the
     Trace makes from its other fields). The first process is END's pid (else the first
