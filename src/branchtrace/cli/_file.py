@@ -18,6 +18,7 @@ from ..reporters.base import check_output, pick_threads
 
 if TYPE_CHECKING:
     from ..trace import Trace
+    from ..tracefile import TraceFile
 from ._record import positive_int, same_file
 
 
@@ -57,11 +58,18 @@ def check_not_input(file: str, output: str) -> None:
 def load(args: argparse.Namespace) -> Trace:
     """Check the output path, read the trace, select --pid or the process of --thread and
     check them: each a one-line error."""
+    return load_file(args)[0]
+
+
+def load_file(args: argparse.Namespace, decode: bool = True) -> tuple[Trace, TraceFile]:
+    """:func:`load`, and the scanned file. ``decode=False``: the trace has everything
+    but the branches (for a command that counts them from the file itself)."""
     check_output(args.output)
     check_not_input(args.file, args.output)
-    from ..tracefile import open_trace
+    from ..tracefile import scan, to_trace
 
-    return select_process(open_trace(args.file), args.pid, args.thread)
+    tf = scan(args.file)
+    return select_process(to_trace(tf, decode=decode), args.pid, args.thread), tf
 
 
 def warn(trace: Trace) -> None:

@@ -19,6 +19,9 @@ import numpy as np
 
 from . import jit
 
+#: An edge table: one row per distinct branch (from_ip, to_ip, kind), with its count.
+EDGE_COUNT_DTYPE = np.dtype([("from_ip", "<u8"), ("to_ip", "<u8"), ("kind", "u1"),
+                             ("count", "<u8")])
 _EMPTY = np.uint64(0xFFFF_FFFF_FFFF_FFFF)   # no pair of 32-bit ids packs to this
 _kernel: Any = None           # (count, insert) compiled, False when it cannot be
 _lock = threading.Lock()
@@ -146,3 +149,30 @@ class PairCounter:
         self.shift = 64 - (size.bit_length() - 1)
         assert self.kernel is not None          # the numpy path keeps no table
         self.kernel[1](old_keys, old_counts, self.keys, self.counts, self.shift)
+
+
+def summed(from_ip: np.ndarray, to_ip: np.ndarray, kind: np.ndarray,
+           counts: np.ndarray) -> np.ndarray:
+    """Rows with equal (from, to, kind) summed, sorted."""
+    if len(from_ip) == 0:
+        return np.zeros(0, EDGE_COUNT_DTYPE)
+    order = np.lexsort((kind, to_ip, from_ip))
+    f, t, k, n = from_ip[order], to_ip[order], kind[order], counts[order]
+    new = np.concatenate(([True], (f[1:] != f[:-1]) | (t[1:] != t[:-1]) | (k[1:] != k[:-1])))
+    starts = np.flatnonzero(new)
+    out = np.zeros(len(starts), EDGE_COUNT_DTYPE)
+    out["from_ip"], out["to_ip"], out["kind"] = f[starts], t[starts], k[starts]
+    out["count"] = np.add.reduceat(n.astype(np.uint64), starts)
+    return out
+
+
+def merge_edges(parts: list[np.ndarray]) -> np.ndarray:
+    rows = np.concatenate(parts)
+    return summed(rows["from_ip"], rows["to_ip"], rows["kind"], rows["count"])
+
+
+def edges_of(branches: np.ndarray) -> np.ndarray:
+    """The edge table of a branch array in memory (what :func:`count_thread` gives for
+    a thread of a file)."""
+    return summed(branches["from_ip"], branches["to_ip"], branches["kind"],
+                  np.ones(len(branches), np.uint64))

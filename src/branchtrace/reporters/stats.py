@@ -7,24 +7,24 @@ symbolized with that process's own modules, and functions and edges are merged b
 (an edge by its kind and its two symbolized ends) across processes.
 
 :func:`build` gives the numbers as plain data (what ``--format json`` prints);
-:func:`render` writes them as text or JSON. Counting is numpy over the branch arrays.
+:func:`render` writes them as text or JSON. Every number is a function of each thread's
+*edge table* (each distinct branch with its count): ``branchtrace stats`` has a trace
+file's tables counted in one pass (tracefile/counts.py) and never holds the branches;
+a trace in memory gets its tables from its branch arrays.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import IO, Any
 
 import numpy as np
 
-from ..analysis import (
-    FunctionIndex,
-    all_branches,
-    hot_edges,
-    hot_functions,
-    kind_counts,
-)
-from ..model import BranchKind
+from ..analysis import FunctionIndex
+from ..analysis.hot import edge_table, hot_edges_of, hot_functions_of, kind_counts_of
+from ..decode.pairs import merge_edges
+from ..model import BRANCH_DTYPE, BranchKind
 from ..trace import Trace
 from .base import pick_threads
 
@@ -33,28 +33,41 @@ from .base import pick_threads
 _EDGES_PER_PROCESS = 16
 
 
-def build(trace: Trace, *, top: int = 10, tid: int | None = None) -> dict[str, Any]:
-    """The statistics of ``trace`` (all threads, or ``tid``) as plain data."""
+Edges = Mapping[int, np.ndarray]      # tid -> edge table (decode.pairs.EDGE_COUNT_DTYPE)
+
+
+def build(trace: Trace, *, top: int = 10, tid: int | None = None,
+          edges: Edges | None = None) -> dict[str, Any]:
+    """The statistics of ``trace`` (all threads, or ``tid``) as plain data. ``edges``:
+    the edge table of each thread, when the caller counted them (the trace's branch
+    arrays are not read then); else they come from the branch arrays."""
+    if edges is None:
+        edges = {t: edge_table(a) for t, a in trace.threads.items()}
     if len(trace.processes) > 1 and tid is None:
-        return _build_many(trace, top)
-    doc = _build_one(trace, top, tid, top)
-    doc["processes"] = [_process_row(trace, trace.processes[0].pid)]
+        return _build_many(trace, top, edges)
+    doc = _build_one(trace, top, tid, top, edges)
+    doc["processes"] = [_process_row(trace, trace.processes[0].pid, edges)]
     return doc
 
 
-def _process_row(trace: Trace, pid: int) -> dict[str, Any]:
+def _branches(edges: Edges, tid: int) -> int:
+    table = edges.get(tid)
+    return int(table["count"].sum()) if table is not None else 0
+
+
+def _process_row(trace: Trace, pid: int, edges: Edges) -> dict[str, Any]:
     one = trace.for_pid(pid)
     p = one.processes[0]
     return {"pid": p.pid, "ppid": p.ppid, "argv": list(p.argv), "exit": _exit_text(one),
-            "threads": len(one.threads), "branches": one.total()}
+            "threads": len(one.threads), "branches": sum(_branches(edges, t) for t in one.threads)}
 
 
-def _build_many(trace: Trace, top: int) -> dict[str, Any]:
+def _build_many(trace: Trace, top: int, edges: Edges) -> dict[str, Any]:
     """Statistics over every process, each symbolized with its own modules."""
-    parts = [_build_one(trace.for_pid(p.pid), 1 << 30, None, top * _EDGES_PER_PROCESS)
+    parts = [_build_one(trace.for_pid(p.pid), 1 << 30, None, top * _EDGES_PER_PROCESS, edges)
              for p in trace.processes]
     functions: dict[tuple[str, str | None], dict[str, Any]] = {}
-    edges: dict[tuple[str, str, str], dict[str, Any]] = {}
+    merged: dict[tuple[str, str, str], dict[str, Any]] = {}
     kinds: dict[str, int] = {}
     threads = []
     for part in parts:
@@ -66,7 +79,7 @@ def _build_many(trace: Trace, top: int) -> dict[str, Any]:
             got["branches"] += f["branches"]
             got["calls"] += f["calls"]
         for e in part["edges"]:
-            got = edges.setdefault((e["kind"], e["from_symbol"], e["to_symbol"]), dict(e, count=0))
+            got = merged.setdefault((e["kind"], e["from_symbol"], e["to_symbol"]), dict(e, count=0))
             got["count"] += e["count"]
     total = sum(part["records"] for part in parts)
     duration = max(0.0, trace.end_time - trace.start_time)
@@ -81,29 +94,31 @@ def _build_many(trace: Trace, top: int) -> dict[str, Any]:
         "kinds": {k: kinds[k] for k in sorted(kinds, key=lambda k: BranchKind.from_label(k))},
         "functions": sorted(functions.values(),
                             key=lambda f: (-f["branches"], f["name"], f["module"] or ""))[:top],
-        "edges": sorted(edges.values(),
+        "edges": sorted(merged.values(),
                         key=lambda e: (-e["count"], e["from_symbol"], e["to_symbol"]))[:top],
         "truncated": bool(trace.truncated),
         "notes": list(trace.notes),
-        "processes": [_process_row(trace, p.pid) for p in trace.processes],
+        "processes": [_process_row(trace, p.pid, edges) for p in trace.processes],
     }
 
 
-def _build_one(trace: Trace, top: int, tid: int | None, top_edges: int) -> dict[str, Any]:
+def _build_one(trace: Trace, top: int, tid: int | None, top_edges: int,
+               edges: Edges) -> dict[str, Any]:
     tids = pick_threads(trace, tid)
-    arrays = [trace.branches(t) for t in tids]
-    branches = all_branches(arrays)
+    empty = edge_table(np.zeros(0, BRANCH_DTYPE))
+    tables = [edges.get(t, empty) for t in tids]
+    table = tables[0] if len(tables) == 1 else merge_edges(tables) if tables else empty
     functions = FunctionIndex(trace.symbolizer)
     sym = trace.symbolizer
     threads = []
-    for t, a in zip(tids, arrays):
+    for t, a in zip(tids, tables):
         lost = sum(g.count for g in trace.gaps if g.tid == t) or trace.lost.get(t, 0)
-        threads.append({"tid": t, "records": len(a), "lost": lost,
+        threads.append({"tid": t, "records": int(a["count"].sum()), "lost": lost,
                         "gaps": sum(1 for g in trace.gaps if g.tid == t)})
-    total = len(branches)
-    by_kind = kind_counts(branches)
-    edges = hot_edges(branches, top_edges)
-    ends = [e.from_ip for e in edges] + [e.to_ip for e in edges]
+    total = int(table["count"].sum())
+    by_kind = kind_counts_of(table)
+    hot = hot_edges_of(table, top_edges)
+    ends = [e.from_ip for e in hot] + [e.to_ip for e in hot]
     locs = sym.resolve(np.array(ends, dtype=np.uint64)).locations()
     duration = max(0.0, trace.end_time - trace.start_time)
     return {
@@ -115,10 +130,10 @@ def _build_one(trace: Trace, top: int, tid: int | None, top_edges: int) -> dict[
         "rate": total / duration if duration > 0 else None,
         "kinds": {k.label: n for k, n in sorted(by_kind.items())},
         "functions": [{"name": f.name, "module": f.module, "branches": f.branches,
-                       "calls": f.calls} for f in hot_functions(branches, functions, top)],
+                       "calls": f.calls} for f in hot_functions_of(table, functions, top)],
         "edges": [{"count": e.count, "kind": e.kind.label, "from": e.from_ip, "to": e.to_ip,
-                   "from_symbol": locs[i].short(), "to_symbol": locs[len(edges) + i].short()}
-                  for i, e in enumerate(edges)],
+                   "from_symbol": locs[i].short(), "to_symbol": locs[len(hot) + i].short()}
+                  for i, e in enumerate(hot)],
         "truncated": bool(getattr(trace, "truncated", False)),
         "notes": list(trace.notes),
     }
@@ -197,9 +212,10 @@ def _write_processes(processes: list[dict[str, Any]], w: Any) -> None:
 
 
 def render(trace: Trace, out: IO[str], *, top: int = 10, tid: int | None = None,
-           fmt: str = "text") -> None:
-    """Write the statistics of ``trace`` to ``out`` as text or JSON."""
-    doc = build(trace, top=top, tid=tid)
+           fmt: str = "text", edges: Edges | None = None) -> None:
+    """Write the statistics of ``trace`` to ``out`` as text or JSON (``edges``: see
+    :func:`build`)."""
+    doc = build(trace, top=top, tid=tid, edges=edges)
     if fmt == "json":
         json.dump(doc, out, indent=2)
         out.write("\n")

@@ -20,16 +20,13 @@ import numpy as np
 import zstandard
 
 from ..decode import taken_pairs
-from ..decode.pairs import PairCounter
+from ..decode.pairs import EDGE_COUNT_DTYPE, PairCounter, edges_of, merge_edges, summed
 from ..model import BranchKind
 from ..store import RECORD_DTYPES, Encoding
 from .holes import select
 from .reader import Chunk, TraceFile
 
-#: One row per distinct branch of a thread.
-EDGE_COUNT_DTYPE = np.dtype([("from_ip", "<u8"), ("to_ip", "<u8"), ("kind", "u1"),
-                             ("count", "<u8")])
-
+__all__ = ["EDGE_COUNT_DTYPE", "ThreadCounts", "count_thread", "edges_of"]
 
 @dataclass(frozen=True, slots=True)
 class ThreadCounts:
@@ -65,19 +62,19 @@ def count_thread(tf: TraceFile, tid: int, compiled: bool = True) -> ThreadCounts
         if pairs is not None:
             pairs.feed(raw)
         elif tf.encoding == Encoding.FROMTO:
-            parts.append(_unique(raw["from_ip"], raw["to_ip"], raw["kind"],
+            parts.append(summed(raw["from_ip"], raw["to_ip"], raw["kind"],
                                  np.ones(len(raw), np.uint64)))
             if len(parts) >= 64:
-                parts = [_merge(parts)]
+                parts = [merge_edges(parts)]
     if pairs is not None:
         assert tf.blocks is not None
         edges = _decode_pairs(*pairs.result(), tf.blocks)
     else:
-        edges = _merge(parts) if parts else np.zeros(0, EDGE_COUNT_DTYPE)
+        edges = merge_edges(parts) if parts else np.zeros(0, EDGE_COUNT_DTYPE)
     bad = edges["kind"] > max(BranchKind)
     if bad.any():                                 # as open_trace shows them: OTHER
         edges["kind"][bad] = BranchKind.OTHER
-        edges = _merge([edges])
+        edges = merge_edges([edges])
     return ThreadCounts(tid, int(edges["count"].sum()), edges, corrupt)
 
 
@@ -102,31 +99,4 @@ def _decode_pairs(first: np.ndarray, second: np.ndarray, counts: np.ndarray,
                   blocks: np.ndarray) -> np.ndarray:
     """The distinct id pairs that are taken branches, as edges with their counts."""
     index, branches = taken_pairs(first, second, blocks)
-    return _unique(branches["from_ip"], branches["to_ip"], branches["kind"], counts[index])
-
-
-def _unique(from_ip: np.ndarray, to_ip: np.ndarray, kind: np.ndarray,
-            counts: np.ndarray) -> np.ndarray:
-    """Rows with equal (from, to, kind) summed, sorted."""
-    if len(from_ip) == 0:
-        return np.zeros(0, EDGE_COUNT_DTYPE)
-    order = np.lexsort((kind, to_ip, from_ip))
-    f, t, k, n = from_ip[order], to_ip[order], kind[order], counts[order]
-    new = np.concatenate(([True], (f[1:] != f[:-1]) | (t[1:] != t[:-1]) | (k[1:] != k[:-1])))
-    starts = np.flatnonzero(new)
-    out = np.zeros(len(starts), EDGE_COUNT_DTYPE)
-    out["from_ip"], out["to_ip"], out["kind"] = f[starts], t[starts], k[starts]
-    out["count"] = np.add.reduceat(n.astype(np.uint64), starts)
-    return out
-
-
-def _merge(parts: list[np.ndarray]) -> np.ndarray:
-    rows = np.concatenate(parts)
-    return _unique(rows["from_ip"], rows["to_ip"], rows["kind"], rows["count"])
-
-
-def edges_of(branches: np.ndarray) -> np.ndarray:
-    """The edge table of a branch array in memory (what :func:`count_thread` gives for
-    a thread of a file)."""
-    return _unique(branches["from_ip"], branches["to_ip"], branches["kind"],
-                   np.ones(len(branches), np.uint64))
+    return summed(branches["from_ip"], branches["to_ip"], branches["kind"], counts[index])

@@ -56,7 +56,10 @@ def open_trace(path: str | os.PathLike[str]) -> Trace:
     return to_trace(scan(path))
 
 
-def to_trace(tf: TraceFile) -> Trace:
+def to_trace(tf: TraceFile, decode: bool = True) -> Trace:
+    """The :class:`Trace` of a scanned file. ``decode=False``: everything but the
+    branches (every thread's array is empty; the missing chunks are gaps at index 0),
+    for readers that go over the branches themselves (tracefile/counts.py, stream.py)."""
     h = tf.header
     info = {t.tid: t for t in tf.threads}
     order = list(dict.fromkeys([t.tid for t in tf.threads] + list(tf.chunks)))
@@ -76,8 +79,12 @@ def to_trace(tf: TraceFile) -> Trace:
             t = info.get(tid)
             chunks, holes = select(tf.chunks.get(tid, []), t.kept if t else None)
             seen: list[int] = []       # from/to chunks holding kinds we do not know
-            array, placed, chunk_times, why = _decode_thread(tf, chunks, holes, pool, local,
-                                                             seen)
+            if decode:
+                array, placed, chunk_times, why = _decode_thread(tf, chunks, holes, pool,
+                                                                 local, seen)
+            else:
+                array, placed, why = np.zeros(0, BRANCH_DTYPE), [(x, 0) for x in holes], ""
+                chunk_times = np.zeros(0, CHUNK_TIMES_DTYPE)
             if why:
                 notes.append(f"thread {tid}: {why}")
             check = seen if tf.encoding == Encoding.FROMTO else not kinds_known

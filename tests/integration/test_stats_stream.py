@@ -1,0 +1,63 @@
+"""`branchtrace stats` reads a trace file in one pass and never holds its branches: the
+same numbers as the statistics of the whole trace in memory, and a peak memory that
+does not grow with the trace."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+
+from branchtrace.reporters import stats
+from branchtrace.tracefile import open_trace
+from conftest import cli, need_backend
+
+_MAXRSS = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], "
+           "stdout=subprocess.DEVNULL); "
+           "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, r.returncode)")
+
+
+def _record(exe, path, n: int) -> None:
+    done = cli("run", "--backend", "stalker", "--mode", "stream", "--report", "never",
+               "-o", str(path), "--", str(exe), str(n), timeout=600)
+    assert done.returncode == 0, done.stderr
+
+
+def _peak_kb(path) -> int:
+    probe = subprocess.run([sys.executable, "-c", _MAXRSS, sys.executable, "-m", "branchtrace",
+                            "stats", str(path)], capture_output=True, text=True, timeout=600)
+    peak, rc = map(int, probe.stdout.split())
+    assert rc == 0, probe.stderr
+    return peak
+
+
+def test_stats_of_a_file_are_the_statistics_of_the_whole_trace(build, tmp_path):
+    need_backend("stalker")
+    exe = build("loop")
+    path = tmp_path / "loop.btrace"
+    _record(exe, path, 200_000)
+    done = cli("stats", str(path), "--format", "json", "--top", "50")
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    out = io.StringIO()
+    stats.render(open_trace(path), out, top=50, fmt="json")   # the branches in memory
+    assert got == json.loads(out.getvalue())
+    assert got["records"] > 4 * 200_000
+    work = next(f for f in got["functions"] if f["name"] == "work")
+    assert work["calls"] == 200_000
+
+
+def test_stats_memory_does_not_grow_with_the_trace(build, tmp_path):
+    """3M and 30M loop iterations (~13M and ~130M branches; in memory they would take
+    0.2 and 2.2 GB): the peak RSS of `stats` differs by far less than the branches."""
+    need_backend("stalker")
+    exe = build("loop")
+    small, big = tmp_path / "small.btrace", tmp_path / "big.btrace"
+    _record(exe, small, 3_000_000)
+    _record(exe, big, 30_000_000)
+    total = json.loads(cli("stats", str(big), "--format", "json").stdout)["records"]
+    assert total > 100_000_000
+    peak_small, peak_big = _peak_kb(small), _peak_kb(big)
+    assert peak_big < peak_small + 96 * 1024, (peak_small, peak_big)
+    assert peak_big * 1024 < total * 17 / 4, (peak_big, total)    # a quarter of the branches
