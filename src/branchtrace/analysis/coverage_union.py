@@ -14,18 +14,24 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .coverage import BLOCK_DTYPE, EDGE_DTYPE, Coverage, _split_blocks, compute
+from .coverage_stream import Source, compute_streamed
 
 if TYPE_CHECKING:
     from ..model import ModuleMap
     from ..trace import Trace
 
 
-def compute_all(trace: Trace) -> Coverage:
-    """The coverage of every process of ``trace``, each computed with its own modules."""
+def compute_all(trace: Trace, source: Source | None = None) -> Coverage:
+    """The coverage of every process of ``trace``, each computed with its own modules;
+    with ``source``, each thread's branches come from it piece by piece
+    (coverage_stream.py) instead of the trace's arrays."""
+    def one(view: Trace) -> Coverage:
+        return compute(view) if source is None else compute_streamed(view, source)
+
     views = trace.per_process()
     if len(views) == 1:
-        return compute(views[0])
-    return union([compute(view) for view in views])
+        return one(views[0])
+    return union([one(view) for view in views])
 
 
 def union(covs: list[Coverage]) -> Coverage:

@@ -61,10 +61,14 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError(f"--test-name: letters, digits and '_' only, not {args.test_name!r}")
     check_output(args.output)
     check_not_input(args.file, args.output)
-    from ..tracefile import open_trace
+    from ..tracefile import scan, to_trace
+    from ..tracefile.stream import Piece, ThreadStream
 
-    trace = select_process(open_trace(args.file), args.pid)
-    cov = compute_all(trace)
+    # the file is read chunk by chunk: memory grows with the distinct runs, not the trace
+    tf = scan(args.file)
+    trace = select_process(to_trace(tf, decode=False), args.pid)
+    cov = compute_all(trace, lambda tid: (x.branches if isinstance(x, Piece) else x
+                                          for x in ThreadStream(tf, tid)))
     warnings = list(cov.notes)
     lost = sum(g.count for g in trace.gaps)
     if lost:

@@ -1,5 +1,5 @@
-"""`branchtrace stats` reads a trace file in one pass and never holds its branches: the
-same numbers as the statistics of the whole trace in memory, and a peak memory that
+"""`branchtrace stats` and `coverage` read a trace file chunk by chunk and never hold its
+branches: the same results as from the whole trace in memory, and a peak memory that
 does not grow with the trace."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ import json
 import subprocess
 import sys
 
-from branchtrace.reporters import stats
+from branchtrace.analysis.coverage_union import compute_all
+from branchtrace.reporters import coverage_json, stats
 from branchtrace.tracefile import open_trace
 from conftest import cli, need_backend
 
@@ -24,9 +25,10 @@ def _record(exe, path, n: int) -> None:
     assert done.returncode == 0, done.stderr
 
 
-def _peak_kb(path) -> int:
+def _peak_kb(path, command: str = "stats", *options: str) -> int:
     probe = subprocess.run([sys.executable, "-c", _MAXRSS, sys.executable, "-m", "branchtrace",
-                            "stats", str(path)], capture_output=True, text=True, timeout=600)
+                            command, str(path), *options],
+                           capture_output=True, text=True, timeout=900)
     peak, rc = map(int, probe.stdout.split())
     assert rc == 0, probe.stderr
     return peak
@@ -58,6 +60,23 @@ def test_stats_memory_does_not_grow_with_the_trace(build, tmp_path):
     _record(exe, big, 30_000_000)
     total = json.loads(cli("stats", str(big), "--format", "json").stdout)["records"]
     assert total > 100_000_000
-    peak_small, peak_big = _peak_kb(small), _peak_kb(big)
-    assert peak_big < peak_small + 96 * 1024, (peak_small, peak_big)
-    assert peak_big * 1024 < total * 17 / 4, (peak_big, total)    # a quarter of the branches
+    for command in (("stats",), ("coverage", "--format", "json", "-o", str(tmp_path / "c.json"))):
+        peak_small, peak_big = _peak_kb(small, *command), _peak_kb(big, *command)
+        assert peak_big < peak_small + 96 * 1024, (command, peak_small, peak_big)
+        assert peak_big * 1024 < total * 17 / 4, (command, peak_big, total)  # < 1/4 of them
+
+
+def test_coverage_of_a_file_is_the_coverage_of_the_whole_trace(build, tmp_path):
+    need_backend("stalker")
+    exe = build("loop")
+    path = tmp_path / "loop.btrace"
+    _record(exe, path, 200_000)
+    out = tmp_path / "c.json"
+    done = cli("coverage", str(path), "--format", "json", "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    cov = compute_all(open_trace(path))                      # the branches in memory
+    got = json.loads(out.read_text())
+    buf = io.StringIO()
+    coverage_json.render(cov, buf)
+    assert got == json.loads(buf.getvalue())
+    assert got["summary"]["branches"] > 4 * 200_000
