@@ -331,8 +331,51 @@ function forkParent() {
   const tid = Process.getCurrentThreadId();
   const t = forking.get(tid);
   forking.delete(tid);
+  childDone(tid);
   if (t !== undefined && !stopping)
     Stalker.follow(tid, followOptions(t.ctx));
+}
+
+/* Children (backends/stalker/children.py): before fork, vfork or posix_spawn makes its
+ * system call, the calling thread tells the tracer and waits: the tracer seizes it with
+ * ptrace, and the kernel hands it the child stopped at birth. A fork child is followed
+ * from `ret` (fork's return address) by an agent of its own; a vfork child from its
+ * exec. Once the call returned in the parent, the tracer hears of it (a failed fork
+ * made no child: it lets the thread go). Without following, the tracer only counts. */
+const childAsked = new Set();   // tids whose fork the tracer was told of
+
+function childStart(tid, ret) {
+  if (stopping || inChild() || !followed.has(tid))
+    return;
+  if (!params.followChildren) {
+    send({ type: 'child' });
+    return;
+  }
+  const reply = ask('fork', { tid: tid, ret: ret === null ? null : ret.toString() });
+  if (reply !== null && reply.ok === true)
+    childAsked.add(tid);
+}
+
+function childDone(tid) {
+  if (childAsked.delete(tid))
+    ask('fork-done', { tid: tid });
+}
+
+function followChildren() {
+  for (const name of ['posix_spawn', 'posix_spawnp']) {
+    const address = Module.findGlobalExportByName(name);
+    if (address !== null)
+      Interceptor.attach(address, {
+        onEnter() { childStart(Process.getCurrentThreadId(), null); },
+        onLeave() { if (!inChild()) childDone(Process.getCurrentThreadId()); },
+      });
+  }
+  const vfork = Module.findGlobalExportByName('vfork');
+  if (vfork !== null)   // a probe: the stack is shared with the child, left alone
+    Interceptor.attach(vfork, function () {
+      childStart(Process.getCurrentThreadId(), null);
+      childAsked.delete(Process.getCurrentThreadId());   // no exit hook: nothing to say
+    });
 }
 
 function unfollowAroundFork() {
@@ -345,6 +388,7 @@ function unfollowAroundFork() {
     if (t !== undefined && !stopping) {
       Stalker.unfollow(tid);
       forking.set(tid, t);
+      childStart(tid, this.returnAddress);
     }
   });
   Interceptor.attach(address, { onLeave: cm.bt_fork_leave });
@@ -599,6 +643,7 @@ rpc.exports = {
     wrapSignalHandlers(signals);
     refollowAfterTlsDtors();
     unfollowAroundFork();
+    followChildren();
     followCloneChildren();
     followExec();
 
