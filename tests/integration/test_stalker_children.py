@@ -144,3 +144,18 @@ def test_not_following_children_leaves_them_untraced(programs, monkeypatch):
     assert trace.exit.status == "exited" and trace.exit.code == 0
     assert list(trace.threads) == [trace.pid]
     assert f"{N} child process(es) ran untraced (not following children)" in trace.notes
+
+
+def test_a_crashing_child_has_its_crash_facts(programs, results):
+    fork_n, _ = programs
+    trace = record(Target(argv=(str(fork_n), "2", "crash")), RecordConfig(backend="stalker"))
+    (result,) = results
+    assert trace.exit.status == "exited" and trace.exit.code == 0
+    first, ok, crashed = result.processes
+    assert (ok.exit.status, ok.exit.code) == ("exited", 0)
+    assert crashed.exit.status == "signaled" and crashed.exit.signal == 11, trace.notes
+    assert crashed.exit.fault_address == 0 and crashed.exit.tid == crashed.pid
+    where = Symbolizer(crashed.modules, lines=False).resolve(
+        np.array([crashed.exit.fault_pc], dtype=np.uint64))
+    assert where.function_names[where.function[0]] == "child_crash"
+    assert calls_to(trace, crashed, "work") == 2
