@@ -159,3 +159,26 @@ def test_a_crashing_child_has_its_crash_facts(programs, results):
         np.array([crashed.exit.fault_pc], dtype=np.uint64))
     assert where.function_names[where.function[0]] == "child_crash"
     assert calls_to(trace, crashed, "work") == 2
+
+
+def test_restore_code_puts_the_files_bytes_back():
+    """What a fork child gets of the old agent's hooks is undone from the files."""
+    from branchtrace.backends.stalker.children import restore_code
+
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        with open(f"/proc/{child.pid}/maps", encoding="utf-8") as f:
+            line = next(x for x in f if "r-xp" in x and "libc" in x)
+        start = int(line.split("-")[0], 16) + 0x100
+        with open(f"/proc/{child.pid}/mem", "r+b", buffering=0) as mem:
+            mem.seek(start)
+            before = mem.read(16)
+            mem.seek(start)
+            mem.write(b"\xe9\x00\x00\x00\x00" + before[5:])   # a hook's jump
+            assert restore_code(child.pid) == 4096
+            mem.seek(start)
+            assert mem.read(16) == before
+        assert restore_code(child.pid) == 0
+    finally:
+        child.kill()
+        child.wait()

@@ -42,6 +42,7 @@ PTRACE_O_TRACEVFORK = 0x04
 PTRACE_EVENT_FORK = 1
 PTRACE_EVENT_VFORK = 2
 _POLL = 0.0005
+_MAX_PATCHED_PAGES = 64
 
 #: (child pid, "fork" or "vfork", entry or None, error or None, wait status of a child
 #: that ended before it could be followed): called from the catcher
@@ -70,6 +71,9 @@ class ForkCatcher:
         self._thread.start()
         self._seized.wait()
         return self.error is None
+
+    def join(self) -> None:
+        self._thread.join(STEP_TIMEOUT)
 
     def done(self) -> None:
         """fork returned in the parent: let it go if no child came (a failed fork)."""
@@ -282,16 +286,19 @@ def restore_code(pid: int) -> int:
 
 
 def _patch_back(mem: Any, start: int, current: bytes, original: bytes) -> int:
-    """Write ``original`` over ``current`` page by page where they differ."""
+    """Write ``original`` over ``current`` page by page where they differ; not at all
+    when more than :data:`_MAX_PATCHED_PAGES` differ (not the file that is mapped there:
+    replaced on disk since; hooks touch a few pages)."""
     if current == original:
         return 0
-    written = 0
-    for i in range(0, min(len(current), len(original)), 4096):
-        if current[i:i + 4096] != original[i:i + 4096]:
-            mem.seek(start + i)
-            mem.write(original[i:i + 4096])
-            written += len(original[i:i + 4096])
-    return written
+    pages = [i for i in range(0, min(len(current), len(original)), 4096)
+             if current[i:i + 4096] != original[i:i + 4096]]
+    if len(pages) > _MAX_PATCHED_PAGES:
+        return 0
+    for i in pages:
+        mem.seek(start + i)
+        mem.write(original[i:i + 4096])
+    return sum(len(original[i:i + 4096]) for i in pages)
 
 
 class ChildFollowing:
@@ -312,6 +319,7 @@ class ChildFollowing:
     children: list[Any]
     untraced_children: int
     _catchers: dict[int, ForkCatcher]
+    _all_catchers: list[ForkCatcher]
     ppid: int
     argv: tuple[str, ...]
     start_ns: int
@@ -331,6 +339,7 @@ class ChildFollowing:
             return False
         old = self._catchers.get(tid)
         self._catchers[tid] = catcher
+        self._all_catchers.append(catcher)
         if old is not None:
             old.done()
         return True
@@ -371,8 +380,10 @@ class ChildFollowing:
         """At the end of the run: let go of every catcher and of every child still
         running (it goes on untraced), depth first."""
         for catcher in list(self._catchers.values()):
-            catcher.done()
+            catcher.done()      # a fork that made no child (yet): let go of the thread
         self._catchers.clear()
+        for catcher in self._all_catchers:   # a child being caught: until it runs
+            catcher.join()
         for child in list(self.children):
             child.end_children()
             if not child._ended.is_set():

@@ -91,6 +91,7 @@ class Host(ExecFollowing, ChildFollowing, Ending):
         self.children: list[Host] = []
         self.untraced_children = 0
         self._catchers: dict[int, ForkCatcher] = {}
+        self._all_catchers: list[ForkCatcher] = []
         self.ppid = 0
         self.argv: tuple[str, ...] = ()
         self.start_ns = time.time_ns()
