@@ -320,6 +320,7 @@ class ChildFollowing:
     untraced_children: int
     _catchers: dict[int, ForkCatcher]
     _all_catchers: list[ForkCatcher]
+    _closing: bool
     ppid: int
     argv: tuple[str, ...]
     start_ns: int
@@ -327,7 +328,7 @@ class ChildFollowing:
 
     def _on_fork(self, tid: int, ret: str | None) -> bool:
         """``tid`` is about to fork (it waits for our answer): seize it."""
-        if self._interrupted:
+        if self._interrupted or self._closing:
             return False
         entry = int(ret, 0) if ret else None
         catcher = ForkCatcher(
@@ -378,17 +379,25 @@ class ChildFollowing:
 
     def end_children(self) -> None:
         """At the end of the run: let go of every catcher and of every child still
-        running (it goes on untraced), depth first."""
-        for catcher in list(self._catchers.values()):
-            catcher.done()      # a fork that made no child (yet): let go of the thread
-        self._catchers.clear()
-        for catcher in self._all_catchers:   # a child being caught: until it runs
-            catcher.join()
-        for child in list(self.children):
-            child.end_children()
-            if not child._ended.is_set():
-                child.stop()
-            child.end_ns = child.end_ns or time.time_ns()
+        running (it goes on untraced), depth first. A child is stopped before its own
+        children are looked at (it asks for no more forks once stopped), and a catcher
+        under way is waited for (it may be giving a child its host)."""
+        self._closing = True
+        while True:
+            catchers = list(self._all_catchers)
+            for catcher in list(self._catchers.values()):
+                catcher.done()  # a fork that made no child (yet): let go of the thread
+            self._catchers.clear()
+            for catcher in catchers:
+                catcher.join()
+            for child in list(self.children):
+                child._closing = True
+                if not child._ended.is_set():
+                    child.stop()
+                child.end_children()
+                child.end_ns = child.end_ns or time.time_ns()
+            if len(self._all_catchers) == len(catchers):
+                return
 
     def all_hosts(self) -> list[Any]:
         """This host, then its children's, in the order they started, depth first."""

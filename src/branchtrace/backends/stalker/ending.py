@@ -94,9 +94,11 @@ class Ending:
 
         if script is None and session is None:
             return
-        if not self._interrupted:
+        if not self._interrupted and self.parent is None:
             unload()
             return
+        # after a Ctrl-C, or a child still running at the end of the run (it may sit in
+        # a system call for ever: a daemon): wait a little, leave the rest to the agent
         worker = threading.Thread(target=unload, name="branchtrace-unload", daemon=True)
         worker.start()
         worker.join(_DETACH_WAIT)

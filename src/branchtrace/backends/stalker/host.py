@@ -92,6 +92,7 @@ class Host(ExecFollowing, ChildFollowing, Ending):
         self.untraced_children = 0
         self._catchers: dict[int, ForkCatcher] = {}
         self._all_catchers: list[ForkCatcher] = []
+        self._closing = False   # the run ends: follow no more children
         self.ppid = 0
         self.argv: tuple[str, ...] = ()
         self.start_ns = time.time_ns()
