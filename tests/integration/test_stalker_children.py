@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -167,8 +168,13 @@ def test_restore_code_puts_the_files_bytes_back():
 
     child = subprocess.Popen(["sleep", "30"])
     try:
-        with open(f"/proc/{child.pid}/maps", encoding="utf-8") as f:
-            line = next(x for x in f if "r-xp" in x and "libc" in x)
+        for _ in range(500):   # until sleep's libc is mapped (Popen returns before)
+            with open(f"/proc/{child.pid}/maps", encoding="utf-8") as f:
+                lines = [x for x in f if "r-xp" in x and "/libc" in x]
+            if lines:
+                break
+            time.sleep(0.01)
+        line = lines[0]
         start = int(line.split("-")[0], 16) + 0x100
         with open(f"/proc/{child.pid}/mem", "r+b", buffering=0) as mem:
             mem.seek(start)
