@@ -87,16 +87,13 @@ class Host(ExecFollowing, ChildFollowing, Ending):
             self.table_capacity, self.table_path = parent.table_capacity, parent.table_path
             self.check, self.follow_children = parent.check, parent.follow_children
             option_notes = []
-        #: the processes this one started (children.py), and how many ran untraced
+        #: children.py: the processes this one started, how many ran untraced, catchers
         self.children: list[Host] = []
-        self.untraced_children = 0
+        self.untraced_children, self.ppid, self.end_ns, self.start_ns = 0, 0, 0, time.time_ns()
         self._catchers: dict[int, ForkCatcher] = {}
         self._all_catchers: list[ForkCatcher] = []
         self._closing = False   # the run ends: follow no more children
-        self.ppid = 0
         self.argv: tuple[str, ...] = ()
-        self.start_ns = time.time_ns()
-        self.end_ns = 0
         self.child_status: int | None = None   # a child that ended before it was followed
         self.pid = 0
         self.threads: list[int] = []
@@ -160,7 +157,6 @@ class Host(ExecFollowing, ChildFollowing, Ending):
     def start_child(self, pid: int, entry: int) -> None:
         """A child (children.py), stopped where its main thread is to follow itself."""
         self._attach(pid)
-        self._refresh_modules()
         self._load_agent(pid, str(entry))
         self._resume(pid)
 
@@ -230,8 +226,12 @@ class Host(ExecFollowing, ChildFollowing, Ending):
         except (frida.InvalidArgumentError, frida.InvalidOperationError) as err:
             # seen once in ~35 runs of the benchmark's stock variant: the program had
             # run on before it was followed; say so, never die of it
+            caught = False
+            with contextlib.suppress(Exception):  # frida's errors: no common base
+                caught = bool(self._script.exports_sync.catch_up())
             self.notes.append(f"Frida did not hold pid {pid} at its entry point "
-                              f"(resume: {err}): its first instructions may be missing")
+                              f"(resume: {err}): its first instructions may be missing"
+                              + ("; followed from where it was" if caught else ""))
         continue_if_stopped(pid)
 
     def _start_address(self, launcher: Launcher | None, vaddr: int | None) -> str | None:
@@ -312,7 +312,7 @@ class Host(ExecFollowing, ChildFollowing, Ending):
                 self._on_fork_done(int(payload["tid"]))
             finally:
                 self._post({"type": payload["key"]})
-        elif kind == "child":
+        elif kind == "child":   # not following children: count them
             self.untraced_children += 1
         elif kind == "exec-failed":
             try:

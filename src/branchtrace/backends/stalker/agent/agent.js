@@ -82,6 +82,7 @@ let tablePtr = null;
 let threadObserver = null;
 let moduleObserver = null;
 let entryHook = null;
+let entryFollow = null;   // the main thread's follow from the entry, until it happens
 let stopping = false;
 const followed = new Map();     // tid -> { ctx: NativePointer, base, size }
 const refused = new Set();      // tids that got no slot
@@ -258,13 +259,13 @@ function followAtEntry(entry, slot) {
   const t = prepare(slot);
   if (t === null)
     return;
-  let done = false;
+  entryFollow = () => Stalker.follow(slot.tid, followOptions(t.ctx));
   /* a probe (a function, not {onEnter}): Interceptor leaves the stack alone, and at the
    * entry point the word at the stack pointer is argc, not a return address */
   entryHook = Interceptor.attach(ptr(entry), function () {
-    if (done || Process.getCurrentThreadId() !== slot.tid)
+    if (entryFollow === null || Process.getCurrentThreadId() !== slot.tid)
       return;
-    done = true;
+    entryFollow = null;
     cm.altstack();   // crash.js: the thread's own alternate signal stack
     Stalker.follow(slot.tid, followOptions(t.ctx));
     setTimeout(() => {
@@ -688,6 +689,18 @@ rpc.exports = {
       onlyMatched: matched,
       modules: Process.enumerateModules().map(m => m.name),
     };
+  },
+
+  /* The program ran before Frida held it (the host's resume failed): if the main thread
+   * has not reached its entry probe yet, it may have passed it; follow it from where it
+   * is now (true), rather than not at all. */
+  catchUp() {
+    const follow = entryFollow;
+    entryFollow = null;
+    if (follow === null || stopping)
+      return false;
+    follow();
+    return true;
   },
 
   stop() {
