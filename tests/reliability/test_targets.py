@@ -53,9 +53,10 @@ def test_fork_and_exec(build, backend):
     exe = build("rel_fork")
     trace, out = traced(exe, backend)
     assert out == native(exe).stdout == b"child ran\nparent saw 0\n"
-    # the parent's own threads; the child (followed by default) is checked in
-    # tests/integration/test_children.py
+    # the parent's own threads, and the child (followed by default, issue 12 item 3):
+    # its thread in a process of its own; tests/integration/test_children.py checks more
     assert trace.exit.code == 0 and list(trace.for_pid(trace.pid).threads) == [trace.pid]
+    assert len(trace.processes) == 2 and len(trace.threads) == 2
     assert_complete(trace)
 
 

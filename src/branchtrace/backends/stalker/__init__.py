@@ -143,7 +143,7 @@ class StalkerBackend(Backend):
         elif options.start not in (None, "entry"):
             notes.append("--start only applies to programs we start; attached from now on")
         only = self.only or options.only  # the constructor's, else --only
-        host = Host(store, only)
+        host = Host(store, only, follow_children=options.follow_children)
         self._host = host
         if self._interrupted:
             host.interrupt()
@@ -182,7 +182,8 @@ class StalkerBackend(Backend):
                 # program that time, so that a next attach meets a clean process.
                 time.sleep(ATTACH_SETTLE_S)
         return RunResult(result.exit, result.modules, result.threads, result.gaps,
-                         notes + result.notes, pid=host.pid, blocks=result.blocks)
+                         notes + result.notes, pid=host.pid, blocks=result.blocks,
+                         processes=result.processes)
 
 
 _probe_cache: Probe | None = None

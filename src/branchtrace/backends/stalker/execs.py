@@ -259,6 +259,7 @@ class ExecFollowing:
     session, the store and the methods declared at the end here)."""
 
     pid: int
+    argv: tuple[str, ...]
     notes: list[str]
     threads: list[int]
     store: Store
@@ -340,6 +341,7 @@ class ExecFollowing:
                 return
             self.notes.append(f"exec: {exe} (pid {self.pid}): the trace goes on in the new "
                               "image; branches before it belong to the old one")
+            self.argv = read_argv(self.pid) or self.argv
             self._resume(self.pid)
             self._exec = None       # the new image runs: it may exec again
             _forget_session(*old)   # only now: see _forget_session
@@ -372,3 +374,12 @@ def _forget_session(script: Any, session: Any) -> None:
         if close is not None:
             with contextlib.suppress(Exception):  # frida's errors have no common base
                 close()
+
+
+def read_argv(pid: int) -> tuple[str, ...]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return ()
+    return tuple(part.decode("utf-8", "replace") for part in raw.split(b"\0")[:-1])

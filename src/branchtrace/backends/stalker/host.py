@@ -23,12 +23,14 @@ from typing import Any
 
 from ...store.blocks import DEFAULT_TABLE_CAPACITY, create_table, read_table, table_bytes
 from ...errors import BranchtraceError, MemoryLimitError, TargetError, UsageError
-from ...model import ExitInfo, Gap, ModuleMap
+from ...model import ExitInfo, Gap, ModuleMap, ProcessInfo
 from ...store import HEADER_SIZE, THREAD_ENTRY_SIZE, Store
 from ...symbols import merge_modules, modules_from_maps, read_maps
 from .agent_code import agent_options, agent_source, has_avx512, has_bmi2
 from .check import CheckCounters, enabled
-from .execs import ExecCatcher, ExecFollowing
+from .children import ChildFollowing, ForkCatcher
+from .ending import Ending
+from .execs import ExecCatcher, ExecFollowing, read_argv
 from .launch import (Attaching, Launcher, attach, check_attachable, continue_if_stopped,
                      mapped_paths)
 
@@ -39,10 +41,6 @@ _SIGNAL_OF_EXCEPTION = {
 }
 _POLL = 0.02  # seconds between checks of the end conditions
 _STOP_TIMEOUT = 10.0
-#: After a Ctrl-C, how long stop() waits for Frida to unload its agent (see stop()).
-_DETACH_WAIT = 0.25
-#: After a second Ctrl-C, how long finish() waits for the program to die of it.
-_FATE_WAIT = 2.0
 
 
 @dataclass
@@ -66,19 +64,38 @@ class HostResult:
     blocks: Any = None
     #: BRANCHTRACE_STALKER_CHECK: blocks each thread executed, counted apart from the store
     check: dict[int, int] | None = None
+    #: every process, the first one first (children.py)
+    processes: list[ProcessInfo] = field(default_factory=list)
 
 
-class Host(ExecFollowing):
+class Host(ExecFollowing, ChildFollowing, Ending):
     """One Frida session recording one target into ``store``."""
 
     def __init__(self, store: Store, only: tuple[str, ...] = (),
-                 table_capacity: int = DEFAULT_TABLE_CAPACITY) -> None:
+                 table_capacity: int = DEFAULT_TABLE_CAPACITY, parent: Host | None = None,
+                 follow_children: bool = True) -> None:
         self.options, option_notes = agent_options()
         self.store = store
         self.only = only
-        self.table_capacity = table_capacity
-        self.table_path = create_table(store.path.parent, store.path.stem, table_capacity)
-        self.check = CheckCounters(store.path.parent, store.path.stem, 4096) if enabled() else None
+        self.parent = parent
+        if parent is None:
+            self.table_capacity = table_capacity
+            self.table_path = create_table(store.path.parent, store.path.stem, table_capacity)
+            self.check = (CheckCounters(store.path.parent, store.path.stem, 4096)
+                          if enabled() else None)
+            self.follow_children = follow_children
+        else:   # a child (children.py): the same store, block table, device and lock
+            self.table_capacity, self.table_path = parent.table_capacity, parent.table_path
+            self.check, self.follow_children = parent.check, parent.follow_children
+            option_notes = []
+        #: children.py: the processes this one started, how many ran untraced, catchers
+        self.children: list[Host] = []
+        self.untraced_children, self.ppid, self.end_ns, self.start_ns = 0, 0, 0, time.time_ns()
+        self._catchers: dict[int, ForkCatcher] = {}
+        self._all_catchers: list[ForkCatcher] = []
+        self._closing = False   # the run ends: follow no more children
+        self.argv: tuple[str, ...] = ()
+        self.child_status: int | None = None   # a child that ended before it was followed
         self.pid = 0
         self.threads: list[int] = []
         self.gaps: list[Gap] = []
@@ -91,13 +108,13 @@ class Host(ExecFollowing):
         self._claimed: set[str] = set()
         self.crash: Crash | None = None
         self.exit_code: int | None = None     # reported by the agent (attach mode)
-        self._lock = threading.Lock()
+        self._lock = parent._lock if parent is not None else threading.Lock()
         self._ended = threading.Event()
         self._interrupted = False
         self._interrupts = 0
         self._session: Any = None
         self._script: Any = None
-        self._device: Any = None
+        self._device: Any = parent._device if parent is not None else None
         self._launcher: Launcher | None = None
         self._agent_errors: list[str] = []
         #: exec (execs.py): the sessions so far (one per image), the catcher of an exec
@@ -120,6 +137,7 @@ class Host(ExecFollowing):
         earlier (the session is taken from it).
         """
         self.pid = pid
+        self.argv = read_argv(pid)
         self._launcher = launcher
         if launcher is not None:
             threading.Thread(target=self._wait_child, args=(launcher,),
@@ -140,6 +158,12 @@ class Host(ExecFollowing):
         if launcher is not None:
             launcher.go()
             self._resume(pid)
+
+    def start_child(self, pid: int, entry: int) -> None:
+        """A child (children.py), stopped where its main thread is to follow itself."""
+        self._attach(pid)
+        self._load_agent(pid, str(entry))
+        self._resume(pid)
 
     def _attach(self, pid: int, attaching: Attaching | None = None) -> None:
         """Frida's session on ``pid`` (taken from ``attaching`` when given)."""
@@ -192,6 +216,7 @@ class Host(ExecFollowing):
             "avx512": has_avx512(),
             "only": list(self.only), "slots": slots, "ours": sorted(self.ours),
             "entry": entry, "started": self._launcher is not None,
+            "followChildren": self.follow_children,
             "checkPath": str(self.check.path) if self.check is not None else None,
             **self.options,
         }
@@ -210,8 +235,12 @@ class Host(ExecFollowing):
         except (frida.InvalidArgumentError, frida.InvalidOperationError) as err:
             # seen once in ~35 runs of the benchmark's stock variant: the program had
             # run on before it was followed; say so, never die of it
+            caught = False
+            with contextlib.suppress(Exception):  # frida's errors: no common base
+                caught = bool(self._script.exports_sync.catch_up())
             self.notes.append(f"Frida did not hold pid {pid} at its entry point "
-                              f"(resume: {err}): its first instructions may be missing")
+                              f"(resume: {err}): its first instructions may be missing"
+                              + ("; followed from where it was" if caught else ""))
         continue_if_stopped(pid)
 
     def _start_address(self, launcher: Launcher | None, vaddr: int | None) -> str | None:
@@ -285,6 +314,19 @@ class Host(ExecFollowing):
                 ok = self._on_exec(int(payload["tid"]), payload.get("path"))
             finally:
                 self._post({"type": payload["key"], "ok": ok})
+        elif kind == "fork":
+            ok = False
+            try:
+                ok = self._on_fork(int(payload["tid"]), payload.get("ret"))
+            finally:
+                self._post({"type": payload["key"], "ok": ok})
+        elif kind == "fork-done":
+            try:
+                self._on_fork_done(int(payload["tid"]))
+            finally:
+                self._post({"type": payload["key"]})
+        elif kind == "child":   # not following children: count them
+            self.untraced_children += 1
         elif kind == "exec-failed":
             try:
                 self._on_exec_failed(payload.get("errno"))
@@ -333,6 +375,7 @@ class Host(ExecFollowing):
             self._old_detached.set()
             return              # an exec we follow (_follow_exec), whatever Frida calls it
         if reason in ("process-terminated", "process-replaced"):
+            self.end_ns = self.end_ns or time.time_ns()
             self._ended.set()
 
     def _refresh_modules(self) -> None:
@@ -368,103 +411,3 @@ class Host(ExecFollowing):
             self._ended.wait(_POLL)
         return True
 
-    def stop(self) -> None:
-        """Stop following every thread and detach; the target goes on at native speed.
-
-        Recording stops at once (the agent's ``stop``), but Frida's script unload and
-        detach wait until every thread has passed through Stalker once more, and a
-        thread asleep in a system call (``read`` of a terminal, ``nanosleep``) does so
-        only when the call returns, however long that takes. After a Ctrl-C we wait
-        for that at most :data:`_DETACH_WAIT` seconds and leave the rest to the agent:
-        it unloads itself when the thread wakes, the program sees nothing of it."""
-        import frida
-
-        script, session = self._script, self._session
-        self._script = self._session = None
-        if script is not None:
-            try:
-                reply = script.exports_sync.stop()
-                if reply.get("busy"):
-                    self.notes.append(
-                        "a thread was still waiting for a free chunk when we detached"
-                    )
-            except (frida.InvalidOperationError, frida.core.RPCException,
-                    frida.TransportError):
-                pass
-
-        def unload() -> None:
-            if script is not None:
-                try:
-                    script.unload()
-                except (frida.InvalidOperationError, frida.TransportError):
-                    pass
-            if session is not None:
-                try:
-                    session.detach()
-                except (frida.InvalidOperationError, frida.TransportError):
-                    pass
-
-        if script is None and session is None:
-            return
-        if not self._interrupted:
-            unload()
-            return
-        worker = threading.Thread(target=unload, name="branchtrace-unload", daemon=True)
-        worker.start()
-        worker.join(_DETACH_WAIT)
-        if worker.is_alive():
-            self.notes.append(
-                "a thread of the program was in a system call when we detached: Frida's "
-                "agent unloads itself from the program when the call returns"
-            )
-
-    def finish(self, ended: bool) -> HostResult:
-        """How the run ended, with the block table, once the target is gone or detached."""
-        if not ended and self._launcher is not None:
-            # a second Ctrl-C reached the program as well: it dies of it (bt_sigint
-            # swallows one Ctrl-C only); report what really happened to it
-            self._launcher.ended.wait(_FATE_WAIT if self._interrupts >= 2 else _POLL)
-            ended = self._launcher.ended.is_set()
-        exit_info = self._exit_info(ended)
-        if not ended:
-            self._refresh_modules()
-        blocks, overflow = read_table(self.table_path)
-        self.table_path.unlink(missing_ok=True)
-        notes = list(self.notes)
-        if overflow:
-            notes.append(f"the block table was full: {overflow} blocks ran unrecorded")
-        if self.crash is not None and not self.crash.exact_pc and exit_info.fault_pc:
-            notes.append(
-                "the fault pc is the start of the last block the crashing thread recorded "
-                "(the fault was in Stalker's code for it, at no instruction of the program)"
-            )
-        notes.extend(f"agent error: {e}" for e in self._agent_errors)
-        for tid in self.threads:
-            try:
-                self.store.mark_exited(tid)
-            except BranchtraceError:
-                pass
-        check = self.check.read() if self.check is not None else None
-        return HostResult(exit_info, self.modules, list(self.threads), self.gaps, notes,
-                          blocks, check)
-
-    def _exit_info(self, ended: bool) -> ExitInfo:
-        if not ended:
-            return ExitInfo("detached")
-        crash = self.crash
-        if self._launcher is not None:
-            info = self._launcher.join()
-            if info.status == "signaled" and crash is not None and crash.signal == info.signal:
-                return ExitInfo("signaled", signal=info.signal,
-                                fault_address=crash.fault_address, fault_pc=crash.fault_pc,
-                                tid=crash.tid, core_dumped=info.core_dumped)
-            return info
-        if crash is not None:
-            return ExitInfo("signaled", signal=crash.signal, fault_address=crash.fault_address,
-                            fault_pc=crash.fault_pc, tid=crash.tid)
-        return ExitInfo("exited", code=self.exit_code)
-
-    def close(self) -> None:
-        self.table_path.unlink(missing_ok=True)
-        if self.check is not None:
-            self.check.close()

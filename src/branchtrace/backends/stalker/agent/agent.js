@@ -83,6 +83,7 @@ let tablePtr = null;
 let threadObserver = null;
 let moduleObserver = null;
 let entryHook = null;
+let entryFollow = null;   // the main thread's follow from the entry, until it happens
 let stopping = false;
 const followed = new Map();     // tid -> { ctx: NativePointer, base, size }
 const refused = new Set();      // tids that got no slot
@@ -259,13 +260,13 @@ function followAtEntry(entry, slot) {
   const t = prepare(slot);
   if (t === null)
     return;
-  let done = false;
+  entryFollow = () => Stalker.follow(slot.tid, followOptions(t.ctx));
   /* a probe (a function, not {onEnter}): Interceptor leaves the stack alone, and at the
    * entry point the word at the stack pointer is argc, not a return address */
   entryHook = Interceptor.attach(ptr(entry), function () {
-    if (done || Process.getCurrentThreadId() !== slot.tid)
+    if (entryFollow === null || Process.getCurrentThreadId() !== slot.tid)
       return;
-    done = true;
+    entryFollow = null;
     cm.altstack();   // crash.js: the thread's own alternate signal stack
     Stalker.follow(slot.tid, followOptions(t.ctx));
     setTimeout(() => {
@@ -332,8 +333,51 @@ function forkParent() {
   const tid = Process.getCurrentThreadId();
   const t = forking.get(tid);
   forking.delete(tid);
+  childDone(tid);
   if (t !== undefined && !stopping)
     Stalker.follow(tid, followOptions(t.ctx));
+}
+
+/* Children (backends/stalker/children.py): before fork, vfork or posix_spawn makes its
+ * system call, the calling thread tells the tracer and waits: the tracer seizes it with
+ * ptrace, and the kernel hands it the child stopped at birth. A fork child is followed
+ * from `ret` (fork's return address) by an agent of its own; a vfork child from its
+ * exec. Once the call returned in the parent, the tracer hears of it (a failed fork
+ * made no child: it lets the thread go). Without following, the tracer only counts. */
+const childAsked = new Set();   // tids whose fork the tracer was told of
+
+function childStart(tid, ret) {
+  if (stopping || inChild() || !followed.has(tid))
+    return;
+  if (!params.followChildren) {
+    send({ type: 'child' });
+    return;
+  }
+  const reply = ask('fork', { tid: tid, ret: ret === null ? null : ret.toString() });
+  if (reply !== null && reply.ok === true)
+    childAsked.add(tid);
+}
+
+function childDone(tid) {
+  if (childAsked.delete(tid))
+    ask('fork-done', { tid: tid });
+}
+
+function followChildren() {
+  for (const name of ['posix_spawn', 'posix_spawnp']) {
+    const address = Module.findGlobalExportByName(name);
+    if (address !== null)
+      Interceptor.attach(address, {
+        onEnter() { childStart(Process.getCurrentThreadId(), null); },
+        onLeave() { if (!inChild()) childDone(Process.getCurrentThreadId()); },
+      });
+  }
+  const vfork = Module.findGlobalExportByName('vfork');
+  if (vfork !== null)   // a probe: the stack is shared with the child, left alone
+    Interceptor.attach(vfork, function () {
+      childStart(Process.getCurrentThreadId(), null);
+      childAsked.delete(Process.getCurrentThreadId());   // no exit hook: nothing to say
+    });
 }
 
 function unfollowAroundFork() {
@@ -346,6 +390,7 @@ function unfollowAroundFork() {
     if (t !== undefined && !stopping) {
       Stalker.unfollow(tid);
       forking.set(tid, t);
+      childStart(tid, this.returnAddress);
     }
   });
   Interceptor.attach(address, { onLeave: cm.bt_fork_leave });
@@ -601,6 +646,7 @@ rpc.exports = {
     wrapSignalHandlers(signals);
     refollowAfterTlsDtors();
     unfollowAroundFork();
+    followChildren();
     followCloneChildren();
     followExec();
 
@@ -645,6 +691,18 @@ rpc.exports = {
       onlyMatched: matched,
       modules: Process.enumerateModules().map(m => m.name),
     };
+  },
+
+  /* The program ran before Frida held it (the host's resume failed): if the main thread
+   * has not reached its entry probe yet, it may have passed it; follow it from where it
+   * is now (true), rather than not at all. */
+  catchUp() {
+    const follow = entryFollow;
+    entryFollow = null;
+    if (follow === null || stopping)
+      return false;
+    follow();
+    return true;
   },
 
   stop() {
