@@ -6,9 +6,7 @@ tests/fixtures/proc_fork_n.c forks N children; child k calls work() exactly k + 
 and exits with status k; the parent then calls work() PARENT_CALLS times. The counts
 below are exact: the ptrace backend records every branch.
 
-The stalker cases are expected to fail until the stalker backend follows children
-(another branch); they are marked ``xfail(strict=True)`` so that, once it does, they
-show as XPASS failures and the mark must be removed.
+Both backends run every case that does not need ptrace's own view (TracerPid).
 """
 
 from __future__ import annotations
@@ -33,9 +31,7 @@ from conftest import cli
 
 N = 3
 PARENT_CALLS = 3
-STALKER_LATER = pytest.param("stalker", marks=pytest.mark.xfail(
-    strict=True, reason="the stalker backend follows children once the kids branch lands"))
-BACKENDS = ["ptrace", STALKER_LATER]
+BACKENDS = ["ptrace", "stalker"]
 
 
 def calls_to(trace: Trace, function: str) -> int:

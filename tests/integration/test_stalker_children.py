@@ -145,7 +145,7 @@ def test_not_following_children_leaves_them_untraced(programs, monkeypatch):
     trace = record(Target(argv=(str(fork_n), str(N))), RecordConfig(backend="stalker"))
     assert trace.exit.status == "exited" and trace.exit.code == 0
     assert list(trace.threads) == [trace.pid]
-    assert f"{N} child process(es) ran untraced (not following children)" in trace.notes
+    assert f"{N} child processes ran untraced (--no-follow-children)" in trace.notes
 
 
 def test_a_crashing_child_has_its_crash_facts(programs, results):

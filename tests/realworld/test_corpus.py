@@ -148,7 +148,6 @@ def test_children_flag_matches_native(request: pytest.FixtureRequest, workspace:
         f"{case.name}: natively {len(procs)} processes, {procs[0].execs} execs in the first"
 
 
-@pytest.mark.xfail(strict=True, reason="children are followed once issue 12 item 3 lands")
 @pytest.mark.parametrize(("case", "mode"), list(_params(with_children=True)))
 def test_every_process_traced(request: pytest.FixtureRequest, workspace: Workspace,
                               case: Case, mode: str) -> None:

@@ -137,7 +137,8 @@ class Ending:
             )
         untraced = sum(h.untraced_children for h in hosts)
         if untraced:
-            notes.append(f"{untraced} child process(es) ran untraced (not following children)")
+            notes.append(f"{untraced} child process{'es' if untraced > 1 else ''} ran untraced "
+                         f"(--no-follow-children)")
         threads: list[int] = []
         gaps: list[Any] = []
         for host in hosts:
