@@ -99,8 +99,10 @@ class _Collector:
     ``error`` (in stream mode the target would wait forever on a consumer that died)."""
 
     def __init__(self, writer: TraceWriter | None, keep: int | None,
-                 listener: RecordListener | None, start_ns: int, backend: Backend) -> None:
+                 listener: RecordListener | None, start_ns: int, backend: Backend,
+                 argv: tuple[str, ...] = ()) -> None:
         self.writer, self.listener, self.start_ns = writer, listener, start_ns
+        self.argv = argv                              # the header's: the target's argv
         # live(first_id) -> (block rows, modules): the backend hands over its block table
         # and module maps while the program runs, and the file gets them as it goes.
         self.live = backend.live
@@ -174,9 +176,11 @@ class _Collector:
 
     def write_processes(self, processes: list[ProcessInfo]) -> None:
         """PROCESS records (and modules) of the processes that are new or changed, when
-        there are several; the first process's modules go without a pid."""
+        there are several, or when the one process exec'd (its argv is no longer the
+        header's); the first process's modules go without a pid."""
         assert self.writer is not None
-        if len(processes) < 2 and not self.processes_written:
+        if len(processes) < 2 and not self.processes_written and (
+                not processes or not processes[0].argv or processes[0].argv == self.argv):
             return
         for k, process in enumerate(processes):
             if self.processes_written.get(process.pid) != process:
@@ -232,7 +236,7 @@ def _record(target: Target, config: RecordConfig, choice: Choice,
                             sconfig.capacity_records, sconfig.chunk_records, target.pid or 0,
                             start_ns, backend.name, f"branchtrace {__version__}", target.argv)
         writer = TraceWriter.create(output, header)
-    sink = _Collector(writer, keep, listener, start_ns, backend)
+    sink = _Collector(writer, keep, listener, start_ns, backend, target.argv)
     try:
         with Store.create(sconfig) as store:
             backend.prepare(store)  # before any thread of ours: the ptrace backend forks

@@ -119,7 +119,7 @@ def to_trace(tf: TraceFile, decode: bool = True) -> Trace:
         pid = processes[0].pid
     modules = list(processes[0].modules) if processes else [_module(m) for m in tf.modules]
     return Trace(
-        backend=h.backend, mode=mode, argv=processes[0].argv if processes else h.argv,
+        backend=h.backend, mode=mode, argv=h.argv or (processes[0].argv if processes else ()),
         pid=pid, exit=exit, modules=modules, threads=threads, gaps=gaps, processes=processes,
         written=written, lost=lost, notes=notes + tf.problems,
         start_time=h.start_ns / 10**9, end_time=(end.end_ns if end else last_ns) / 10**9,
