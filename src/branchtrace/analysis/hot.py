@@ -41,37 +41,12 @@ def kind_counts(branches: np.ndarray) -> dict[BranchKind, int]:
 
 def hot_functions(branches: np.ndarray, functions: FunctionIndex, top: int = 10) -> list[HotFunction]:
     """The ``top`` functions with the most branches taken from inside them."""
-    if not len(branches) or top <= 0:
-        return []
-    keys = functions.keys(branches["from_ip"]).key
-    u, counts = np.unique(keys, return_counts=True)
-    is_call = np.isin(branches["kind"], CALL_KINDS)
-    callee = functions.keys(branches["to_ip"][is_call]).key
-    cu, ccounts = np.unique(callee, return_counts=True)
-    order = np.lexsort((u, -counts))[:top]
-    out = []
-    for i in order.tolist():
-        key = int(u[i])
-        j = int(np.searchsorted(cu, u[i]))
-        calls = int(ccounts[j]) if j < len(cu) and cu[j] == u[i] else 0
-        info = functions.info(key)
-        out.append(HotFunction(key, info.name, info.module, int(counts[i]), calls))
-    return out
+    return hot_functions_of(edge_table(branches), functions, top)
 
 
 def hot_edges(branches: np.ndarray, top: int = 10) -> list[Edge]:
     """The ``top`` most taken (from, to) pairs, with their kind, most taken first."""
-    if not len(branches) or top <= 0:
-        return []
-    f, t = branches["from_ip"], branches["to_ip"]
-    order = np.lexsort((t, f))
-    fs, ts = f[order], t[order]
-    starts = np.flatnonzero(np.concatenate(([True], (fs[1:] != fs[:-1]) | (ts[1:] != ts[:-1]))))
-    counts = np.diff(np.append(starts, len(fs)))
-    best = np.lexsort((ts[starts], fs[starts], -counts))[:top]
-    kinds = branches["kind"][order][starts]
-    return [Edge(int(fs[starts[i]]), int(ts[starts[i]]), BranchKind(int(kinds[i])), int(counts[i]))
-            for i in best.tolist()]
+    return hot_edges_of(edge_table(branches), top)
 
 
 def all_branches(arrays: list[np.ndarray]) -> np.ndarray:

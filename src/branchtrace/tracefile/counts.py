@@ -24,7 +24,8 @@ from ..decode.pairs import EDGE_COUNT_DTYPE, PairCounter, edges_of, merge_edges,
 from ..model import BranchKind
 from ..store import RECORD_DTYPES, Encoding
 from .holes import select
-from .reader import Chunk, TraceFile
+from .reader import TraceFile
+from .stream import read_chunk
 
 __all__ = ["EDGE_COUNT_DTYPE", "ThreadCounts", "count_thread", "edges_of"]
 
@@ -53,7 +54,7 @@ def count_thread(tf: TraceFile, tid: int, compiled: bool = True) -> ThreadCounts
                 h += 1
             if pairs is not None:
                 pairs.cut()
-        raw = _records(dctx, c, dtype)
+        raw = read_chunk(dctx, c, dtype)
         if raw is None:
             corrupt += 1
             if pairs is not None:
@@ -76,23 +77,6 @@ def count_thread(tf: TraceFile, tid: int, compiled: bool = True) -> ThreadCounts
         edges["kind"][bad] = BranchKind.OTHER
         edges = merge_edges([edges])
     return ThreadCounts(tid, int(edges["count"].sum()), edges, corrupt)
-
-
-def _records(dctx: zstandard.ZstdDecompressor, c: Chunk, dtype: np.dtype) -> np.ndarray | None:
-    size = c.head.count * dtype.itemsize
-    buf = bytearray(size)
-    view = memoryview(buf)
-    try:
-        with dctx.stream_reader(c.body, read_across_frames=False) as reader:
-            got = 0
-            while got < size:
-                k = reader.readinto(view[got:])
-                if not k:
-                    return None
-                got += k
-    except zstandard.ZstdError:
-        return None
-    return np.frombuffer(buf, dtype)
 
 
 def _decode_pairs(first: np.ndarray, second: np.ndarray, counts: np.ndarray,

@@ -118,21 +118,9 @@ class ThreadStream:
 
     def _chunk(self, c: Chunk) -> np.ndarray | None:
         """The chunk's branches; None when it does not decompress to its size."""
-        dtype = RECORD_DTYPES[self.tf.encoding]
-        size = c.head.count * dtype.itemsize
-        buf = bytearray(size)
-        view = memoryview(buf)
-        try:
-            with self._dctx.stream_reader(c.body, read_across_frames=False) as reader:
-                got = 0
-                while got < size:
-                    k = reader.readinto(view[got:])
-                    if not k:
-                        return None
-                    got += k
-        except zstandard.ZstdError:
+        raw = read_chunk(self._dctx, c, RECORD_DTYPES[self.tf.encoding])
+        if raw is None:
             return None
-        raw = np.frombuffer(buf, dtype)
         if self._carry is not None:
             out = self._carry.feed(raw)
         else:
@@ -146,6 +134,26 @@ class ThreadStream:
             self.strange += int(np.count_nonzero(bad))
             out["kind"][bad] = BranchKind.OTHER
         return out
+
+
+def read_chunk(dctx: zstandard.ZstdDecompressor, c: Chunk, dtype: np.dtype
+               ) -> np.ndarray | None:
+    """The raw records of a chunk; None when it does not decompress to the size its
+    head declares (at most MAX_CHUNK_BYTES, checked by the scan)."""
+    size = c.head.count * dtype.itemsize
+    buf = bytearray(size)
+    view = memoryview(buf)
+    try:
+        with dctx.stream_reader(c.body, read_across_frames=False) as reader:
+            got = 0
+            while got < size:
+                k = reader.readinto(view[got:])
+                if not k:
+                    return None
+                got += k
+    except zstandard.ZstdError:
+        return None
+    return np.frombuffer(buf, dtype)
 
 
 def pieces(tf: TraceFile, tid: int | None = None) -> Iterator[Piece | Gap]:
