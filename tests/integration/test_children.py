@@ -68,17 +68,21 @@ def check_fork_n(trace: Trace, exe: Path) -> None:
     parent, children = trace.processes[0], trace.processes[1:]
     assert parent.pid == trace.pid and parent.ppid == 0 and parent.argv == (str(exe), str(N))
     assert calls_to(trace.for_pid(parent.pid), "work") == PARENT_CALLS
-    # the children in the order they were forked: child k called work k + 1 times
-    for k, child in enumerate(children):
+    # child k (it exits with status k) called work k + 1 times. The list is in the order
+    # the backend caught them: the stalker backend's catchers may finish out of fork order
+    # on a busy machine, so each child is told by its status, and every k is there once.
+    assert sorted(c.exit.code for c in children) == list(range(N))
+    for child in children:
+        k = child.exit.code
         assert child.ppid == parent.pid and child.argv == parent.argv
-        assert child.exit.status == "exited" and child.exit.code == k
+        assert child.exit.status == "exited" and k is not None
         assert child.threads == (child.pid,)
         view = trace.for_pid(child.pid)
         assert list(view.threads) == [child.pid]
         assert calls_to(view, "work") == k + 1, f"child {k}"
     # every thread belongs to exactly one process
     owners = [trace.process_of(tid).pid for tid in trace.threads]
-    assert owners == [parent.pid] + [c.pid for c in children]
+    assert sorted(owners) == sorted([parent.pid] + [c.pid for c in children])
 
 
 @pytest.mark.parametrize("mode", ["ring", "stream"])

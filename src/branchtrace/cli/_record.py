@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import signal
@@ -193,6 +194,7 @@ def record_and_report(args: argparse.Namespace, target: Target, duration: float 
 
     check_before_start(args, target.argv[0] if target.argv else None)
     choice = select(args.backend)
+    target = _one_blas_thread(target)
     try:
         # the stalker backend starts the program and Frida's attach now, while Python
         # imports the rest (other backends start nothing here)
@@ -269,3 +271,18 @@ def _why(err: BaseException) -> str:
     if isinstance(err, MemoryError):
         return "out of memory"
     return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+def _one_blas_thread(target: Target) -> Target:
+    """numpy's OpenBLAS starts its threads while we import numpy, holding a lock, as
+    Frida's threads (started by start_early) may fork: a child forked then, which forks
+    again, waited for that lock for ever (its holder is not in the child; seen once in
+    80 corpus runs: `branchtrace run` hung in Frida's helper fork). branchtrace does no
+    linear algebra: one OpenBLAS thread, so the lock is held for no time at all. The
+    program gets the environment it would have had."""
+    if "OPENBLAS_NUM_THREADS" in os.environ:
+        return target
+    if target.argv and target.env is None:
+        target = dataclasses.replace(target, env=dict(os.environ))
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    return target
