@@ -46,3 +46,14 @@ def start_vaddr(path: str, start: str | None) -> tuple[int | None, str | None]:
             return None, "no symbol 'main' in the executable; stepping from the first instruction"
         raise UsageError(f"--start: no function {name!r} in {path}")
     return address, None
+
+
+def read_argv(pid: int) -> tuple[str, ...]:
+    """The argv of ``pid`` from /proc (bytes that are not UTF-8 kept as surrogates);
+    () when it cannot be read (the process is gone, or a zombie)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return ()
+    return tuple(a.decode("utf-8", "surrogateescape") for a in raw.split(b"\0")[:-1])

@@ -18,6 +18,7 @@ from ...errors import TargetError
 from ...isa import InsnCache
 from ...model import ExitInfo, ModuleMap, ProcessInfo
 from ...symbols import merge_modules, modules_from_maps, read_maps
+from ..linux.program import read_argv
 from .memory import TargetMemory
 from .signals import Fault
 
@@ -96,11 +97,4 @@ def status_field(tid: int, name: str) -> int | None:
     return None
 
 
-def cmdline(pid: int) -> tuple[str, ...]:
-    """The argv of ``pid`` (from /proc), () if unreadable."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            raw = f.read()
-    except OSError:
-        return ()
-    return tuple(a.decode("utf-8", "surrogateescape") for a in raw.split(b"\0")[:-1])
+cmdline = read_argv

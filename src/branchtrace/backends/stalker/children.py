@@ -35,7 +35,8 @@ import time
 from typing import Any, Callable
 
 from ..linux import sys as pt
-from .execs import STEP_TIMEOUT, _entry_point, _Failed, _until_stopped, read_argv
+from ..linux.program import read_argv
+from .execs import STEP_TIMEOUT, _entry_point, _Failed, _until_stopped
 
 PTRACE_O_TRACEFORK = 0x02
 PTRACE_O_TRACEVFORK = 0x04

@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import BranchtraceError, TargetError, UsageError
 from ..linux import sys as pt
+from ..linux.program import read_argv
 from .launch import continue_if_stopped
 
 if TYPE_CHECKING:
@@ -374,12 +375,3 @@ def _forget_session(script: Any, session: Any) -> None:
         if close is not None:
             with contextlib.suppress(Exception):  # frida's errors have no common base
                 close()
-
-
-def read_argv(pid: int) -> tuple[str, ...]:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            raw = f.read()
-    except OSError:
-        return ()
-    return tuple(part.decode("utf-8", "replace") for part in raw.split(b"\0")[:-1])

@@ -30,7 +30,8 @@ from .agent_code import agent_options, agent_source, has_avx512, has_bmi2
 from .check import CheckCounters, enabled
 from .children import ChildFollowing, ForkCatcher
 from .ending import Ending
-from .execs import ExecCatcher, ExecFollowing, read_argv
+from ..linux.program import read_argv
+from .execs import ExecCatcher, ExecFollowing
 from .launch import (Attaching, Launcher, attach, check_attachable, continue_if_stopped,
                      mapped_paths)
 
