@@ -270,7 +270,13 @@ def attach(device: Any, pid: int, timeout: float = ATTACH_TIMEOUT, tries: int = 
 
 
 def continue_if_stopped(pid: int) -> None:
-    """device.resume ends Frida's hold; if the reaper's group stop is still on, end it too."""
+    """device.resume ends Frida's hold; if the reaper's group stop is still on, end it too.
+    A process still parked (hold.py) gets its code back first."""
+    from . import hold
+
+    if hold.is_parked(pid):
+        with contextlib.suppress(hold.UnparkError):
+            hold.unpark(pid)
     for _ in range(50):
         try:
             with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
