@@ -10,14 +10,14 @@ ran an instruction. The catcher lets the parent go at once, then:
 - a *fork* child (a copy of the parent, Frida's agent and our hooks with it, none of
   their threads): the catcher writes the original bytes of every code page the old
   agent patched back (read from the files mapped there, through /proc/PID/mem), so that
-  the copy's hooks can never run in the child; puts the child in a group stop and
-  detaches; the host attaches Frida, loads the agent, and the child's thread follows
+  the copy's hooks can never run in the child; parks the child at fork's return
+  address (:mod:`.hold`) and detaches it; the host attaches Frida, loads the agent, and the child's thread follows
   itself from fork's return address (a one-shot probe, as at an entry point) into a new
   store slot. What glibc's fork runs in the child before it returns (atfork handlers)
   is not recorded.
 - a *vfork* child (vfork, posix_spawn, system: it shares the parent's memory until it
   execs): followed from its exec (PTRACE_O_TRACEEXEC; then as :mod:`.execs` does: run
-  to the new image's entry point, group stop, detach, attach, load). The few branches
+  to the new image's entry point, park, detach, attach, load). The few branches
   between vfork and exec are not recorded; a vfork child that exits without exec (a
   failed exec) is not recorded at all, its exit status is.
 
@@ -36,7 +36,8 @@ from typing import Any, Callable
 
 from ..linux import sys as pt
 from ..linux.program import read_argv
-from .execs import STEP_TIMEOUT, _entry_point, _Failed, _until_stopped
+from . import hold
+from .execs import STEP_TIMEOUT, _entry_point, _Failed, _unpark_quietly
 
 PTRACE_O_TRACEFORK = 0x02
 PTRACE_O_TRACEVFORK = 0x04
@@ -110,6 +111,7 @@ class ForkCatcher:
                 self.ready(self.child, "vfork", entry, None, None)
         except (OSError, _Failed) as err:
             _let_go(self.child)
+            _unpark_quietly(self.child)
             self.ready(self.child, self.kind, None, str(err), self.exit_status)
 
     def _wait(self, tid: int, deadline: float, cancellable: bool = False) -> int | None:
@@ -165,7 +167,7 @@ class ForkCatcher:
         if self.ret is None:
             raise _Failed("fork's return address is not known")
         self._run_to(self.ret, deadline)
-        self._stop_and_detach(deadline)
+        self._stop_and_detach(deadline, self.ret)
 
     def _vfork_child_to_exec(self) -> int:
         deadline = time.monotonic() + STEP_TIMEOUT
@@ -184,7 +186,7 @@ class ForkCatcher:
             pt.ptrace(pt.PTRACE_CONT, self.child, 0, 0 if event else sig)
         entry = _entry_point(self.child)
         self._run_to(entry, deadline)
-        self._stop_and_detach(deadline)
+        self._stop_and_detach(deadline, entry)
         return entry
 
     def _run_to(self, address: int, deadline: float) -> None:
@@ -205,10 +207,9 @@ class ForkCatcher:
         pt.write_byte(self.child, address, saved)
         pt.pokeuser(self.child, pt.RIP, address)
 
-    def _stop_and_detach(self, deadline: float) -> None:
-        _group_stop(self, self.child, deadline, trap=True)
-        pt.ptrace(pt.PTRACE_DETACH, self.child)
-        _until_stopped(self.child, deadline)
+    def _stop_and_detach(self, deadline: float, address: int) -> None:
+        hold.park(self.child, address)   # see hold.py: parked, not stopped
+        pt.ptrace(pt.PTRACE_DETACH, self.child)   # it spins there until the host unparks it
 
 
 def _restart_stop(tid: int, sig: int) -> None:
@@ -216,27 +217,6 @@ def _restart_stop(tid: int, sig: int) -> None:
         pt.ptrace(pt.PTRACE_LISTEN, tid)
     else:
         pt.ptrace(pt.PTRACE_CONT, tid)
-
-
-def _group_stop(catcher: ForkCatcher, tid: int, deadline: float, trap: bool = False) -> None:
-    """Put ``tid``'s process in a group stop while we trace it (see execs.py): from a
-    signal-delivery stop (``trap``: a breakpoint's SIGTRAP) SIGSTOP replaces the signal;
-    from any other stop (where PTRACE_CONT ignores the signal) it is sent."""
-    if trap:
-        pt.ptrace(pt.PTRACE_CONT, tid, 0, signal.SIGSTOP)
-    else:
-        pt.tgkill(tid, tid, signal.SIGSTOP)
-        pt.ptrace(pt.PTRACE_CONT, tid, 0, 0)
-    while True:
-        status = catcher._wait(tid, deadline)
-        assert status is not None
-        sig, event = os.WSTOPSIG(status), status >> 16
-        if event == pt.PTRACE_EVENT_STOP and sig == signal.SIGSTOP:
-            return
-        if event == 0 and sig == signal.SIGSTOP:
-            pt.ptrace(pt.PTRACE_CONT, tid, 0, signal.SIGSTOP)
-            continue
-        pt.ptrace(pt.PTRACE_CONT, tid, 0, 0 if event else sig)
 
 
 def _let_go(tid: int) -> None:

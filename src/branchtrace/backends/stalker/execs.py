@@ -9,9 +9,10 @@ succeeds, the kernel stops the thread at PTRACE_EVENT_EXEC, in the new image, be
 any of its code ran; the catcher then runs it to its ELF entry point (a breakpoint at
 ``AT_ENTRY``, as the reaper does for a program we start: the dynamic loader has mapped
 and initialized the libraries, not a line of the program has run), takes the
-breakpoint out and detaches, leaving it stopped (SIGSTOP). The host attaches Frida
-again and loads the agent, which follows the thread from there on into the same store
-slot (``Host._follow_exec``). If the exec fails, the hook's onLeave says so, and the
+breakpoint out, parks the thread there (:mod:`.hold`: ``jmp $``) and detaches it,
+spinning in place. The host attaches Frida again, loads the agent, gives the entry
+point its code back (the agent's probe armed on it) and lets it go: the agent follows
+the thread from there on into the same store slot (``Host._follow_exec``). If the exec fails, the hook's onLeave says so, and the
 catcher lets the thread go (PTRACE_INTERRUPT, PTRACE_DETACH): the trace goes on.
 
 Why Frida's own child gating is not used: it gates every fork and posix_spawn child
@@ -28,14 +29,16 @@ other test suites:
 - the catcher holds the thread in its exec stop (no signal ends it) until Frida
   reports the old session detached (``settled``); without that wait Frida's attach
   raced ours: 1 run in 300 ran the new image unrecorded ("target exited");
-- it detaches from a group stop (SIGSTOP injected while it still traces the thread),
+- it detached from a group stop (SIGSTOP injected while it still traces the thread),
   which leaves the process stopped with no moment in between; detaching with SIGSTOP,
   as the reaper does, leaves the signal pending for a moment, and Frida attached in
-  that moment in 2 runs of 160 and let the program go;
+  that moment in 2 runs of 160 and let the program go. A stop was still not a hold
+  (1 pipeline in ~60 ran on and hung, :mod:`.hold`): since session 21 the thread is
+  parked, not stopped;
 - the host detaches the old session only once the new image runs under the new one;
   detaching it first made Frida's next attach fail now and then (3 runs in 160).
 
-With all three: 0 runs in 500 lost the new image.
+With all three: 0 runs in 500 lost the new image; parked, 0 hangs in 300 pipelines.
 
 Every ptrace request must come from the thread that seized: one thread of ours per
 exec does them all, and takes its orders through :meth:`cancel`.
@@ -54,6 +57,7 @@ from typing import TYPE_CHECKING, Any
 from ...errors import BranchtraceError, TargetError, UsageError
 from ..linux import sys as pt
 from ..linux.program import read_argv
+from . import hold
 from .launch import continue_if_stopped
 
 if TYPE_CHECKING:
@@ -102,7 +106,7 @@ class ExecCatcher:
         self._done.wait()
 
     def wait(self, timeout: float | None = None) -> int | None:
-        """The entry point of the new image, stopped there (SIGSTOP, detached); None if
+        """The entry point of the new image, parked there (detached); None if
         the exec was cancelled, the process ended or a step failed (:attr:`error`)."""
         self._done.wait(timeout)
         return self.entry
@@ -128,6 +132,7 @@ class ExecCatcher:
         except (OSError, _Failed) as err:
             self.error = f"cannot follow the exec: {err}"
             self._let_go()
+            _unpark_quietly(self.pid)
         finally:
             self._done.set()
 
@@ -204,29 +209,22 @@ class ExecCatcher:
             pt.ptrace(pt.PTRACE_CONT, self.pid, 0, 0 if event else sig)
         pt.write_byte(self.pid, entry, saved)
         pt.pokeuser(self.pid, pt.RIP, entry)
-        self._group_stop(deadline)
-        pt.ptrace(pt.PTRACE_DETACH, self.pid)
-        _until_stopped(self.pid, deadline)
+        hold.park(self.pid, entry)   # see hold.py: parked, not stopped
+        pt.ptrace(pt.PTRACE_DETACH, self.pid)   # it spins there until the host unparks it
         return entry
-
-    def _group_stop(self, deadline: float) -> None:
-        """Put the process in a group stop (SIGSTOP) while we still trace it; a detach
-        then leaves it stopped, with no moment in between (module docstring)."""
-        pt.ptrace(pt.PTRACE_CONT, self.pid, 0, signal.SIGSTOP)   # in place of the SIGTRAP
-        while True:
-            status = self._wait(deadline, cancellable=False)
-            assert status is not None
-            sig, event = os.WSTOPSIG(status), status >> 16
-            if event == pt.PTRACE_EVENT_STOP and sig == signal.SIGSTOP:
-                return
-            if event == 0 and sig == signal.SIGSTOP:   # delivered as a signal first
-                pt.ptrace(pt.PTRACE_CONT, self.pid, 0, signal.SIGSTOP)
-                continue
-            pt.ptrace(pt.PTRACE_CONT, self.pid, 0, 0 if event else sig)
 
 
 class _Failed(Exception):
     pass
+
+
+def _unpark_quietly(pid: int) -> None:
+    """A catcher gave up after it parked ``pid``: give the process its code back."""
+    try:
+        hold.unpark(pid)
+    except hold.UnparkError:
+        pass
+    continue_if_stopped(pid)
 
 
 def _entry_point(pid: int) -> int:
@@ -236,23 +234,6 @@ def _entry_point(pid: int) -> int:
         if key == AT_ENTRY:
             return int(value)
     raise _Failed("no entry point in the new image's auxiliary vector")
-
-
-def _until_stopped(pid: int, deadline: float) -> None:
-    """After PTRACE_DETACH with SIGSTOP: until the process sits in its group stop (we
-    are not its parent: no waitpid tells us)."""
-    seen: list[str] = []
-    while time.monotonic() < deadline:
-        try:
-            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-                state = f.read().rsplit(")", 1)[1].split()[0]
-        except OSError as err:
-            raise _Failed(f"the process ended ({err}, states seen {seen})") from None
-        seen.append(state)
-        if state == "T":
-            return
-        time.sleep(_POLL)
-    raise _Failed("the program did not stop at its entry point")
 
 
 class ExecFollowing:

@@ -32,8 +32,9 @@ from .children import ChildFollowing, ForkCatcher
 from .ending import Ending
 from ..linux.program import read_argv
 from .execs import ExecCatcher, ExecFollowing
-from .launch import (Attaching, Launcher, attach, check_attachable, continue_if_stopped,
-                     mapped_paths)
+from . import hold
+from .resume import Resuming
+from .launch import Attaching, Launcher, attach, check_attachable, mapped_paths
 
 #: Signals that Frida's exception types stand for.
 _SIGNAL_OF_EXCEPTION = {
@@ -69,7 +70,7 @@ class HostResult:
     processes: list[ProcessInfo] = field(default_factory=list)
 
 
-class Host(ExecFollowing, ChildFollowing, Ending):
+class Host(Resuming, ExecFollowing, ChildFollowing, Ending):
     """One Frida session recording one target into ``store``."""
 
     def __init__(self, store: Store, only: tuple[str, ...] = (),
@@ -176,7 +177,8 @@ class Host(ExecFollowing, ChildFollowing, Ending):
                 self._device, self._session = attaching.result()
             else:
                 self._device = self._device or frida.get_local_device()
-                self._session = attach(self._device, pid)
+                self._session = (hold.attach_parked(pid, lambda: attach(self._device, pid))
+                                 if hold.is_parked(pid) else attach(self._device, pid))
         except frida.ProcessNotFoundError:
             raise TargetError(f"no process with pid {pid}") from None
         except frida.PermissionDeniedError as err:
@@ -217,6 +219,7 @@ class Host(ExecFollowing, ChildFollowing, Ending):
             "avx512": has_avx512(),
             "only": list(self.only), "slots": slots, "ours": sorted(self.ours),
             "entry": entry, "started": self._launcher is not None,
+            "parked": hold.is_parked(pid),
             "followChildren": self.follow_children,
             "checkPath": str(self.check.path) if self.check is not None else None,
             **self.options,
@@ -226,23 +229,6 @@ class Host(ExecFollowing, ChildFollowing, Ending):
         except frida.core.RPCException as err:
             raise TargetError(f"the Stalker agent could not start in pid {pid}: {err}") from None
         return reply
-
-    def _resume(self, pid: int) -> None:
-        """Let the program, held by Frida at its entry point, run (under Stalker)."""
-        import frida
-
-        try:
-            self._device.resume(pid)
-        except (frida.InvalidArgumentError, frida.InvalidOperationError) as err:
-            # seen once in ~35 runs of the benchmark's stock variant: the program had
-            # run on before it was followed; say so, never die of it
-            caught = False
-            with contextlib.suppress(Exception):  # frida's errors: no common base
-                caught = bool(self._script.exports_sync.catch_up())
-            self.notes.append(f"Frida did not hold pid {pid} at its entry point "
-                              f"(resume: {err}): its first instructions may be missing"
-                              + ("; followed from where it was" if caught else ""))
-        continue_if_stopped(pid)
 
     def _start_address(self, launcher: Launcher | None, vaddr: int | None) -> str | None:
         """Where the main thread starts to follow itself (None: attached, no such thing)."""

@@ -84,6 +84,7 @@ let threadObserver = null;
 let moduleObserver = null;
 let entryHook = null;
 let entryFollow = null;   // the main thread's follow from the entry, until it happens
+let parkedSlot = null;    // hold.py: the main thread's slot, until arm()
 let stopping = false;
 const followed = new Map();     // tid -> { ctx: NativePointer, base, size }
 const refused = new Set();      // tids that got no slot
@@ -655,7 +656,11 @@ rpc.exports = {
     cm.onstack(SIGBUS);
     if (p.entry !== null) {
       for (const slot of p.slots) {
-        if (slot.tid === Process.id)
+        if (slot.tid !== Process.id)
+          continue;
+        if (p.parked)   // hold.py: the code there comes back first; then arm()
+          parkedSlot = slot;
+        else
           followAtEntry(p.entry, slot);
       }
     }
@@ -691,6 +696,24 @@ rpc.exports = {
       onlyMatched: matched,
       modules: Process.enumerateModules().map(m => m.name),
     };
+  },
+
+  /* The main thread waited parked at the entry (hold.py); the host has put its code
+   * back and holds it there: arm the entry probe, to follow it from there when it runs
+   * (now: it was not at the entry; follow it from where it is, at once). */
+  arm(now) {
+    const slot = parkedSlot;
+    parkedSlot = null;
+    if (slot === null || stopping)
+      return false;
+    followAtEntry(params.entry, slot);
+    if (now) {
+      const follow = entryFollow;
+      entryFollow = null;
+      if (follow !== null)
+        follow();
+    }
+    return true;
   },
 
   /* The program ran before Frida held it (the host's resume failed): if the main thread
