@@ -371,3 +371,32 @@ def test_ctrl_c_lets_every_traced_child_go_on(build, tmp_path):
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+@pytest.mark.backend("stalker")
+def test_children_killed_by_a_signal_that_is_no_fault_have_that_exit(tmp_path):
+    """SIGPIPE (``yes | head``), SIGTERM and SIGKILL reach no agent and no waitpid of
+    ours: the kernel's exit events (backends/linux/exits.py) give them. A shell reports
+    no SIGPIPE death, and neither does ``run``; the others get their report."""
+    from branchtrace.backends.linux.exits import ExitWatcher
+
+    watcher = ExitWatcher()
+    available = watcher.available
+    watcher.close()
+    if not available:
+        pytest.skip(f"no exit events here: {watcher.reason}")
+    path = tmp_path / "sh.btrace"
+    script = ("yes | head -1 >/dev/null; sh -c 'kill -TERM $$'; sh -c 'kill -KILL $$'; "
+              "echo after")
+    native = subprocess.run(["sh", "-c", script], capture_output=True, text=True)
+    done = cli("run", "--backend", "stalker", "--last", "2", "-o", str(path), "--",
+               "sh", "-c", script, timeout=300)
+    assert done.returncode == native.returncode == 0, done.stderr
+    assert done.stdout == native.stdout == "after\n"
+    exits = {p.argv[0] if p.argv[0] != "sh" else p.argv[-1]: p.exit
+             for p in open_trace(path).processes[1:]}
+    assert exits["yes"].status == "signaled" and exits["yes"].signal == 13
+    assert exits["head"].status == "exited" and exits["head"].code == 0
+    assert exits["kill -TERM $$"].signal == 15 and exits["kill -KILL $$"].signal == 9
+    assert "was killed by SIGTERM" in done.stderr and "was killed by SIGKILL" in done.stderr
+    assert "SIGPIPE" not in done.stderr

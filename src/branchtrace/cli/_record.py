@@ -245,12 +245,11 @@ def _record_and_report(args: argparse.Namespace, target: Target, config: RecordC
         # every process that died of a signal (the exit status stays the first one's)
         first = args.report == "always" or (args.report == "crash" and ex.status == "signaled") \
             or (args.report != "never" and ex.status == "detached")
-        if args.report != "never" and (first or any(
-                p.exit.status == "signaled" for p in trace.processes)):
-            from ..reporters.crash import to_report
+        from ..reporters.crash import crashed, to_report
 
+        if args.report != "never" and (first or crashed(trace, quiet_pipes=True)):
             try:
-                _write_report(to_report(trace, first=first), args)
+                _write_report(to_report(trace, first=first, quiet_pipes=True), args)
             except BrokenPipeError:
                 raise
             except (MemoryError, BranchtraceError, OSError, ValueError) as err:

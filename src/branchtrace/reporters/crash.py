@@ -191,15 +191,23 @@ def render(trace: Trace, out: IO[str], *, last: int = 16, fmt: str = "text",
         write_text(doc, out)
 
 
-def crashed(trace: Trace) -> list[Trace]:
-    """The processes of ``trace`` that died of a signal, each as its own trace."""
-    return [trace.for_pid(p.pid) for p in trace.processes if p.exit.status == "signaled"]
+SIGPIPE = 13
 
 
-def to_report(trace: Trace, *, first: bool = True) -> list[Trace]:
-    """What a crash report of ``trace`` covers: every process that died of a signal,
-    and the first process too when ``first`` (or when none died), first first."""
-    out = crashed(trace)
+def crashed(trace: Trace, *, quiet_pipes: bool = False) -> list[Trace]:
+    """The processes of ``trace`` that died of a signal, each as its own trace;
+    ``quiet_pipes``: not a child killed by SIGPIPE (a pipeline's writer whose reader
+    ended first, ``yes | head``: a shell says nothing of it either)."""
+    first = trace.processes[0].pid if trace.processes else None
+    return [trace.for_pid(p.pid) for p in trace.processes if p.exit.status == "signaled"
+            and not (quiet_pipes and p.pid != first and p.exit.signal == SIGPIPE)]
+
+
+def to_report(trace: Trace, *, first: bool = True, quiet_pipes: bool = False) -> list[Trace]:
+    """What a crash report of ``trace`` covers: every process that died of a signal
+    (``quiet_pipes``: see :func:`crashed`), and the first process too when ``first`` (or
+    when none died), first first."""
+    out = crashed(trace, quiet_pipes=quiet_pipes)
     if (first or not out) and not any(t.pid == trace.processes[0].pid for t in out):
         out.insert(0, trace.for_pid(trace.processes[0].pid))
     return out

@@ -24,6 +24,7 @@ _DETACH_WAIT = 0.25
 #: After a second Ctrl-C, how long finish() waits for the program to die of it.
 _FATE_WAIT = 2.0
 _POLL = 0.02
+_EXIT_EVENT_WAIT = 0.5   # the kernel's exit event comes a moment after the process is gone
 
 
 class Ending:
@@ -42,6 +43,7 @@ class Ending:
     crash: Any
     exit_code: int | None
     child_status: int | None
+    exits: Any   # linux/exits.ExitWatcher, or None
     untraced_children: int
     follow_children: bool
     parent: Any
@@ -175,7 +177,19 @@ class Ending:
                             fault_pc=crash.fault_pc, tid=crash.tid)
         if self.exit_code is not None:
             return ExitInfo("exited", code=self.exit_code)
-        return ExitInfo("unknown")
+        return self._watched_exit() or ExitInfo("unknown")
+
+    def _watched_exit(self) -> ExitInfo | None:
+        """The process's wait status from the kernel's exit events (linux/exits.py): a
+        death by a signal that is no fault (SIGPIPE, SIGTERM, SIGKILL), which no agent
+        sees and no waitpid of ours reaps."""
+        status = self.exits.status(self.pid, _EXIT_EVENT_WAIT) if self.exits else None
+        if status is None:
+            return None
+        if os.WIFSIGNALED(status):
+            return ExitInfo("signaled", signal=os.WTERMSIG(status),
+                            core_dumped=os.WCOREDUMP(status))
+        return ExitInfo("exited", code=os.WEXITSTATUS(status))
 
     def _exit_info(self, ended: bool) -> ExitInfo:
         if not ended:
@@ -191,6 +205,10 @@ class Ending:
         if crash is not None:
             return ExitInfo("signaled", signal=crash.signal, fault_address=crash.fault_address,
                             fault_pc=crash.fault_pc, tid=crash.tid)
+        if self.exit_code is None:   # attached, and it died of a signal that is no fault
+            watched = self._watched_exit()
+            if watched is not None:
+                return watched
         return ExitInfo("exited", code=self.exit_code)
 
     def close(self) -> None:
@@ -199,6 +217,8 @@ class Ending:
         self.table_path.unlink(missing_ok=True)
         if self.check is not None:
             self.check.close()
+        if self.exits is not None:
+            self.exits.close()
 
     def _refresh_modules(self) -> None:
         raise NotImplementedError

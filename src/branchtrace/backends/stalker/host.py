@@ -30,6 +30,7 @@ from .agent_code import agent_options, agent_source, has_avx512, has_bmi2
 from .check import CheckCounters, enabled
 from .children import ChildFollowing, ForkCatcher
 from .ending import Ending
+from ..linux.exits import ExitWatcher
 from ..linux.program import read_argv
 from .execs import ExecCatcher, ExecFollowing
 from . import hold
@@ -86,9 +87,11 @@ class Host(Resuming, ExecFollowing, ChildFollowing, Ending):
             self.check = (CheckCounters(store.path.parent, store.path.stem, 4096)
                           if enabled() else None)
             self.follow_children = follow_children
+            self.exits: ExitWatcher | None = None   # start(): exits we do not reap
         else:   # a child (children.py): the same store, block table, device and lock
             self.table_capacity, self.table_path = parent.table_capacity, parent.table_path
             self.check, self.follow_children = parent.check, parent.follow_children
+            self.exits = parent.exits
             option_notes = []
         #: children.py: the processes this one started, how many ran untraced, catchers
         self.children: list[Host] = []
@@ -141,6 +144,8 @@ class Host(Resuming, ExecFollowing, ChildFollowing, Ending):
         self.pid = pid
         self.argv = read_argv(pid)
         self._launcher = launcher
+        if launcher is None or self.follow_children:
+            self.exits = ExitWatcher()
         if launcher is not None:
             threading.Thread(target=self._wait_child, args=(launcher,),
                              name="branchtrace-end", daemon=True).start()
