@@ -400,3 +400,23 @@ def test_children_killed_by_a_signal_that_is_no_fault_have_that_exit(tmp_path):
     assert exits["kill -TERM $$"].signal == 15 and exits["kill -KILL $$"].signal == 9
     assert "was killed by SIGTERM" in done.stderr and "was killed by SIGKILL" in done.stderr
     assert "SIGPIPE" not in done.stderr
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_clone_child_process_is_followed_or_named(build, backend):
+    """clone() without CLONE_VM makes a process: ptrace follows it; the stalker backend
+    cannot (Frida's injector aborts on such a child, docs/stalker.md) and says so in the
+    trace, never silently."""
+    exe = build("proc_clone_process")
+    native = subprocess.run([str(exe)], capture_output=True)
+    trace, out = traced((str(exe),), backend=backend)
+    assert out == native.stdout == b"child 45\nparent: child exit 3\n"
+    assert trace.exit.status == "exited" and trace.exit.code == 0
+    if backend == "ptrace":
+        assert len(trace.processes) == 2 and trace.processes[1].exit.code == 3
+        assert calls_to(trace.for_pid(trace.processes[1].pid), "work") == 1
+        assert not any("not followed" in n for n in trace.notes)
+    else:
+        assert len(trace.processes) == 1
+        notes = [n for n in trace.notes if "clone() without CLONE_VM" in n]
+        assert len(notes) == 1 and "is not followed by the stalker backend" in notes[0]

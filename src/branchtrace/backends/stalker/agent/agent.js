@@ -490,6 +490,8 @@ function followCloneChildren() {
     onEnter(args) {
       this.gate = null;
       const flags = args[2].toUInt32();
+      // a process, not a thread: not followed (docs/stalker.md, "Children"); say so
+      this.process = !args[0].isNull() && (flags & CLONE_VM) === 0 && !inChild();
       if (args[0].isNull() || (flags & CLONE_VM) === 0 || (flags & CLONE_VFORK) !== 0 ||
           stopping || inChild())
         return;
@@ -503,6 +505,10 @@ function followCloneChildren() {
       this.shared = (flags & CLONE_SETTLS) === 0;
     },
     onLeave(retval) {
+      if (this.process && retval.toInt32() > 0)
+        send({ type: 'note', text: `pid ${retval.toInt32()} (made by clone() without ` +
+               'CLONE_VM in pid ' + Process.id + ') is not followed by the stalker ' +
+               'backend: it ran untraced (the ptrace backend follows it)' });
       const gate = this.gate;
       if (gate === null)
         return;
