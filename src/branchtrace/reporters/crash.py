@@ -111,7 +111,7 @@ def build(trace: Trace, last: int = 16, tid: int | None = None) -> dict[str, Any
             exit_doc["fault_instruction_note"] = note
     n = len(branches)
     return {
-        "program": list(trace.argv), "pid": trace.pid, "backend": trace.backend,
+        "program": list(trace.argv) or _argv_of(trace), "pid": trace.pid, "backend": trace.backend,
         "mode": trace.mode, "exit": exit_doc, "thread": tid,
         "threads": {str(t): {"recorded": len(a), "written": trace.written.get(t, len(a)),
                              "lost": trace.lost.get(t, 0)} for t, a in trace.threads.items()},
@@ -124,6 +124,11 @@ def build(trace: Trace, last: int = 16, tid: int | None = None) -> dict[str, Any
                  for g in trace.gaps],
         "notes": list(trace.notes),
     }
+
+
+def _argv_of(trace: Trace) -> list[str]:
+    """The argv the process table knows (an attached process's, read at attach)."""
+    return next((list(p.argv) for p in trace.processes if p.pid == trace.pid), [])
 
 
 def _headline(doc: dict[str, Any]) -> str:
