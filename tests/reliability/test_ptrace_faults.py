@@ -100,16 +100,18 @@ def assert_records_decode(trace: branchtrace.Trace) -> None:
 
 
 def wait_for_chunks(path: Path, timeout: float = 20) -> None:
-    """Until ``path`` grows past the header it is created with: chunks are arriving."""
+    """Until the file being written holds branches. (Waiting only for it to grow past
+    its header was not enough: an attach writes the module maps and the process first,
+    and a CI run killed branchtrace between those and the first chunk: 0 branches.)"""
     deadline = time.monotonic() + timeout
-    header = 0
     while time.monotonic() < deadline:
-        size = path.stat().st_size if path.exists() else 0
-        if header and size > header:
-            return
-        header = header or size
-        time.sleep(0.02)
-    raise AssertionError(f"{path} never grew past its header ({header} bytes)")
+        try:
+            if path.exists() and branchtrace.open(path).total() > 0:
+                return
+        except Exception:  # noqa: BLE001 - a record half written: read again
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"{path} never held a branch in {timeout:g} s")
 
 
 def sigkill_and_reap(proc: subprocess.Popen[bytes]) -> None:
