@@ -11,8 +11,8 @@ ran an instruction. The catcher lets the parent go at once, then:
   their threads): the catcher writes the original bytes of every code page the old
   agent patched back (read from the files mapped there, through /proc/PID/mem), so that
   the copy's hooks can never run in the child; parks the child at fork's return
-  address (:mod:`.hold`) and detaches it; the host attaches Frida, loads the agent, and the child's thread follows
-  itself from fork's return address (a one-shot probe, as at an entry point) into a new
+  address (:mod:`.hold`) and detaches it; the host attaches Frida, loads the agent,
+  and the child's thread follows itself from fork's return address (a one-shot probe, as at an entry point) into a new
   store slot. What glibc's fork runs in the child before it returns (atfork handlers)
   is not recorded.
 - a *vfork* child (vfork, posix_spawn, system: it shares the parent's memory until it
@@ -37,7 +37,7 @@ from typing import Any, Callable
 from ..linux import sys as pt
 from ..linux.program import read_argv
 from . import hold
-from .execs import STEP_TIMEOUT, _entry_point, _Failed, _unpark_quietly
+from .execs import STEP_TIMEOUT, _entry_point, _Failed
 
 PTRACE_O_TRACEFORK = 0x02
 PTRACE_O_TRACEVFORK = 0x04
@@ -111,7 +111,7 @@ class ForkCatcher:
                 self.ready(self.child, "vfork", entry, None, None)
         except (OSError, _Failed) as err:
             _let_go(self.child)
-            _unpark_quietly(self.child)
+            hold.release(self.child)
             self.ready(self.child, self.kind, None, str(err), self.exit_status)
 
     def _wait(self, tid: int, deadline: float, cancellable: bool = False) -> int | None:
@@ -167,7 +167,7 @@ class ForkCatcher:
         if self.ret is None:
             raise _Failed("fork's return address is not known")
         self._run_to(self.ret, deadline)
-        self._stop_and_detach(deadline, self.ret)
+        self._park_and_detach(self.ret)
 
     def _vfork_child_to_exec(self) -> int:
         deadline = time.monotonic() + STEP_TIMEOUT
@@ -186,7 +186,7 @@ class ForkCatcher:
             pt.ptrace(pt.PTRACE_CONT, self.child, 0, 0 if event else sig)
         entry = _entry_point(self.child)
         self._run_to(entry, deadline)
-        self._stop_and_detach(deadline, entry)
+        self._park_and_detach(entry)
         return entry
 
     def _run_to(self, address: int, deadline: float) -> None:
@@ -207,7 +207,7 @@ class ForkCatcher:
         pt.write_byte(self.child, address, saved)
         pt.pokeuser(self.child, pt.RIP, address)
 
-    def _stop_and_detach(self, deadline: float, address: int) -> None:
+    def _park_and_detach(self, address: int) -> None:
         hold.park(self.child, address)   # see hold.py: parked, not stopped
         pt.ptrace(pt.PTRACE_DETACH, self.child)   # it spins there until the host unparks it
 

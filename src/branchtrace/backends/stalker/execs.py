@@ -12,8 +12,9 @@ and initialized the libraries, not a line of the program has run), takes the
 breakpoint out, parks the thread there (:mod:`.hold`: ``jmp $``) and detaches it,
 spinning in place. The host attaches Frida again, loads the agent, gives the entry
 point its code back (the agent's probe armed on it) and lets it go: the agent follows
-the thread from there on into the same store slot (``Host._follow_exec``). If the exec fails, the hook's onLeave says so, and the
-catcher lets the thread go (PTRACE_INTERRUPT, PTRACE_DETACH): the trace goes on.
+the thread from there on into the same store slot (``Host._follow_exec``). If the exec
+fails, the hook's onLeave says so, and the catcher lets the thread go
+(PTRACE_INTERRUPT, PTRACE_DETACH): the trace goes on.
 
 Why Frida's own child gating is not used: it gates every fork and posix_spawn child
 too (each held until resumed, with Frida's agent in it), which changes how programs
@@ -132,7 +133,7 @@ class ExecCatcher:
         except (OSError, _Failed) as err:
             self.error = f"cannot follow the exec: {err}"
             self._let_go()
-            _unpark_quietly(self.pid)
+            hold.release(self.pid)
         finally:
             self._done.set()
 
@@ -216,15 +217,6 @@ class ExecCatcher:
 
 class _Failed(Exception):
     pass
-
-
-def _unpark_quietly(pid: int) -> None:
-    """A catcher gave up after it parked ``pid``: give the process its code back."""
-    try:
-        hold.unpark(pid)
-    except hold.UnparkError:
-        pass
-    continue_if_stopped(pid)
 
 
 def _entry_point(pid: int) -> int:

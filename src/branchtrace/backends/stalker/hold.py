@@ -30,6 +30,7 @@ process is not left spinning. It costs a spinning CPU for the attach (~0.1-0.3 s
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -115,6 +116,13 @@ def unpark(pid: int, while_held: Callable[[], None] | None = None,
         raise UnparkError(f"cannot give pid {pid} back its code: {err}") from None
     if where != address:
         raise UnparkError(f"pid {pid} was at {where:#x}, not at {address:#x}")
+
+
+def release(pid: int) -> None:
+    """Every give-up path: a parked ``pid`` gets its code back and runs on, wherever
+    it is (nothing to do if it is not parked)."""
+    with contextlib.suppress(UnparkError):
+        unpark(pid)
 
 
 def _seize(pid: int, deadline: float) -> None:

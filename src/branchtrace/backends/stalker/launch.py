@@ -274,9 +274,7 @@ def continue_if_stopped(pid: int) -> None:
     A process still parked (hold.py) gets its code back first."""
     from . import hold
 
-    if hold.is_parked(pid):
-        with contextlib.suppress(hold.UnparkError):
-            hold.unpark(pid)
+    hold.release(pid)
     for _ in range(50):
         try:
             with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:

@@ -25,18 +25,16 @@ class Resuming:
         try:
             self._device.resume(pid)
         except (frida.InvalidArgumentError, frida.InvalidOperationError) as err:
-            if parked:   # Frida let go of it after its attach (it was not stopped)
-                self._unpark(pid)
-                continue_if_stopped(pid)
-                return
-            # seen once in ~35 runs of the benchmark's stock variant: the program had
-            # run on before it was followed; say so, never die of it
-            caught = False
-            with contextlib.suppress(Exception):  # frida's errors: no common base
-                caught = bool(self._script.exports_sync.catch_up())
-            self.notes.append(f"Frida did not hold pid {pid} at its entry point "
-                              f"(resume: {err}): its first instructions may be missing"
-                              + ("; followed from where it was" if caught else ""))
+            # parked: Frida let go of it after its attach (it was not stopped). Not
+            # parked: seen once in ~35 runs of the benchmark's stock variant, the
+            # program had run on before it was followed; say so, never die of it
+            if not parked:
+                caught = False
+                with contextlib.suppress(Exception):  # frida's errors: no common base
+                    caught = bool(self._script.exports_sync.catch_up())
+                self.notes.append(f"Frida did not hold pid {pid} at its entry point "
+                                  f"(resume: {err}): its first instructions may be missing"
+                                  + ("; followed from where it was" if caught else ""))
         if parked:
             self._unpark(pid)
         continue_if_stopped(pid)

@@ -569,6 +569,17 @@ function hookExit() {
   });
 }
 
+/* The main thread's follow from its entry probe, at once, from where it is (false: the
+ * probe has fired, or we stop). */
+function followNow() {
+  const follow = entryFollow;
+  entryFollow = null;
+  if (follow === null || stopping)
+    return false;
+  follow();
+  return true;
+}
+
 rpc.exports = {
   init(p) {
     params = p;
@@ -713,12 +724,8 @@ rpc.exports = {
     if (slot === null || stopping)
       return false;
     followAtEntry(params.entry, slot);
-    if (now) {
-      const follow = entryFollow;
-      entryFollow = null;
-      if (follow !== null)
-        follow();
-    }
+    if (now)
+      followNow();
     return true;
   },
 
@@ -726,12 +733,7 @@ rpc.exports = {
    * has not reached its entry probe yet, it may have passed it; follow it from where it
    * is now (true), rather than not at all. */
   catchUp() {
-    const follow = entryFollow;
-    entryFollow = null;
-    if (follow === null || stopping)
-      return false;
-    follow();
-    return true;
+    return followNow();
   },
 
   stop() {
