@@ -24,7 +24,9 @@ _DETACH_WAIT = 0.25
 #: After a second Ctrl-C, how long finish() waits for the program to die of it.
 _FATE_WAIT = 2.0
 _POLL = 0.02
-_EXIT_EVENT_WAIT = 0.5   # the kernel's exit event comes a moment after the process is gone
+_EXIT_EVENT_WAIT = 2.0   # the kernel's exit event comes a moment after the process is gone
+# (read by a thread of ours: on a loaded machine it may be late; waited for only when
+# nothing else told how the process ended)
 
 
 class Ending:
