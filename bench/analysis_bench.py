@@ -196,8 +196,8 @@ def main() -> int:
         text = render(trace, n, recorded, results, args)
         print(text)
         if args.append_doc:
-            with open(ROOT / "docs" / "benchmarks.md", "a") as f:
-                f.write("\n" + text)
+            with open(ROOT / "docs" / "benchmarks.md", "a") as doc:
+                doc.write("\n" + text)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
