@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from .plt import plt_symbols
 from .symtab import (
     BINDING_GLOBAL,
     BINDING_LOCAL,
@@ -255,6 +256,7 @@ class ElfImage:
             symbols: list[RawSymbol] = []
             for elf in sources:
                 symbols += _read_symbols(elf)
+            symbols += plt_symbols(self._elf, symbols)
             table = FunctionTable(symbols)
             self._functions = table
         return table

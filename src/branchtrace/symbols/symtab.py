@@ -122,7 +122,8 @@ class FunctionTable:
         self._by_name: dict[str, int] = {}
         for sym in sorted(all_symbols, key=lambda s: (not s.sized, s.binding)):
             self._by_name.setdefault(sym.name, sym.start)
-            self._by_name.setdefault(sym.name.split("@", 1)[0], sym.start)
+            if not sym.name.endswith("@plt"):      # "puts" is puts, not its PLT stub
+                self._by_name.setdefault(sym.name.split("@", 1)[0], sym.start)
 
         sized = _best_per_key([s for s in all_symbols if s.covers_range], "range")
         s_starts = np.array([s.start for s in sized], dtype=np.uint64)
