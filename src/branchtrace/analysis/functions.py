@@ -52,7 +52,8 @@ class FunctionIndex:
         self.symbolizer = symbolizer
         # function lookups need no line tables (DWARF decoding is the slow part); a
         # symbolizer of another kind (a test's) is used as it is
-        self._functions_only = (Symbolizer(symbolizer.modules, lines=False)
+        self._functions_only = (Symbolizer(symbolizer.modules, lines=False,
+                                           demangled=symbolizer.demangled)
                                 if type(symbolizer) is Symbolizer else symbolizer)
         self._info: dict[int, FunctionInfo] = {}
         self._located = False

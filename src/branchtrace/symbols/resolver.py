@@ -9,12 +9,13 @@ over its distinct addresses, never a Python loop per address; :meth:`Symbolizer.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..model import ModuleMap
+from .demangle import demangle
 from .dwarf import LineTable, line_table_for
 from .elf import ElfImage
 from .images import module_image
@@ -137,10 +138,14 @@ class _ModuleState:
 class Symbolizer:
     """Symbolizes run-time addresses of one process, given its modules."""
 
-    def __init__(self, modules: Sequence[ModuleMap], *, lines: bool = True) -> None:
-        """``lines=False`` skips DWARF line tables (faster for big libraries)."""
+    def __init__(self, modules: Sequence[ModuleMap], *, lines: bool = True,
+                 demangled: bool = True) -> None:
+        """``lines=False`` skips DWARF line tables (faster for big libraries);
+        ``demangled=False`` gives C++ and Rust function names as the symbol tables
+        spell them (symbols/demangle.py)."""
         self.modules: tuple[ModuleMap, ...] = tuple(modules)
         self._want_lines = lines
+        self.demangled = demangled
         self._states = [_ModuleState(m) for m in self.modules]
         # Partition of the address space: where modules overlap, the later start wins.
         bounds = np.unique(np.array(
@@ -192,7 +197,8 @@ class Symbolizer:
             if image is None:
                 continue
             local, off = image.lookup_functions(v)
-            function[idx] = _remap(local, image.names, names)
+            function[idx] = _remap(local, image.names, names,
+                                   demangle if self.demangled else None)
             offset[idx] = off
             table = state.lines() if self._want_lines else None
             if table is not None and len(table.address):
@@ -227,13 +233,15 @@ class Symbolizer:
         return None
 
 
-def _remap(local: np.ndarray, table: list[str], out: list[str]) -> np.ndarray:
-    """Local string indices (-1 = none) -> indices into ``out``, appending what is used."""
+def _remap(local: np.ndarray, table: list[str], out: list[str],
+           spell: Callable[[str], str] | None = None) -> np.ndarray:
+    """Local string indices (-1 = none) -> indices into ``out``, appending what is used
+    (each through ``spell`` when given)."""
     known = local >= 0
     used_mask = np.zeros(len(table), dtype=bool)
     used_mask[local[known]] = True
     used = np.flatnonzero(used_mask)
     renumber = np.full(len(table) + 1, -1, dtype=np.int32)   # the extra slot maps -1
     renumber[used] = np.arange(len(out), len(out) + len(used), dtype=np.int32)
-    out.extend(table[j] for j in used.tolist())
+    out.extend(table[j] if spell is None else spell(table[j]) for j in used.tolist())
     return renumber[np.where(known, local, len(table))]
