@@ -26,16 +26,38 @@ function lastBlockOf(tid) {
 }
 
 /* The instruction of the block whose bytes the faulting slab instruction has: Stalker
- * copies most instructions unchanged. null when none or several match. */
+ * copies most instructions unchanged, in order. When several instructions have those
+ * bytes (`mov rax, [rax]` twice in a block), the one whose neighbours match the slab's
+ * bytes around `pc` furthest, before and after, is it. null when none matches, or when
+ * two match equally far. */
 function matchInstruction(block, pc) {
+  const insns = instructionsOf(block);
+  const same = (insn, at) => {
+    try {
+      const a = new Uint8Array(insn.address.readByteArray(insn.size));
+      const b = new Uint8Array(at.readByteArray(insn.size));
+      return a.every((v, i) => v === b[i]);
+    } catch (e) {
+      return false;
+    }
+  };
   const hits = [];
-  for (const insn of instructionsOf(block)) {
-    const bytes = new Uint8Array(insn.address.readByteArray(insn.size));
-    const slab = new Uint8Array(pc.readByteArray(insn.size));
-    if (bytes.every((v, i) => v === slab[i]))
-      hits.push(insn.address);
-  }
-  return hits.length === 1 ? hits[0] : null;
+  insns.forEach((insn, i) => {
+    if (!same(insn, pc))
+      return;
+    let score = 0;
+    for (let j = i + 1, at = pc.add(insn.size); j < insns.length && same(insns[j], at);
+         at = at.add(insns[j].size), j++)
+      score++;
+    for (let j = i - 1, at = pc; j >= 0 && same(insns[j], at.sub(insns[j].size));
+         at = at.sub(insns[j].size), j--)
+      score++;
+    hits.push([score, insn.address]);
+  });
+  if (hits.length === 0)
+    return null;
+  hits.sort((x, y) => y[0] - x[0]);
+  return hits.length === 1 || hits[0][0] > hits[1][0] ? hits[0][1] : null;
 }
 
 function instructionsOf(block) {
