@@ -1,4 +1,9 @@
-"""Errors that reach the user: each maps to an exit code and prints as one line."""
+"""Errors that reach the user: each maps to an exit code and prints as one line.
+
+The codes are those of the readers (stats, history, ...). ``run`` and ``attach`` exit
+with the program's status, so their own failures use codes a program rarely uses, as
+``env`` and ``timeout`` do: 127 the program was not found, 126 it cannot be executed,
+125 any other failure of branchtrace (cli/__init__.py maps them)."""
 
 from __future__ import annotations
 
@@ -19,6 +24,18 @@ class TargetError(BranchtraceError):
     """The program or pid cannot be started or traced."""
 
     exit_code = 3
+
+
+class ProgramNotFound(TargetError):
+    """The program to run does not exist (a shell's 127)."""
+
+    exit_code = 127
+
+
+class CannotExecute(TargetError):
+    """The program exists but cannot be executed (a shell's 126)."""
+
+    exit_code = 126
 
 
 class StoreError(BranchtraceError):

@@ -44,8 +44,42 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
     (["frobnicate"], "invalid choice"),
 ])
 def test_bad_input(args, words):
-    line = one_line_error(cli(*args))
+    result = cli(*args)
+    line = one_line_error(result)
     assert words in line
+    if args[0] in ("run", "attach"):      # they pass the program's status: ours are 125-127
+        want = 127 if "not found" in words else 126 if words == "directory" else 125
+        assert result.returncode == want, (args, result.returncode)
+
+
+@pytest.mark.parametrize("backend", ["stalker", "ptrace"])
+def test_run_exits_with_the_programs_status_and_its_own_are_apart(backend, tmp_path):
+    """The program's 2-6 and 70 are its own; branchtrace's failures are 125-127."""
+    for code in (0, 2, 3, 4, 5, 6, 70, 124):
+        r = cli("run", "--backend", backend, "--", "/bin/sh", "-c", f"exit {code}")
+        assert r.returncode == code, (code, r.stderr)
+    script = tmp_path / "noexec.sh"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    assert cli("run", "--backend", backend, "--", str(script)).returncode == 126
+    assert cli("run", "--backend", backend, "--", str(tmp_path / "gone")).returncode == 127
+    assert cli("run", "--backend", backend, "--bogus", "--", "true").returncode == 125
+
+
+def test_version_and_attach_dash_p():
+    from branchtrace import __version__
+    r = cli("--version")
+    assert (r.returncode, r.stdout.strip()) == (0, f"branchtrace {__version__}")
+    sleeper = subprocess.Popen(["sleep", "20"])
+    try:
+        r = cli("attach", "-p", str(sleeper.pid), "--duration", "0.2", "--report", "always")
+        assert r.returncode == 0 and f"(pid {sleeper.pid})" in r.stderr, r.stderr
+        assert sleeper.poll() is None                       # still running
+        line = one_line_error(cli("attach", "-p", str(sleeper.pid), str(sleeper.pid + 1)))
+        assert "two pids" in line
+        assert "pid is required" in one_line_error(cli("attach"))
+    finally:
+        sleeper.kill()
+        sleeper.wait()
 
 
 def test_over_the_limit_fails_before_anything_runs(tmp_path):

@@ -148,7 +148,7 @@ def test_output_errors_are_one_line_and_nothing_runs(build, tmp_path):
         result = cli("run", "--backend", "ptrace", "-o", str(target), "--", "/bin/sh", "-c",
                      f"touch {marker}")
         lines = result.stderr.strip().splitlines()
-        assert result.returncode == 2 and len(lines) == 1 and words in lines[0], result.stderr
+        assert result.returncode == 125 and len(lines) == 1 and words in lines[0], result.stderr
         assert not marker.exists()
     assert victim.read_text() == "keep me"
     # a program that cannot start leaves no file behind

@@ -1,5 +1,13 @@
 """The command line: ``branchtrace COMMAND ...``. One module per command; this one only
-builds the parser and maps errors to exit codes."""
+builds the parser and maps errors to exit codes.
+
+Exit statuses. ``run`` and ``attach`` exit with the program's status (128 + N when
+signal N killed it); their own failures use what a program rarely does, as ``env``
+and ``timeout`` do: 127 the program was not found, 126 it cannot be executed, 125 any
+other failure of branchtrace (bad options included). The other commands: 0 done, 2 bad
+usage or a file error, 4 the store, 5 no backend, 6 a bad trace file, 70 a bug in
+branchtrace (one line; BRANCHTRACE_DEBUG=1 for the traceback), 130 Ctrl-C, 141 a closed
+pipe."""
 
 from __future__ import annotations
 
@@ -10,6 +18,7 @@ import traceback
 from collections.abc import Sequence
 from typing import NoReturn
 
+from .._version import __version__
 from ..errors import BranchtraceError
 from . import attach, coverage, crash, demo, doctor, export, history, profile, run, sql, stats
 
@@ -17,6 +26,9 @@ from . import attach, coverage, crash, demo, doctor, export, history, profile, r
 DEBUG_ENV = "BRANCHTRACE_DEBUG"
 
 _COMMANDS = (run, attach, doctor, demo, coverage, crash, history, profile, stats, sql, export)
+#: Commands that exit with a program's status: their own failures are 125, 126, 127.
+_PASS_THROUGH = (run.NAME, attach.NAME)
+OWN_FAILURE = 125
 
 
 class _Parser(argparse.ArgumentParser):
@@ -28,6 +40,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="branchtrace",
                      description="Record the branches a program takes; show what it did.")
+    parser.add_argument("--version", action="version", version=f"branchtrace {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for module in _COMMANDS:
@@ -64,13 +77,31 @@ def entry() -> NoReturn:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    words = list(sys.argv[1:] if argv is None else argv)
+    command = next((w for w in words if not w.startswith("-")), None)
+    try:
+        args = parser.parse_args(words)
+    except SystemExit as exc:
+        if exc.code == 2 and command in _PASS_THROUGH:
+            raise SystemExit(OWN_FAILURE) from None
+        raise
+    code = _run(args)
+    if isinstance(code, _Own) and args.command in _PASS_THROUGH and code not in (126, 127):
+        return OWN_FAILURE
+    return int(code)
+
+
+class _Own(int):
+    """An exit status that is branchtrace's own failure, not a program's."""
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         code: int = args.handler(args)
         return code
     except BranchtraceError as exc:
         _say(f"branchtrace: error: {exc}")
-        return exc.exit_code
+        return _Own(exc.exit_code)
     except KeyboardInterrupt:
         print("branchtrace: interrupted", file=sys.stderr)
         return 130
@@ -80,11 +111,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # a file or system error no command turned into a message of its own
         where = f"{exc.filename}: " if exc.filename else ""
         _say(f"branchtrace: error: {where}{exc.strerror or exc}")
-        return 2
+        return _Own(2)
     except Exception as exc:  # noqa: BLE001 - a bug: one line, unless asked for the traceback
         if os.environ.get(DEBUG_ENV):
             traceback.print_exc()
         else:
             _say(f"branchtrace: internal error: {type(exc).__name__}: {exc} "
                  f"(set {DEBUG_ENV}=1 for the traceback)")
-        return 70
+        return _Own(70)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 
-from ...errors import TargetError, UsageError
+from ...errors import CannotExecute, ProgramNotFound, TargetError, UsageError
 
 
 def find_program(program: str) -> str:
@@ -15,14 +15,14 @@ def find_program(program: str) -> str:
     else:
         found = shutil.which(program)
         if found is None:
-            raise TargetError(f"program not found: {program}")
+            raise ProgramNotFound(f"program not found: {program}")
         path = found
     if os.path.isdir(path):
-        raise TargetError(f"cannot run {program}: it is a directory")
+        raise CannotExecute(f"cannot run {program}: it is a directory")
     if not os.path.exists(path):
-        raise TargetError(f"program not found: {program}")
+        raise ProgramNotFound(f"program not found: {program}")
     if not os.access(path, os.X_OK):
-        raise TargetError(f"cannot run {program}: permission denied")
+        raise CannotExecute(f"cannot run {program}: permission denied")
     return path
 
 

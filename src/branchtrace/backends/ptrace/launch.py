@@ -3,10 +3,11 @@ thread of a running one. Errors are one-line :class:`TargetError` messages."""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 
-from ...errors import TargetError
+from ...errors import CannotExecute, ProgramNotFound, TargetError
 from ..linux import sys as pt
 
 _ESRCH, _EPERM = 3, 1
@@ -57,7 +58,9 @@ def _wait_for_exec(pid: int, program: str, errpipe: int) -> None:
             data = os.read(errpipe, 64)
             err = int(data) if data.strip().isdigit() else 0
             reason = os.strerror(err) if err else "it ended before exec"
-            raise TargetError(f"cannot run {program}: {reason}")
+            kind = ProgramNotFound if err == errno.ENOENT else CannotExecute if err \
+                else TargetError
+            raise kind(f"cannot run {program}: {reason}")
         event = status >> 16
         sig = os.WSTOPSIG(status)
         if event == pt.PTRACE_EVENT_EXEC:
