@@ -153,6 +153,10 @@ class ElfImage:
             for p in self._elf.iter_segments() if p["p_type"] == "PT_LOAD"
         )
         self.build_id: str = _build_id_of(self._elf)
+        #: (file address, size) of .eh_frame_hdr (the PT_GNU_EH_FRAME segment), if any
+        self.eh_frame_hdr: tuple[int, int] | None = next(
+            ((int(p["p_vaddr"]), int(p["p_memsz"])) for p in self._elf.iter_segments()
+             if p["p_type"] == "PT_GNU_EH_FRAME"), None)
         self._lock = threading.Lock()
         self._functions: FunctionTable | None = None
         self._debug: Any = None
