@@ -120,6 +120,22 @@ class Gap:
 
 
 @dataclass(frozen=True, slots=True)
+class StackSnapshot:
+    """A thread's registers and a copy of its stack at one moment (a fatal signal), for
+    unwinding its call stack offline (symbols/unwind.py). ``registers`` are (DWARF
+    register number, value) pairs: 0 rax, 1 rdx, 2 rcx, 3 rbx, 4 rsi, 5 rdi, 6 rbp,
+    7 rsp, 8-15 r8-r15, 16 rip; ``data`` is the stack's bytes from address ``base``."""
+
+    tid: int
+    registers: tuple[tuple[int, int], ...]
+    base: int
+    data: bytes
+
+    def register(self, number: int) -> int | None:
+        return next((v for r, v in self.registers if r == number), None)
+
+
+@dataclass(frozen=True, slots=True)
 class ExitInfo:
     """How the target ended (or that we let it go on)."""
 
@@ -131,6 +147,7 @@ class ExitInfo:
     fault_pc: int | None = None       # where the fatal signal hit
     tid: int | None = None            # the thread that took the fatal signal
     core_dumped: bool = False
+    stack: StackSnapshot | None = field(default=None, compare=False, repr=False)
 
     @property
     def shell_status(self) -> int:

@@ -324,6 +324,12 @@ def _finish_file(writer: TraceWriter, sink: _Collector, result: RunResult, gaps:
             writer.write_gap(gap)
         for note in result.notes:
             writer.write_note(note)
+        stacks = {(p.pid, p.exit.stack.tid): p.exit.stack for p in result.processes
+                  if p.exit.stack is not None}
+        if result.exit.stack is not None:
+            stacks[(pid, result.exit.stack.tid)] = result.exit.stack
+        for (owner_pid, _), snapshot in stacks.items():
+            writer.write_stack(owner_pid, snapshot)
         for tid in dict.fromkeys([*result.threads, *writer.kept]):
             kept = writer.kept.get(tid, 0)
             writer.write_thread(ThreadInfo(tid, kept, written.get(tid, kept), lost.get(tid, 0),

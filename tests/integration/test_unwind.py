@@ -99,3 +99,26 @@ def test_a_short_copy_of_the_stack_ends_the_walk(tmp_path):
     pcs, _, end = ours(doc)
     assert 1 <= len(pcs) < len(full) and pcs == full[:len(pcs)]
     assert end in ("stack copy ends", "the frame's rules cannot be followed"), end
+
+
+@pytest.mark.parametrize("backend", ["stalker", "ptrace"])
+def test_the_backends_record_the_stack_of_a_crash(tmp_path, backend):
+    """Both backends copy the faulting thread's registers and stack; the copy is in the
+    returned trace and in the trace file (a STACK record), and unwinds to the crash's
+    callers, through libc's qsort, to _start."""
+    import branchtrace
+    from branchtrace.backends import Target
+    from branchtrace.symbols.unwind import unwind_snapshot
+
+    exe = compiled(tmp_path, FIXTURES / "unwind_deep.c", "-O2")
+    out = tmp_path / "crash.btrace"
+    live = branchtrace.record(Target(argv=(str(exe), "x")),
+                              branchtrace.RecordConfig(backend=backend), output=str(out))
+    for trace in (live, branchtrace.open(out)):
+        snapshot = trace.exit.stack
+        assert snapshot is not None and snapshot.tid == trace.exit.tid
+        stack = unwind_snapshot(trace.modules, snapshot)
+        names = [trace.symbolizer.describe(f.pc).function for f in stack.frames]
+        assert names[0].startswith("__strlen") and names[1:3] == ["middle", "cmp"], names
+        assert "qsort_r" in names and names[-2:] == ["__libc_start_main", "_start"], names
+        assert stack.end == "outermost frame"

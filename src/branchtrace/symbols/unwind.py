@@ -21,7 +21,7 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ..model import ModuleMap
+from ..model import ModuleMap, StackSnapshot
 from .cfi import RA, RBP, RSP, FrameRules, FrameTable
 from .images import module_image
 
@@ -37,6 +37,10 @@ class StackCopy:
     registers: dict[int, int]
     base: int
     data: bytes
+
+    @classmethod
+    def of(cls, snapshot: StackSnapshot) -> StackCopy:
+        return cls(dict(snapshot.registers), snapshot.base, snapshot.data)
 
     def read(self, address: int) -> int | None:
         at = address - self.base
@@ -110,6 +114,11 @@ class Unwinder:
             regs, pc = new_regs, ra
             frames.append(Frame(pc, regs[RSP], how))
         return Stack(tuple(frames), f"{MAX_FRAMES} frames")
+
+
+def unwind_snapshot(modules: Sequence[ModuleMap], snapshot: StackSnapshot) -> Stack:
+    """The frames of a recorded stack copy, with the modules of its process."""
+    return Unwinder(modules).unwind(StackCopy.of(snapshot))
 
 
 def _by_cfi(rules: FrameRules, regs: dict[int, int], copy: StackCopy

@@ -52,6 +52,7 @@ class RecordType(IntEnum):
     THREAD = 7
     END = 8
     PROCESS = 9
+    STACK = 10          # tracefile/stacks.py
 
 
 def frame(rtype: RecordType, payload: bytes, flags: int = 0) -> bytes:

@@ -30,6 +30,7 @@ from ..store import RECORD_DTYPES, Encoding, StoreMode
 from ..trace import CHUNK_TIMES_DTYPE, Trace
 from .format import GapInfo, ModuleInfo, ProcessRecord
 from .holes import Hole, Shifter, add_gap, items_of, select
+from .stacks import with_stack
 from .reader import Chunk, TraceFile, scan
 
 CORRUPT = "corrupt chunk"
@@ -109,8 +110,8 @@ def to_trace(tf: TraceFile, decode: bool = True) -> Trace:
     if end is None:
         exit = ExitInfo("unknown")
     else:
-        exit = ExitInfo(end.status, end.code, end.signal, end.fault_address, end.fault_pc,
-                        end.tid, end.core_dumped)
+        exit = with_stack(ExitInfo(end.status, end.code, end.signal, end.fault_address,
+                                   end.fault_pc, end.tid, end.core_dumped), end.pid, tf.stacks)
     last_ns = max((c.head.last_ns for cs in tf.chunks.values() for c in cs), default=h.start_ns)
     mode = {StoreMode.RING: "ring", StoreMode.STREAM: "stream"}.get(StoreMode(h.mode), "") \
         if h.mode in (1, 2) else f"mode {h.mode}"
@@ -136,9 +137,9 @@ def processes_of(tf: TraceFile) -> list[ProcessInfo]:
     tids = thread_order(tf)
     end = tf.end
     pid = end.pid if end else tf.header.pid or (tids[0] if tids else 0)
-    exit = ExitInfo("unknown") if end is None else ExitInfo(
+    exit = ExitInfo("unknown") if end is None else with_stack(ExitInfo(
         end.status, end.code, end.signal, end.fault_address, end.fault_pc, end.tid,
-        end.core_dumped)
+        end.core_dumped), end.pid, tf.stacks)
     return _processes(tf, pid, exit, tids)
 
 
@@ -173,7 +174,8 @@ def _processes(tf: TraceFile, pid: int, exit: ExitInfo, tids: list[int]) -> list
             threads[first_pid].append(tid)
     out = []
     for r in records:
-        ex = exit if r is first and tf.end is not None else _exit(r, tf.end is None)
+        ex = exit if r is first and tf.end is not None else \
+            with_stack(_exit(r, tf.end is None), r.pid, tf.stacks)
         out.append(ProcessInfo(r.pid, r.ppid, r.argv or (tf.header.argv if r is first else ()),
                                ex, tuple(modules.get(r.pid, ())), tuple(threads[r.pid]),
                                r.start_ns, r.end_ns))

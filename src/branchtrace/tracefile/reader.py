@@ -26,7 +26,9 @@ import numpy as np
 import zstandard
 
 from ..errors import TraceFormatError
+from ..model import StackSnapshot
 from ..store import RECORD_DTYPES, Encoding
+from .stacks import decode_stack
 from .format import (
     CHUNK_HEAD,
     FRAME,
@@ -74,6 +76,8 @@ class TraceFile:
     threads: list[ThreadInfo] = field(default_factory=list)
     #: PROCESS records by pid, in order of first appearance (the last record of a pid)
     processes: dict[int, ProcessRecord] = field(default_factory=dict)
+    #: STACK records: the stack copy of each thread that died of a signal, by (pid, tid)
+    stacks: dict[tuple[int, int], StackSnapshot] = field(default_factory=dict)
     blocks: np.ndarray | None = None
     end: EndInfo | None = None
     truncated: bool = False
@@ -277,6 +281,9 @@ def _take(tf: TraceFile, rtype: int, payload: bytes, pos: int,
     elif rtype == RecordType.PROCESS:
         record = ProcessRecord.decode(payload)
         tf.processes[record.pid] = record
+    elif rtype == RecordType.STACK:
+        pid, snapshot = decode_stack(payload)
+        tf.stacks[(pid, snapshot.tid)] = snapshot
     elif rtype == RecordType.BLOCKS:
         bhead, frame_body = BlocksHead.decode(payload)
         nbytes = bhead.count * bhead.row_size

@@ -20,9 +20,10 @@ import zstandard
 
 from .._version import __version__
 from ..errors import UsageError
-from ..model import ExitInfo, Gap, ModuleMap, ProcessInfo
+from ..model import ExitInfo, Gap, ModuleMap, ProcessInfo, StackSnapshot
 from ..store import FROMTO_DTYPE, Encoding, StoreMode
 from ..trace import Trace
+from .stacks import encode_stack
 from .format import (
     CHUNK_BYTES,
     MAGIC,
@@ -163,6 +164,10 @@ class TraceWriter:
     def write_process(self, process: ProcessInfo) -> None:
         """A PROCESS record (its modules are MODULE records with its pid)."""
         self._record(RecordType.PROCESS, process_record(process).encode())
+
+    def write_stack(self, pid: int, snapshot: StackSnapshot) -> None:
+        """A STACK record: the stack copy of a thread of ``pid`` that died of a signal."""
+        self._record(RecordType.STACK, encode_stack(pid, snapshot))
 
     def write_gap(self, gap: Gap) -> None:
         self._record(RecordType.GAP, GapInfo(gap.tid, gap.index, gap.count, gap.reason).encode())

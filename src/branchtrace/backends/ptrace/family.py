@@ -145,6 +145,7 @@ class Family:
                     fault_pc=fault.pc if fault else None,
                     tid=fault.tid if fault else None,
                     core_dumped=os.WCOREDUMP(status),
+                    stack=fault.stack if fault else None,
                 )
             proc.ended()
             self._drop(tid)

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 from ...errors import TargetError
+from ..linux import sys as pt
 from ...isa import InsnCache
 from ...model import ExitInfo, ModuleMap, ProcessInfo
 from ...symbols import merge_modules, modules_from_maps, read_maps
@@ -57,6 +58,14 @@ class Proc:
                 i = bp - address
                 data = data[:i] + bytes([original]) + data[i + 1:]
         return data
+
+    def stack_end(self, tid: int) -> int | None:
+        """The end of the mapping that holds thread ``tid``'s stack pointer."""
+        try:
+            rsp = pt.peekuser(tid, pt.REG_OFFSET["rsp"])
+            return next((m.end for m in read_maps(self.pid) if m.start <= rsp < m.end), None)
+        except (OSError, TargetError):
+            return None
 
     def snapshot_maps(self, fresh: bool = False) -> bool:
         """Read the module maps again (``fresh``: forget the old ones, a new image);

@@ -5,7 +5,11 @@ faults (and what is kept of one) or job-control stops, and which are pending or 
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from ...model import StackSnapshot
+from ..linux import sys as pt
 
 #: the whole wait status of a single-step trap: stopped by SIGTRAP, no event bits
 STEP_TRAP = 0x7F | (signal.SIGTRAP << 8)
@@ -22,6 +26,28 @@ class Fault:
     address: int | None   # si_addr
     pc: int
     tid: int
+    stack: StackSnapshot | None = None
+
+
+#: ptrace's user_regs_struct names of the DWARF registers 0-16 (symbols/unwind.py)
+_DWARF_REGISTERS = ("rax", "rdx", "rcx", "rbx", "rsi", "rdi", "rbp", "rsp", "r8", "r9",
+                    "r10", "r11", "r12", "r13", "r14", "r15", "rip")
+STACK_COPY_BYTES = 256 * 1024
+
+
+def stack_of(tid: int, read: Callable[[int, int], bytes], stack_end: int | None
+             ) -> StackSnapshot | None:
+    """The registers of a stopped thread and up to 256 KiB of its stack from rsp (to
+    ``stack_end``, the end of the stack's mapping, when known); None if unreadable."""
+    try:
+        regs = tuple((i, pt.peekuser(tid, pt.REG_OFFSET[name]) & 0xFFFF_FFFF_FFFF_FFFF)
+                     for i, name in enumerate(_DWARF_REGISTERS))
+    except OSError:
+        return None
+    rsp = regs[7][1]
+    n = STACK_COPY_BYTES if stack_end is None else max(0, min(STACK_COPY_BYTES,
+                                                              stack_end - rsp))
+    return StackSnapshot(tid, regs, rsp, read(rsp, n))
 
 
 def bit(sig: int) -> int:

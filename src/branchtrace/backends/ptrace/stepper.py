@@ -27,7 +27,7 @@ from ..linux import sys as pt
 from .family import FREE, STEPPING, Family, Thread
 from .procs import Proc, cmdline
 from .signals import (FAULT_SIGNALS, GROUP_STOP_SIGNALS, SI_KERNEL, STEP_TRAP, Fault, bit,
-                      caught_signals, pending_signals)
+                      caught_signals, pending_signals, stack_of)
 
 if TYPE_CHECKING:
     from ...store import Store
@@ -294,7 +294,11 @@ class Stepper(Family):
                         address = info.si_addr
                 except OSError:
                     pass
-            t.proc.faults[sig] = Fault(sig, address, pc, t.tid)
+            # the stack, for the report's call stack, when the signal is fatal (a handler
+            # that catches it, a JIT's or a GC's, takes many: copying 256 KiB each is waste)
+            fatal = not caught_signals(t.tid) & bit(sig)
+            stack = stack_of(t.tid, t.proc.mem.read, t.proc.stack_end(t.tid)) if fatal else None
+            t.proc.faults[sig] = Fault(sig, address, pc, t.tid, stack)
         if t.mode == STEPPING and caught_signals(t.tid) & bit(sig):
             t.signal_from = pc
         self._continue(t, inject=sig)

@@ -13,7 +13,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ...errors import BranchtraceError
-from ...model import ExitInfo, ProcessInfo
+from ...model import ExitInfo, ProcessInfo, StackSnapshot
 from ...store.blocks import read_table
 
 if TYPE_CHECKING:
@@ -27,6 +27,19 @@ _POLL = 0.02
 _EXIT_EVENT_WAIT = 2.0   # the kernel's exit event comes a moment after the process is gone
 # (read by a thread of ours: on a loaded machine it may be late; waited for only when
 # nothing else told how the process ended)
+
+
+def snapshot_of(tid: int, registers: Any, stack: bytes | None) -> StackSnapshot | None:
+    """The agent's registers ([[dwarf number, "0x..."], ...]) and stack copy (crash.js,
+    stackOf) as a :class:`StackSnapshot`; None when either is missing or malformed."""
+    if not registers or stack is None:
+        return None
+    try:
+        regs = tuple((int(n), int(v, 0)) for n, v in registers)
+    except (TypeError, ValueError):
+        return None
+    rsp = next((v for n, v in regs if n == 7), None)
+    return None if rsp is None else StackSnapshot(tid, regs, rsp, bytes(stack))
 
 
 class Ending:
@@ -176,7 +189,7 @@ class Ending:
         crash = self.crash
         if crash is not None:
             return ExitInfo("signaled", signal=crash.signal, fault_address=crash.fault_address,
-                            fault_pc=crash.fault_pc, tid=crash.tid)
+                            fault_pc=crash.fault_pc, tid=crash.tid, stack=crash.stack)
         if self.exit_code is not None:
             return ExitInfo("exited", code=self.exit_code)
         return self._watched_exit() or ExitInfo("unknown")
@@ -202,11 +215,12 @@ class Ending:
             if info.status == "signaled" and crash is not None and crash.signal == info.signal:
                 return ExitInfo("signaled", signal=info.signal,
                                 fault_address=crash.fault_address, fault_pc=crash.fault_pc,
-                                tid=crash.tid, core_dumped=info.core_dumped)
+                                tid=crash.tid, core_dumped=info.core_dumped,
+                                stack=crash.stack)
             return info
         if crash is not None:
             return ExitInfo("signaled", signal=crash.signal, fault_address=crash.fault_address,
-                            fault_pc=crash.fault_pc, tid=crash.tid)
+                            fault_pc=crash.fault_pc, tid=crash.tid, stack=crash.stack)
         if self.exit_code is None:   # attached, and it died of a signal that is no fault
             watched = self._watched_exit()
             if watched is not None:

@@ -23,13 +23,13 @@ from typing import Any
 
 from ...store.blocks import DEFAULT_TABLE_CAPACITY, create_table, read_table, table_bytes
 from ...errors import BranchtraceError, MemoryLimitError, TargetError, UsageError
-from ...model import ExitInfo, Gap, ModuleMap, ProcessInfo
+from ...model import ExitInfo, Gap, ModuleMap, ProcessInfo, StackSnapshot
 from ...store import HEADER_SIZE, THREAD_ENTRY_SIZE, Store
 from ...symbols import merge_modules, modules_from_maps, read_maps
 from .agent_code import agent_options, agent_source, has_avx512, has_bmi2
 from .check import CheckCounters, enabled
 from .children import ChildFollowing, ForkCatcher
-from .ending import Ending
+from .ending import Ending, snapshot_of
 from ..linux.exits import ExitWatcher
 from ..linux.program import read_argv
 from .execs import ExecCatcher, ExecFollowing
@@ -55,6 +55,7 @@ class Crash:
     fault_address: int | None
     fault_pc: int | None
     exact_pc: bool
+    stack: StackSnapshot | None = None
 
 
 @dataclass
@@ -326,7 +327,7 @@ class Host(Resuming, ExecFollowing, ChildFollowing, Ending):
                 self._post({"type": payload["key"]})
         elif kind == "crash":
             try:
-                self._on_crash(payload)
+                self._on_crash(payload, data)
             finally:
                 self._post({"type": "crash-ack"})
         elif kind == "exit":
@@ -342,7 +343,7 @@ class Host(Resuming, ExecFollowing, ChildFollowing, Ending):
             with contextlib.suppress(Exception):  # the session is going away: nobody waits
                 script.post(message)
 
-    def _on_crash(self, p: dict[str, Any]) -> None:
+    def _on_crash(self, p: dict[str, Any], stack: bytes | None = None) -> None:
         try:
             self._refresh_modules()
             real, block, memory = p.get("realPc"), p.get("block"), p.get("memory")
@@ -354,6 +355,7 @@ class Host(Resuming, ExecFollowing, ChildFollowing, Ending):
                 signal=int(p.get("signal") or _SIGNAL_OF_EXCEPTION.get(p.get("kind", ""), 0)),
                 fault_address=int(memory, 0) if memory is not None else None,
                 fault_pc=pc, exact_pc=bool(real),
+                stack=snapshot_of(int(p["tid"]), p.get("registers"), stack),
             )
             if p.get("error"):
                 self._agent_errors.append(f"crash report: {p['error']}")

@@ -138,6 +138,25 @@ function realFault(tid, pc, memory, info) {
   return branch ? [ptr(block.last), 'branch'] : [null, 'rewritten'];
 }
 
+/* The faulting thread's registers (DWARF numbers: symbols/unwind.py) and a copy of its
+ * stack from rsp, for the host to unwind: under Stalker the registers are the program's
+ * at its copied instruction, and the pc is where the program really was. */
+const DWARF_REGISTERS = ['rax', 'rdx', 'rcx', 'rbx', 'rsi', 'rdi', 'rbp', 'rsp', 'r8', 'r9',
+                         'r10', 'r11', 'r12', 'r13', 'r14', 'r15'];
+const STACK_COPY_BYTES = 256 * 1024;
+
+function stackOf(context, realPc) {
+  const regs = DWARF_REGISTERS.map((name, i) => [i, context[name].toString()]);
+  if (realPc !== null)
+    regs.push([16, realPc]);
+  const sp = context.rsp;
+  const range = Process.findRangeByAddress(sp);
+  if (range === null)
+    return [regs, null];
+  const n = Math.min(STACK_COPY_BYTES, range.size - sp.sub(range.base).toUInt32());
+  return [regs, sp.readByteArray(n)];
+}
+
 /* The program has SIG_DFL for SIGABRT: Frida's handler, had it returned, would have let
  * raise() return, and abort() go on to reset the action and raise it again (recording
  * that second part, and Interceptor's sigaction hook, which natively never ran). Die here,
@@ -208,7 +227,13 @@ function onException(details) {
   } catch (e) {
     info.error = String(e);
   }
-  send(info);
+  let stack = null;
+  try {
+    [info.registers, stack] = stackOf(details.context, info.realPc);
+  } catch (e) {
+    info.stackError = String(e);
+  }
+  send(info, stack);
   recv('crash-ack', () => {}).wait();
   if (details.type === 'abort')
     dieOfAbort(tid);
