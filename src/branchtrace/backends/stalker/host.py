@@ -359,6 +359,9 @@ class Host(Resuming, ExecFollowing, ChildFollowing, Ending):
             )
             if p.get("error"):
                 self._agent_errors.append(f"crash report: {p['error']}")
+            if p.get("stackError"):
+                self.notes.append(f"pid {self.pid}: no copy of the crashed thread's stack: "
+                                  f"{p['stackError']}")
         except (KeyError, TypeError, ValueError) as err:
             self._agent_errors.append(f"bad crash report {p!r}: {err}")
 

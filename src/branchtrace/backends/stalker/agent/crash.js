@@ -145,6 +145,17 @@ const DWARF_REGISTERS = ['rax', 'rdx', 'rcx', 'rbx', 'rsi', 'rdi', 'rbp', 'rsp',
                          'r10', 'r11', 'r12', 'r13', 'r14', 'r15'];
 const STACK_COPY_BYTES = 256 * 1024;
 
+/* Whether the registers at the fault are the program's: it faulted in its own code, in
+ * its copy in Stalker's slab, or in Stalker's push of a call's return address (a stack
+ * overflow); not in Frida's code, nor in Stalker's code for a return or a jump. */
+function programsRegisters(info, pc) {
+  if (info.realPc === null || Cloak.hasRangeContaining(pc))
+    return false;
+  if (info.how === 'branch')
+    return info.block !== null && (info.block.kind === 1 || info.block.kind === 6);
+  return info.how === 'copied' || info.how === 'rip-relative' || info.how === 'native';
+}
+
 function stackOf(context, realPc) {
   const regs = DWARF_REGISTERS.map((name, i) => [i, context[name].toString()]);
   if (realPc !== null)
@@ -229,7 +240,11 @@ function onException(details) {
   }
   let stack = null;
   try {
-    [info.registers, stack] = stackOf(details.context, info.realPc);
+    if (programsRegisters(info, pc))
+      [info.registers, stack] = stackOf(details.context, info.realPc);
+    else
+      info.stackError = `the fault was in Stalker's code (${info.how}), where the registers ` +
+                        'are not the program\'s';
   } catch (e) {
     info.stackError = String(e);
   }

@@ -1,0 +1,107 @@
+"""The call stack of a thread at its end, two ways, and where they disagree.
+
+* **Unwound**: from the registers and the copy of the stack the backend took at the
+  fatal signal (:class:`~branchtrace.model.StackSnapshot`, symbols/unwind.py), as GDB's
+  ``bt`` shows it. It needs the stack to be intact.
+* **Replayed**: from the trace's own calls and returns (analysis/callstack.py): the
+  frames still open after the last branch. It works when the stack is smashed, and it
+  says where each frame was entered; it knows only what the recorded branches show (a
+  ring keeps the newest ones: frames entered before them are there, but not where).
+
+Both lists are innermost first. :func:`disagreements` names the frames where they
+differ: a frame the stack shows that the trace never entered (or the reverse) means the
+stack or the return addresses on it were overwritten, itself a finding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..model import BranchKind
+from ..symbols.unwind import unwind_snapshot
+from ..trace import Trace
+from .callstack import call_trace
+
+_CALLS = (BranchKind.CALL, BranchKind.INDIRECT_CALL)
+
+
+@dataclass(frozen=True, slots=True)
+class StackFrame:
+    """One frame: its function (None when no symbol names it), the address the thread
+    was at in it (the innermost: the faulting pc; the others: the call into the frame
+    above, or, unwound, the return address), and for a replayed frame the index of the
+    branch that entered it (None: entered before the first recorded branch)."""
+
+    function: str | None
+    pc: int
+    entered: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Unwound:
+    frames: tuple[StackFrame, ...]
+    end: str                       # why the walk stopped (symbols/unwind.py)
+
+
+def unwound(trace: Trace) -> Unwound | None:
+    """The unwound stack of the thread that took the fatal signal, or None when the
+    backend recorded no stack (no fatal signal, an older trace file)."""
+    snapshot = trace.exit.stack
+    if snapshot is None:
+        return None
+    stack = unwind_snapshot(trace.modules, snapshot)
+    names = _names(trace, [f.pc if i == 0 else f.pc - 1 for i, f in enumerate(stack.frames)])
+    return Unwound(tuple(StackFrame(n, f.pc) for n, f in zip(names, stack.frames)), stack.end)
+
+
+def replayed(trace: Trace, tid: int, pc: int | None = None) -> tuple[StackFrame, ...]:
+    """The frames of thread ``tid`` still open after its last recorded branch, innermost
+    first; ``pc``, where the thread was at the end (the fault pc), names the innermost
+    frame's address (else the target of the last branch)."""
+    ct = call_trace(trace, tid)
+    if ct.n == 0 or not len(ct.seg_frame):
+        return ()
+    branches = trace.branches(tid)
+    f = int(ct.seg_frame[-1])
+    if f < 0:                       # the thread's record ends in a gap
+        return ()
+    chain: list[int] = []
+    while f >= 0:
+        chain.append(f)
+        f = int(ct.frame_parent[f])
+    frames: list[StackFrame] = []
+    here = pc if pc is not None else int(branches["to_ip"][-1])
+    for frame in chain:
+        opened = int(ct.frame_open[frame])
+        entered = opened // 2 - 1 if opened > 0 else None
+        function = ct.functions.name(int(ct.frame_function[frame]))
+        frames.append(StackFrame(function or None, here, entered))
+        if entered is not None and entered < len(branches) \
+                and int(branches["kind"][entered]) in _CALLS:
+            here = int(branches["from_ip"][entered])      # the call into this frame
+        elif entered is not None:
+            here = int(branches["from_ip"][entered])
+    return tuple(frames)
+
+
+def disagreements(unwound: tuple[StackFrame, ...], replayed: tuple[StackFrame, ...]
+                  ) -> list[int]:
+    """Indices (innermost = 0) where the two stacks name different functions, as far as
+    the replayed one knows its frames (up to and including its first frame entered
+    before the recording)."""
+    out = []
+    for i, (u, r) in enumerate(zip(unwound, replayed)):
+        if u.function != r.function:
+            out.append(i)
+        if r.entered is None:
+            break
+    return out
+
+
+def _names(trace: Trace, addresses: list[int]) -> list[str | None]:
+    import numpy as np
+
+    if not addresses:
+        return []
+    res = trace.symbolizer.resolve(np.array(addresses, dtype=np.uint64))
+    return [loc.function for loc in res.locations()]

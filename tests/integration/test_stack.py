@@ -1,0 +1,61 @@
+"""The call stack at a crash, two ways (analysis/stack.py): unwound from the stack the
+backend copied, and replayed from the trace's calls and returns; on an intact stack they
+agree, on a smashed one the difference is the finding. Both backends."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from conftest import FIXTURES
+
+import branchtrace
+from branchtrace.analysis.stack import disagreements, replayed, unwound
+from branchtrace.backends import Target
+
+BACKENDS = ["stalker", "ptrace"]
+
+
+def built(tmp_path, name: str, *flags: str):
+    exe = tmp_path / name
+    subprocess.run(["gcc", "-g", *flags, "-o", str(exe), str(FIXTURES / f"{name}.c")],
+                   check=True)
+    return exe
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_intact_stack_agrees_with_the_trace(tmp_path, backend):
+    exe = built(tmp_path, "unwind_deep", "-O2")
+    trace = branchtrace.record(Target(argv=(str(exe), "x")),
+                               branchtrace.RecordConfig(backend=backend))
+    u = unwound(trace)
+    assert u is not None and u.end == "outermost frame"
+    r = replayed(trace, trace.exit.tid, trace.exit.fault_pc)
+    names = [f.function for f in u.frames]
+    assert names[1:3] == ["middle", "cmp"] and "main" in names
+    assert [f.function for f in r][:len(r)] == names[:len(r)]
+    assert disagreements(u.frames, r) == []
+    # replayed frames say where they were entered: cmp by qsort's call
+    cmp = next(f for f in r if f.function == "cmp")
+    assert cmp.entered is not None and trace.branches(trace.exit.tid)["kind"][cmp.entered] \
+        in (branchtrace.BranchKind.CALL, branchtrace.BranchKind.INDIRECT_CALL)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_smashed_stack_disagrees_with_the_trace(tmp_path, backend):
+    exe = built(tmp_path, "smash", "-O0", "-fno-stack-protector")
+    trace = branchtrace.record(Target(argv=(str(exe), "x")),
+                               branchtrace.RecordConfig(backend=backend))
+    assert trace.exit.signal == 11
+    r = replayed(trace, trace.exit.tid, trace.exit.fault_pc)
+    assert [f.function for f in r[:2]] == ["smash", "main"]      # the trace still knows
+    u = unwound(trace)
+    if backend == "stalker":
+        # the return faulted in Stalker's code, where the registers are not the
+        # program's: no copy, and a note says why
+        assert u is None
+        assert any("no copy of the crashed thread's stack" in n for n in trace.notes)
+        return
+    assert u is not None and [f.function for f in u.frames] == ["smash", None]
+    assert u.frames[1].pc == 0x4141414141414141 and "no module" in u.end
+    assert disagreements(u.frames, r) == [1]
