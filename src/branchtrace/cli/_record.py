@@ -57,6 +57,10 @@ class ProgressLine:
             self.shown = float("inf")
 
 
+#: Branches per thread ``run`` keeps for its report: the call stack is replayed from them.
+REPLAY_WINDOW = 65536
+
+
 def same_file(a: str, b: str) -> bool:
     """Whether paths ``a`` and ``b`` name one existing file (a link to it included)."""
     try:
@@ -233,10 +237,13 @@ def _record_and_report(args: argparse.Namespace, target: Target, config: RecordC
         progress = ProgressLine(sys.stderr)
     try:
         try:
-            # memory holds only what the report shows (a file, if any, has everything):
-            # a stream without a file would otherwise keep every branch of the run
+            # memory holds only what the report needs (a file, if any, has everything):
+            # a stream without a file would otherwise keep every branch of the run. The
+            # report shows the last --last branches, and replays the call stack from the
+            # newest REPLAY_WINDOW (what a ring of the default size holds)
             trace = record(target, config, on_start=on_start, output=output,
-                           keep=args.last, listener=progress, chosen=choice)
+                           keep=max(args.last, REPLAY_WINDOW), listener=progress,
+                           chosen=choice)
         finally:
             if progress is not None:
                 progress.finish()

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..model import BranchKind, empty_branches
 from ..trace import Trace
+from .crash_stack import stack_doc, write_stack_text
 
 
 @dataclass(frozen=True)
@@ -120,9 +121,10 @@ def build(trace: Trace, last: int = 16, tid: int | None = None) -> dict[str, Any
              "from": f.as_json(), "to": t.as_json()}
             for i, (k, f, t) in enumerate(zip(branches["kind"].tolist(), froms, tos))
         ],
-        "gaps": [{"thread": g.tid, "index": g.index, "count": g.count, "reason": g.reason}
-                 for g in trace.gaps],
+        "gaps": [{"thread": g.tid, "index": g.index, "count": g.count,
+                  "reason": g.reason} for g in trace.gaps],
         "notes": list(trace.notes),
+        **stack_doc(trace, tid),
     }
 
 
@@ -170,6 +172,7 @@ def write_text(doc: dict[str, Any], out: IO[str]) -> None:
         for b in branches:
             out.write(f"  {b['index']:>4}  {b['kind']:<13} {b['from']['hex']:>14} "
                       f"{_loc_text(b['from']):<{width}}  =>  {b['to']['hex']} {_loc_text(b['to'])}\n")
+    write_stack_text(doc, out, _loc_text)
     for gap in doc["gaps"]:
         out.write(f"  gap: thread {gap['thread']} lost {gap['count']} records ({gap['reason']})\n")
     for note in doc["notes"]:
