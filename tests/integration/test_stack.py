@@ -59,3 +59,27 @@ def test_a_smashed_stack_disagrees_with_the_trace(tmp_path, backend):
     assert u is not None and [f.function for f in u.frames] == ["smash", None]
     assert u.frames[1].pc == 0x4141414141414141 and "no module" in u.end
     assert disagreements(u.frames, r) == [1]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_crash_report_shows_both_stacks(tmp_path, backend):
+    import json
+
+    from conftest import cli
+    deep = built(tmp_path, "unwind_deep", "-O2")
+    r = cli("run", "--backend", backend, "--format", "json", "--report-to", "-", "--",
+            str(deep), "x")
+    doc = json.loads(r.stdout)
+    names = [f["function"] for f in doc["stack"]]
+    assert names[1:3] == ["middle", "cmp"] and doc["stack_end"] == "outermost frame"
+    assert doc["stack_disagreements"] == []
+    assert [f["function"] for f in doc["replayed_stack"]][:3] == names[:3]
+    assert all(f["entered"] is None or f["entered"] < 0 for f in doc["replayed_stack"])
+    text = cli("run", "--backend", backend, "--", str(deep), "x").stderr
+    assert "Call stack (unwound from its stack; the calls in the trace agree):" in text
+    assert "return (int)middle(NULL, 3);" in text             # cmp's source line
+    smash = built(tmp_path, "smash", "-O0", "-fno-stack-protector")
+    text = cli("run", "--backend", backend, "--", str(smash), "x").stderr
+    assert "Call stack replayed from the trace's calls and returns:" in text
+    if backend == "ptrace":
+        assert "!! the trace's calls say main here" in text

@@ -17,13 +17,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..model import BranchKind
+import numpy as np
+
 from ..symbols.unwind import unwind_snapshot
 from ..trace import Trace
 from .callstack import call_trace
-
-_CALLS = (BranchKind.CALL, BranchKind.INDIRECT_CALL)
-
 
 @dataclass(frozen=True, slots=True)
 class StackFrame:
@@ -69,18 +67,24 @@ def replayed(trace: Trace, tid: int, pc: int | None = None) -> tuple[StackFrame,
     while f >= 0:
         chain.append(f)
         f = int(ct.frame_parent[f])
+    from_keys = ct.functions.keys(branches["from_ip"]).key
     frames: list[StackFrame] = []
-    here = pc if pc is not None else int(branches["to_ip"][-1])
+    here: int | None = pc if pc is not None else int(branches["to_ip"][-1])
+    inner_entered: int | None = None
     for frame in chain:
         opened = int(ct.frame_open[frame])
         entered = opened // 2 - 1 if opened > 0 else None
-        function = ct.functions.name(int(ct.frame_function[frame]))
-        frames.append(StackFrame(function or None, here, entered))
-        if entered is not None and entered < len(branches) \
-                and int(branches["kind"][entered]) in _CALLS:
-            here = int(branches["from_ip"][entered])      # the call into this frame
-        elif entered is not None:
-            here = int(branches["from_ip"][entered])
+        key = int(ct.frame_function[frame])
+        if inner_entered is not None:
+            # where this frame left for the one above: its last branch before that one
+            # was entered (the call; or a jump, when the frame above came by tail calls)
+            lo = entered if entered is not None else 0
+            mine = np.flatnonzero(from_keys[lo:inner_entered + 1] == key)
+            here = int(branches["from_ip"][lo + int(mine[-1])]) if len(mine) else None
+        frames.append(StackFrame(ct.functions.name(key) or None, here or 0, entered))
+        if entered is None:
+            break
+        inner_entered = entered
     return tuple(frames)
 
 
@@ -99,8 +103,6 @@ def disagreements(unwound: tuple[StackFrame, ...], replayed: tuple[StackFrame, .
 
 
 def _names(trace: Trace, addresses: list[int]) -> list[str | None]:
-    import numpy as np
-
     if not addresses:
         return []
     res = trace.symbolizer.resolve(np.array(addresses, dtype=np.uint64))

@@ -52,6 +52,14 @@ def _frames(trace: Trace, frames: tuple[StackFrame, ...], unwound_: bool
     res = trace.symbolizer.resolve(np.array(looked, dtype=np.uint64))
     out = []
     for i, (frame, loc) in enumerate(zip(frames, res.locations())):
+        if not unwound_ and frame.function != loc.function:
+            # the replay knows the frame's function; where in it the thread was is lost
+            # (the frame left by a jump the trace does not have)
+            lost: dict[str, Any] = {"address": None, "hex": "?", "function": frame.function,
+                                    "offset": None, "module": None, "file": None,
+                                    "line": None, "source": None}
+            out.append(lost)
+            continue
         out.append({
             "address": frame.pc, "hex": f"{frame.pc:#x}", "function": loc.function,
             "offset": (loc.offset + (1 if unwound_ and i else 0)) if loc.function else None,
@@ -108,4 +116,6 @@ def write_stack_text(doc: dict[str, Any], out: IO[str], loc_text: Any) -> None:
         for k, frame in enumerate(replay):
             entered = f"entered at branch {frame['entered']}" if frame["entered"] is not None \
                 else "entered before the first recorded branch"
-            out.write(f"  #{k:<3} {frame['hex']:>14} {loc_text(frame)}  [{entered}]\n")
+            where = loc_text(frame) if frame["address"] is not None \
+                else f"{frame['function'] or '??'} (where in it is not recorded)"
+            out.write(f"  #{k:<3} {frame['hex']:>14} {where}  [{entered}]\n")
