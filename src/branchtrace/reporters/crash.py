@@ -17,7 +17,11 @@ import numpy as np
 
 from ..model import BranchKind, empty_branches
 from ..trace import Trace
+from .crash_fold import fold
 from .crash_stack import stack_doc, write_stack_text
+
+#: Branches of the thread the last-branches list looks through for loops to fold.
+FOLD_WINDOW = 65536
 
 
 @dataclass(frozen=True)
@@ -94,7 +98,17 @@ def _crash_thread(trace: Trace) -> int | None:
 def build(trace: Trace, last: int = 16, tid: int | None = None) -> dict[str, Any]:
     """The report as plain data (what ``--format json`` prints)."""
     tid = tid if tid is not None else _crash_thread(trace)
-    branches = trace.branches(tid)[-last:] if tid is not None and last > 0 else empty_branches()
+    window = trace.branches(tid)[-FOLD_WINDOW:] if tid is not None and last > 0 \
+        else empty_branches()
+    # loops folded: --last counts lines shown; each line is the newest run of its branch
+    folds = fold(window, last)
+    shown: list[tuple[int, int, int]] = []          # (index in window, times, period)
+    for f in folds:
+        newest = f.first + (f.times - 1) * f.period
+        shown += [(newest + j, f.times, f.period) for j in range(f.period)]
+    at = np.array([i for i, _, _ in shown], dtype=np.int64)
+    branches = window[at]
+    covered = len(window) - folds[0].first if folds else 0
     froms = _locate(trace, branches["from_ip"])
     tos = _locate(trace, branches["to_ip"])
     ex = trace.exit
@@ -110,7 +124,7 @@ def build(trace: Trace, last: int = 16, tid: int | None = None) -> dict[str, Any
         exit_doc["fault_instruction"], note = _instruction_at(trace, ex.fault_pc)
         if note:
             exit_doc["fault_instruction_note"] = note
-    n = len(branches)
+    n = len(window)
     return {
         "program": list(trace.argv) or _argv_of(trace), "pid": trace.pid, "backend": trace.backend,
         "mode": trace.mode, "exit": exit_doc, "thread": tid,
@@ -118,9 +132,11 @@ def build(trace: Trace, last: int = 16, tid: int | None = None) -> dict[str, Any
                              "lost": trace.lost.get(t, 0)} for t, a in trace.threads.items()},
         "branches": [
             {"index": i - n, "kind": BranchKind(int(k)).label, "thread": tid,
-             "from": f.as_json(), "to": t.as_json()}
-            for i, (k, f, t) in enumerate(zip(branches["kind"].tolist(), froms, tos))
+             "from": f.as_json(), "to": t.as_json(),
+             **({"times": times, "loop": period} if times > 1 else {})}
+            for (i, times, period), k, f, t in zip(shown, branches["kind"].tolist(), froms, tos)
         ],
+        "branches_covered": covered,
         "gaps": [{"thread": g.tid, "index": g.index, "count": g.count,
                   "reason": g.reason} for g in trace.gaps],
         "notes": list(trace.notes),
@@ -167,10 +183,19 @@ def write_text(doc: dict[str, Any], out: IO[str]) -> None:
         out.write(f"  thread {tid}: {info.get('written', 0)} branches recorded{extra}"
                   f" [{doc['backend']}, {doc['mode']} mode]\n")
         branches = doc["branches"]
-        out.write(f"\nLast {len(branches)} branches of thread {tid}, oldest first:\n")
+        covered = doc.get("branches_covered", len(branches))
+        folded = f" (loops folded: {covered} branches)" if covered != len(branches) else ""
+        out.write(f"\nLast {len(branches)} branches of thread {tid}{folded}, oldest first:\n")
         width = max((len(_loc_text(b["from"])) for b in branches), default=0)
-        for b in branches:
-            out.write(f"  {b['index']:>4}  {b['kind']:<13} {b['from']['hex']:>14} "
+        for k, b in enumerate(branches):
+            times, loop = b.get("times", 1), b.get("loop", 1)
+            mark = f"×{times}" if times > 1 and loop == 1 else ""
+            if times > 1 and loop > 1 and (k == 0 or branches[k - 1].get("loop") != loop
+                                           or branches[k - 1]["index"] != b["index"] - 1):
+                span = f"{b['index'] - loop * (times - 1)}..{b['index'] + loop - 1}"
+                out.write(f"  {span:>10}  ×{times} a loop of {loop} branches:\n")
+            indent = "    " if times > 1 and loop > 1 else ""
+            out.write(f"  {indent}{b['index']:>4} {mark:>5} {b['kind']:<13} {b['from']['hex']:>14} "
                       f"{_loc_text(b['from']):<{width}}  =>  {b['to']['hex']} {_loc_text(b['to'])}\n")
     write_stack_text(doc, out, _loc_text)
     for gap in doc["gaps"]:
