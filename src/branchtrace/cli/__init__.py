@@ -8,8 +8,10 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import NoReturn
 
+from .. import progress
 from ..errors import BranchtraceError
 from . import attach, coverage, crash, demo, doctor, export, history, profile, run, sql, stats
 
@@ -17,6 +19,8 @@ from . import attach, coverage, crash, demo, doctor, export, history, profile, r
 DEBUG_ENV = "BRANCHTRACE_DEBUG"
 
 _COMMANDS = (run, attach, doctor, demo, coverage, crash, history, profile, stats, sql, export)
+#: The commands that read trace files: progress on a terminal when they take a while.
+_READERS = frozenset(m.NAME for m in (coverage, crash, history, profile, stats, sql, export))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -66,7 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
-        code: int = args.handler(args)
+        with progress.shown() if args.command in _READERS else nullcontext():
+            code: int = args.handler(args)
         return code
     except BranchtraceError as exc:
         _say(f"branchtrace: error: {exc}")
