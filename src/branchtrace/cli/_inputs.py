@@ -6,11 +6,11 @@ combines runs) take them all at once. Each bad argument is a one-line UsageError
 it: missing, not a trace file, a directory without trace files; and ``-o`` may name none
 of them (nor a file found inside a directory given).
 
-Example, for a command that combines runs::
+Example, for a command that combines runs (one file read at a time: a scanned file
+holds its compressed chunks in memory)::
 
-    files = expand_inputs(args.files, args.output)
-    for path in files:
-        ...   # scan(path): one run each
+    for run, path in named_runs(expand_inputs(args.files, args.output)):
+        ...   # scan(path) in a function of its own, so that it goes before the next
 """
 
 from __future__ import annotations
@@ -53,6 +53,14 @@ def expand_inputs(args: Sequence[str], output: str | None = None) -> list[str]:
                 what = "trace file" if path in files else "directory of trace files"
                 raise UsageError(f"-o {output} is the {what} being read: choose another name")
     return files
+
+
+def named_runs(files: list[str]) -> list[tuple[str, str]]:
+    """(run id, path) of each file: the ids of ``branchtrace sql``'s ``run`` column (the
+    file's name without ``.btrace``; ``-2``, ``-3`` after a name already taken)."""
+    from ..query.runs import run_ids
+
+    return list(zip(run_ids(files), files))
 
 
 def _traces_in(directory: str) -> list[str]:

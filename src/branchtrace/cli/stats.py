@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import UsageError
 from ..reporters.base import check_output, write_to
 from ._file import add_file_arguments, load_file, warn, warnings_of
-from ._inputs import expand_inputs
+from ._inputs import expand_inputs, named_runs
 from ._record import positive_int
 
 if TYPE_CHECKING:
@@ -84,21 +84,22 @@ def _count(trace: Trace, tf: TraceFile, tid: int | None) -> dict[int, np.ndarray
 def _several(files: list[str], args: argparse.Namespace) -> int:
     """Statistics over the runs ``files``, read one after the other (each file's edge
     tables and symbolizers go before the next file is read)."""
-    from ..query.runs import run_ids
     from ..reporters import stats
     from ..tracefile import scan, to_trace
 
     for option, value in (("--pid", args.pid), ("--thread", args.thread)):
         if value is not None:
             raise UsageError(f"{option} takes one trace file, not {len(files)}")
-    runs: list[dict[str, Any]] = []
     warnings: list[str] = []
-    for rid, path in zip(run_ids(files), files):
+
+    def part(rid: str, path: str) -> dict[str, Any]:
+        # its own frame: the file (its chunks are in memory) goes before the next is read
         tf = scan(path)
         trace = to_trace(tf, decode=False)
-        edges = _count(trace, tf, None)
-        runs.append(stats.run_part(rid, path, trace, top=args.top, edges=edges))
-        warnings += warnings_of(trace, path)
+        warnings.extend(warnings_of(trace, path))
+        return stats.run_part(rid, path, trace, top=args.top, edges=_count(trace, tf, None))
+
+    runs = [part(rid, path) for rid, path in named_runs(files)]
     doc = stats.build_runs(runs, top=args.top)
     write_to(args.output, lambda out: stats.write_doc(doc, out, args.format))
     for warning in dict.fromkeys(warnings):
