@@ -43,3 +43,27 @@ def test_text_and_json():
     out = io.StringIO()
     stats.render(sample(), out, fmt="json")
     assert json.loads(out.getvalue())["records"] == 5
+
+
+def test_runs_add_up():
+    one = stats.run_part("a", "a.btrace", sample(), top=2)
+    two = stats.run_part("b", "b.btrace", sample(), top=2)
+    doc = stats.build_runs([one, two], top=2)
+    single = stats.build(sample(), top=2)
+    assert doc["records"] == 2 * single["records"] and doc["lost"] == 2 * single["lost"]
+    assert doc["kinds"] == {k: 2 * n for k, n in single["kinds"].items()}
+    assert [(f["name"], f["branches"], f["calls"]) for f in doc["functions"]] == [
+        ("f", 6, 2), ("g", 2, 0)]      # ties merged by name
+    assert doc["edges"][0]["count"] == 4 and len(doc["edges"]) == 2
+    assert doc["duration"] == 4.0
+    assert [(r["run"], r["records"]) for r in doc["runs"]] == [("a", 5), ("b", 5)]
+    assert [(p["run"], p["branches"]) for p in doc["processes"]] == [("a", 5), ("b", 5)]
+    assert [(t["run"], t["tid"]) for t in doc["threads"]] == [("a", 1), ("a", 2), ("b", 1),
+                                                             ("b", 2)]
+    out = io.StringIO()
+    stats.write_doc(doc, out)
+    text = out.getvalue()
+    for words in ("runs:      2 trace files", "a.btrace", "processes: 2",
+                  "records:   10 branches in 4 thread(s) of 2 process(es) in 2 runs",
+                  "(run b, pid"):
+        assert words in text, words

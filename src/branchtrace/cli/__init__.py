@@ -16,8 +16,10 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import NoReturn
 
+from .. import progress
 from .._version import __version__
 from ..errors import BranchtraceError
 from . import (attach, coverage, crash, demo, doctor, export, gdb_init, history, profile, run,
@@ -31,6 +33,8 @@ _COMMANDS = (run, attach, doctor, demo, coverage, crash, history, profile, stats
 #: Commands that exit with a program's status: their own failures are 125, 126, 127.
 _PASS_THROUGH = (run.NAME, attach.NAME)
 OWN_FAILURE = 125
+#: The commands that read trace files: progress on a terminal when they take a while.
+_READERS = frozenset(m.NAME for m in (coverage, crash, history, profile, stats, sql, export))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -99,7 +103,8 @@ class _Own(int):
 
 def _run(args: argparse.Namespace) -> int:
     try:
-        code: int = args.handler(args)
+        with progress.shown() if args.command in _READERS else nullcontext():
+            code: int = args.handler(args)
         return code
     except BranchtraceError as exc:
         _say(f"branchtrace: error: {exc}")

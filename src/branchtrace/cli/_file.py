@@ -23,9 +23,17 @@ from ._record import positive_int, same_file
 
 
 def add_file_arguments(p: argparse.ArgumentParser,
-                       thread_help: str = "only this thread (default: every thread)") -> None:
-    """FILE, --thread TID and -o/--output OUT ('-', the default, is stdout)."""
-    p.add_argument("file", metavar="FILE", help="a trace file (branchtrace run -o FILE ...)")
+                       thread_help: str = "only this thread (default: every thread)",
+                       several: bool = False) -> None:
+    """FILE, --thread TID and -o/--output OUT ('-', the default, is stdout).
+    ``several``: FILE... instead (``args.files``: trace files and directories of them;
+    cli/_inputs.py expands them)."""
+    if several:
+        p.add_argument("files", nargs="+", metavar="FILE",
+                       help="trace files (branchtrace run -o FILE ...), or directories: "
+                            "every *.btrace inside")
+    else:
+        p.add_argument("file", metavar="FILE", help="a trace file (branchtrace run -o FILE ...)")
     add_pid_argument(p)
     p.add_argument("--thread", type=positive_int, metavar="TID", help=thread_help)
     p.add_argument("-o", "--output", default="-", metavar="OUT",
@@ -74,12 +82,14 @@ def load_file(args: argparse.Namespace, decode: bool = True) -> tuple[Trace, Tra
 
 def warn(trace: Trace) -> None:
     """Say on stderr what makes a report incomplete: a cut-short file, missing binaries."""
-    if trace.truncated:
-        print("branchtrace: warning: the trace file was cut short; it is read up to its "
-              "last whole record", file=sys.stderr)
-    seen: set[str] = set()
+    for warning in warnings_of(trace):
+        print(f"branchtrace: warning: {warning}", file=sys.stderr)
+
+
+def warnings_of(trace: Trace, name: str = "the trace file") -> list[str]:
+    """What :func:`warn` says of ``trace`` (read from ``name``), one line each."""
+    out = [f"{name} was cut short; it is read up to its last whole record"] \
+        if trace.truncated else []
     for one in trace.per_process():
-        for warning in one.symbolizer.warnings:
-            if warning not in seen:
-                seen.add(warning)
-                print(f"branchtrace: warning: {warning}", file=sys.stderr)
+        out += one.symbolizer.warnings
+    return list(dict.fromkeys(out))

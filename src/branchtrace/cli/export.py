@@ -14,15 +14,18 @@ Example: branchtrace export a.btrace b.btrace --format parquet -o traces/
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ..errors import UsageError
+from ._inputs import expand_inputs
 
 NAME = "export"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("files", nargs="+", metavar="FILE", help="trace files")
+    p.add_argument("files", nargs="+", metavar="FILE",
+                   help="trace files, or directories: every *.btrace inside (sorted)")
     p.add_argument("--format", choices=("parquet",), default="parquet",
                    help="parquet (the default; the only format today)")
     p.add_argument("-o", "--output", required=True, metavar="DIR",
@@ -36,9 +39,9 @@ def main(args: argparse.Namespace) -> int:
     from ..query.export import export
     from ..query.runs import open_runs
 
-    runs = open_runs(args.files)
-    if not runs:
-        raise UsageError("give one or more trace files")
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise UsageError(f"-o {args.output}: not a directory")
+    runs = open_runs(expand_inputs(args.files, args.output))
     warnings: list[str] = []
     n = export(runs, args.output, warnings)
     for warning in dict.fromkeys(warnings):

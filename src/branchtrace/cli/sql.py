@@ -2,7 +2,8 @@
 
 Tables: branches (run, pid, tid, seq, from_ip, to_ip, kind, block_start, and the
 function, module, file and line of each end), addresses, edges, calls, functions,
-blocks, runs, processes, threads; docs/sql.md describes them. The trace is read chunk
+blocks, runs, processes, threads; docs/sql.md describes them. Each trace file is a
+run; a directory stands for every *.btrace inside it (sorted). The trace is read chunk
 by chunk for each query, in bounded memory whatever its length. The result is a table
 on a terminal, CSV otherwise (or --format csv, json, parquet).
 
@@ -18,14 +19,14 @@ import sys
 
 from ..errors import UsageError
 from ..reporters.base import check_output, write_bytes_to, write_to
-from ._file import check_not_input
+from ._inputs import expand_inputs
 
 NAME = "sql"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("args", nargs="+", metavar="FILE... QUERY",
-                   help="one or more trace files, then the query")
+                   help="one or more trace files (or directories of them), then the query")
     p.add_argument("--format", choices=("table", "csv", "json", "parquet"),
                    help="table on a terminal, csv otherwise (the default)")
     p.add_argument("-o", "--output", default="-", metavar="OUT",
@@ -37,10 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     if len(args.args) < 2:
         raise UsageError("give one or more trace files, then the query")
-    *files, query = args.args
+    *given, query = args.args
     check_output(args.output)
-    for f in files:
-        check_not_input(f, args.output)
+    files = expand_inputs(given, args.output)
     fmt = args.format or ("table" if args.output == "-" and sys.stdout.isatty() else "csv")
     from ..query import output
     from ..query.session import Session, engine, error_line

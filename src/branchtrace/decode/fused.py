@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import zstandard
 
+from .. import progress
 from ..bigarrays import reserve
 from ..model import BRANCH_DTYPE
 from ..store import RECORD_DTYPES, Encoding
@@ -190,6 +191,7 @@ class _Task:
                 prev = -1
             mark = self.placed + self.pending
             prev = self._chunk(job.chunks[k], prev, k == self.lo)
+            progress.advance(len(job.chunks[k].body))
             if prev < 0:                  # a hole: drop what it gave
                 if mark >= self.placed:
                     self.pending = mark - self.placed

@@ -65,17 +65,22 @@ def run_id(path: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".") or "run"
 
 
-def open_runs(paths: list[str]) -> list[Run]:
-    """Scan each file (a one-line TraceFormatError when one cannot be read)."""
-    runs: list[Run] = []
+def run_ids(paths: list[str]) -> list[str]:
+    """The run id of each file of one command: :func:`run_id`, and ``-2``, ``-3``, ...
+    after the later files of a name already taken."""
+    ids: list[str] = []
     seen: dict[str, int] = {}
     for path in paths:
-        tf = scan(path)
         base = run_id(path)
         seen[base] = seen.get(base, 0) + 1
-        rid = base if seen[base] == 1 else f"{base}-{seen[base]}"
-        runs.append(Run(rid, path, tf, thread_pids(tf)))
-    return runs
+        ids.append(base if seen[base] == 1 else f"{base}-{seen[base]}")
+    return ids
+
+
+def open_runs(paths: list[str]) -> list[Run]:
+    """Scan each file (a one-line TraceFormatError when one cannot be read)."""
+    return [Run(rid, path, tf, thread_pids(tf))
+            for rid, path in zip(run_ids(paths), paths) for tf in [scan(path)]]
 
 
 def _exit(tf: TraceFile) -> tuple[str, int | None, int | None]:

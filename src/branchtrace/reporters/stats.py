@@ -4,7 +4,9 @@ and the hottest functions and edges.
 A trace of several processes gets a table of them (pid, parent, argv, exit, threads,
 branches), and statistics over all of them, perf-like: each process's branches are
 symbolized with that process's own modules, and functions and edges are merged by name
-(an edge by its kind and its two symbolized ends) across processes.
+(an edge by its kind and its two symbolized ends) across processes. Several trace files
+(runs) are merged the same way (:func:`run_part` for each, then :func:`build_runs`),
+with a table of the runs, and their processes labelled with their run.
 
 :func:`build` gives the numbers as plain data (what ``--format json`` prints);
 :func:`render` writes them as text or JSON. Every number is a function of each thread's
@@ -64,8 +66,35 @@ def _process_row(trace: Trace, pid: int, edges: Edges) -> dict[str, Any]:
 
 def _build_many(trace: Trace, top: int, edges: Edges) -> dict[str, Any]:
     """Statistics over every process, each symbolized with its own modules."""
-    parts = [_build_one(trace.for_pid(p.pid), 1 << 30, None, top * _EDGES_PER_PROCESS, edges)
-             for p in trace.processes]
+    parts = _process_parts(trace, top, edges)
+    total = sum(part["records"] for part in parts)
+    duration = max(0.0, trace.end_time - trace.start_time)
+    first = trace.for_pid(trace.processes[0].pid)
+    merged = _merged(parts, top)
+    return {
+        "program": list(trace.argv), "pid": trace.pid, "backend": trace.backend,
+        "mode": trace.mode, "exit": _exit_text(first),
+        "records": total, "threads": merged["threads"],
+        "lost": sum(t["lost"] for t in merged["threads"]),
+        "duration": duration,
+        "rate": total / duration if duration > 0 else None,
+        "kinds": merged["kinds"], "functions": merged["functions"], "edges": merged["edges"],
+        "truncated": bool(trace.truncated),
+        "notes": list(trace.notes),
+        "processes": [_process_row(trace, p.pid, edges) for p in trace.processes],
+    }
+
+
+def _process_parts(trace: Trace, top: int, edges: Edges) -> list[dict[str, Any]]:
+    """The statistics of each process of ``trace``: every function, ``top`` x
+    :data:`_EDGES_PER_PROCESS` edges (for :func:`_merged`)."""
+    return [_build_one(trace.for_pid(p.pid), 1 << 30, None, top * _EDGES_PER_PROCESS, edges)
+            for p in trace.processes]
+
+
+def _merged(parts: list[dict[str, Any]], top: int) -> dict[str, Any]:
+    """The threads (each labelled with its pid), kinds, and the ``top`` functions and
+    edges of ``parts`` merged by name."""
     functions: dict[tuple[str, str | None], dict[str, Any]] = {}
     merged: dict[tuple[str, str, str], dict[str, Any]] = {}
     kinds: dict[str, int] = {}
@@ -81,24 +110,58 @@ def _build_many(trace: Trace, top: int, edges: Edges) -> dict[str, Any]:
         for e in part["edges"]:
             got = merged.setdefault((e["kind"], e["from_symbol"], e["to_symbol"]), dict(e, count=0))
             got["count"] += e["count"]
-    total = sum(part["records"] for part in parts)
-    duration = max(0.0, trace.end_time - trace.start_time)
-    first = trace.for_pid(trace.processes[0].pid)
     return {
-        "program": list(trace.argv), "pid": trace.pid, "backend": trace.backend,
-        "mode": trace.mode, "exit": _exit_text(first),
-        "records": total, "threads": threads,
-        "lost": sum(t["lost"] for t in threads),
-        "duration": duration,
-        "rate": total / duration if duration > 0 else None,
+        "threads": threads,
         "kinds": {k: kinds[k] for k in sorted(kinds, key=lambda k: BranchKind.from_label(k))},
         "functions": sorted(functions.values(),
                             key=lambda f: (-f["branches"], f["name"], f["module"] or ""))[:top],
         "edges": sorted(merged.values(),
                         key=lambda e: (-e["count"], e["from_symbol"], e["to_symbol"]))[:top],
-        "truncated": bool(trace.truncated),
-        "notes": list(trace.notes),
-        "processes": [_process_row(trace, p.pid, edges) for p in trace.processes],
+    }
+
+
+def run_part(run: str, path: str, trace: Trace, *, top: int = 10,
+             edges: Edges | None = None) -> dict[str, Any]:
+    """One trace file's share of :func:`build_runs` (run id ``run``): its processes'
+    statistics, made now so that its edge tables and symbolizers can go before the next
+    file is read."""
+    if edges is None:
+        edges = {t: edge_table(a) for t, a in trace.threads.items()}
+    parts = _process_parts(trace, top, edges)
+    threads = [dict(t, run=run, pid=part["pid"]) for part in parts for t in part["threads"]]
+    records = sum(part["records"] for part in parts)
+    first = trace.for_pid(trace.processes[0].pid)
+    summary = {"run": run, "path": path, "program": list(trace.argv), "pid": trace.pid,
+               "backend": trace.backend, "mode": trace.mode, "exit": _exit_text(first),
+               "processes": len(trace.processes), "threads": len(threads),
+               "records": records, "lost": sum(t["lost"] for t in threads),
+               "duration": max(0.0, trace.end_time - trace.start_time),
+               "truncated": bool(trace.truncated)}
+    processes = [dict({"run": run}, **_process_row(trace, p.pid, edges))
+                 for p in trace.processes]
+    return {"summary": summary, "processes": processes, "parts": parts, "threads": threads,
+            "notes": [f"{run}: {note}" for note in trace.notes]}
+
+
+def build_runs(runs: list[dict[str, Any]], *, top: int = 10) -> dict[str, Any]:
+    """Statistics over several trace files (each a :func:`run_part`), perf-like: every
+    process symbolized with its own modules, functions and edges merged by name across
+    processes and runs; the records, kinds and function counts are the runs' sums."""
+    threads = [t for one in runs for t in one["threads"]]
+    merged = _merged([part for one in runs for part in one["parts"]], top)
+    summaries = [one["summary"] for one in runs]
+    total = sum(s["records"] for s in summaries)
+    duration = sum(s["duration"] for s in summaries)
+    return {
+        "runs": summaries,
+        "records": total, "threads": threads,
+        "lost": sum(t["lost"] for t in threads),
+        "duration": duration,
+        "rate": total / duration if duration > 0 else None,
+        "kinds": merged["kinds"], "functions": merged["functions"], "edges": merged["edges"],
+        "truncated": any(s["truncated"] for s in summaries),
+        "notes": [note for one in runs for note in one["notes"]],
+        "processes": [p for one in runs for p in one["processes"]],
     }
 
 
@@ -155,15 +218,23 @@ def _percent(part: int, whole: int) -> str:
 
 
 def write_text(doc: dict[str, Any], out: IO[str]) -> None:
-    program = " ".join(doc["program"]) or f"pid {doc['pid']}"
     total = doc["records"]
     w = out.write
-    w(f"trace:     {program} (pid {doc['pid']}), {doc['backend']} backend, "
-      f"{doc['mode']} mode; {doc['exit']}\n")
-    if doc["truncated"]:
-        w("           (the trace file was cut short: how the program ended is not known)\n")
+    runs = doc.get("runs")
+    if runs is not None:
+        _write_runs(runs, w)
+    else:
+        program = " ".join(doc["program"]) or f"pid {doc['pid']}"
+        w(f"trace:     {program} (pid {doc['pid']}), {doc['backend']} backend, "
+          f"{doc['mode']} mode; {doc['exit']}\n")
+        if doc["truncated"]:
+            w("           (the trace file was cut short: how the program ended is not known)\n")
     processes = doc.get("processes", [])
-    if len(processes) > 1:
+    if runs is not None:
+        _write_processes(processes, w, runs=True)
+        w(f"records:   {total} branches in {len(doc['threads'])} thread(s) of "
+          f"{len(processes)} process(es) in {len(runs)} runs\n")
+    elif len(processes) > 1:
         _write_processes(processes, w)
         w(f"records:   {total} branches in {len(doc['threads'])} thread(s) of "
           f"{len(processes)} processes\n")
@@ -176,7 +247,8 @@ def write_text(doc: dict[str, Any], out: IO[str]) -> None:
         w("\nthreads:\n")
         for t in doc["threads"]:
             gaps = f" in {t['gaps']} gap(s)" if t["gaps"] else ""
-            pid = f"  (pid {t['pid']})" if "pid" in t else ""
+            pid = f"  (run {t['run']}, pid {t['pid']})" if "run" in t \
+                else f"  (pid {t['pid']})" if "pid" in t else ""
             w(f"  {t['tid']:>8}  {t['records']:>12} branches  {t['lost']:>10} lost{gaps}{pid}\n")
     w("\nbranches by kind:\n")
     for kind in BranchKind:
@@ -200,14 +272,34 @@ def write_text(doc: dict[str, Any], out: IO[str]) -> None:
         w(f"note: {note}\n")
 
 
-def _write_processes(processes: list[dict[str, Any]], w: Any) -> None:
-    w(f"\nprocesses: {len(processes)} (the statistics below cover all of them, each "
-      f"symbolized with its own modules, merged by name; --pid PID for one)\n")
-    w(f"  {'pid':>8}  {'parent':>8}  {'threads':>7}  {'branches':>12}  {'exit':<26}  argv\n")
+def _write_processes(processes: list[dict[str, Any]], w: Any, runs: bool = False) -> None:
+    if runs:
+        w(f"processes: {len(processes)}\n")
+    else:
+        w(f"\nprocesses: {len(processes)} (the statistics below cover all of them, each "
+          f"symbolized with its own modules, merged by name; --pid PID for one)\n")
+    width = max([len(p.get("run", "")) for p in processes] + [3]) if runs else 0
+    head = f"  {'run':<{width}}" if runs else ""
+    w(f"{head}  {'pid':>8}  {'parent':>8}  {'threads':>7}  {'branches':>12}  "
+      f"{'exit':<26}  argv\n")
     for p in processes:
         argv = " ".join(p["argv"]) or "?"
-        w(f"  {p['pid']:>8}  {p['ppid'] or '-':>8}  {p['threads']:>7}  {p['branches']:>12}  "
-          f"{p['exit']:<26}  {argv}\n")
+        run = f"  {p['run']:<{width}}" if runs else ""
+        w(f"{run}  {p['pid']:>8}  {p['ppid'] or '-':>8}  {p['threads']:>7}  "
+          f"{p['branches']:>12}  {p['exit']:<26}  {argv}\n")
+    w("\n")
+
+
+def _write_runs(runs: list[dict[str, Any]], w: Any) -> None:
+    w(f"runs:      {len(runs)} trace files (the statistics below cover all of them, each "
+      f"process symbolized with its own modules, merged by name)\n")
+    width = max([len(r["run"]) for r in runs] + [3])
+    w(f"  {'run':<{width}}  {'backend':<7}  {'mode':<6}  {'branches':>12}  {'exit':<26}  "
+      f"file\n")
+    for r in runs:
+        cut = " (cut short)" if r["truncated"] else ""
+        w(f"  {r['run']:<{width}}  {r['backend']:<7}  {r['mode']:<6}  {r['records']:>12}  "
+          f"{r['exit'] + cut:<26}  {r['path']}\n")
     w("\n")
 
 
@@ -215,7 +307,11 @@ def render(trace: Trace, out: IO[str], *, top: int = 10, tid: int | None = None,
            fmt: str = "text", edges: Edges | None = None) -> None:
     """Write the statistics of ``trace`` to ``out`` as text or JSON (``edges``: see
     :func:`build`)."""
-    doc = build(trace, top=top, tid=tid, edges=edges)
+    write_doc(build(trace, top=top, tid=tid, edges=edges), out, fmt)
+
+
+def write_doc(doc: dict[str, Any], out: IO[str], fmt: str = "text") -> None:
+    """Write statistics made by :func:`build` or :func:`build_runs` as text or JSON."""
     if fmt == "json":
         json.dump(doc, out, indent=2)
         out.write("\n")

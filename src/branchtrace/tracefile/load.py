@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import zstandard
 
+from .. import progress
 from ..bigarrays import reserve
 from ..decode import concat, decode, fused
 from ..errors import TraceFormatError
@@ -248,6 +249,7 @@ def _decode_thread(tf: TraceFile, chunks: list[Chunk], holes: list[Hole],
 
     def job(k: int) -> bool:
         a, b = slots[k]
+        progress.advance(len(chunks[k].body))
         return _fill(local, chunks[k].body, buffer[a:b], encoding if per_chunk else None,
                      seen)
 

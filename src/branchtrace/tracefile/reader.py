@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import zstandard
 
+from .. import progress
 from ..errors import TraceFormatError
 from ..model import StackSnapshot
 from ..store import RECORD_DTYPES, Encoding
@@ -170,9 +171,12 @@ def scan(path: str | os.PathLike[str]) -> TraceFile:
     p = Path(path)
     fd, size = _open(p)
     try:
-        return _scan(_Scanner(p, fd, size))
+        tf = _scan(_Scanner(p, fd, size))
     finally:
         os.close(fd)
+    if progress.active():        # what a reader of the file will decompress
+        progress.expect(sum(len(c.body) for cs in tf.chunks.values() for c in cs))
+    return tf
 
 
 def _header(s: _Scanner) -> FileHeader:

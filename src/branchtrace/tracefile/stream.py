@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import zstandard
 
+from .. import progress
 from ..decode import Carry, decode
 from ..model import BRANCH_DTYPE, BranchKind, Gap
 from ..store import RECORD_DTYPES, Encoding
@@ -140,6 +141,7 @@ def read_chunk(dctx: zstandard.ZstdDecompressor, c: Chunk, dtype: np.dtype
                ) -> np.ndarray | None:
     """The raw records of a chunk; None when it does not decompress to the size its
     head declares (at most MAX_CHUNK_BYTES, checked by the scan)."""
+    progress.advance(len(c.body))
     size = c.head.count * dtype.itemsize
     buf = bytearray(size)
     view = memoryview(buf)
