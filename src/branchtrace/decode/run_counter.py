@@ -28,7 +28,7 @@ from .runs import RunCounts, runs_summed
 
 _EMPTY = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
 #: Block tables up to this many rows pack a run key (entry + 1, exit, bit) in 64 bits.
-_MAX_ROWS = 1 << 30
+MAX_ROWS = 1 << 30
 _kernel: Any = None
 _lock = threading.Lock()
 
@@ -196,7 +196,7 @@ class RunCounter:
         self.blocks = blocks
         self.columns = table_columns(blocks)
         self.heads = np.asarray(sorted(heads), dtype=np.int64)
-        self.kernel = _compiled() if compiled and len(blocks) < _MAX_ROWS else None
+        self.kernel = _compiled() if compiled and len(blocks) < MAX_ROWS else None
         # prev, entry, branches, heads index, used (runs, edges), first (exit, next),
         # last target, the open run's (exit, bit)
         self.state = np.array([-1, -1, 0, 0, 0, 0, -1, -1, -1, -1, 0], np.int64)

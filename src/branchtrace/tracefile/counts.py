@@ -23,7 +23,7 @@ import zstandard
 
 from ..decode import taken_pairs
 from ..decode.pairs import EDGE_COUNT_DTYPE, PairCounter, edges_of, merge_edges, summed
-from ..decode.run_counter import RunCounter, combine
+from ..decode.run_counter import MAX_ROWS, RunCounter, combine
 from ..decode.runs import PieceTally, RunCounts
 from ..model import BranchKind
 from ..store import RECORD_DTYPES, Encoding
@@ -101,7 +101,7 @@ def count_runs(tf: TraceFile, tid: int, compiled: bool = True,
     chunks through :class:`~.stream.ThreadStream`. The gaps are those the stream gives
     (holes, corrupt chunks, the file's gaps). A long thread without gaps of the file is
     counted in ``workers`` stretches at once (numba and zstd let go of the GIL)."""
-    if tf.encoding != Encoding.BLOCKID or tf.blocks is None:
+    if tf.encoding != Encoding.BLOCKID or tf.blocks is None or len(tf.blocks) >= MAX_ROWS:
         tally = PieceTally()
         for item in ThreadStream(tf, tid):
             if isinstance(item, Piece):
