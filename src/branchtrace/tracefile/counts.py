@@ -121,11 +121,11 @@ def count_runs(tf: TraceFile, tid: int, compiled: bool = True,
     total = sum(c.head.count for c in chunks)
     if heads or first.kernel is None or total < PARALLEL_MIN_IDS or workers < 2:
         bounds = [0, len(chunks)]
-    else:                                         # stretches of about as many ids
+    else:        # stretches of about as many ids, each after a chunk that holds some
         at = np.searchsorted(np.cumsum([c.head.count for c in chunks]),
                              np.arange(1, workers) * total // workers)
-        bounds = sorted({0, *(int(k) + 1 for k in at if 0 < k + 1 < len(chunks)),
-                         len(chunks)})
+        bounds = sorted({0, *(int(k) + 1 for k in at
+                              if k + 1 < len(chunks) and chunks[k].head.count), len(chunks)})
     counters = [first] + [_stretch(tf, blocks, chunks[lo - 1], follows[lo], compiled)
                           for lo in bounds[1:-1]]
     if chunks and not follows[0]:
@@ -157,7 +157,7 @@ def _stretch(tf: TraceFile, blocks: np.ndarray, before: Chunk, follows: bool,
     """The counter of the stretch that starts after chunk ``before``."""
     raw = read_chunk(zstandard.ZstdDecompressor(), before, RECORD_DTYPES[tf.encoding]) \
         if follows else None
-    if raw is not None and len(raw):
+    if raw is not None:
         return RunCounter(blocks, (), compiled, after=int(raw[-1]))
     counter = RunCounter(blocks, (), compiled)
     counter.cut()                                 # a hole, or a corrupt chunk, before it
