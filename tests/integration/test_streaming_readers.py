@@ -80,3 +80,24 @@ def test_coverage_of_a_file_is_the_coverage_of_the_whole_trace(build, tmp_path):
     coverage_json.render(cov, buf)
     assert got == json.loads(buf.getvalue())
     assert got["summary"]["branches"] > 4 * 200_000
+
+
+def test_coverage_counted_in_stretches_is_the_coverage_of_the_whole_trace(build, tmp_path,
+                                                                          monkeypatch):
+    """A thread of many chunks counted in two and three stretches at once (the
+    threshold lowered): the coverage of its branches in memory."""
+    from branchtrace.tracefile import counts, scan, to_trace
+    need_backend("stalker")
+    path = tmp_path / "loop.btrace"
+    _record(build("loop"), path, 500_000)
+    monkeypatch.setattr(counts, "PARALLEL_MIN_IDS", 1)
+    want = compute_all(open_trace(path))
+    tf = scan(path)
+    assert max(len(c) for c in tf.chunks.values()) >= 6
+    for workers in (1, 2, 3):
+        got = compute_all(to_trace(tf, decode=False),
+                          counts=lambda tid: counts.count_runs(tf, tid, workers=workers))
+        assert got.blocks.tobytes() == want.blocks.tobytes(), workers
+        assert got.edges.tobytes() == want.edges.tobytes(), workers
+        assert (got.branches, got.runs, got.dropped_runs, got.notes) == \
+            (want.branches, want.runs, want.dropped_runs, want.notes), workers

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .coverage import BLOCK_DTYPE, EDGE_DTYPE, Coverage, _split_blocks, compute
+from .coverage_counts import Counts, compute_counted
 from .coverage_stream import Source, compute_streamed
 
 if TYPE_CHECKING:
@@ -21,11 +22,15 @@ if TYPE_CHECKING:
     from ..trace import Trace
 
 
-def compute_all(trace: Trace, source: Source | None = None) -> Coverage:
+def compute_all(trace: Trace, source: Source | None = None, *,
+                counts: Counts | None = None) -> Coverage:
     """The coverage of every process of ``trace``, each computed with its own modules;
     with ``source``, each thread's branches come from it piece by piece
-    (coverage_stream.py) instead of the trace's arrays."""
+    (coverage_stream.py), with ``counts``, each thread's runs and edges come counted
+    (coverage_counts.py; tracefile.counts.count_runs), instead of the trace's arrays."""
     def one(view: Trace) -> Coverage:
+        if counts is not None:
+            return compute_counted(view, counts)
         return compute(view) if source is None else compute_streamed(view, source)
 
     views = trace.per_process()

@@ -62,13 +62,12 @@ def main(args: argparse.Namespace) -> int:
     check_output(args.output)
     check_not_input(args.file, args.output)
     from ..tracefile import scan, to_trace
-    from ..tracefile.stream import Piece, ThreadStream
+    from ..tracefile.counts import count_runs
 
     # the file is read chunk by chunk: memory grows with the distinct runs, not the trace
     tf = scan(args.file)
     trace = select_process(to_trace(tf, decode=False), args.pid)
-    cov = compute_all(trace, lambda tid: (x.branches if isinstance(x, Piece) else x
-                                          for x in ThreadStream(tf, tid)))
+    cov = compute_all(trace, counts=lambda tid: count_runs(tf, tid))
     warnings = list(cov.notes)
     lost = sum(g.count for g in trace.gaps)
     if lost:
