@@ -289,3 +289,25 @@ def test_genhtml_branch_coverage_reads_our_branch_records(runs, tmp_path, covera
     assert lines is not None
     total = coverage_of(str(folder), "--format", "text", "--omit", "/usr/*").stdout
     assert total.splitlines()[-1].split()[-1] == f"{lines[1]}%"
+
+
+def test_genhtml_shows_a_jump_that_never_ran_as_not_executed(build, tmp_path):
+    need_genhtml()
+    from branchtrace.reporters.lines import PathFilter
+
+    exe = build(BRANCHES.stem)
+    trace = record(Target(argv=(str(exe),)), RecordConfig(backend="ptrace", start="main"))
+    cov = compute(trace)
+    lines = lcov.line_coverage(cov, paths=PathFilter(include=(str(BRANCHES),)))
+    assert [f.path for f in lines.files] == [str(BRANCHES)]
+    info = tmp_path / "b.info"
+    with open(info, "w", encoding="utf-8") as f:
+        lcov.render(cov, f, lines=lines)
+    never = next(i for i, t in enumerate(BRANCHES.read_text().splitlines(), 1)
+                 if "if (v > 10)" in t)
+    assert f"BRDA:{never},0,0,-\nBRDA:{never},0,1,-\n" in info.read_text()
+    result = subprocess.run(["genhtml", "--branch-coverage", "-o", str(tmp_path / "html"),
+                             str(info)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr + result.stdout
+    page = next((tmp_path / "html").rglob("cov_branches.c.gcov.html")).read_text()
+    assert page.count("was not executed") == 2
