@@ -179,7 +179,7 @@ def test_bad_inputs_are_one_line_errors_naming_them(runs, tmp_path, bt, coverage
     _, folder = runs
     good = str(folder / "plain.btrace")
     nope = tmp_path / "nope.btrace"
-    assert one_line_error(bt("coverage", good, str(nope), "--format", "text")) == \
+    assert one_line_error(bt("coverage", good, str(nope), "--format", "text"), 6) == \
         f"branchtrace: error: {nope}: no such file"
     junk = tmp_path / "junk.btrace"
     junk.write_text("not a trace\n")

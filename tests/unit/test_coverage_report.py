@@ -19,7 +19,7 @@ from test_coverage import BASE, CODE, JL, LOOP_3, PROGRAM, branches, cover, func
 
 from branchtrace.analysis.coverage import BLOCK_DTYPE, EDGE_DTYPE, Coverage
 from branchtrace.cli import coverage as cli_coverage
-from branchtrace.errors import UsageError
+from branchtrace.errors import TraceFormatError, UsageError
 from branchtrace.model import BranchKind
 from branchtrace.reporters import coverage_text, lcov
 from branchtrace.reporters.base import Options
@@ -205,7 +205,7 @@ def test_a_directory_means_its_trace_files_sorted_each_file_read_once(tmp_path) 
     empty.mkdir()
     with pytest.raises(UsageError, match=r"no \*\.btrace file"):
         cli_coverage.input_files([str(other), str(empty)])
-    with pytest.raises(UsageError, match="nope.btrace: no such file"):
+    with pytest.raises(TraceFormatError, match="nope.btrace: no such file"):
         cli_coverage.input_files([str(other), str(tmp_path / "nope.btrace")])
 
 

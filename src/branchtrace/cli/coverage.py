@@ -61,11 +61,10 @@ import re
 import sys
 from typing import TYPE_CHECKING
 
-from ..errors import UsageError
+from ..errors import TraceFormatError, UsageError
 from ..reporters.base import Options, check_output, write_report
 from ..reporters.table import COVERAGE_REPORTERS
 from ._file import add_pid_argument, check_not_input, select_process
-from ._record import same_file
 
 if TYPE_CHECKING:
     from ..analysis.coverage import Coverage
@@ -124,15 +123,18 @@ def input_files(values: list[str]) -> tuple[list[str], list[str]]:
             paths.append(value)
     unique: list[str] = []
     warnings: list[str] = []
+    seen: set[tuple[int, int]] = set()
     for path in paths:
         # before any file is read (a big one takes a while): what can be told at once
-        if not os.path.lexists(path):
-            raise UsageError(f"{path}: no such file")
+        if not os.path.exists(path):         # a dangling link too
+            raise TraceFormatError(f"{path}: no such file")      # as the reader says it
         if not os.access(path, os.R_OK):
-            raise UsageError(f"{path}: permission denied")
-        if any(path == seen or same_file(path, seen) for seen in unique):
+            raise TraceFormatError(f"{path}: permission denied")
+        st = os.stat(path)
+        if (st.st_dev, st.st_ino) in seen:
             warnings.append(f"{path} is given more than once: read once")
         else:
+            seen.add((st.st_dev, st.st_ino))
             unique.append(path)
     return unique, warnings
 
