@@ -1,7 +1,8 @@
 """x86-64 instruction classification: which instructions are branches, and of what kind.
 
 Decoding uses capstone, imported lazily; :func:`disassembler` is the one place its handles
-are made. :func:`classify` answers for one instruction; :class:`InsnCache` caches the
+are made. :func:`classify` answers for one instruction (:func:`is_conditional` for a
+mnemonic alone); :class:`InsnCache` caches the
 answers per address for a stepping tracer.
 """
 
@@ -51,6 +52,13 @@ def disassembler(detail: bool) -> Any:
     md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
     md.detail = detail
     return md
+
+
+def is_conditional(mnemonic: str) -> bool:
+    """Whether capstone's ``mnemonic`` is a conditional jump (jcc, jrcxz, loop; with or
+    without a prefix such as ``bnd``): the instructions whose taken branches are
+    :attr:`BranchKind.COND`."""
+    return mnemonic.rsplit(" ", 1)[-1] in _COND_JUMPS
 
 
 def _kind_of(insn: Any) -> int:

@@ -20,7 +20,7 @@ from branchtrace.reporters.table import COVERAGE_REPORTERS, TRACE_REPORTERS
 
 #: What each command offers, as its help text documents it; drcov alone is binary.
 PROFILE_FORMATS = ("perfetto", "speedscope", "collapsed")
-COVERAGE_FORMATS = ("drcov", "lcov", "json")
+COVERAGE_FORMATS = ("drcov", "lcov", "json", "text")
 BINARY = {"drcov"}
 
 

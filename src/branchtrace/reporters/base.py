@@ -40,7 +40,10 @@ class Options:
 
     tid: int | None = None       # only this thread (None: every thread)
     test_name: str = ""          # lcov: the test name (TN:) of the record
-    all_sources: bool = False    # lcov: keep source files that are not on disk
+    all_sources: bool = False    # lcov, text: keep source files that are not on disk
+    include: tuple[str, ...] = ()  # lcov, text: keep only source files matching one
+    omit: tuple[str, ...] = ()     # lcov, text: leave out source files matching one
+    show_missing: bool = False   # text: list the lines that never ran
 
 
 class Reporter(Protocol[D_contra]):

@@ -17,6 +17,7 @@ from .base import D, Options, Reporter
 
 if TYPE_CHECKING:
     from ..analysis.coverage import Coverage
+    from .lines import LineCoverage
     from ..trace import Trace
 
 
@@ -63,18 +64,39 @@ def _drcov(cov: Coverage, out: IO[Any], options: Options) -> list[str]:
     return []
 
 
-def _lcov(cov: Coverage, out: IO[Any], options: Options) -> list[str]:
-    from . import lcov
+def _lines(cov: Coverage, options: Options) -> tuple[LineCoverage, list[str]]:
+    """The line coverage the lcov and text reports show, and warnings about it."""
+    from .lines import PathFilter, line_coverage
 
-    lines = lcov.line_coverage(cov, all_sources=options.all_sources)
-    lcov.render(cov, out, test_name=options.test_name, lines=lines)
+    lines = line_coverage(cov, all_sources=options.all_sources,
+                          paths=PathFilter(options.include, options.omit))
     warnings = []
     if lines.missing_sources:
         warnings.append(f"{len(lines.missing_sources)} source file(s) not on disk left out "
                         f"(e.g. {lines.missing_sources[0]}); --all-sources keeps them")
     if not lines.files:
-        warnings.append("no source lines: the code that ran has no DWARF line information "
-                        "(build with -g)")
+        if lines.filtered_out:
+            warnings.append(f"no source lines: --include/--omit left out all of the "
+                            f"{lines.filtered_out} source file(s) that ran")
+        else:
+            warnings.append("no source lines: the code that ran has no DWARF line "
+                            "information (build with -g)")
+    return lines, warnings
+
+
+def _lcov(cov: Coverage, out: IO[Any], options: Options) -> list[str]:
+    from . import lcov
+
+    lines, warnings = _lines(cov, options)
+    lcov.render(cov, out, test_name=options.test_name, lines=lines)
+    return warnings
+
+
+def _text(cov: Coverage, out: IO[Any], options: Options) -> list[str]:
+    from . import coverage_text
+
+    lines, warnings = _lines(cov, options)
+    coverage_text.render(lines, out, show_missing=options.show_missing)
     return warnings
 
 
@@ -101,4 +123,5 @@ COVERAGE_REPORTERS: dict[str, Reporter[Coverage]] = _table(
     Format("drcov", True, ".drcov", _drcov),
     Format("lcov", False, ".info", _lcov),
     Format("json", False, ".json", _coverage_json),
+    Format("text", False, ".txt", _text),
 )
