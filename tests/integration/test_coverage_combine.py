@@ -186,7 +186,7 @@ def test_bad_inputs_are_one_line_errors_naming_them(runs, tmp_path, bt, coverage
     assert str(junk) in one_line_error(bt("coverage", good, str(junk), "--format", "text"), 6)
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert f"{empty}: a directory with no *.btrace file" in one_line_error(
+    assert f"{empty}: a directory with no trace file (*.btrace) in it" in one_line_error(
         bt("coverage", good, str(empty), "--format", "text"), 2)
     assert "is the trace file being read" in one_line_error(
         bt("coverage", str(folder), "--format", "json", "-o", good), 2)

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from branchtrace.cli._inputs import expand_inputs
-from branchtrace.errors import UsageError
+from branchtrace.errors import TraceFormatError, UsageError
 from branchtrace.tracefile.format import MAGIC
 
 
@@ -38,11 +38,12 @@ def test_errors(tmp_path):
     os.mkfifo(tmp_path / "fifo")
     good = trace(tmp_path / "good.btrace")
     for arg, words in ((empty, "empty: a directory with no trace file"),
-                       (tmp_path / "missing", "missing: no such file or directory"),
+                       (tmp_path / "missing", "missing: no such file"),
                        (tmp_path / "text", "text: not a branchtrace trace file"),
                        (tmp_path / "nothing", "nothing: is empty"),
                        (tmp_path / "fifo", "fifo: not a regular file")):
-        with pytest.raises(UsageError, match=words):
+        kind = UsageError if arg == empty else TraceFormatError     # exit 2 / exit 6
+        with pytest.raises(kind, match=words):
             expand_inputs([good, str(arg)])
     with pytest.raises(UsageError, match="one or more"):
         expand_inputs([])

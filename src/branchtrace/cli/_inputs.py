@@ -2,9 +2,10 @@
 directory (every ``*.btrace`` directly inside it, sorted by name).
 
 A test suite is many runs: ``branchtrace stats|sql|export`` (and any command that
-combines runs) take them all at once. Each bad argument is a one-line UsageError naming
-it: missing, not a trace file, a directory without trace files; and ``-o`` may name none
-of them (nor a file found inside a directory given).
+combines runs) take them all at once. Each bad argument is a one-line error naming it:
+missing or not a trace file (TraceFormatError, exit 6, as for one file), a directory
+without trace files (UsageError); and ``-o`` may name none of them (nor a file found
+inside a directory given).
 
 Example, for a command that combines runs (one file read at a time: a scanned file
 holds its compressed chunks in memory)::
@@ -20,7 +21,7 @@ import stat
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import UsageError
+from ..errors import TraceFormatError, UsageError
 from ._record import same_file
 
 #: What a trace file's name ends with, for the files taken from a directory.
@@ -43,7 +44,7 @@ def expand_inputs(args: Sequence[str], output: str | None = None) -> list[str]:
                 raise UsageError(f"{arg}: a directory with no trace file (*{SUFFIX}) in it")
             files += found
         elif not os.path.lexists(arg):
-            raise UsageError(f"{arg}: no such file or directory")
+            raise TraceFormatError(f"{arg}: no such file")   # as the reader says it
         else:
             _check_trace(arg)
             files.append(arg)
@@ -81,12 +82,12 @@ def _check_trace(path: str) -> None:
 
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):
-            raise UsageError(f"{path}: not a regular file, not a trace file")
+            raise TraceFormatError(f"{path}: not a regular file, not a trace file")
         with open(path, "rb") as f:
             head = f.read(len(MAGIC))
     except OSError as err:
-        raise UsageError(f"{path}: cannot read: {err.strerror or err}") from None
+        raise TraceFormatError(f"{path}: cannot read: {err.strerror or err}") from None
     if not head:
-        raise UsageError(f"{path}: is empty, not a trace file")
+        raise TraceFormatError(f"{path}: is empty, not a trace file")
     if not MAGIC.startswith(head):
-        raise UsageError(f"{path}: not a branchtrace trace file")
+        raise TraceFormatError(f"{path}: not a branchtrace trace file")

@@ -61,10 +61,11 @@ import re
 import sys
 from typing import TYPE_CHECKING
 
-from ..errors import TraceFormatError, UsageError
+from ..errors import UsageError
 from ..reporters.base import Options, check_output, write_report
 from ..reporters.table import COVERAGE_REPORTERS
 from ._file import add_pid_argument, check_not_input, select_process
+from ._inputs import expand_inputs
 
 if TYPE_CHECKING:
     from ..analysis.coverage import Coverage
@@ -108,28 +109,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def input_files(values: list[str]) -> tuple[list[str], list[str]]:
-    """The trace files the FILE arguments name (a directory: its *.btrace files, sorted),
-    each once; and warnings about those given twice."""
-    paths: list[str] = []
-    for value in values:
-        if os.path.isdir(value):
-            found = sorted(os.path.join(value, name) for name in os.listdir(value)
-                           if name.endswith(".btrace")
-                           and os.path.isfile(os.path.join(value, name)))
-            if not found:
-                raise UsageError(f"{value}: a directory with no *.btrace file in it")
-            paths += found
-        else:
-            paths.append(value)
+    """The trace files the FILE arguments name (cli/_inputs.py: a directory gives its
+    *.btrace files, sorted), each once; and warnings about those given twice (the same
+    file counted twice would double its hits)."""
     unique: list[str] = []
     warnings: list[str] = []
     seen: set[tuple[int, int]] = set()
-    for path in paths:
-        # before any file is read (a big one takes a while): what can be told at once
-        if not os.path.exists(path):         # a dangling link too
-            raise TraceFormatError(f"{path}: no such file")      # as the reader says it
-        if not os.access(path, os.R_OK):
-            raise TraceFormatError(f"{path}: permission denied")
+    for path in expand_inputs(values):
         st = os.stat(path)
         if (st.st_dev, st.st_ino) in seen:
             warnings.append(f"{path} is given more than once: read once")
