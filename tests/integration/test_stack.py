@@ -83,3 +83,32 @@ def test_the_crash_report_shows_both_stacks(tmp_path, backend):
     assert "Call stack replayed from the trace's calls and returns:" in text
     if backend == "ptrace":
         assert "!! the trace's calls say main here" in text
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_crash_in_libc_shows_the_programs_own_last_steps(tmp_path, backend):
+    """assert fails: the report names the program's frame that called it (the assert's
+    line) and its last calls out of its own code, through its PLT; --own libc.so.6 makes
+    the fault the program's own, and the section goes."""
+    import json
+
+    from conftest import cli
+    exe = built(tmp_path, "assert_deep", "-O0")
+    line = next(i for i, t in enumerate((FIXTURES / "assert_deep.c").read_text()
+                                       .splitlines(), 1) if "ASSERT_LINE" in t)
+    r = cli("run", "--backend", backend, "--format", "json", "--report-to", "-", "--",
+            str(exe), "toolong")
+    doc = json.loads(r.stdout)
+    assert doc["exit"]["signal"]["name"] == "SIGABRT"
+    own = doc["own"]
+    frame = doc[own["frame_of"]][own["frame"]]
+    assert (frame["function"], frame["line"]) == ("check", line)
+    assert "assert(strlen(s) < 4);" in (frame["source"] or "")
+    callees = [c["to"]["function"] for c in own["calls"]]
+    assert callees[-2:] == ["strlen@plt", "__assert_fail@plt"], callees
+    assert all(c["from"]["function"] == "check" for c in own["calls"][-2:])
+    text = cli("run", "--backend", backend, "--", str(exe), "toolong").stderr
+    assert "The program's own last steps (assert_deep; --own adds modules):" in text
+    r = cli("run", "--backend", backend, "--format", "json", "--report-to", "-",
+            "--own", "libc.so.6", "--", str(exe), "toolong")
+    assert json.loads(r.stdout)["own"] is None

@@ -57,6 +57,15 @@ class ProgressLine:
             self.shown = float("inf")
 
 
+def add_own_argument(p: Any) -> None:
+    """--own MODULE,...: modules that count as the program's own in a crash report."""
+    p.add_argument("--own", type=lambda v: tuple(x for x in v.split(",") if x), default=(),
+                   metavar="MODULE[,MODULE...]",
+                   help="crash report: modules (base names or paths) that count as the "
+                        "program's own besides its executable, for 'the program's own last "
+                        "steps' of a crash in a library")
+
+
 #: Branches per thread ``run`` keeps for its report: the call stack is replayed from them.
 REPLAY_WINDOW = 65536
 
@@ -119,8 +128,10 @@ def add_record_arguments(p: argparse.ArgumentParser) -> None:
                         "posix_spawn, ...): they run untraced, and a note says how many")
     r = p.add_argument_group("report")
     r.add_argument("--last", type=positive_int, default=16, metavar="N",
-                   help="how many of the last branches to show (default 16)")
+                   help="how many lines of the last branches to show, loops folded "
+                        "(default 16)")
     r.add_argument("--format", choices=("text", "json"), default="text")
+    add_own_argument(r)
     r.add_argument("--report", choices=("crash", "always", "never"), default="crash",
                    help="when to print the report: when the program dies of a signal "
                         "(default), always, or never")
@@ -179,7 +190,7 @@ def _write_report(traces: list[Trace], args: argparse.Namespace) -> None:
     out, close = _open_report(args.report_to)
     try:
         try:
-            crash.render_all(traces, out, last=args.last, fmt=args.format)
+            crash.render_all(traces, out, last=args.last, fmt=args.format, own=args.own)
         finally:
             if close:
                 out.close()

@@ -14,7 +14,7 @@ import argparse
 
 from ..reporters.base import write_to
 from ._file import add_file_arguments, load, warn
-from ._record import positive_int
+from ._record import add_own_argument, positive_int
 
 NAME = "crash"
 
@@ -24,6 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--last", type=positive_int, default=16, metavar="N",
                    help="how many of the last branches to show (default 16)")
     p.add_argument("--format", choices=("text", "json"), default="text")
+    add_own_argument(p)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -32,6 +33,7 @@ def main(args: argparse.Namespace) -> int:
     trace = load(args)
     reports = crash.to_report(trace, first=False)
     write_to(args.output, lambda out: crash.render_all(reports, out, last=args.last,
-                                                       fmt=args.format, tid=args.thread))
+                                                       fmt=args.format, tid=args.thread,
+                                                       own=args.own))
     warn(trace)
     return 0

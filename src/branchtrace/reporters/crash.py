@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import signal
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import IO, Any
 
 import numpy as np
@@ -18,6 +19,7 @@ import numpy as np
 from ..model import BranchKind, empty_branches
 from ..trace import Trace
 from .crash_fold import fold
+from .crash_own import own_doc, write_own_text
 from .crash_stack import stack_doc, write_stack_text
 
 #: Branches of the thread the last-branches list looks through for loops to fold.
@@ -95,8 +97,10 @@ def _crash_thread(trace: Trace) -> int | None:
     return next(iter(trace.threads), None)
 
 
-def build(trace: Trace, last: int = 16, tid: int | None = None) -> dict[str, Any]:
-    """The report as plain data (what ``--format json`` prints)."""
+def build(trace: Trace, last: int = 16, tid: int | None = None,
+          own: Sequence[str] = ()) -> dict[str, Any]:
+    """The report as plain data (what ``--format json`` prints); ``own``: modules that
+    count as the program's own besides its executable (reporters/crash_own.py)."""
     tid = tid if tid is not None else _crash_thread(trace)
     window = trace.branches(tid)[-FOLD_WINDOW:] if tid is not None and last > 0 \
         else empty_branches()
@@ -125,7 +129,7 @@ def build(trace: Trace, last: int = 16, tid: int | None = None) -> dict[str, Any
         if note:
             exit_doc["fault_instruction_note"] = note
     n = len(window)
-    return {
+    doc: dict[str, Any] = {
         "program": list(trace.argv) or _argv_of(trace), "pid": trace.pid, "backend": trace.backend,
         "mode": trace.mode, "exit": exit_doc, "thread": tid,
         "threads": {str(t): {"recorded": len(a), "written": trace.written.get(t, len(a)),
@@ -140,8 +144,10 @@ def build(trace: Trace, last: int = 16, tid: int | None = None) -> dict[str, Any
         "gaps": [{"thread": g.tid, "index": g.index, "count": g.count,
                   "reason": g.reason} for g in trace.gaps],
         "notes": list(trace.notes),
-        **stack_doc(trace, tid),
     }
+    doc.update(stack_doc(trace, tid))
+    doc.update(own_doc(trace, tid, window, doc["stack"], doc["replayed_stack"], own))
+    return doc
 
 
 def _argv_of(trace: Trace) -> list[str]:
@@ -197,6 +203,7 @@ def write_text(doc: dict[str, Any], out: IO[str]) -> None:
             indent = "    " if times > 1 and loop > 1 else ""
             out.write(f"  {indent}{b['index']:>4} {mark:>5} {b['kind']:<13} {b['from']['hex']:>14} "
                       f"{_loc_text(b['from']):<{width}}  =>  {b['to']['hex']} {_loc_text(b['to'])}\n")
+    write_own_text(doc, out, _loc_text)
     write_stack_text(doc, out, _loc_text)
     for gap in doc["gaps"]:
         out.write(f"  gap: thread {gap['thread']} lost {gap['count']} records ({gap['reason']})\n")
@@ -215,9 +222,9 @@ def write_json(doc: dict[str, Any], out: IO[str]) -> None:
 
 
 def render(trace: Trace, out: IO[str], *, last: int = 16, fmt: str = "text",
-           tid: int | None = None) -> None:
+           tid: int | None = None, own: Sequence[str] = ()) -> None:
     """Write the crash (or exit) report of ``trace`` to ``out``."""
-    doc = build(trace, last=last, tid=tid)
+    doc = build(trace, last=last, tid=tid, own=own)
     if fmt == "json":
         write_json(doc, out)
     else:
@@ -247,13 +254,13 @@ def to_report(trace: Trace, *, first: bool = True, quiet_pipes: bool = False) ->
 
 
 def render_all(traces: list[Trace], out: IO[str], *, last: int = 16, fmt: str = "text",
-               tid: int | None = None) -> None:
+               tid: int | None = None, own: Sequence[str] = ()) -> None:
     """The reports of several processes: text one after the other, each headed with its
     pid and argv; JSON one document, ``{"reports": [...]}`` when there are several."""
     if len(traces) == 1:
-        render(traces[0], out, last=last, fmt=fmt, tid=tid)
+        render(traces[0], out, last=last, fmt=fmt, tid=tid, own=own)
         return
-    docs = [build(t, last=last, tid=tid) for t in traces]
+    docs = [build(t, last=last, tid=tid, own=own) for t in traces]
     if fmt == "json":
         write_json({"reports": docs}, out)
         return

@@ -112,6 +112,22 @@ def _read_symbols(elf: Any) -> list[RawSymbol]:
     return out
 
 
+_DF_1_PIE = 0x08000000
+
+
+def _is_pie(elf: Any) -> bool:
+    """Whether the dynamic section's DT_FLAGS_1 has DF_1_PIE (set by the linker for
+    position-independent executables, never for libraries)."""
+    try:
+        for seg in elf.iter_segments():
+            if seg["p_type"] == "PT_DYNAMIC":
+                return any(t.entry.d_tag == "DT_FLAGS_1" and t.entry.d_val & _DF_1_PIE
+                           for t in seg.iter_tags())
+    except Exception:  # noqa: BLE001 - a damaged dynamic section: not known as a program
+        return False
+    return False
+
+
 def _build_id_of(elf: Any) -> str:
     """The GNU build id of ``elf`` as lower-case hex, "" if it has none."""
     notes = [s for s in elf.iter_sections() if s["sh_type"] == "SHT_NOTE"]
@@ -153,6 +169,9 @@ class ElfImage:
             for p in self._elf.iter_segments() if p["p_type"] == "PT_LOAD"
         )
         self.build_id: str = _build_id_of(self._elf)
+        #: a program (ET_EXEC, or a PIE: DF_1_PIE), not a library (libc names an
+        #: interpreter too: it can be run to print its version)
+        self.is_program: bool = self.elf_type == "ET_EXEC" or _is_pie(self._elf)
         #: (file address, size) of .eh_frame_hdr (the PT_GNU_EH_FRAME segment), if any
         self.eh_frame_hdr: tuple[int, int] | None = next(
             ((int(p["p_vaddr"]), int(p["p_memsz"])) for p in self._elf.iter_segments()
