@@ -112,3 +112,28 @@ def test_a_crash_in_libc_shows_the_programs_own_last_steps(tmp_path, backend):
     r = cli("run", "--backend", backend, "--format", "json", "--report-to", "-",
             "--own", "libc.so.6", "--", str(exe), "toolong")
     assert json.loads(r.stdout)["own"] is None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_uncaught_exception_names_its_thrower(tmp_path, backend):
+    """std::terminate's abort is thousands of branches after the throw: the program's
+    own last steps still name the demangled thrower, its line, and its __cxa_throw."""
+    import json
+
+    from conftest import cli
+    exe = tmp_path / "cpp_throw"
+    subprocess.run(["g++", "-g", "-O0", "-o", str(exe), str(FIXTURES / "cpp_throw.cc")],
+                   check=True)
+    line = next(i for i, t in enumerate((FIXTURES / "cpp_throw.cc").read_text()
+                                       .splitlines(), 1) if "THROW_LINE" in t)
+    r = cli("run", "--backend", backend, "--format", "json", "--report-to", "-", "--",
+            str(exe))
+    doc = json.loads(r.stdout)
+    assert doc["exit"]["signal"]["name"] == "SIGABRT"
+    own = doc["own"]
+    frame = doc[own["frame_of"]][own["frame"]]
+    assert (frame["function"], frame["line"]) == ("shop::Inventory::take(unsigned long)", line)
+    last = own["calls"][-1]
+    assert last["to"]["function"] == "__cxa_throw@plt"
+    assert last["from"]["function"] == "shop::Inventory::take(unsigned long)"
+    assert last["index"] < -1000                     # far behind the last branches

@@ -33,6 +33,7 @@ class StackFrame:
     function: str | None
     pc: int
     entered: int | None = None
+    in_module: bool = True        # the pc lies in a mapped module (not garbage)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +49,12 @@ def unwound(trace: Trace) -> Unwound | None:
     if snapshot is None:
         return None
     stack = unwind_snapshot(trace.modules, snapshot)
-    names = _names(trace, [f.pc if i == 0 else f.pc - 1 for i, f in enumerate(stack.frames)])
-    return Unwound(tuple(StackFrame(n, f.pc) for n, f in zip(names, stack.frames)), stack.end)
+    looked = [f.pc if i == 0 else f.pc - 1 for i, f in enumerate(stack.frames)]
+    names = _names(trace, looked)
+    mapped = trace.symbolizer.module_indices(np.array(looked, dtype=np.uint64)) >= 0 \
+        if looked else np.zeros(0, dtype=bool)
+    return Unwound(tuple(StackFrame(n, f.pc, None, bool(m))
+                         for n, f, m in zip(names, stack.frames, mapped)), stack.end)
 
 
 def replayed(trace: Trace, tid: int, pc: int | None = None) -> tuple[StackFrame, ...]:
@@ -81,7 +86,10 @@ def replayed(trace: Trace, tid: int, pc: int | None = None) -> tuple[StackFrame,
             lo = entered if entered is not None else 0
             mine = np.flatnonzero(from_keys[lo:inner_entered + 1] == key)
             here = int(branches["from_ip"][lo + int(mine[-1])]) if len(mine) else None
-        frames.append(StackFrame(ct.functions.name(key) or None, here or 0, entered))
+        name = ct.functions.name(key) or None
+        if name is not None and name.startswith(("??", "0x")):
+            name = None                     # code no symbol names ("?? (libfoo.so)")
+        frames.append(StackFrame(name, here or 0, entered))
         if entered is None:
             break
         inner_entered = entered
@@ -90,15 +98,29 @@ def replayed(trace: Trace, tid: int, pc: int | None = None) -> tuple[StackFrame,
 
 def disagreements(unwound: tuple[StackFrame, ...], replayed: tuple[StackFrame, ...]
                   ) -> list[int]:
-    """Indices (innermost = 0) where the two stacks name different functions, as far as
-    the replayed one knows its frames (up to and including its first frame entered
-    before the recording)."""
+    """Indices (innermost = 0) of unwound frames that name another function than the
+    replayed frame beside them, as far as the replayed stack knows its frames (up to
+    its first frame entered before the recording). Frames no symbol names (stripped
+    code) say nothing: the unwinder may see two where the replay sees one, so the two
+    lists are walked side by side, an unnamed frame on either side passed over."""
     out = []
-    for i, (u, r) in enumerate(zip(unwound, replayed)):
+    i = j = 0
+    while i < len(unwound) and j < len(replayed):
+        u, r = unwound[i], replayed[j]
+        u_unnamed = u.function is None and u.in_module      # garbage is not unnamed
+        if u_unnamed or r.function is None:
+            i += u_unnamed
+            j += r.function is None
+            if not u_unnamed and u.function is None:        # garbage beside unnamed
+                out.append(i)
+                i += 1
+            continue
         if u.function != r.function:
             out.append(i)
         if r.entered is None:
             break
+        i += 1
+        j += 1
     return out
 
 

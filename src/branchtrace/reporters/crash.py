@@ -9,9 +9,10 @@ one traced; otherwise the report says why not (``fault_instruction_note`` in JSO
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 from dataclasses import dataclass
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 import numpy as np
@@ -167,7 +168,11 @@ def _headline(doc: dict[str, Any]) -> str:
     return f"{program} (pid {doc['pid']}): {ex['status']}; it keeps running without us"
 
 
-def write_text(doc: dict[str, Any], out: IO[str]) -> None:
+def write_text(doc: dict[str, Any], out: IO[str], columns: int | None = None) -> None:
+    """The report as text. On a terminal (or given ``columns``) long function names
+    (C++'s run to hundreds of characters) are elided in the middle so that lines fit
+    its width; on a file or a pipe, and in JSON, every name is whole."""
+    _loc_text = _texter(_name_limit(out, columns))
     ex = doc["exit"]
     out.write(f"branchtrace: {_headline(doc)}\n")
     if "fault_address" in ex:
@@ -209,6 +214,35 @@ def write_text(doc: dict[str, Any], out: IO[str]) -> None:
         out.write(f"  gap: thread {gap['thread']} lost {gap['count']} records ({gap['reason']})\n")
     for note in doc["notes"]:
         out.write(f"  note: {note}\n")
+
+
+def _name_limit(out: IO[str], columns: int | None) -> int | None:
+    if columns is None:
+        try:
+            if not out.isatty():
+                return None
+            columns = shutil.get_terminal_size().columns
+        except (AttributeError, ValueError, OSError):
+            return None
+    # a branch line holds two locations (a name, and ~35 characters of offset, module,
+    # file and line each) besides ~60 of index, kind and addresses; names stay readable
+    return max(40, (columns - 130) // 2)
+
+
+def elide(name: str, limit: int | None) -> str:
+    """``name`` cut in the middle to ``limit`` characters (its start and end kept)."""
+    if limit is None or len(name) <= limit:
+        return name
+    head = (limit - 1) * 2 // 3
+    return name[:head] + "…" + name[len(name) - (limit - 1 - head):]
+
+
+def _texter(limit: int | None) -> Callable[[dict[str, Any]], str]:
+    def text(loc: dict[str, Any]) -> str:
+        if limit is not None and loc.get("function"):
+            loc = dict(loc, function=elide(loc["function"], limit))
+        return _loc_text(loc)
+    return text
 
 
 def _loc_text(loc: dict[str, Any]) -> str:
