@@ -11,6 +11,10 @@ With several processes, each one's stacks (symbolized with its own modules): per
 under its own pid, speedscope as its own profiles, collapsed stacks headed "PROGRAM
 PID"; --pid PID for one process.
 
+collapsed reads a block-id (stalker) file chunk by chunk, in memory that grows with the
+distinct blocks and call stacks, not with the trace; the other formats, and from/to
+(ptrace) files, decode the whole trace first.
+
 Branches carry no timestamps: times are spread evenly over the branches recorded
 between the trace's timestamps (per chunk in a trace file), so they are estimates.
 Example: branchtrace profile fib.btrace --format perfetto -o fib.json
