@@ -138,6 +138,15 @@ def test_calls_returns_and_a_lowered_baseline_by_hand():
     assert new == old == "g;main 2\ng;main;f 1\n"
 
 
+def test_an_empty_piece_after_a_hole_still_cuts_the_pair():
+    ids = _walkish(np.random.default_rng(11), 600)
+    pieces, gaps, branches, at_holes = _thread(ids, [300], {1}, [])
+    assert [p.after_hole for p in pieces] == [False, True]
+    moved = [pieces[0], Piece(ids[:0], True), Piece(pieces[1].ids, False)]
+    old, new = _both({1: (moved, gaps, branches, at_holes)})
+    assert new == old
+
+
 def _long(n: int) -> list[Piece]:
     """A loop in main that calls f, which returns: 4 branches per 5 ids."""
     main, f = (list(FUNCS).index(x) * 7 for x in ("main", "f"))
@@ -158,7 +167,7 @@ def _peak(n: int) -> tuple[int, int]:
 
 
 def test_memory_does_not_grow_with_the_branches():
-    small, peak_small = _peak(4)
-    big, peak_big = _peak(40)
-    assert (small, big) == ((4 * 4 << 14) - 1, (40 * 4 << 14) - 1)   # none after the last id
+    small, peak_small = _peak(8)                       # chunks in flight: at most 5
+    big, peak_big = _peak(80)
+    assert (small, big) == ((8 * 4 << 14) - 1, (80 * 4 << 14) - 1)   # none after the last id
     assert peak_big < peak_small * 1.5 + (256 << 10), (peak_small, peak_big)

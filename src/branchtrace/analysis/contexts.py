@@ -130,18 +130,20 @@ def context_tree(table: BlockFunctions, pieces: Iterable[IdPiece], gaps: list[in
         pool = ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="branchtrace-filter")
     try:
         pending: deque[tuple[Future[tuple[np.ndarray, int, int]], bool]] = deque()
-        last = -1
+        last, hole = -1, False
         for piece in ahead(pieces):
             ids = piece.ids
+            hole = hole or piece.after_hole
             if not len(ids):
                 continue
-            if not piece.after_hole and last >= 0:      # the branch across the chunk edge
+            if not hole and last >= 0:                  # the branch across the chunk edge
                 ids = np.concatenate([np.array([last], np.uint32), ids.astype(np.uint32)])
             last = int(piece.ids[-1])
             if pool is None:
-                walk.feed(*walk.filter(ids), piece.after_hole)
-                continue
-            pending.append((pool.submit(walk.filter, ids), piece.after_hole))
+                walk.feed(*walk.filter(ids), hole)
+            else:
+                pending.append((pool.submit(walk.filter, ids), hole))
+            hole = False
             while len(pending) > 2 * _WORKERS:
                 future, after = pending.popleft()
                 walk.feed(*future.result(), after)
@@ -211,7 +213,7 @@ class _Walk:
         else:
             m, tail = self.kernel[0](ids, self.state[_K], self.gaps, t.rows, t.flags, t.start,
                                      t.sentinel, HOOK_RESUME_SPAN, t.to_class, out)
-        return out, int(m), int(tail)
+        return out[:m].copy(), int(m), int(tail)        # (what waits for the walk is small)
 
     def feed(self, events: np.ndarray, m: int, tail: int, after_hole: bool) -> None:
         if after_hole:
