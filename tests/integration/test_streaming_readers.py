@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 from branchtrace.analysis.coverage_union import compute_all
-from branchtrace.reporters import coverage_json, stats
+from branchtrace.reporters import collapsed, coverage_json, stats
 from branchtrace.tracefile import open_trace
 from conftest import cli, need_backend
 
@@ -52,7 +52,8 @@ def test_stats_of_a_file_are_the_statistics_of_the_whole_trace(build, tmp_path):
 
 def test_stats_memory_does_not_grow_with_the_trace(build, tmp_path):
     """3M and 30M loop iterations (~13M and ~130M branches; in memory they would take
-    0.2 and 2.2 GB): the peak RSS of `stats` differs by far less than the branches."""
+    0.2 and 2.2 GB): the peak RSS of `stats`, `coverage` and `profile --format
+    collapsed` differs by far less than the branches."""
     need_backend("stalker")
     exe = build("loop")
     small, big = tmp_path / "small.btrace", tmp_path / "big.btrace"
@@ -60,7 +61,8 @@ def test_stats_memory_does_not_grow_with_the_trace(build, tmp_path):
     _record(exe, big, 30_000_000)
     total = json.loads(cli("stats", str(big), "--format", "json").stdout)["records"]
     assert total > 100_000_000
-    for command in (("stats",), ("coverage", "--format", "json", "-o", str(tmp_path / "c.json"))):
+    for command in (("stats",), ("coverage", "--format", "json", "-o", str(tmp_path / "c.json")),
+                    ("profile", "--format", "collapsed", "-o", str(tmp_path / "p.folded"))):
         peak_small, peak_big = _peak_kb(small, *command), _peak_kb(big, *command)
         assert peak_big < peak_small + 96 * 1024, (command, peak_small, peak_big)
         assert peak_big * 1024 < total * 17 / 4, (command, peak_big, total)  # < 1/4 of them
@@ -101,3 +103,19 @@ def test_coverage_counted_in_stretches_is_the_coverage_of_the_whole_trace(build,
         assert got.edges.tobytes() == want.edges.tobytes(), workers
         assert (got.branches, got.runs, got.dropped_runs, got.notes) == \
             (want.branches, want.runs, want.dropped_runs, want.notes), workers
+
+
+def test_collapsed_stacks_of_a_file_are_those_of_the_whole_trace(build, tmp_path):
+    """`profile --format collapsed` walks the block ids chunk by chunk
+    (analysis/contexts.py): byte for byte what call_trace gives in memory."""
+    need_backend("stalker")
+    exe = build("loop")
+    path = tmp_path / "loop.btrace"
+    _record(exe, path, 200_000)
+    done = cli("profile", str(path), "--format", "collapsed")
+    assert done.returncode == 0, done.stderr
+    buf = io.StringIO()
+    collapsed.render(open_trace(path), buf)                  # the branches in memory
+    assert done.stdout == buf.getvalue()
+    work = [line for line in done.stdout.splitlines() if line.split(" ")[0].endswith(";work")]
+    assert work and sum(int(line.rsplit(" ", 1)[1]) for line in work) >= 200_000

@@ -10,11 +10,14 @@ with ``PROGRAM PID`` (each process symbolized with its own modules). Lines are s
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import IO
 
 import numpy as np
 
 from ..analysis import CallTrace, CodeReader, FunctionIndex, call_trace
+from ..analysis.contexts import BlockFunctions, IdPiece, context_tree
 from ..trace import Trace
 from .base import pick_threads
 
@@ -60,8 +63,11 @@ def stack_weights(ct: CallTrace) -> dict[tuple[int, ...], int]:
     return {paths[i]: w for i, w in enumerate(weight) if w}
 
 
-def render(trace: Trace, out: IO[str], *, tid: int | None = None) -> None:
-    """Write the collapsed stacks of each thread (or of ``tid``) to ``out``."""
+def render(trace: Trace, out: IO[str], *, tid: int | None = None,
+           source: BlockSource | None = None) -> None:
+    """Write the collapsed stacks of each thread (or of ``tid``) to ``out``. ``source``:
+    the threads' branches as block ids, read chunk by chunk (a trace file; the trace
+    then holds no branches), else the trace's branches."""
     views = trace.per_process() if tid is None else [trace]
     lines: list[str] = []
     for view in views:
@@ -69,26 +75,52 @@ def render(trace: Trace, out: IO[str], *, tid: int | None = None) -> None:
         if len(views) > 1:
             name = os.path.basename(view.argv[0]) if view.argv else "?"
             head = f"{name} {view.pid};".replace(";", ":")[:-1] + ";"
-        lines += _lines(view, pick_threads(view, tid), head)
+        lines += _lines(view, pick_threads(view, tid), head, source)
     lines.sort()
     out.write("".join(lines))
 
 
-def _lines(trace: Trace, tids: list[int], head: str) -> list[str]:
+@dataclass(frozen=True)
+class BlockSource:
+    """A trace file's threads as block ids: the block table, and per thread its pieces
+    and the branch indices of its gaps (tracefile.stream.IdStream)."""
+
+    blocks: np.ndarray
+    thread: Callable[[int], tuple[Iterable[IdPiece], list[int]]]
+    compiled: bool = True
+
+
+def _lines(trace: Trace, tids: list[int], head: str, source: BlockSource | None) -> list[str]:
     functions = FunctionIndex(trace.symbolizer)
     reader = CodeReader(trace.symbolizer)
+    table = BlockFunctions(source.blocks, functions, reader) if source is not None else None
     lines: list[str] = []
     names: dict[int, str] = {}
     for t in tids:
-        node_parent, node_func, weight = stack_tree(
-            call_trace(trace, t, functions=functions, reader=reader))
+        if source is not None and table is not None:
+            pieces, gaps = source.thread(t)
+            tree = context_tree(table, pieces, gaps, source.compiled)
+            node_parent, node_func, weight = (tree.parent.tolist(), tree.function.tolist(),
+                                              tree.weight.tolist())
+        else:
+            node_parent, node_func, weight = stack_tree(
+                call_trace(trace, t, functions=functions, reader=reader))
         prefix = head + (f"thread {t};" if len(tids) > 1 else "")
-        text: list[str] = []                 # each node's stack, built from its parent's
-        for up, key, w in zip(node_parent, node_func, weight):
-            name = names.get(key)
-            if name is None:
-                name = names[key] = functions.name(key).replace(";", ":")
-            text.append(f"{text[up]};{name}" if up >= 0 else prefix + name)
-            if w:
-                lines.append(f"{text[-1]} {w}\n")
+        text: dict[int, str] = {}            # each node's stack, built from its parent's
+        for node, w in enumerate(weight):
+            if not w:
+                continue
+            chain = []
+            g = node
+            while g >= 0 and g not in text:
+                chain.append(g)
+                g = node_parent[g]
+            for h in reversed(chain):
+                key = node_func[h]
+                name = names.get(key)
+                if name is None:
+                    name = names[key] = functions.name(key).replace(";", ":")
+                up = node_parent[h]
+                text[h] = f"{text[up]};{name}" if up >= 0 else prefix + name
+            lines.append(f"{text[node]} {w}\n")
     return lines

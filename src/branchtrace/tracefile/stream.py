@@ -18,7 +18,7 @@ counts them).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -170,3 +170,61 @@ def joined(stream: Iterator[Piece | Gap]) -> np.ndarray:
     """The branches of a stream of pieces, in one array (for tests and small traces)."""
     parts = [p.branches for p in stream if isinstance(p, Piece)]
     return np.concatenate(parts) if parts else np.zeros(0, BRANCH_DTYPE)
+
+
+@dataclass(frozen=True, slots=True)
+class IdPiece:
+    """The raw block ids of one chunk of a thread (BLOCKID encoding), undecoded."""
+
+    ids: np.ndarray         # uint32
+    after_hole: bool        # records are missing right before it: its first id pairs
+                            # with nothing, and the thread has a gap there
+    first_ns: int
+    last_ns: int
+
+
+class IdStream:
+    """The block ids of one thread chunk by chunk, for readers that decode them
+    themselves (analysis/contexts.py); iterate once. ``gaps``: the branch indices of the
+    file's gaps (lost records), which lie among the branches of the pieces; a chunk that
+    does not decompress is a hole like a missing one (the next piece is ``after_hole``).
+    ``holes`` counts them."""
+
+    def __init__(self, tf: TraceFile, tid: int) -> None:
+        self.tf, self.tid = tf, tid
+        kept = next((t.kept for t in tf.threads if t.tid == tid), None)
+        self.chunks, holes = select(tf.chunks.get(tid, []), kept)
+        self.hole_starts = [h.start for h in holes]
+        shift = Shifter(holes)
+        self.gaps = sorted(shift(g.index) for g in tf.gaps if g.tid == tid)
+        self.corrupt = 0
+
+    def __iter__(self) -> Iterator[IdPiece]:
+        dctx = zstandard.ZstdDecompressor()
+        dtype = RECORD_DTYPES[self.tf.encoding]
+        h, after = 0, False
+        for c in self.chunks:
+            while h < len(self.hole_starts) and self.hole_starts[h] <= c.head.first_index:
+                after = True
+                h += 1
+            raw = read_chunk(dctx, c, dtype)
+            if raw is None:
+                self.corrupt += 1
+                after = True
+                continue
+            yield IdPiece(raw, after, c.head.first_ns, c.head.last_ns)
+            after = False
+
+
+def id_source(tf: TraceFile) -> Callable[[int], tuple[IdStream, list[int]]] | None:
+    """Per thread, its :class:`IdStream` and the branch indices of its gaps; None when
+    the file holds no block ids (from/to records: decode them)."""
+    if tf.encoding != Encoding.BLOCKID or tf.blocks is None \
+            or RECORD_DTYPES[Encoding.BLOCKID] != np.dtype(np.uint32):
+        return None
+
+    def thread(tid: int) -> tuple[IdStream, list[int]]:
+        stream = IdStream(tf, tid)
+        return stream, stream.gaps
+
+    return thread

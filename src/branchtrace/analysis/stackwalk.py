@@ -1,0 +1,274 @@
+"""The compiled loops of :mod:`.contexts`: the filter that pairs block ids into taken
+branches and keeps those that may change the stack, and the walk that replays
+:func:`~.callstack.call_trace`'s stack rules on them over a calling-context tree.
+
+numba compiles them when it is installed (decode/jit.py says when: ``BRANCHTRACE_JIT=0``
+turns it off); without it they run as they are, in Python: the same results, a hundred
+times slower. Arrays only, no objects: the caller owns the state (an int64 array of
+scalars carried from chunk to chunk) and makes room when the walk stops early.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from typing import Any, no_type_check
+
+import numpy as np
+
+from ..decode import jit
+
+_MUL = np.uint64(0x9E3779B97F4A7C15)
+_MIX = np.uint64(0xC2B2AE3D27D4EB4F)
+
+
+@no_type_check    # compiled by numba (or run as it is without it)
+def _child(parent, func, node_parent, node_func, node_weight, table, state):
+    """The node (parent, func), made if new."""
+    mask = np.uint64(len(table) - 1)
+    h = ((func ^ (np.uint64(parent + 1) * _MIX)) * _MUL) >> np.uint64(state[6])
+    while True:
+        j = table[h]
+        if j < 0:
+            j = state[4]
+            state[4] = j + 1
+            node_parent[j] = parent
+            node_func[j] = func
+            node_weight[j] = 0
+            table[h] = j
+            return j
+        if node_parent[j] == parent and node_func[j] == func:
+            return j
+        h = (h + np.uint64(1)) & mask
+
+
+@no_type_check    # compiled by numba (or run as it is without it)
+def rehash(node_parent, node_func, used, table, shift):
+    """Put nodes 0..used-1 into an empty hash table."""
+    mask = np.uint64(len(table) - 1)
+    for j in range(used):
+        h = ((node_func[j] ^ (np.uint64(node_parent[j] + 1) * _MIX)) * _MUL) >> np.uint64(shift)
+        while table[h] >= 0:
+            h = (h + np.uint64(1)) & mask
+        table[h] = j
+
+
+@no_type_check    # compiled by numba (or run as it is without it)
+def filter_ids(ids, k, gaps, rows, flags, start, n, span, to_class, out):
+    """The taken branches of ``ids`` (pairs of consecutive ids, decode_blocks' rules)
+    that may change the stack, into ``out`` (rows: from id, to id, branches before it
+    that did not); the others are only counted. The first taken branch is always out
+    (the function the thread is in is not known here), and the ones at ``gaps``
+    (branch indices, the first branch being ``k``). Returns (rows out, branches after
+    the last one)."""
+    m = 0
+    plain = 0
+    gi = 0
+    while gi < len(gaps) and gaps[gi] < k:
+        gi += 1
+    next_gap = gaps[gi] if gi < len(gaps) else -1
+    cur_class = np.uint32(0xFFFF_FFFD)          # no class: the first taken branch is out
+    span64 = np.uint64(span)
+    prev = min(np.int64(ids[0]), n)
+    for i in range(1, len(ids)):
+        c = min(np.int64(ids[i]), n)
+        # taken, and whether it changes no stack, as 0 or 1: which way they go cannot
+        # be predicted, so the usual case adds without a jump
+        taken = np.int64((rows[c, 0] != rows[prev, 1]) & ((flags[prev] & flags[c] & 3) == 1))
+        if (flags[prev] & 16) != 0 and start[prev] <= start[c] <= start[prev] + span64:
+            taken = 0
+        usual = np.int64((rows[prev, 2] == cur_class) & (rows[c, 3] == cur_class)
+                         & (k != next_gap))
+        if taken <= usual:
+            plain += taken
+            k += taken
+        else:
+            out[m, 0] = prev
+            out[m, 1] = c
+            out[m, 2] = plain
+            m += 1
+            plain = 0
+            cur_class = to_class[c]
+            while gi < len(gaps) and gaps[gi] <= k:
+                gi += 1
+            next_gap = gaps[gi] if gi < len(gaps) else -1
+            k += 1
+        prev = c
+    return m, plain
+
+
+@no_type_check    # compiled by numba (or run as it is without it)
+def walk(events, e, m, start, last, op_of, from_func, to_func, to_start, lo_of, hi_of,  # noqa: C901, PLR0912, PLR0915
+          flags, gaps, state, cur, st_node, st_func, st_lo, st_hi, st_sig,
+          node_parent, node_func, node_weight, table):
+    """Replay the stack rules on the branches ``events[e:m]`` (from filter_ids); returns
+    where it stopped (before ``m`` when the stack or the nodes need room)."""
+    k = state[1]
+    pending = state[2]
+    sp = state[3]
+    gi = state[5]
+    cur_func = cur[0]
+    room_stack = len(st_node) - 2
+    room_nodes = len(node_parent) - 2
+    no_sig = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
+    while e < m:
+        if sp > room_stack or state[4] > room_nodes:
+            break                                   # the caller makes room
+        plain = events[e, 2]
+        if plain:
+            node_weight[st_node[sp - 1]] += plain
+            k += plain
+        p = events[e, 0]
+        c = events[e, 1]
+        gap = pending != 0
+        while gi < len(gaps) and gaps[gi] <= k:
+            if gaps[gi] == k:
+                gap = True
+            gi += 1
+        pending = 0
+        ff = from_func[p]
+        tf = to_func[c]
+        if k == 0:                                  # the first frame
+            st_node[0] = _child(-1, ff, node_parent, node_func, node_weight, table, state)
+            st_func[0] = ff
+            st_lo[0] = 1
+            st_hi[0] = 0
+            st_sig[0] = no_sig
+            sp = 1
+        elif gap:                                   # resume after a gap
+            if st_func[sp - 1] != ff:
+                j = sp - 2
+                while j >= 0 and st_func[j] != ff:
+                    j -= 1
+                if j >= 0:
+                    sp = j + 1
+                else:
+                    st_node[sp] = _child(st_node[sp - 1], ff, node_parent, node_func,
+                                         node_weight, table, state)
+                    st_func[sp] = ff
+                    st_lo[sp] = 1
+                    st_hi[sp] = 0
+                    st_sig[sp] = no_sig
+                    sp += 1
+        elif ff != cur_func:                        # fell through into another function
+            up = st_node[sp - 2] if sp > 1 else -1
+            st_node[sp - 1] = _child(up, ff, node_parent, node_func, node_weight, table,
+                                     state)
+            st_func[sp - 1] = ff
+        node_weight[st_node[sp - 1]] += 1
+        k += 1
+        cur_func = tf
+        op = op_of[p]
+        if (flags[c] & 32) != 0:
+            op = 3
+        target = start[c]
+        # switch: the top frame goes on in tf (tail call, jump, ...)
+        switch = False
+        if op == 1:                                 # call
+            st_node[sp] = _child(st_node[sp - 1], tf, node_parent, node_func, node_weight,
+                                 table, state)
+            st_func[sp] = tf
+            st_lo[sp] = lo_of[p]
+            st_hi[sp] = hi_of[p]
+            st_sig[sp] = no_sig
+            sp += 1
+        elif op == 2:                               # return
+            if sp > 1 and st_lo[sp - 1] <= target <= st_hi[sp - 1] and st_func[sp - 2] == tf:
+                sp -= 1
+            else:
+                j = sp - 1
+                while j > 0 and not (st_lo[j] <= target <= st_hi[j] and st_func[j - 1] == tf):
+                    j -= 1
+                if j > 0:
+                    sp = j
+                else:
+                    j = sp - 2
+                    while j >= 0 and st_func[j] != tf:
+                        j -= 1
+                    if j >= 0:
+                        sp = j + 1
+                    elif st_sig[sp - 1] != no_sig:
+                        switch = True               # a handler returns to the restorer
+                    elif sp == 1:                   # lower: a new bottom frame
+                        j = state[4]
+                        state[4] = j + 1
+                        node_parent[j] = -1
+                        node_func[j] = tf
+                        node_weight[j] = 0
+                        for x in range(j):
+                            if node_parent[x] == -1:
+                                node_parent[x] = j
+                        table[:] = -1
+                        rehash(node_parent, node_func, j + 1, table, state[6])
+                        st_node[0] = j
+                        st_func[0] = tf
+                        st_lo[0] = 1
+                        st_hi[0] = 0
+                        st_sig[0] = no_sig
+                    else:                           # back to a caller we never saw
+                        sp -= 1
+                        switch = True
+        elif op == 3:                               # interrupt
+            st_node[sp] = _child(st_node[sp - 1], tf, node_parent, node_func, node_weight,
+                                 table, state)
+            st_func[sp] = tf
+            st_lo[sp] = 1
+            st_hi[sp] = 0
+            st_sig[sp] = last[p]                    # where the thread was
+            sp += 1
+        else:
+            done = False
+            if op == 4:                             # sigreturn?
+                j = sp - 1
+                while j > 0 and st_sig[j] != target:
+                    j -= 1
+                if j > 0:
+                    sp = j
+                    switch = st_func[sp - 1] != tf
+                    done = True
+            if not done and (op != 0 or ff != tf) and st_func[sp - 1] != tf:
+                j = -1
+                if not to_start[c]:
+                    j = sp - 2
+                    while j >= 0 and st_func[j] != tf:
+                        j -= 1
+                if j >= 0:
+                    sp = j + 1                      # longjmp
+                else:
+                    switch = True                   # tail call, or a switch
+        if switch:
+            up = st_node[sp - 2] if sp > 1 else -1
+            st_node[sp - 1] = _child(up, tf, node_parent, node_func, node_weight, table,
+                                     state)
+            st_func[sp - 1] = tf
+        e += 1
+    state[1] = k
+    state[2] = pending
+    state[3] = sp
+    state[5] = gi
+    cur[0] = cur_func
+    return e
+
+
+_kernel: Any = None           # the compiled (filter, walk), False when they cannot be
+_lock = threading.Lock()
+
+
+def compiled() -> Any:
+    """(filter, walk) compiled, or None (no numba, or it cannot compile here)."""
+    global _kernel, rehash, _child
+    if _kernel is None and jit.enabled():
+        with _lock:
+            if _kernel is None:
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        from numba import njit
+
+                        _child = njit(cache=True, nogil=True, inline="always")(_child)
+                        rehash = njit(cache=True, nogil=True)(rehash)
+                        _kernel = (njit(cache=True, nogil=True)(filter_ids),
+                                   njit(cache=True, nogil=True)(walk))
+                except Exception:  # noqa: BLE001 - cannot compile here: Python it is
+                    _kernel = False
+    return _kernel or None
