@@ -193,17 +193,18 @@ def test_an_empty_summary_still_has_its_total() -> None:
 def test_a_directory_means_its_trace_files_sorted_each_file_read_once(tmp_path) -> None:
     runs = tmp_path / "runs"
     runs.mkdir()
+    from branchtrace.tracefile.format import MAGIC    # files that begin as traces do
     for name in ("b.btrace", "a.btrace", "notes.txt"):
-        (runs / name).write_bytes(b"x")
+        (runs / name).write_bytes(MAGIC)
     (runs / "sub.btrace").mkdir()
     other = tmp_path / "c.btrace"
-    other.write_bytes(b"x")
+    other.write_bytes(MAGIC)
     paths, warnings = cli_coverage.input_files([str(other), str(runs), str(runs / "a.btrace")])
     assert paths == [str(other), str(runs / "a.btrace"), str(runs / "b.btrace")]
     assert warnings == [f"{runs / 'a.btrace'} is given more than once: read once"]
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(UsageError, match=r"no \*\.btrace file"):
+    with pytest.raises(UsageError, match=r"no trace file \(\*\.btrace\)"):
         cli_coverage.input_files([str(other), str(empty)])
     with pytest.raises(TraceFormatError, match="nope.btrace: no such file"):
         cli_coverage.input_files([str(other), str(tmp_path / "nope.btrace")])
