@@ -122,3 +122,17 @@ def test_bad_arguments_are_one_line(runs: Path, tmp_path: Path, command: str) ->
     if command == "stats":
         assert "--pid takes one trace file, not 2" in one_line(
             cli("stats", str(runs), "--pid", "1"))
+
+
+def test_profile_collapsed_of_several_runs_adds_the_same_stacks(runs):
+    def folded(*args: str) -> dict[str, int]:
+        r = cli("profile", *args, "--format", "collapsed")
+        assert r.returncode == 0, r.stderr
+        return {line.rsplit(" ", 1)[0]: int(line.rsplit(" ", 1)[1])
+                for line in r.stdout.splitlines()}
+    a, b = folded(str(runs / "a.btrace")), folded(str(runs / "b.btrace"))
+    both = folded(str(runs))
+    assert both == {k: a.get(k, 0) + b.get(k, 0) for k in a.keys() | b.keys()}
+    assert any(k.endswith("work") for k in both)
+    r = cli("profile", str(runs), "--format", "perfetto")
+    assert r.returncode == 2 and "only as --format collapsed" in r.stderr

@@ -15,6 +15,9 @@ collapsed reads a block-id (stalker) file chunk by chunk, in memory that grows w
 distinct blocks and call stacks, not with the trace; the other formats, and from/to
 (ptrace) files, decode the whole trace first.
 
+Several FILEs (or directories: every *.btrace inside) make one profile of all the runs
+with --format collapsed: the same stack's weights added.
+
 Branches carry no timestamps: times are spread evenly over the branches recorded
 between the trace's timestamps (per chunk in a trace file), so they are estimates.
 Example: branchtrace profile fib.btrace --format perfetto -o fib.json
@@ -24,33 +27,79 @@ from __future__ import annotations
 
 import argparse
 
-from ..reporters.base import Options, write_report, write_to
+from typing import IO
+
+from ..errors import UsageError
+from ..reporters.base import Options, check_output, write_report, write_to
 from ..reporters.table import TRACE_REPORTERS
 from ._file import add_file_arguments, load_file, select_process, warn
+from ._inputs import expand_inputs
 
 NAME = "profile"
 FORMATS = tuple(TRACE_REPORTERS)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_file_arguments(p)
+    add_file_arguments(p, several=True)
     p.add_argument("--format", required=True, choices=FORMATS, help="output format")
 
 
 def main(args: argparse.Namespace) -> int:
+    files = expand_inputs(args.files, args.output)
+    if len(files) > 1:
+        return _several(args, files)
+    args.file = files[0]
+    _one(args, args.output)
+    return 0
+
+
+def _several(args: argparse.Namespace, files: list[str]) -> int:
+    """Several runs: their collapsed stacks, the same stack's weights added (as
+    flamegraph.pl does with lines it is given twice)."""
+    import io
+
+    if args.format != "collapsed":
+        raise UsageError(f"several trace files make one profile only as --format collapsed "
+                         f"(give one file for {args.format})")
+    if args.pid is not None or args.thread is not None:
+        raise UsageError("--pid and --thread choose in one trace file: give one FILE")
+    check_output(args.output)
+    weights: dict[str, int] = {}
+    for path in files:
+        args.file = path
+        buf = io.StringIO()
+        _one(args, buf)
+        for line in buf.getvalue().splitlines():
+            stack, _, weight = line.rpartition(" ")
+            if stack and weight.isdigit():
+                weights[stack] = weights.get(stack, 0) + int(weight)
+    text = "".join(f"{stack} {w}\n" for stack, w in weights.items())
+    write_to(args.output, lambda out: out.write(text))
+    return 0
+
+
+def _one(args: argparse.Namespace, output: str | IO[str]) -> None:
+    """The profile of ``args.file`` to ``output`` (a path, '-', or a stream)."""
     from ..tracefile import to_trace
     from ..tracefile.stream import id_source
 
+    if not isinstance(output, str):
+        args = argparse.Namespace(**{**vars(args), "output": "-"})
     trace, tf = load_file(args, decode=False)
     threads = id_source(tf) if args.format == "collapsed" else None
     if threads is None or tf.blocks is None:        # the branches in memory
         trace = select_process(to_trace(tf), args.pid, args.thread)
-        write_report(TRACE_REPORTERS[args.format], trace, args.output, Options(tid=args.thread))
+        if isinstance(output, str):
+            write_report(TRACE_REPORTERS[args.format], trace, output, Options(tid=args.thread))
+        else:
+            TRACE_REPORTERS[args.format].render(trace, output, Options(tid=args.thread))
     else:                              # block ids, chunk by chunk
         from ..reporters import collapsed
 
         source = collapsed.BlockSource(tf.blocks, threads)
-        write_to(args.output, lambda out: collapsed.render(trace, out, tid=args.thread,
-                                                           source=source))
+        if isinstance(output, str):
+            write_to(output, lambda out: collapsed.render(trace, out, tid=args.thread,
+                                                          source=source))
+        else:
+            collapsed.render(trace, output, tid=args.thread, source=source)
     warn(trace)
-    return 0
