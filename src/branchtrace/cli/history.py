@@ -23,11 +23,18 @@ Example: branchtrace history fib.btrace --calls --lines --insn-ranges --last 20
 from __future__ import annotations
 
 import argparse
-from typing import IO
+from collections.abc import Iterator
+from typing import IO, TYPE_CHECKING
 
 from ..errors import UsageError
 from ..reporters.base import write_to
-from ._file import add_file_arguments, load, warn
+from ._file import add_file_arguments, load, load_file, warn
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ..model import Gap
+    from ..trace import Trace
 from ._record import positive_int
 
 NAME = "history"
@@ -60,15 +67,15 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError("--lines, --insn-ranges and --no-indent go with --calls, not --insns")
     if not args.insns and args.source:
         raise UsageError("--source goes with --insns")
+    if not (args.insns or args.insn_ranges or args.lines):
+        return _stream_calls(args)
     trace = load(args)
     several = len(trace.processes) > 1
 
     def render(out: IO[str]) -> None:
         for one in trace.per_process():
             if several:
-                p = one.processes[0]
-                out.write(f"process {p.pid} (parent {p.ppid or '-'}): "
-                          f"{' '.join(p.argv) or '?'}\n")
+                out.write(_heading(one))
             if args.insns:
                 history.render_insns(one, out, tid=args.thread, last=args.last,
                                      source=args.source)
@@ -76,6 +83,34 @@ def main(args: argparse.Namespace) -> int:
                 history.render_calls(one, out, tid=args.thread, last=args.last,
                                      indent=not args.no_indent, insn_ranges=args.insn_ranges,
                                      lines=args.lines)
+
+    write_to(args.output, render)
+    warn(trace)
+    return 0
+
+
+def _heading(one: Trace) -> str:
+    p = one.processes[0]
+    return f"process {p.pid} (parent {p.ppid or '-'}): {' '.join(p.argv) or '?'}\n"
+
+
+def _stream_calls(args: argparse.Namespace) -> int:
+    """The call history written as the branches are decoded, a chunk at a time."""
+    from ..reporters import history
+    from ..tracefile.stream import Piece, pieces
+
+    trace, tf = load_file(args, decode=False)
+
+    def branches_of(tid: int) -> Iterator[np.ndarray | Gap]:
+        for part in pieces(tf, tid):
+            yield part.branches if isinstance(part, Piece) else part
+
+    def render(out: IO[str]) -> None:
+        for one in trace.per_process():
+            if len(trace.processes) > 1:
+                out.write(_heading(one))
+            history.stream_calls(one, branches_of, out, tid=args.thread, last=args.last,
+                                 indent=not args.no_indent)
 
     write_to(args.output, render)
     warn(trace)

@@ -21,11 +21,14 @@ GDB, an unnumbered line in the instruction history.
 from __future__ import annotations
 
 import os
+from collections import deque
+from collections.abc import Callable, Iterable
 from typing import IO
 
 import numpy as np
 
 from ..analysis import CallTrace, CodeReader, FunctionIndex, Runs, call_trace
+from ..analysis.callstream import CallStream, Segments
 from ..analysis.functions import UNKNOWN_LIMIT
 from ..model import Gap
 from ..symbols.elf import read_regular
@@ -52,6 +55,71 @@ def render_calls(trace: Trace, out: IO[str], *, tid: int | None = None, last: in
         ct = call_trace(trace, t, functions=functions, reader=reader)
         runs = Runs(trace, t, reader) if insn_ranges or lines else None
         _write_calls(ct, runs, out, last, indent, insn_ranges, lines, trace.branches(t))
+
+
+#: Branches given to the call stack pass at a time: the first lines come out quickly.
+_WINDOW = 1 << 16
+
+
+def stream_calls(trace: Trace, branches_of: Callable[[int], Iterable[np.ndarray | Gap]],
+                 out: IO[str], *, tid: int | None = None, last: int | None = None,
+                 indent: bool = True) -> None:
+    """:func:`render_calls` (without /i and /l) of a trace whose branches come piece by
+    piece: ``branches_of(tid)`` gives a thread's branch arrays and gaps in order. Each
+    segment is written as soon as it is finished (``last``: the last N are kept, and
+    written at the end of the thread); memory grows with the call depth, not with the
+    branches. Depths: see :mod:`~branchtrace.analysis.callstream`."""
+    tids = pick_threads(trace, tid)
+    functions = FunctionIndex(trace.symbolizer)
+    reader = CodeReader(trace.symbolizer)
+    for t in tids:
+        if len(tids) > 1:
+            out.write(f"thread {t}:\n")
+        calls = CallStream(functions, reader)
+        kept: deque[str] | None = deque(maxlen=last) if last is not None else None
+
+        def write(segments: Segments) -> None:
+            if not len(segments):
+                return
+            labels = _segment_labels(segments, functions, indent)
+            numbers = range(segments.number, segments.number + len(segments))
+            lines = list(map("{}\t{}\n".format, numbers, labels))
+            if kept is not None:
+                kept.extend(lines)
+            else:
+                out.write("".join(lines))
+
+        for part in branches_of(t):
+            if isinstance(part, Gap):
+                calls.gap(part)
+                continue
+            for lo in range(0, len(part), _WINDOW):
+                write(calls.branches(part[lo:lo + _WINDOW]))
+        write(calls.finish())
+        if kept is not None:
+            out.write("".join(kept))
+
+
+def _segment_labels(s: Segments, functions: FunctionIndex, indent: bool) -> list[str]:
+    """As :func:`_labels` and :func:`_address_unknown` label segments."""
+    keys = s.function
+    depth = s.depth if indent else np.zeros(len(keys), dtype=np.int64)
+    pair = np.stack([keys.astype(np.int64), depth], axis=1)
+    uniq, inverse = np.unique(pair, axis=0, return_inverse=True)
+    text = np.array([f"{'  ' * d}{functions.name(k)}" for k, d in
+                     zip(uniq[:, 0].astype(np.uint64).tolist(), uniq[:, 1].tolist())],
+                    dtype=object)
+    labels: list[str] = text[inverse.ravel()].tolist()
+    for i in np.flatnonzero(keys < UNKNOWN_LIMIT).tolist():
+        gap = s.gap[i]
+        if gap is not None:
+            labels[i] = gap_text(gap)
+            continue
+        label = labels[i]
+        name = label.lstrip(" ")
+        if name.startswith("??"):
+            labels[i] = f"{label[:len(label) - len(name)]}{int(s.address[i]):#x}{name[2:]}"
+    return labels
 
 
 def _write_calls(ct: CallTrace, runs: Runs | None, out: IO[str], last: int | None,
