@@ -67,8 +67,8 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError("--lines, --insn-ranges and --no-indent go with --calls, not --insns")
     if not args.insns and args.source:
         raise UsageError("--source goes with --insns")
-    if not (args.insns or args.insn_ranges or args.lines):
-        return _stream_calls(args)
+    if not (args.insn_ranges or args.lines):
+        return _stream(args)
     trace = load(args)
     several = len(trace.processes) > 1
 
@@ -94,8 +94,8 @@ def _heading(one: Trace) -> str:
     return f"process {p.pid} (parent {p.ppid or '-'}): {' '.join(p.argv) or '?'}\n"
 
 
-def _stream_calls(args: argparse.Namespace) -> int:
-    """The call history written as the branches are decoded, a chunk at a time."""
+def _stream(args: argparse.Namespace) -> int:
+    """The history written as the branches are decoded, a chunk at a time."""
     from ..reporters import history
     from ..tracefile.stream import Piece, pieces
 
@@ -109,8 +109,12 @@ def _stream_calls(args: argparse.Namespace) -> int:
         for one in trace.per_process():
             if len(trace.processes) > 1:
                 out.write(_heading(one))
-            history.stream_calls(one, branches_of, out, tid=args.thread, last=args.last,
-                                 indent=not args.no_indent)
+            if args.insns:
+                history.stream_insns(one, branches_of, out, tid=args.thread, last=args.last,
+                                     source=args.source)
+            else:
+                history.stream_calls(one, branches_of, out, tid=args.thread, last=args.last,
+                                     indent=not args.no_indent)
 
     write_to(args.output, render)
     warn(trace)

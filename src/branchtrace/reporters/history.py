@@ -28,6 +28,7 @@ from typing import IO
 import numpy as np
 
 from ..analysis import CallTrace, CodeReader, FunctionIndex, Runs, call_trace
+from ..analysis.code import Instruction
 from ..analysis.callstream import CallStream, Segments
 from ..analysis.functions import UNKNOWN_LIMIT
 from ..model import Gap
@@ -255,6 +256,89 @@ def _write_insns(trace: Trace, runs: Runs, out: IO[str], last: int | None,
         _write_rows(trace, rows, gaps, out, sources, state)
     for g in gaps.get(runs.n, ()) if not counts[runs.n] else ():
         out.write(f"{gap_text(g)}\n")
+
+
+def stream_insns(trace: Trace, branches_of: Callable[[int], Iterable[np.ndarray | Gap]],
+                 out: IO[str], *, tid: int | None = None, last: int | None = None,
+                 source: bool = False) -> None:
+    """:func:`render_insns` of a trace whose branches come piece by piece
+    (``branches_of``: see :func:`stream_calls`): the runs are decoded a window at a time
+    (each distinct run once, kept for the next windows) and written as they come;
+    ``last``: only the instructions of each window that may be among the last N are
+    made into lines, the last N kept and written at the end of the thread."""
+    tids = pick_threads(trace, tid)
+    reader = CodeReader(trace.symbolizer)
+    sources = _Sources() if source else None
+    cache: dict[int, list[Instruction] | None] = {}
+    for t in tids:
+        if len(tids) > 1:
+            out.write(f"thread {t}:\n")
+        _InsnStream(trace, t, out, last, sources, reader, cache).run(branches_of(t))
+
+
+class _InsnStream:
+    """The instruction history of one thread, window by window."""
+
+    def __init__(self, trace: Trace, tid: int, out: IO[str], last: int | None,
+                 sources: _Sources | None, reader: CodeReader,
+                 cache: dict[int, list[Instruction] | None]) -> None:
+        self.trace, self.tid, self.out, self.last = trace, tid, out, last
+        self.sources, self.reader, self.cache = sources, reader, cache
+        self.gaps: dict[int, list[Gap]] = {}       # by the run they come before
+        self.state: list[object] = [None, None]    # the last (file, line) shown
+        self.kept: deque[tuple[int, int, int, str]] = deque(maxlen=last or 1)
+        self.base = 0                              # instructions before the window
+        self.before: int | None = None             # the target of the branch before it
+
+    def run(self, parts: Iterable[np.ndarray | Gap]) -> None:
+        held: tuple[np.ndarray, int] | None = None  # the window whose tail is not known
+        n = 0
+        for part in parts:
+            if isinstance(part, Gap):
+                self.gaps.setdefault(n, []).append(part)
+                continue
+            for lo in range(0, len(part), _WINDOW):
+                if held is not None:
+                    self._window(*held, tail=False)
+                held = (part[lo:lo + _WINDOW], n)
+                n += len(held[0])
+        tail_count = 0
+        if held is not None:
+            tail_count = self._window(*held, tail=True)
+        if self.last is not None:
+            _write_rows(self.trace, list(self.kept), self.gaps, self.out, self.sources,
+                        [None, None])
+        for g in self.gaps.get(n, ()) if not tail_count else ():
+            self.out.write(f"{gap_text(g)}\n")
+
+    def _window(self, b: np.ndarray, off: int, *, tail: bool) -> int:
+        """Write (or keep) the instructions of the runs that end with ``b`` (branch
+        ``off`` first), and the tail's when ``tail``; the tail's instruction count."""
+        m = len(b)
+        runs = Runs.window(self.trace, self.tid, b, before=self.before,
+                           gap_at=[k - off for k in self.gaps if off <= k <= off + m],
+                           tail=tail, base=self.base, reader=self.reader, cache=self.cache)
+        counts, first = runs.counts, runs.first_number
+        total = int(counts.sum())
+        r0, skip = 0, 0
+        if self.last is not None:
+            skip = max(0, total - self.last)          # instructions of the window not kept
+            r0 = int(np.searchsorted(first + counts - 1 - self.base, skip + 1)) if skip else 0
+        for lo in range(r0, m + 1, _BATCH):
+            rows: list[tuple[int, int, int, str]] = []   # (run, number, address, text)
+            for r in range(lo, min(lo + _BATCH, m + 1)):
+                number = int(first[r])
+                for insn in runs.instructions(r):
+                    if number > self.base + skip:
+                        rows.append((off + r, number, insn.address, insn.text))
+                    number += 1
+            if self.last is not None:
+                self.kept.extend(rows)
+            else:
+                _write_rows(self.trace, rows, self.gaps, self.out, self.sources, self.state)
+        self.base += total
+        self.before = int(b["to_ip"][-1])
+        return int(counts[m])
 
 
 def _write_rows(trace: Trace, rows: list[tuple[int, int, int, str]], gaps: dict[int, list[Gap]],
