@@ -62,6 +62,11 @@ class CallStream:
         self.before: tuple[int, int] | None = None  # last branch: (to function, to_ip)
         self.started = False
 
+    @property
+    def pending(self) -> int | None:
+        """The first run of the segment under way (None before the first branch)."""
+        return self.walk.seg_first[-1] if self.walk.seg_first else None
+
     def gap(self, gap: Gap) -> None:
         self.gaps.append(gap)
         self.waiting.append(len(self.gaps) - 1)

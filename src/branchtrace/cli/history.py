@@ -28,7 +28,7 @@ from typing import IO, TYPE_CHECKING
 
 from ..errors import UsageError
 from ..reporters.base import write_to
-from ._file import add_file_arguments, load, load_file, warn
+from ._file import add_file_arguments, load_file, warn
 
 if TYPE_CHECKING:
     import numpy as np
@@ -61,44 +61,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    # imported here: `branchtrace run` should not pay for the reporters
-    from ..reporters import history
     if args.insns and (args.lines or args.insn_ranges or args.no_indent):
         raise UsageError("--lines, --insn-ranges and --no-indent go with --calls, not --insns")
     if not args.insns and args.source:
         raise UsageError("--source goes with --insns")
-    if not (args.insn_ranges or args.lines):
-        return _stream(args)
-    trace = load(args)
-    several = len(trace.processes) > 1
-
-    def render(out: IO[str]) -> None:
-        for one in trace.per_process():
-            if several:
-                out.write(_heading(one))
-            if args.insns:
-                history.render_insns(one, out, tid=args.thread, last=args.last,
-                                     source=args.source)
-            else:
-                history.render_calls(one, out, tid=args.thread, last=args.last,
-                                     indent=not args.no_indent, insn_ranges=args.insn_ranges,
-                                     lines=args.lines)
-
-    write_to(args.output, render)
-    warn(trace)
-    return 0
-
-
-def _heading(one: Trace) -> str:
-    p = one.processes[0]
-    return f"process {p.pid} (parent {p.ppid or '-'}): {' '.join(p.argv) or '?'}\n"
-
-
-def _stream(args: argparse.Namespace) -> int:
-    """The history written as the branches are decoded, a chunk at a time."""
-    from ..reporters import history
+    # imported here: `branchtrace run` should not pay for the reporters
+    from ..reporters import history_stream as history
     from ..tracefile.stream import Piece, pieces
 
+    # the branches are decoded a chunk at a time and each line written when known
     trace, tf = load_file(args, decode=False)
 
     def branches_of(tid: int) -> Iterator[np.ndarray | Gap]:
@@ -114,9 +85,14 @@ def _stream(args: argparse.Namespace) -> int:
                                      source=args.source)
             else:
                 history.stream_calls(one, branches_of, out, tid=args.thread, last=args.last,
-                                     indent=not args.no_indent)
+                                     indent=not args.no_indent, insn_ranges=args.insn_ranges,
+                                     lines=args.lines)
 
     write_to(args.output, render)
     warn(trace)
     return 0
 
+
+def _heading(one: Trace) -> str:
+    p = one.processes[0]
+    return f"process {p.pid} (parent {p.ppid or '-'}): {' '.join(p.argv) or '?'}\n"

@@ -21,15 +21,11 @@ GDB, an unnumbered line in the instruction history.
 from __future__ import annotations
 
 import os
-from collections import deque
-from collections.abc import Callable, Iterable
 from typing import IO
 
 import numpy as np
 
 from ..analysis import CallTrace, CodeReader, FunctionIndex, Runs, call_trace
-from ..analysis.code import Instruction
-from ..analysis.callstream import CallStream, Segments
 from ..analysis.functions import UNKNOWN_LIMIT
 from ..model import Gap
 from ..symbols.elf import read_regular
@@ -56,71 +52,6 @@ def render_calls(trace: Trace, out: IO[str], *, tid: int | None = None, last: in
         ct = call_trace(trace, t, functions=functions, reader=reader)
         runs = Runs(trace, t, reader) if insn_ranges or lines else None
         _write_calls(ct, runs, out, last, indent, insn_ranges, lines, trace.branches(t))
-
-
-#: Branches given to the call stack pass at a time: the first lines come out quickly.
-_WINDOW = 1 << 16
-
-
-def stream_calls(trace: Trace, branches_of: Callable[[int], Iterable[np.ndarray | Gap]],
-                 out: IO[str], *, tid: int | None = None, last: int | None = None,
-                 indent: bool = True) -> None:
-    """:func:`render_calls` (without /i and /l) of a trace whose branches come piece by
-    piece: ``branches_of(tid)`` gives a thread's branch arrays and gaps in order. Each
-    segment is written as soon as it is finished (``last``: the last N are kept, and
-    written at the end of the thread); memory grows with the call depth, not with the
-    branches. Depths: see :mod:`~branchtrace.analysis.callstream`."""
-    tids = pick_threads(trace, tid)
-    functions = FunctionIndex(trace.symbolizer)
-    reader = CodeReader(trace.symbolizer)
-    for t in tids:
-        if len(tids) > 1:
-            out.write(f"thread {t}:\n")
-        calls = CallStream(functions, reader)
-        kept: deque[str] | None = deque(maxlen=last) if last is not None else None
-
-        def write(segments: Segments) -> None:
-            if not len(segments):
-                return
-            labels = _segment_labels(segments, functions, indent)
-            numbers = range(segments.number, segments.number + len(segments))
-            lines = list(map("{}\t{}\n".format, numbers, labels))
-            if kept is not None:
-                kept.extend(lines)
-            else:
-                out.write("".join(lines))
-
-        for part in branches_of(t):
-            if isinstance(part, Gap):
-                calls.gap(part)
-                continue
-            for lo in range(0, len(part), _WINDOW):
-                write(calls.branches(part[lo:lo + _WINDOW]))
-        write(calls.finish())
-        if kept is not None:
-            out.write("".join(kept))
-
-
-def _segment_labels(s: Segments, functions: FunctionIndex, indent: bool) -> list[str]:
-    """As :func:`_labels` and :func:`_address_unknown` label segments."""
-    keys = s.function
-    depth = s.depth if indent else np.zeros(len(keys), dtype=np.int64)
-    pair = np.stack([keys.astype(np.int64), depth], axis=1)
-    uniq, inverse = np.unique(pair, axis=0, return_inverse=True)
-    text = np.array([f"{'  ' * d}{functions.name(k)}" for k, d in
-                     zip(uniq[:, 0].astype(np.uint64).tolist(), uniq[:, 1].tolist())],
-                    dtype=object)
-    labels: list[str] = text[inverse.ravel()].tolist()
-    for i in np.flatnonzero(keys < UNKNOWN_LIMIT).tolist():
-        gap = s.gap[i]
-        if gap is not None:
-            labels[i] = gap_text(gap)
-            continue
-        label = labels[i]
-        name = label.lstrip(" ")
-        if name.startswith("??"):
-            labels[i] = f"{label[:len(label) - len(name)]}{int(s.address[i]):#x}{name[2:]}"
-    return labels
 
 
 def _write_calls(ct: CallTrace, runs: Runs | None, out: IO[str], last: int | None,
@@ -256,89 +187,6 @@ def _write_insns(trace: Trace, runs: Runs, out: IO[str], last: int | None,
         _write_rows(trace, rows, gaps, out, sources, state)
     for g in gaps.get(runs.n, ()) if not counts[runs.n] else ():
         out.write(f"{gap_text(g)}\n")
-
-
-def stream_insns(trace: Trace, branches_of: Callable[[int], Iterable[np.ndarray | Gap]],
-                 out: IO[str], *, tid: int | None = None, last: int | None = None,
-                 source: bool = False) -> None:
-    """:func:`render_insns` of a trace whose branches come piece by piece
-    (``branches_of``: see :func:`stream_calls`): the runs are decoded a window at a time
-    (each distinct run once, kept for the next windows) and written as they come;
-    ``last``: only the instructions of each window that may be among the last N are
-    made into lines, the last N kept and written at the end of the thread."""
-    tids = pick_threads(trace, tid)
-    reader = CodeReader(trace.symbolizer)
-    sources = _Sources() if source else None
-    cache: dict[int, list[Instruction] | None] = {}
-    for t in tids:
-        if len(tids) > 1:
-            out.write(f"thread {t}:\n")
-        _InsnStream(trace, t, out, last, sources, reader, cache).run(branches_of(t))
-
-
-class _InsnStream:
-    """The instruction history of one thread, window by window."""
-
-    def __init__(self, trace: Trace, tid: int, out: IO[str], last: int | None,
-                 sources: _Sources | None, reader: CodeReader,
-                 cache: dict[int, list[Instruction] | None]) -> None:
-        self.trace, self.tid, self.out, self.last = trace, tid, out, last
-        self.sources, self.reader, self.cache = sources, reader, cache
-        self.gaps: dict[int, list[Gap]] = {}       # by the run they come before
-        self.state: list[object] = [None, None]    # the last (file, line) shown
-        self.kept: deque[tuple[int, int, int, str]] = deque(maxlen=last or 1)
-        self.base = 0                              # instructions before the window
-        self.before: int | None = None             # the target of the branch before it
-
-    def run(self, parts: Iterable[np.ndarray | Gap]) -> None:
-        held: tuple[np.ndarray, int] | None = None  # the window whose tail is not known
-        n = 0
-        for part in parts:
-            if isinstance(part, Gap):
-                self.gaps.setdefault(n, []).append(part)
-                continue
-            for lo in range(0, len(part), _WINDOW):
-                if held is not None:
-                    self._window(*held, tail=False)
-                held = (part[lo:lo + _WINDOW], n)
-                n += len(held[0])
-        tail_count = 0
-        if held is not None:
-            tail_count = self._window(*held, tail=True)
-        if self.last is not None:
-            _write_rows(self.trace, list(self.kept), self.gaps, self.out, self.sources,
-                        [None, None])
-        for g in self.gaps.get(n, ()) if not tail_count else ():
-            self.out.write(f"{gap_text(g)}\n")
-
-    def _window(self, b: np.ndarray, off: int, *, tail: bool) -> int:
-        """Write (or keep) the instructions of the runs that end with ``b`` (branch
-        ``off`` first), and the tail's when ``tail``; the tail's instruction count."""
-        m = len(b)
-        runs = Runs.window(self.trace, self.tid, b, before=self.before,
-                           gap_at=[k - off for k in self.gaps if off <= k <= off + m],
-                           tail=tail, base=self.base, reader=self.reader, cache=self.cache)
-        counts, first = runs.counts, runs.first_number
-        total = int(counts.sum())
-        r0, skip = 0, 0
-        if self.last is not None:
-            skip = max(0, total - self.last)          # instructions of the window not kept
-            r0 = int(np.searchsorted(first + counts - 1 - self.base, skip + 1)) if skip else 0
-        for lo in range(r0, m + 1, _BATCH):
-            rows: list[tuple[int, int, int, str]] = []   # (run, number, address, text)
-            for r in range(lo, min(lo + _BATCH, m + 1)):
-                number = int(first[r])
-                for insn in runs.instructions(r):
-                    if number > self.base + skip:
-                        rows.append((off + r, number, insn.address, insn.text))
-                    number += 1
-            if self.last is not None:
-                self.kept.extend(rows)
-            else:
-                _write_rows(self.trace, rows, self.gaps, self.out, self.sources, self.state)
-        self.base += total
-        self.before = int(b["to_ip"][-1])
-        return int(counts[m])
 
 
 def _write_rows(trace: Trace, rows: list[tuple[int, int, int, str]], gaps: dict[int, list[Gap]],
