@@ -11,9 +11,7 @@ with the branches. Their output is that of the whole-array functions, byte for b
 with one exception, the indentation when a thread returns out of the frame it started
 in (see :mod:`branchtrace.analysis.callstream`).
 
-The numbers (segments and instructions, from 1 over the thread) need every branch
-before them: ``last=N`` still reads the thread from its start, keeping only the last N
-lines.
+Numbers count from the thread's start: ``last=N`` reads it all, keeping N lines.
 """
 
 from __future__ import annotations
@@ -317,8 +315,6 @@ def _segment_labels(s: Segments, functions: FunctionIndex, indent: bool) -> list
     return labels
 
 
-
-
 def stream_insns(trace: Trace, branches_of: Callable[[int], Iterable[np.ndarray | Gap]],
                  out: IO[str], *, tid: int | None = None, last: int | None = None,
                  source: bool = False) -> None:
@@ -400,5 +396,3 @@ class _InsnStream:
         self.base += total
         self.before = int(b["to_ip"][-1])
         return int(counts[m])
-
-
