@@ -10,8 +10,10 @@ segment under way, so memory grows with the call depth, never with the branches.
 What it cannot know, it says: the segments' depths are shifted so that the shallowest
 frame *seen so far* is 0. :func:`call_trace` shifts them by the shallowest frame of the
 whole thread, which is below the first only when the thread returns out of the frame
-it started in (a trace that begins inside a call: an attach, a ring buffer); segments
-written before such a return are then indented one level less than there.
+it started in (a trace that begins inside a call: an attach, a ring buffer, and the
+exit path of most programs); segments written before such a return are then indented
+less than there. A reader that keeps its lines to the end (``history --last``) can
+shift them by the final :attr:`CallStream.lowest` and be exact.
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ branches piece by piece (``branches_of(tid)``: branch arrays and gaps, in order,
 it is known, a window of :data:`WINDOW` branches at a time: a closed pipe (``| head``)
 stops them at once, and memory grows with the call depth and the distinct runs, never
 with the branches. Their output is that of the whole-array functions, byte for byte,
-with one exception, the indentation when a thread returns out of the frame it started
-in (see :mod:`branchtrace.analysis.callstream`).
+with one exception: without ``last``, the indentation of the lines written before a
+thread returns out of the frame it started in (:mod:`branchtrace.analysis.callstream`).
 
 Numbers count from the thread's start: ``last=N`` reads it all, keeping N lines.
 """
@@ -26,11 +26,10 @@ import numpy as np
 from ..analysis import CodeReader, FunctionIndex, Runs
 from ..analysis.callstream import CallStream, Segments
 from ..analysis.code import Instruction
-from ..analysis.functions import UNKNOWN_LIMIT
 from ..model import Gap
 from ..trace import Trace
 from .base import pick_threads
-from .history import _BATCH, _Sources, _write_rows, gap_text
+from .history import _BATCH, _Sources, _write_rows, gap_text, segment_labels
 
 #: Branches given to the stack pass (and runs decoded) at a time: the first lines come
 #: out quickly. Tests lower it.
@@ -85,27 +84,33 @@ def stream_calls(trace: Trace, branches_of: Source, out: IO[str], *, tid: int | 
         if len(tids) > 1:
             out.write(f"thread {t}:\n")
         calls = CallStream(functions, reader)
-        kept: deque[str] | None = deque(maxlen=last) if last is not None else None
+        # with --last: the last segments as data, made into lines at the end, when the
+        # shallowest depth of the whole thread is known (the same indentation as
+        # render_calls): (segments, their /i /l text, the shallowest depth then)
+        kept: deque[tuple[Segments, list[str] | None, int]] = deque()
         columns = _Columns(trace, t, reader, cache, insn_ranges, lines) \
             if insn_ranges or lines else None
+
+        def lines_of(segments: Segments, extra: list[str] | None) -> str:
+            labels = segment_labels(segments, functions, indent)
+            numbers = range(segments.number, segments.number + len(segments))
+            if extra is None:
+                return "".join(map("{}\t{}\n".format, numbers, labels))
+            return "".join(map("{}\t{}{}\n".format, numbers, labels, extra))
 
         def write(segments: Segments, extra: list[str] | None) -> None:
             if not len(segments):
                 return
-            if last is not None and len(segments) > last:   # the others are not shown
+            if last is None:
+                out.write(lines_of(segments, extra))
+                return
+            if len(segments) > last:                 # the others are not shown
                 cut = len(segments) - last
                 extra = extra[cut:] if extra is not None else None
                 segments = _tail(segments, cut)
-            labels = _segment_labels(segments, functions, indent)
-            numbers = range(segments.number, segments.number + len(segments))
-            if extra is None:
-                text = list(map("{}\t{}\n".format, numbers, labels))
-            else:
-                text = list(map("{}\t{}{}\n".format, numbers, labels, extra))
-            if kept is not None:
-                kept.extend(text)
-            else:
-                out.write("".join(text))
+            kept.append((segments, extra, calls.lowest))
+            while sum(len(k[0]) for k in kept) - len(kept[0][0]) >= last:
+                kept.popleft()
 
         if columns is None:
             for part in windows(branches_of(t)):
@@ -132,14 +137,26 @@ def stream_calls(trace: Trace, branches_of: Source, out: IO[str], *, tid: int | 
             else:
                 done = _joined(final[1], more)
                 write(done, columns.window(final[0], calls.n - len(final[0]), True, done, None))
-        if kept is not None:
-            out.write("".join(kept))
+        if last is not None:
+            held_back = sum(len(k[0]) for k in kept) - last
+            for segments, extra, lowest in kept:
+                if held_back > 0:
+                    extra = extra[held_back:] if extra is not None else None
+                    segments, held_back = _tail(segments, held_back), 0
+                out.write(lines_of(_deeper(segments, lowest - calls.lowest), extra))
 
 
 def _tail(s: Segments, cut: int) -> Segments:
     """The segments after the first ``cut``."""
     return Segments(s.number + cut, s.function[cut:], s.depth[cut:], s.gap[cut:],
                     s.address[cut:], s.first[cut:], s.last[cut:])
+
+
+def _deeper(s: Segments, shift: int) -> Segments:
+    """The segments, ``shift`` levels deeper (a gap's label has no indentation)."""
+    if not shift:
+        return s
+    return Segments(s.number, s.function, s.depth + shift, s.gap, s.address, s.first, s.last)
 
 
 def _joined(a: Segments, b: Segments) -> Segments:
@@ -291,28 +308,6 @@ class _Columns:
             else:
                 out.append((None, 0, 0))
         return out
-
-
-def _segment_labels(s: Segments, functions: FunctionIndex, indent: bool) -> list[str]:
-    """As :func:`_labels` and :func:`_address_unknown` label segments."""
-    keys = s.function
-    depth = s.depth if indent else np.zeros(len(keys), dtype=np.int64)
-    pair = np.stack([keys.astype(np.int64), depth], axis=1)
-    uniq, inverse = np.unique(pair, axis=0, return_inverse=True)
-    text = np.array([f"{'  ' * d}{functions.name(k)}" for k, d in
-                     zip(uniq[:, 0].astype(np.uint64).tolist(), uniq[:, 1].tolist())],
-                    dtype=object)
-    labels: list[str] = text[inverse.ravel()].tolist()
-    for i in np.flatnonzero(keys < UNKNOWN_LIMIT).tolist():
-        gap = s.gap[i]
-        if gap is not None:
-            labels[i] = gap_text(gap)
-            continue
-        label = labels[i]
-        name = label.lstrip(" ")
-        if name.startswith("??"):
-            labels[i] = f"{label[:len(label) - len(name)]}{int(s.address[i]):#x}{name[2:]}"
-    return labels
 
 
 def stream_insns(trace: Trace, branches_of: Callable[[int], Iterable[np.ndarray | Gap]],
