@@ -37,7 +37,7 @@ import numpy as np
 from ..model import BranchKind, Gap
 from ..trace import Trace
 from .code import CodeReader
-from .functions import FunctionIndex
+from .functions import FunctionIndex, Keys
 
 _NONE, _CALL, _RET, _INT, _SYS, _JUMP = range(6)
 
@@ -120,33 +120,9 @@ def call_trace(trace: Trace, tid: int, *, functions: FunctionIndex | None = None
                          first - 1, np.zeros(0, np.uint64), e, e, e, e)
     kf = functions.keys(b["from_ip"])
     kt = functions.keys(b["to_ip"])
-    kind = b["kind"]
-    op = np.zeros(n, dtype=np.int8)
-    op[(kind == BranchKind.CALL) | (kind == BranchKind.INDIRECT_CALL)] = _CALL
-    op[kind == BranchKind.RETURN] = _RET
-    op[kind == BranchKind.INTERRUPT] = _INT
-    op[kind == BranchKind.SYSCALL] = _SYS
-    op[(op == _NONE) & (kf.key != kt.key)] = _JUMP
-    gap_mask = np.zeros(n, dtype=bool)
-    gap_mask[[k for k in gaps_at if 0 < k < n]] = True
-    pre = np.zeros(n, dtype=bool)
-    pre[1:] = kf.key[1:] != kt.key[:-1]     # fell through into another function
-    pre &= ~gap_mask
-    idx = np.flatnonzero((op != _NONE) | pre | gap_mask)
-    # where a return out of each call's frame should land
-    ret_lo = np.zeros(len(idx), dtype=np.uint64)
-    ret_hi = np.zeros(len(idx), dtype=np.uint64)
-    is_call = op[idx] == _CALL
-    sites = b["from_ip"][idx[is_call]]
-    lengths = (reader or CodeReader(trace.symbolizer)).call_lengths(sites)
-    ret_lo[is_call] = sites + np.where(lengths > 0, lengths, np.uint64(2))
-    ret_hi[is_call] = sites + np.where(lengths > 0, lengths, np.uint64(15))
     walk = _Walk(gaps_at)
-    walk.run(n, int(kf.key[0]), _Events(
-        branch=idx.tolist(), op=op[idx].tolist(), from_ip=b["from_ip"][idx].tolist(),
-        to_ip=b["to_ip"][idx].tolist(), from_func=kf.key[idx].tolist(),
-        to_func=kt.key[idx].tolist(), to_start=kt.start[idx].tolist(),
-        fell_through=pre[idx].tolist(), ret_lo=ret_lo.tolist(), ret_hi=ret_hi.tolist()))
+    walk.run(n, int(kf.key[0]), events(b, kf, kt, [k for k in gaps_at if 0 < k < n],
+                                       reader or CodeReader(trace.symbolizer)))
     first = np.array(walk.seg_first, dtype=np.int64)
     frame = np.array(walk.seg_frame, dtype=np.int64)
     last = np.empty_like(first)
@@ -160,6 +136,43 @@ def call_trace(trace: Trace, tid: int, *, functions: FunctionIndex | None = None
                      np.array(walk.f_func, dtype=np.uint64), depth - depth.min(),
                      np.array(walk.f_parent, dtype=np.int64),
                      np.array(walk.f_open, dtype=np.int64), close)
+
+
+def events(b: np.ndarray, kf: Keys, kt: Keys, gap_at: list[int], reader: CodeReader,
+           offset: int = 0, before: int | None = None) -> _Events:
+    """The rows of the stack pass for branches ``b`` (branch ``offset`` of the thread
+    first) with their function keys: ``gap_at``, the thread indices of the gaps among
+    them (not at 0); ``before``, the function key of the previous branch's target
+    (None at the start of the thread)."""
+    n = len(b)
+    kind = b["kind"]
+    op = np.zeros(n, dtype=np.int8)
+    op[(kind == BranchKind.CALL) | (kind == BranchKind.INDIRECT_CALL)] = _CALL
+    op[kind == BranchKind.RETURN] = _RET
+    op[kind == BranchKind.INTERRUPT] = _INT
+    op[kind == BranchKind.SYSCALL] = _SYS
+    op[(op == _NONE) & (kf.key != kt.key)] = _JUMP
+    gap_mask = np.zeros(n, dtype=bool)
+    gap_mask[[k - offset for k in gap_at]] = True
+    pre = np.zeros(n, dtype=bool)
+    pre[1:] = kf.key[1:] != kt.key[:-1]     # fell through into another function
+    if before is not None and n:
+        pre[0] = int(kf.key[0]) != before
+    pre &= ~gap_mask
+    idx = np.flatnonzero((op != _NONE) | pre | gap_mask)
+    # where a return out of each call's frame should land
+    ret_lo = np.zeros(len(idx), dtype=np.uint64)
+    ret_hi = np.zeros(len(idx), dtype=np.uint64)
+    is_call = op[idx] == _CALL
+    sites = b["from_ip"][idx[is_call]]
+    lengths = reader.call_lengths(sites)
+    ret_lo[is_call] = sites + np.where(lengths > 0, lengths, np.uint64(2))
+    ret_hi[is_call] = sites + np.where(lengths > 0, lengths, np.uint64(15))
+    return _Events(
+        branch=(idx + offset).tolist(), op=op[idx].tolist(), from_ip=b["from_ip"][idx].tolist(),
+        to_ip=b["to_ip"][idx].tolist(), from_func=kf.key[idx].tolist(),
+        to_func=kt.key[idx].tolist(), to_start=kt.start[idx].tolist(),
+        fell_through=pre[idx].tolist(), ret_lo=ret_lo.tolist(), ret_hi=ret_hi.tolist())
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,12 +302,26 @@ class _Walk:
 
     def run(self, n: int, first_func: int, events: _Events) -> None:
         """The pass over a thread of ``n`` branches that starts in ``first_func``."""
+        self.start(first_func)
+        self.feed(events)
+        self.finish(n)
+
+    def start(self, first_func: int) -> None:
+        """The gaps before the first branch, and the first frame, in ``first_func``."""
         self.gap(0)
         root = self.open(first_func, 0, -1, 0)
         self.roots.append(root)
         self.st[:], self.st_lo[:], self.st_hi[:], self.st_sig[:] = [root], [1], [0], [-1]
         self.seg_first.append(0)
         self.seg_frame.append(root)
+
+    def finish(self, n: int) -> None:
+        """The gaps after the last branch (branch ``n - 1``)."""
+        if n in self.gaps_at:
+            self.gap(n)
+
+    def feed(self, events: _Events) -> None:
+        """The pass over the next branches that may change the function."""
         st, st_lo, st_hi, st_sig = self.st, self.st_lo, self.st_hi, self.st_sig
         f_func, f_depth, f_parent = self.f_func, self.f_depth, self.f_parent
         f_open, f_close = self.f_open, self.f_close
@@ -374,5 +401,3 @@ class _Walk:
                     self.cut(i + 1, r)               # longjmp
                 else:
                     self.switch(to_func, r)             # tail call, or a switch
-        if n in gaps_at:
-            self.gap(n)

@@ -29,25 +29,46 @@ class Runs:
     """The runs of thread ``tid`` of ``trace``; decoded on first use."""
 
     def __init__(self, trace: Trace, tid: int, reader: CodeReader | None = None) -> None:
+        b = trace.branches(tid)
+        gap_at = sorted({g.index for g in trace.gaps if g.tid == tid and 0 <= g.index <= len(b)})
+        self._setup(trace, tid, reader, b, None, gap_at, True, 0, None)
+
+    @classmethod
+    def window(cls, trace: Trace, tid: int, branches: np.ndarray, *, before: int | None,
+               gap_at: list[int], tail: bool, base: int, reader: CodeReader,
+               cache: dict[int, list[Instruction] | None]) -> Runs:
+        """The runs that end with ``branches``, a window of the thread's (and the tail
+        after them when ``tail``): ``before``, the target of the branch before them
+        (None at the start of the thread); ``gap_at``, the gaps' places among them
+        (0 .. len); ``base``, the instructions of the thread before them. Run ``k`` here
+        is run ``k + offset`` of the thread; ``cache`` keeps decoded runs from one window
+        to the next (it grows with the distinct runs)."""
+        runs = cls.__new__(cls)
+        runs._setup(trace, tid, reader, branches, before, gap_at, tail, base, cache)
+        return runs
+
+    def _setup(self, trace: Trace, tid: int, reader: CodeReader | None, b: np.ndarray,
+               before: int | None, gap_at: list[int], tail: bool, base: int,
+               cache: dict[int, list[Instruction] | None] | None) -> None:
         self.trace = trace
         self.tid = tid
         self.reader = reader if reader is not None else CodeReader(trace.symbolizer)
-        b = trace.branches(tid)
         n = self.n = len(b)
+        self.base = base
+        self._cache = cache
         self.start = np.zeros(n + 1, dtype=np.uint64)
         self.end = np.zeros(n + 1, dtype=np.uint64)
         self.known_start = np.ones(n + 1, dtype=bool)
-        gap_at = sorted({g.index for g in trace.gaps if g.tid == tid and 0 <= g.index <= n})
         if n:
-            self.start[0] = b["from_ip"][0]
+            self.start[0] = b["from_ip"][0] if before is None else before
             self.start[1:n] = b["to_ip"][:-1]
             self.end[:n] = b["from_ip"]
             self.start[n] = b["to_ip"][-1]
-            self.known_start[0] = False
-            inner = [g for g in gap_at if 0 < g < n]
+            self.known_start[0] = before is not None
+            inner = [g for g in gap_at if (0 if before is None else -1) < g < n]
             self.known_start[inner] = False
             self.start[inner] = self.end[inner]
-        self.has_tail = n > 0 and n not in gap_at
+        self.has_tail = tail and n > 0 and n not in gap_at
         ex = trace.exit
         crashed = ex.tid if ex.tid is not None else trace.pid
         self.stop = ex.fault_pc if ex.fault_pc is not None and crashed == tid else None
@@ -73,9 +94,15 @@ class Runs:
             unique, inverse = np.unique(packed, return_inverse=True)
             ushape = np.full(len(unique), -1, dtype=np.int64)
             modules = reader.modules_of(unique >> np.uint64(_SHIFT))
+            cache = self._cache
             for i, (key, m) in enumerate(zip(unique.tolist(), modules)):
                 start = key >> _SHIFT
-                found = reader.decode_run(start, start + (key & _MASK), m)
+                if cache is None:
+                    found = reader.decode_run(start, start + (key & _MASK), m)
+                elif key in cache:
+                    found = cache[key]
+                else:
+                    found = cache[key] = reader.decode_run(start, start + (key & _MASK), m)
                 if found is not None:
                     ushape[i] = len(insns)
                     insns.append(found)
@@ -109,9 +136,9 @@ class Runs:
         """The number of each run's first instruction (from 1)."""
         if self._first is None:
             c = self.counts
-            first = np.ones(len(c), dtype=np.int64)
+            first = np.full(len(c), self.base + 1, dtype=np.int64)
             np.cumsum(c[:-1], out=first[1:])
-            first[1:] += 1
+            first[1:] += self.base + 1
             self._first = first
         return self._first
 

@@ -113,6 +113,12 @@ def _run(args: argparse.Namespace) -> int:
         print("branchtrace: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
+        # the reader went away (`| head`): stop quietly, as a shell's tools do, and
+        # let nothing flush into the closed pipe at exit
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
         return 141
     except OSError as exc:
         # a file or system error no command turned into a message of its own

@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 
 from ..reporters.base import write_to
-from ._file import add_file_arguments, load, warn
-from ._record import add_own_argument, positive_int
+from ._file import add_file_arguments, load_file, warn
+from ._record import REPLAY_WINDOW, add_own_argument, positive_int
 
 NAME = "crash"
 
@@ -30,10 +30,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     # imported here: `branchtrace run` should not pay for the reporters
     from ..reporters import crash
-    trace = load(args)
+    from ..tracefile.tail import count_branches, last_branches
+    # only the shown thread's last chunks are decoded (bounded memory on any trace)
+    trace, tf = load_file(args, decode=False)
     reports = crash.to_report(trace, first=False)
+    recorded: dict[int, int] | None = None
+    for one in reports:
+        tid = args.thread if args.thread is not None else crash.crash_thread(one)
+        if tid is not None and tid in one.threads:
+            # enough to fold loops in and to replay the call stack from
+            one.threads[tid] = last_branches(tf, tid, max(args.last, REPLAY_WINDOW))
+    if args.format == "json":
+        # the JSON lists every thread's branch count and where its gaps are: one pass
+        recorded = {}
+        for one in reports:
+            exact = []
+            for tid in one.threads:
+                recorded[tid], gaps = count_branches(tf, tid)
+                exact.extend(gaps)
+            one.gaps[:] = exact + [g for g in one.gaps if g.tid not in one.threads]
     write_to(args.output, lambda out: crash.render_all(reports, out, last=args.last,
                                                        fmt=args.format, tid=args.thread,
-                                                       own=args.own))
+                                                       own=args.own, recorded=recorded))
     warn(trace)
     return 0

@@ -23,11 +23,18 @@ Example: branchtrace history fib.btrace --calls --lines --insn-ranges --last 20
 from __future__ import annotations
 
 import argparse
-from typing import IO
+from collections.abc import Iterator
+from typing import IO, TYPE_CHECKING
 
 from ..errors import UsageError
 from ..reporters.base import write_to
-from ._file import add_file_arguments, load, warn
+from ._file import add_file_arguments, load_file, warn
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ..model import Gap
+    from ..trace import Trace
 from ._record import positive_int
 
 NAME = "history"
@@ -54,26 +61,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    # imported here: `branchtrace run` should not pay for the reporters
-    from ..reporters import history
     if args.insns and (args.lines or args.insn_ranges or args.no_indent):
         raise UsageError("--lines, --insn-ranges and --no-indent go with --calls, not --insns")
     if not args.insns and args.source:
         raise UsageError("--source goes with --insns")
-    trace = load(args)
-    several = len(trace.processes) > 1
+    # imported here: `branchtrace run` should not pay for the reporters
+    from ..reporters import history_stream as history
+    from ..tracefile.stream import Piece, pieces
+
+    # the branches are decoded a chunk at a time and each line written when known
+    trace, tf = load_file(args, decode=False)
+
+    def branches_of(tid: int) -> Iterator[np.ndarray | Gap]:
+        for part in pieces(tf, tid):
+            yield part.branches if isinstance(part, Piece) else part
 
     def render(out: IO[str]) -> None:
         for one in trace.per_process():
-            if several:
-                p = one.processes[0]
-                out.write(f"process {p.pid} (parent {p.ppid or '-'}): "
-                          f"{' '.join(p.argv) or '?'}\n")
+            if len(trace.processes) > 1:
+                out.write(_heading(one))
             if args.insns:
-                history.render_insns(one, out, tid=args.thread, last=args.last,
+                history.stream_insns(one, branches_of, out, tid=args.thread, last=args.last,
                                      source=args.source)
             else:
-                history.render_calls(one, out, tid=args.thread, last=args.last,
+                history.stream_calls(one, branches_of, out, tid=args.thread, last=args.last,
                                      indent=not args.no_indent, insn_ranges=args.insn_ranges,
                                      lines=args.lines)
 
@@ -81,3 +92,7 @@ def main(args: argparse.Namespace) -> int:
     warn(trace)
     return 0
 
+
+def _heading(one: Trace) -> str:
+    p = one.processes[0]
+    return f"process {p.pid} (parent {p.ppid or '-'}): {' '.join(p.argv) or '?'}\n"

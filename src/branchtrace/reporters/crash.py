@@ -12,7 +12,7 @@ import json
 import shutil
 import signal
 from dataclasses import dataclass
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Any
 
 import numpy as np
@@ -90,7 +90,9 @@ def _instruction_at(trace: Trace, address: int) -> tuple[str | None, str]:
     return (insn.text if insn else None), ""
 
 
-def _crash_thread(trace: Trace) -> int | None:
+def crash_thread(trace: Trace) -> int | None:
+    """The thread a report shows by default: the one that took the fatal signal, else
+    the main thread, else the first."""
     if trace.exit.tid is not None and trace.exit.tid in trace.threads:
         return trace.exit.tid
     if trace.pid in trace.threads:
@@ -99,10 +101,14 @@ def _crash_thread(trace: Trace) -> int | None:
 
 
 def build(trace: Trace, last: int = 16, tid: int | None = None,
-          own: Sequence[str] = ()) -> dict[str, Any]:
+          own: Sequence[str] = (), recorded: Mapping[int, int] | None = None
+          ) -> dict[str, Any]:
     """The report as plain data (what ``--format json`` prints); ``own``: modules that
-    count as the program's own besides its executable (reporters/crash_own.py)."""
-    tid = tid if tid is not None else _crash_thread(trace)
+    count as the program's own besides its executable (reporters/crash_own.py);
+    ``recorded``: the branches of each thread, when ``trace`` holds only the last ones
+    (default: the length of each thread's array)."""
+    tid = tid if tid is not None else crash_thread(trace)
+    counts = recorded if recorded is not None else {t: len(a) for t, a in trace.threads.items()}
     window = trace.branches(tid)[-FOLD_WINDOW:] if tid is not None and last > 0 \
         else empty_branches()
     # loops folded: --last counts lines shown; each line is the newest run of its branch
@@ -133,8 +139,8 @@ def build(trace: Trace, last: int = 16, tid: int | None = None,
     doc: dict[str, Any] = {
         "program": list(trace.argv) or _argv_of(trace), "pid": trace.pid, "backend": trace.backend,
         "mode": trace.mode, "exit": exit_doc, "thread": tid,
-        "threads": {str(t): {"recorded": len(a), "written": trace.written.get(t, len(a)),
-                             "lost": trace.lost.get(t, 0)} for t, a in trace.threads.items()},
+        "threads": {str(t): {"recorded": counts[t], "written": trace.written.get(t, counts[t]),
+                             "lost": trace.lost.get(t, 0)} for t in trace.threads},
         "branches": [
             {"index": i - n, "kind": BranchKind(int(k)).label, "thread": tid,
              "from": f.as_json(), "to": t.as_json(),
@@ -256,9 +262,11 @@ def write_json(doc: dict[str, Any], out: IO[str]) -> None:
 
 
 def render(trace: Trace, out: IO[str], *, last: int = 16, fmt: str = "text",
-           tid: int | None = None, own: Sequence[str] = ()) -> None:
-    """Write the crash (or exit) report of ``trace`` to ``out``."""
-    doc = build(trace, last=last, tid=tid, own=own)
+           tid: int | None = None, own: Sequence[str] = (),
+           recorded: Mapping[int, int] | None = None) -> None:
+    """Write the crash (or exit) report of ``trace`` to ``out`` (``own``, ``recorded``:
+    see :func:`build`)."""
+    doc = build(trace, last=last, tid=tid, own=own, recorded=recorded)
     if fmt == "json":
         write_json(doc, out)
     else:
@@ -288,13 +296,14 @@ def to_report(trace: Trace, *, first: bool = True, quiet_pipes: bool = False) ->
 
 
 def render_all(traces: list[Trace], out: IO[str], *, last: int = 16, fmt: str = "text",
-               tid: int | None = None, own: Sequence[str] = ()) -> None:
+               tid: int | None = None, own: Sequence[str] = (),
+               recorded: Mapping[int, int] | None = None) -> None:
     """The reports of several processes: text one after the other, each headed with its
     pid and argv; JSON one document, ``{"reports": [...]}`` when there are several."""
     if len(traces) == 1:
-        render(traces[0], out, last=last, fmt=fmt, tid=tid, own=own)
+        render(traces[0], out, last=last, fmt=fmt, tid=tid, own=own, recorded=recorded)
         return
-    docs = [build(t, last=last, tid=tid, own=own) for t in traces]
+    docs = [build(t, last=last, tid=tid, own=own, recorded=recorded) for t in traces]
     if fmt == "json":
         write_json({"reports": docs}, out)
         return

@@ -26,6 +26,7 @@ from typing import IO
 import numpy as np
 
 from ..analysis import CallTrace, CodeReader, FunctionIndex, Runs, call_trace
+from ..analysis.callstream import Segments
 from ..analysis.functions import UNKNOWN_LIMIT
 from ..model import Gap
 from ..symbols.elf import read_regular
@@ -102,6 +103,29 @@ def _labels(ct: CallTrace, begin: int, indent: bool) -> list[str]:
     text = np.array([f"{'  ' * d}{ct.functions.name(k)}" for k, d in zip(ukeys, udepth)],
                     dtype=object)
     labels: list[str] = text[inverse.ravel()].tolist()
+    return labels
+
+
+def segment_labels(s: Segments, functions: FunctionIndex, indent: bool) -> list[str]:
+    """Labels of segments that come a window at a time (reporters/history_stream.py),
+    as :func:`_labels` and :func:`_address_unknown` make them."""
+    keys = s.function
+    depth = s.depth if indent else np.zeros(len(keys), dtype=np.int64)
+    pair = np.stack([keys.astype(np.int64), depth], axis=1)
+    uniq, inverse = np.unique(pair, axis=0, return_inverse=True)
+    text = np.array([f"{'  ' * d}{functions.name(k)}" for k, d in
+                     zip(uniq[:, 0].astype(np.uint64).tolist(), uniq[:, 1].tolist())],
+                    dtype=object)
+    labels: list[str] = text[inverse.ravel()].tolist()
+    for i in np.flatnonzero(keys < UNKNOWN_LIMIT).tolist():
+        gap = s.gap[i]
+        if gap is not None:
+            labels[i] = gap_text(gap)
+            continue
+        label = labels[i]
+        name = label.lstrip(" ")
+        if name.startswith("??"):
+            labels[i] = f"{label[:len(label) - len(name)]}{int(s.address[i]):#x}{name[2:]}"
     return labels
 
 

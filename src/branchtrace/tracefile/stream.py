@@ -54,7 +54,12 @@ class ThreadStream:
     """The pieces and gaps of one thread; iterate once. ``strange`` counts branches of
     kinds no :class:`BranchKind` names (shown as OTHER)."""
 
-    def __init__(self, tf: TraceFile, tid: int) -> None:
+    def __init__(self, tf: TraceFile, tid: int, from_chunk: int = 0) -> None:
+        """``from_chunk``: start at that chunk of the thread (in order) instead of the
+        first, for a reader that wants only the last branches: the branch from the
+        chunk before (when nothing is missing between them) is the first branch, as
+        it would be when read from the start; the file's gaps are left out (their
+        place among the branches is not known) and ``n`` counts from there."""
         self.tf, self.tid = tf, tid
         kept = next((t.kept for t in tf.threads if t.tid == tid), None)
         self.chunks, self.holes = select(tf.chunks.get(tid, []), kept)
@@ -67,6 +72,24 @@ class ThreadStream:
         self._carry = Carry(tf.blocks) if tf.encoding == Encoding.BLOCKID \
             and tf.blocks is not None else None
         self._pending: Hole | None = None      # holes touching each other become one gap
+        if from_chunk > 0:
+            self._start_at(min(from_chunk, len(self.chunks)))
+
+    def _start_at(self, k: int) -> None:
+        before, self.chunks = self.chunks[k - 1], self.chunks[k:]
+        self.file_gaps = []
+        self.holes = [h for h in self.holes if h.start >= before.head.first_index + before.head.count]
+        if self._carry is None or not self.chunks \
+                or self.chunks[0].head.first_index != before.head.first_index + before.head.count:
+            return
+        raw = read_chunk(self._dctx, before, RECORD_DTYPES[self.tf.encoding])
+        if raw is not None and len(raw):
+            self._carry.last = int(raw[-1])
+
+    @property
+    def chunk_count(self) -> int:
+        """The thread's chunks still to read."""
+        return len(self.chunks)
 
     def __iter__(self) -> Iterator[Piece | Gap]:
         h = 0
