@@ -11,20 +11,14 @@ slower, same result).
 
 from __future__ import annotations
 
-import threading
-import warnings
-from typing import Any
 
 import numpy as np
 
-from . import jit
+from .hashing import EMPTY, Compiled, hash_insert
 
 #: An edge table: one row per distinct branch (from_ip, to_ip, kind), with its count.
 EDGE_COUNT_DTYPE = np.dtype([("from_ip", "<u8"), ("to_ip", "<u8"), ("kind", "u1"),
                              ("count", "<u8")])
-_EMPTY = np.uint64(0xFFFF_FFFF_FFFF_FFFF)   # no pair of 32-bit ids packs to this
-_kernel: Any = None           # (count, insert) compiled, False when it cannot be
-_lock = threading.Lock()
 
 
 def _count(ids, prev, keys, counts, used, shift):  # type: ignore[no-untyped-def]  # numba
@@ -41,7 +35,7 @@ def _count(ids, prev, keys, counts, used, shift):  # type: ignore[no-untyped-def
                 if k == key:
                     counts[h] += 1
                     break
-                if k == _EMPTY:
+                if k == EMPTY:
                     keys[h] = key
                     counts[h] = 1
                     used += 1
@@ -51,33 +45,8 @@ def _count(ids, prev, keys, counts, used, shift):  # type: ignore[no-untyped-def
     return used
 
 
-def _insert(old_keys, old_counts, keys, counts, shift):  # type: ignore[no-untyped-def]
-    """Put distinct keys with their counts into an empty, larger table."""
-    mask = np.uint64(len(keys) - 1)
-    for i in range(len(old_keys)):
-        key = old_keys[i]
-        h = (key * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(shift)
-        while keys[h] != _EMPTY:
-            h = (h + np.uint64(1)) & mask
-        keys[h] = key
-        counts[h] = old_counts[i]
-
-
-def _compiled() -> Any:
-    global _kernel
-    if _kernel is None and jit.enabled():
-        with _lock:
-            if _kernel is None:
-                try:
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")
-                        from numba import njit
-
-                        _kernel = (njit(cache=True, nogil=True)(_count),
-                                   njit(cache=True, nogil=True)(_insert))
-                except Exception:  # noqa: BLE001 - cannot compile here: numpy it is
-                    _kernel = False
-    return _kernel or None
+_KERNELS = Compiled(_count, hash_insert)
+_compiled = _KERNELS.get
 
 
 class PairCounter:
@@ -88,7 +57,7 @@ class PairCounter:
         self.prev = -1
         self.kernel = _compiled() if compiled else None
         self.shift = 64 - 12
-        self.keys = np.full(1 << 12, _EMPTY, np.uint64)
+        self.keys = np.full(1 << 12, EMPTY, np.uint64)
         self.counts = np.zeros(1 << 12, np.uint64)
         self.used = 0
         self.parts: list[tuple[np.ndarray, np.ndarray]] = []   # numpy path
@@ -119,7 +88,7 @@ class PairCounter:
     def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(first ids, second ids, counts) of the distinct pairs, sorted by pair."""
         if self.kernel is not None:
-            full = self.keys != _EMPTY
+            full = self.keys != EMPTY
             keys, counts = self.keys[full], self.counts[full]
             order = np.argsort(keys)
             keys, counts = keys[order], counts[order]
@@ -142,9 +111,9 @@ class PairCounter:
             return
         while need * 2 > size:
             size *= 2
-        full = self.keys != _EMPTY
+        full = self.keys != EMPTY
         old_keys, old_counts = self.keys[full], self.counts[full]
-        self.keys = np.full(size, _EMPTY, np.uint64)
+        self.keys = np.full(size, EMPTY, np.uint64)
         self.counts = np.zeros(size, np.uint64)
         self.shift = 64 - (size.bit_length() - 1)
         assert self.kernel is not None          # the numpy path keeps no table

@@ -13,24 +13,20 @@ after a known id and keeps the exit of the run that began before it apart, and
 
 from __future__ import annotations
 
-import threading
-import warnings
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
-from . import jit, table_columns, taken_pairs
+from . import table_columns, taken_pairs
+from .hashing import EMPTY, Compiled, hash_insert
 from ..model import BranchKind
 from ..store.blocks import FLAG_ASYNC, FLAG_FOREIGN, FLAG_HOOKED, FLAG_VALID, HOOK_RESUME_SPAN
 from .pairs import merge_edges, summed
 from .runs import RunCounts, runs_summed
 
-_EMPTY = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
 #: Block tables up to this many rows pack a run key (entry + 1, exit, bit) in 64 bits.
 MAX_ROWS = 1 << 30
-_kernel: Any = None
-_lock = threading.Lock()
 
 
 def _count(ids, state, heads, start, end, flags, n, span,  # type: ignore[no-untyped-def]
@@ -73,7 +69,7 @@ def _count(ids, state, heads, start, end, flags, n, span,  # type: ignore[no-unt
                 slot = rcache[prev]
                 if slot == key:
                     rcount[prev] += 1
-                elif slot == _EMPTY:
+                elif slot == EMPTY:
                     rcache[prev] = key
                     rcount[prev] = 1
                 else:
@@ -83,7 +79,7 @@ def _count(ids, state, heads, start, end, flags, n, span,  # type: ignore[no-unt
                         if k == key:
                             rcounts[h] += 1
                             break
-                        if k == _EMPTY:
+                        if k == EMPTY:
                             rkeys[h] = key
                             rcounts[h] = 1
                             rused += 1
@@ -93,7 +89,7 @@ def _count(ids, state, heads, start, end, flags, n, span,  # type: ignore[no-unt
             slot = ecache[prev]
             if slot == key:
                 ecount[prev] += 1
-            elif slot == _EMPTY:
+            elif slot == EMPTY:
                 ecache[prev] = key
                 ecount[prev] = 1
             else:
@@ -103,7 +99,7 @@ def _count(ids, state, heads, start, end, flags, n, span,  # type: ignore[no-unt
                     if k == key:
                         ecounts[h] += 1
                         break
-                    if k == _EMPTY:
+                    if k == EMPTY:
                         ekeys[h] = key
                         ecounts[h] = 1
                         eused += 1
@@ -119,33 +115,8 @@ def _count(ids, state, heads, start, end, flags, n, span,  # type: ignore[no-unt
     state[0], state[1], state[2], state[3], state[4], state[5] = prev, entry, nb, gi, rused, eused
 
 
-def _insert(old_keys, old_counts, keys, counts, shift):  # type: ignore[no-untyped-def]
-    """Put distinct keys with their counts into an empty, larger table."""
-    mask = np.uint64(len(keys) - 1)
-    for i in range(len(old_keys)):
-        key = old_keys[i]
-        h = (key * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(shift)
-        while keys[h] != _EMPTY:
-            h = (h + np.uint64(1)) & mask
-        keys[h] = key
-        counts[h] = old_counts[i]
-
-
-def _compiled() -> Any:
-    global _kernel
-    if _kernel is None and jit.enabled():
-        with _lock:
-            if _kernel is None:
-                try:
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")
-                        from numba import njit
-
-                        _kernel = (njit(cache=True, nogil=True)(_count),
-                                   njit(cache=True, nogil=True)(_insert))
-                except Exception:  # noqa: BLE001 - cannot compile here: numpy it is
-                    _kernel = False
-    return _kernel or None
+_KERNELS = Compiled(_count, hash_insert)
+_compiled = _KERNELS.get
 
 
 class _Table:
@@ -153,9 +124,9 @@ class _Table:
     at most half full."""
 
     def __init__(self, rows: int) -> None:
-        self.cache = np.full(rows, _EMPTY, np.uint64)
+        self.cache = np.full(rows, EMPTY, np.uint64)
         self.cache_counts = np.zeros(rows, np.uint64)
-        self.keys = np.full(1 << 12, _EMPTY, np.uint64)
+        self.keys = np.full(1 << 12, EMPTY, np.uint64)
         self.counts = np.zeros(1 << 12, np.uint64)
         self.shift = 64 - 12
 
@@ -165,9 +136,9 @@ class _Table:
             return
         while need * 2 > size:
             size *= 2
-        full = self.keys != _EMPTY
+        full = self.keys != EMPTY
         old_keys, old_counts = self.keys[full], self.counts[full]
-        self.keys = np.full(size, _EMPTY, np.uint64)
+        self.keys = np.full(size, EMPTY, np.uint64)
         self.counts = np.zeros(size, np.uint64)
         self.shift = 64 - (size.bit_length() - 1)
         insert(old_keys, old_counts, self.keys, self.counts, self.shift)
@@ -177,7 +148,7 @@ class _Table:
 
     def items(self) -> tuple[np.ndarray, np.ndarray]:
         """The keys (distinct: a key in a slot never goes to the table) and counts."""
-        full, used = self.keys != _EMPTY, self.cache != _EMPTY
+        full, used = self.keys != EMPTY, self.cache != EMPTY
         return (np.concatenate([self.cache[used], self.keys[full]]),
                 np.concatenate([self.cache_counts[used], self.counts[full]]))
 

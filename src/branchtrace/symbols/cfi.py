@@ -56,7 +56,10 @@ class FrameRules:
     ra_reg: int = RA
 
 
-class _Reader:
+class Reader:
+    """Little-endian fields, LEB128 numbers and encoded pointers of CFI (and of the
+    DWARF expressions in it) from ``data``, read at ``at``; ``base`` is its address."""
+
     def __init__(self, data: bytes, base: int) -> None:
         self.data, self.base, self.at = data, base, 0
 
@@ -146,7 +149,7 @@ class FrameTable:
             if self._hdr is not None:
                 start, size = self._hdr
                 data = self.image.read_vaddr(start, size)
-                r = _Reader(data, start)
+                r = Reader(data, start)
                 if r.u8() != 1:
                     return self._table
                 ptr_enc, count_enc, table_enc = r.u8(), r.u8(), r.u8()
@@ -174,7 +177,7 @@ class FrameTable:
         if length in (0, 0xFFFFFFFF):
             return None
         data = self.image.read_vaddr(fde_addr, 4 + length)
-        r = _Reader(data, fde_addr)
+        r = Reader(data, fde_addr)
         r.at = 4
         cie_ptr = r.unpack("<I")
         cie = self._cie(fde_addr + 4 - cie_ptr)
@@ -192,7 +195,7 @@ class FrameTable:
             return cie
         length = struct.unpack_from("<I", self.image.read_vaddr(addr, 4))[0]
         data = self.image.read_vaddr(addr, 4 + length)
-        r = _Reader(data, addr)
+        r = Reader(data, addr)
         r.at = 4
         if r.unpack("<I") != 0:
             raise ValueError("not a CIE")
@@ -237,7 +240,7 @@ class FrameTable:
 def _execute(code: bytes, cie: _Cie, rules: FrameRules, initial: dict[int, Rule] | None,
              loc: int, target: int) -> None:
     """Run call frame instructions until the location passes ``target``."""
-    r = _Reader(code, 0)
+    r = Reader(code, 0)
     stack: list[tuple[int, int, bytes, dict[int, Rule]]] = []
     da = cie.data_align
     while r.at < len(code):

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..model import ModuleMap, StackSnapshot
-from .cfi import RA, RBP, RSP, FrameRules, FrameTable
+from .cfi import RA, RBP, RSP, FrameRules, FrameTable, Reader
 from .images import module_image
 
 MAX_FRAMES = 256
@@ -181,53 +181,28 @@ def _evaluate(expr: bytes, regs: dict[int, int], copy: StackCopy, push: int | No
     """A DWARF expression of the few operations CFI uses (register + offset, constants,
     arithmetic, dereference); None when it uses anything else or a value is missing."""
     stack: list[int] = [] if push is None else [push]
-    at = 0
-
-    def uleb() -> int:
-        nonlocal at
-        result = shift = 0
-        while True:
-            b = expr[at]
-            at += 1
-            result |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                return result
-
-    def sleb() -> int:
-        nonlocal at
-        result = shift = 0
-        while True:
-            b = expr[at]
-            at += 1
-            result |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                return result - (1 << shift) if b & 0x40 else result
-
+    r = Reader(expr, 0)
     try:
-        while at < len(expr):
-            op = expr[at]
-            at += 1
+        while r.at < len(expr):
+            op = r.u8()
             if 0x70 <= op <= 0x8F:                      # breg0..31
                 base = regs.get(op - 0x70)
                 if base is None:
                     return None
-                stack.append((base + sleb()) & _MASK)
+                stack.append((base + r.sleb()) & _MASK)
             elif 0x30 <= op <= 0x4F:                    # lit0..31
                 stack.append(op - 0x30)
             elif op == 0x08:
-                stack.append(expr[at])
-                at += 1
+                stack.append(r.u8())
             elif op in (0x10, 0x11):
-                stack.append(uleb() if op == 0x10 else sleb() & _MASK)
+                stack.append(r.uleb() if op == 0x10 else r.sleb() & _MASK)
             elif op == 0x06:                            # deref
                 value = copy.read(stack.pop())
                 if value is None:
                     return None
                 stack.append(value)
             elif op == 0x23:                            # plus_uconst
-                stack.append((stack.pop() + uleb()) & _MASK)
+                stack.append((stack.pop() + r.uleb()) & _MASK)
             elif op in _BINARY:
                 b, a = stack.pop(), stack.pop()
                 stack.append(_BINARY[op](a, b) & _MASK)
