@@ -34,7 +34,7 @@ def crash_trace(build, tmp_path_factory):
 
 def test_the_commands_say_what_the_command_line_says(crash_trace):
     r = gdb(f"bt-load {crash_trace}", "bt-calls 5", "bt-calls /l /i /c 3", "bt-insns /s 6",
-            "bt-crash 4", "bt-stats")
+            "bt-crash 4", "bt-stats", "bt-calls 2,4")
     assert r.returncode == 0, r.stderr
     expected = "".join([
         f"branchtrace: {crash_trace} loaded\n",
@@ -43,7 +43,8 @@ def test_the_commands_say_what_the_command_line_says(crash_trace):
             "--insn-ranges").stdout,
         cli("history", str(crash_trace), "--insns", "--last", "6", "--source").stdout,
         cli("crash", str(crash_trace), "--last", "4").stdout,
-        cli("stats", str(crash_trace)).stdout])
+        cli("stats", str(crash_trace)).stdout,
+        cli("history", str(crash_trace), "--calls", "--range", "2,4", "--no-indent").stdout])
     assert r.stdout == expected
     assert "main" in r.stdout and "SIGSEGV" in r.stdout
 
@@ -54,7 +55,7 @@ def test_errors_are_gdb_errors(crash_trace, tmp_path):
     r = gdb(f"bt-load {tmp_path / 'none.btrace'}")
     assert "none.btrace: no such file" in r.stderr
     r = gdb(f"bt-load {crash_trace}", "bt-calls /x", "bt-calls two")
-    assert "unknown modifier /x" in r.stderr and "expected a count or 'all'" in r.stderr
+    assert "unknown modifier /x" in r.stderr and "expected a count, FROM,TO or 'all'" in r.stderr
     junk = tmp_path / "junk.btrace"
     junk.write_text("not a trace")
     r = gdb(f"bt-load {junk}", "bt-stats")

@@ -17,6 +17,9 @@ With several processes: each process's history after the other's, headed
 "process PID (parent PPID): ARGV", each symbolized with its own modules; --pid PID
 for one process.
 
+--range FROM,TO (GDB's ranges) shows the lines numbered FROM to TO and stops reading
+after TO; --function NAME the call history's segments of one function.
+
 Example: branchtrace history fib.btrace --calls --lines --insn-ranges --last 20
 """
 
@@ -56,6 +59,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     i = p.add_argument_group("instruction history (GDB's /s)")
     i.add_argument("--source", action="store_true",
                    help="/s: interleave source lines with the instructions")
+    p.add_argument("--range", metavar="FROM,TO",
+                   help="only the lines numbered FROM to TO (GDB's FROM,TO; 'FROM,' to the "
+                        "end); reading stops after TO")
+    p.add_argument("--function", metavar="NAME",
+                   help="--calls: only the segments of function NAME (C++: with or without "
+                        "its parameters)")
     p.add_argument("--last", type=positive_int, metavar="N",
                    help="only the last N segments (--calls) or instructions (--insns)")
 
@@ -65,6 +74,15 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError("--lines, --insn-ranges and --no-indent go with --calls, not --insns")
     if not args.insns and args.source:
         raise UsageError("--source goes with --insns")
+    if args.range is not None and args.last is not None:
+        raise UsageError("--range and --last each choose the lines: give one")
+    if args.function is not None and args.insns:
+        raise UsageError("--function goes with --calls")
+    from ..reporters.history_filter import LineFilter, RangeDone, parse_range
+    try:
+        first, last = parse_range(args.range) if args.range is not None else (1, None)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     # imported here: `branchtrace run` should not pay for the reporters
     from ..reporters import history_stream as history
     from ..tracefile.stream import Piece, pieces
@@ -76,7 +94,17 @@ def main(args: argparse.Namespace) -> int:
         for part in pieces(tf, tid):
             yield part.branches if isinstance(part, Piece) else part
 
-    def render(out: IO[str]) -> None:
+    def render(sink: IO[str]) -> None:
+        out: IO[str] = sink
+        if args.range is not None or args.function is not None:
+            out = LineFilter(sink, first, last, args.function,  # type: ignore[assignment]
+                             insns=args.insns)
+        try:
+            show(out)
+        except RangeDone:
+            pass
+
+    def show(out: IO[str]) -> None:
         for one in trace.per_process():
             if len(trace.processes) > 1:
                 out.write(_heading(one))

@@ -7,11 +7,11 @@ runs ``branchtrace`` with the interpreter it is installed in (``BRANCHTRACE_PYTH
 which ``gdb-init`` fills in) and prints what it says.
 
   bt-load FILE             the trace file the other commands read
-  bt-calls [/l /i /c] [N]  function-call-history (GDB's modifiers: /l source lines,
-                           /i instruction numbers, /c indent by call depth), the last N
-                           segments (default 20, "all" for every one)
-  bt-insns [/m /s] [N]     instruction-history (/m or /s: with source lines), the last N
-                           instructions (default 40)
+  bt-calls [/l /i /c] [N|FROM,TO|all]  function-call-history (GDB's modifiers: /l
+                           source lines, /i instruction numbers, /c indent by call depth),
+                           the last N segments (default 20), GDB's FROM,TO, or all
+  bt-insns [/m /s] [N|FROM,TO|all]  instruction-history (/m or /s: with source lines),
+                           the last N instructions (default 40)
   bt-crash [N]             the crash report, with the last N branches (default 16)
   bt-stats                 statistics of the trace
 """
@@ -65,7 +65,9 @@ def _count(rest: list[str], default: int) -> list[str]:
         return []
     if len(rest) == 1 and rest[0].isdigit() and int(rest[0]) > 0:
         return ["--last", rest[0]]
-    raise gdb.GdbError(f"expected a count or 'all', not {' '.join(rest)!r}")
+    if len(rest) == 1 and "," in rest[0]:
+        return ["--range", rest[0]]                  # GDB's FROM,TO
+    raise gdb.GdbError(f"expected a count, FROM,TO or 'all', not {' '.join(rest)!r}")
 
 
 class _Load(gdb.Command):  # type: ignore[misc]
