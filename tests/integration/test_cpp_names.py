@@ -39,6 +39,14 @@ def test_demangle():
         assert demangle(name) == name
 
 
+def test_hostile_names_come_back_as_they_are():
+    """Names a hostile binary may hold: deep nesting the demangler refuses (its recursion
+    limit), and names past MAX_MANGLED, never given to it."""
+    for name in ("_Z1f" + "P" * 4000 + "i", "_Z" + "N1a" * 1300 + "E",
+                 "_Z1f" + "P" * 9000 + "i", "_Z1f" + "A1_" * 1300 + "i"):
+        assert demangle(name) == name
+
+
 @pytest.mark.parametrize("backend", ["stalker", "ptrace"])
 def test_crash_report_is_demangled_and_on_the_line(program, backend, tmp_path):
     pytest.importorskip("capstone")

@@ -21,6 +21,10 @@ import re
 from collections.abc import Callable
 from functools import lru_cache
 
+#: Longer names are left as they are: the demangler is native code reading names from
+#: binaries a trace names, so what it is given is bounded (the longest name in libstdc++,
+#: libc and python3 is under 600 characters).
+MAX_MANGLED = 4096
 _RUST_HASH = re.compile(r"::h[0-9a-f]{16}$")
 _LIBS = ("libstdc++.so.6", "libstdc++.so")
 
@@ -81,7 +85,7 @@ def _get() -> Callable[[bytes], str | None] | None:
 @lru_cache(maxsize=65536)
 def demangle(name: str) -> str:
     """The readable form of a mangled symbol name; any other name unchanged."""
-    if not name.startswith("_Z"):
+    if not name.startswith("_Z") or len(name) > MAX_MANGLED:
         return name
     base, at, suffix = name.partition("@")
     call = _get()
