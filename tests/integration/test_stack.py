@@ -137,3 +137,28 @@ def test_an_uncaught_exception_names_its_thrower(tmp_path, backend):
     assert last["to"]["function"] == "__cxa_throw@plt"
     assert last["from"]["function"] == "shop::Inventory::take(unsigned long)"
     assert last["index"] < -1000                     # far behind the last branches
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_stack_overflow_is_unwound_and_folded(tmp_path, backend):
+    """The stack pointer is past the stack's end (in its guard) at the fault: the copy
+    starts where the stack's mapping does. The unwinder walks its 256 frames; the report
+    folds the recursion and says how deep the trace's calls go (1 MiB of stack here)."""
+    import json
+    import resource
+
+    from conftest import cli
+
+    def small_stack() -> None:
+        resource.setrlimit(resource.RLIMIT_STACK, (1 << 20, 1 << 20))
+
+    exe = built(tmp_path, "stack_overflow", "-O0")
+    r = cli("run", "--backend", backend, "--format", "json", "--report-to", "-", "--",
+            str(exe), preexec_fn=small_stack)
+    doc = json.loads(r.stdout)
+    assert doc["exit"]["signal"]["name"] == "SIGSEGV"
+    names = [f["function"] for f in doc["stack"]]
+    assert len(names) == 256 and set(names) == {"down"} and doc["stack_end"] == "256 frames"
+    assert len(doc["replayed_stack"]) > 1000 and doc["stack_disagreements"] == []
+    text = cli("run", "--backend", backend, "--", str(exe), preexec_fn=small_stack).stderr
+    assert "#1..#254 ×254" in text and "frames open)" in text

@@ -98,7 +98,12 @@ def write_stack_text(doc: dict[str, Any], out: IO[str], loc_text: Any) -> None:
         agree = "the calls in the trace agree" if not wrong else \
             f"the calls in the trace disagree at frame(s) {', '.join(f'#{k}' for k in sorted(wrong))}"
         out.write(f"\nCall stack (unwound from its stack; {agree}):\n")
-        for k, frame in enumerate(stack):
+        for k, last in _groups(stack, wrong):
+            frame = stack[k]
+            if last > k:                      # a recursion: the same frame, folded
+                out.write(f"  #{k}..#{last} ×{last - k + 1} {frame['hex']:>14} "
+                          f"{loc_text(frame)}\n")
+                continue
             entered = ""
             if k < len(replay) and replay[k]["entered"] is not None and k not in wrong:
                 entered = f"  [entered at branch {replay[k]['entered']}]"
@@ -110,12 +115,39 @@ def write_stack_text(doc: dict[str, Any], out: IO[str], loc_text: Any) -> None:
                 out.write(f"{'':>8}!! the trace's calls say {r['function'] or r['hex']} here "
                           f"(a smashed stack?)\n")
         if doc.get("stack_end") and not doc["stack_end"].startswith("outermost"):
-            out.write(f"  (the walk stopped: {doc['stack_end']})\n")
+            more = f"; the calls in the trace have {len(replay)} frames open" \
+                if len(replay) > len(stack) else ""
+            out.write(f"  (the walk stopped: {doc['stack_end']}{more})\n")
     if replay and (not stack or wrong):
         out.write("\nCall stack replayed from the trace's calls and returns:\n")
-        for k, frame in enumerate(replay):
+        for k, last in _groups(replay, set()):
+            frame = replay[k]
+            if last > k:
+                out.write(f"  #{k}..#{last} ×{last - k + 1} {frame['hex']:>14} "
+                          f"{loc_text(frame)}  [entered at branches {replay[last]['entered']}"
+                          f"..{frame['entered']}]\n")
+                continue
             entered = f"entered at branch {frame['entered']}" if frame["entered"] is not None \
                 else "entered before the first recorded branch"
             where = loc_text(frame) if frame["address"] is not None \
                 else f"{frame['function'] or '??'} (where in it is not recorded)"
             out.write(f"  #{k:<3} {frame['hex']:>14} {where}  [{entered}]\n")
+
+
+def _groups(frames: list[dict[str, Any]], alone: set[int]) -> list[tuple[int, int]]:
+    """(first, last) of each run of frames that are the same call (address and function:
+    a recursion), a frame in ``alone`` on its own; the first and last frames of the
+    stack are never folded into a run."""
+    out: list[tuple[int, int]] = []
+    k = 0
+    while k < len(frames):
+        last = k
+        while (0 < k and last + 1 < len(frames) - 1 and last + 1 not in alone
+               and k not in alone and frames[last + 1]["hex"] == frames[k]["hex"]
+               and frames[last + 1]["function"] == frames[k]["function"]):
+            last += 1
+        if last - k < 2:                     # two alike are shown as they are
+            last = k
+        out.append((k, last))
+        k = last + 1
+    return out

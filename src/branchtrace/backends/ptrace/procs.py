@@ -59,13 +59,20 @@ class Proc:
                 data = data[:i] + bytes([original]) + data[i + 1:]
         return data
 
-    def stack_end(self, tid: int) -> int | None:
-        """The end of the mapping that holds thread ``tid``'s stack pointer."""
+    def stack_span(self, tid: int) -> tuple[int, int] | None:
+        """Where to copy thread ``tid``'s stack from and to: from its stack pointer to
+        the end of the mapping that holds it; after a stack overflow (the pointer went
+        past the stack, into its guard) from the start of the mapping just above, if
+        it is within 256 KiB."""
         try:
-            rsp = pt.peekuser(tid, pt.REG_OFFSET["rsp"])
-            return next((m.end for m in read_maps(self.pid) if m.start <= rsp < m.end), None)
+            rsp = pt.peekuser(tid, pt.REG_OFFSET["rsp"]) & 0xFFFF_FFFF_FFFF_FFFF
+            maps = read_maps(self.pid)
         except (OSError, TargetError):
             return None
+        held = next(((rsp, m.end) for m in maps if m.start <= rsp < m.end), None)
+        above = min(((m.start, m.end) for m in maps if rsp < m.start <= rsp + (256 << 10)),
+                    default=None)
+        return held or above
 
     def snapshot_maps(self, fresh: bool = False) -> bool:
         """Read the module maps again (``fresh``: forget the old ones, a new image);

@@ -35,19 +35,19 @@ _DWARF_REGISTERS = ("rax", "rdx", "rcx", "rbx", "rsi", "rdi", "rbp", "rsp", "r8"
 STACK_COPY_BYTES = 256 * 1024
 
 
-def stack_of(tid: int, read: Callable[[int, int], bytes], stack_end: int | None
+def stack_of(tid: int, read: Callable[[int, int], bytes], span: tuple[int, int] | None
              ) -> StackSnapshot | None:
-    """The registers of a stopped thread and up to 256 KiB of its stack from rsp (to
-    ``stack_end``, the end of the stack's mapping, when known); None if unreadable."""
+    """The registers of a stopped thread and up to 256 KiB of its stack from the start
+    of ``span`` (its stack pointer, or past a stack overflow the stack's mapping) to its
+    end; from rsp when the span is not known; None if unreadable."""
     try:
         regs = tuple((i, pt.peekuser(tid, pt.REG_OFFSET[name]) & 0xFFFF_FFFF_FFFF_FFFF)
                      for i, name in enumerate(_DWARF_REGISTERS))
     except OSError:
         return None
-    rsp = regs[7][1]
-    n = STACK_COPY_BYTES if stack_end is None else max(0, min(STACK_COPY_BYTES,
-                                                              stack_end - rsp))
-    return StackSnapshot(tid, regs, rsp, read(rsp, n))
+    base, end = span if span is not None else (regs[7][1], regs[7][1] + STACK_COPY_BYTES)
+    n = max(0, min(STACK_COPY_BYTES, end - base))
+    return StackSnapshot(tid, regs, base, read(base, n))
 
 
 def bit(sig: int) -> int:

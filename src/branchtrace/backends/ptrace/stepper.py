@@ -297,7 +297,7 @@ class Stepper(Family):
             # the stack, for the report's call stack, when the signal is fatal (a handler
             # that catches it, a JIT's or a GC's, takes many: copying 256 KiB each is waste)
             fatal = not caught_signals(t.tid) & bit(sig)
-            stack = stack_of(t.tid, t.proc.mem.read, t.proc.stack_end(t.tid)) if fatal else None
+            stack = stack_of(t.tid, t.proc.mem.read, t.proc.stack_span(t.tid)) if fatal else None
             t.proc.faults[sig] = Fault(sig, address, pc, t.tid, stack)
         if t.mode == STEPPING and caught_signals(t.tid) & bit(sig):
             t.signal_from = pc

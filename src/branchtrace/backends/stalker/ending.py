@@ -29,17 +29,19 @@ _EXIT_EVENT_WAIT = 2.0   # the kernel's exit event comes a moment after the proc
 # nothing else told how the process ended)
 
 
-def snapshot_of(tid: int, registers: Any, stack: bytes | None) -> StackSnapshot | None:
-    """The agent's registers ([[dwarf number, "0x..."], ...]) and stack copy (crash.js,
-    stackOf) as a :class:`StackSnapshot`; None when either is missing or malformed."""
+def snapshot_of(tid: int, registers: Any, stack: bytes | None, base: Any = None
+                ) -> StackSnapshot | None:
+    """The agent's registers ([[dwarf number, "0x..."], ...]) and stack copy from
+    ``base`` (crash.js, stackOf; rsp when not said) as a :class:`StackSnapshot`; None
+    when either is missing or malformed."""
     if not registers or stack is None:
         return None
     try:
         regs = tuple((int(n), int(v, 0)) for n, v in registers)
+        start = int(base, 0) if base else next((v for n, v in regs if n == 7), None)
     except (TypeError, ValueError):
         return None
-    rsp = next((v for n, v in regs if n == 7), None)
-    return None if rsp is None else StackSnapshot(tid, regs, rsp, bytes(stack))
+    return None if start is None else StackSnapshot(tid, regs, start, bytes(stack))
 
 
 class Ending:

@@ -355,7 +355,8 @@ class Host(Resuming, ExecFollowing, ChildFollowing, Ending):
                 signal=int(p.get("signal") or _SIGNAL_OF_EXCEPTION.get(p.get("kind", ""), 0)),
                 fault_address=int(memory, 0) if memory is not None else None,
                 fault_pc=pc, exact_pc=bool(real),
-                stack=snapshot_of(int(p["tid"]), p.get("registers"), stack),
+                stack=snapshot_of(int(p["tid"]), p.get("registers"), stack,
+                                  p.get("stackBase")),
             )
             if p.get("error"):
                 self._agent_errors.append(f"crash report: {p['error']}")

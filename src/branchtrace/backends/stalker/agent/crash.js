@@ -161,11 +161,18 @@ function stackOf(context, realPc) {
   if (realPc !== null)
     regs.push([16, realPc]);
   const sp = context.rsp;
-  const range = Process.findRangeByAddress(sp);
+  let base = sp;
+  let range = Process.findRangeByAddress(sp);
+  /* a stack overflow: rsp went past the stack's end, into its guard; the copy starts
+   * where the stack's mapping does, up to 256 KiB above */
+  for (let k = 1; range === null && k <= 64; k++)
+    range = Process.findRangeByAddress(sp.add(k * 4096));
   if (range === null)
-    return [regs, null];
-  const n = Math.min(STACK_COPY_BYTES, range.size - sp.sub(range.base).toUInt32());
-  return [regs, sp.readByteArray(n)];
+    return [regs, null, null];
+  if (range.base.compare(sp) > 0)
+    base = range.base;
+  const n = Math.min(STACK_COPY_BYTES, range.size - base.sub(range.base).toUInt32());
+  return [regs, base.readByteArray(n), base.toString()];
 }
 
 /* The program has SIG_DFL for SIGABRT: Frida's handler, had it returned, would have let
@@ -241,7 +248,7 @@ function onException(details) {
   let stack = null;
   try {
     if (programsRegisters(info, pc))
-      [info.registers, stack] = stackOf(details.context, info.realPc);
+      [info.registers, stack, info.stackBase] = stackOf(details.context, info.realPc);
     else
       info.stackError = `the fault was in Stalker's code (${info.how}), where the registers ` +
                         'are not the program\'s';
