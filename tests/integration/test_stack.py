@@ -162,3 +162,18 @@ def test_a_stack_overflow_is_unwound_and_folded(tmp_path, backend):
     assert len(doc["replayed_stack"]) > 1000 and doc["stack_disagreements"] == []
     text = cli("run", "--backend", backend, "--", str(exe), preexec_fn=small_stack).stderr
     assert "#1..#254 ×254" in text and "frames open)" in text
+
+
+def test_after_exec_the_programs_own_code_is_the_program_it_runs(tmp_path):
+    """sh -c 'exec ./assert_deep toolong': the maps hold sh too; the own code is the
+    program the argv names, not the shell it replaced."""
+    import json
+
+    from conftest import cli
+    exe = built(tmp_path, "assert_deep", "-O0")
+    r = cli("run", "--backend", "stalker", "--format", "json", "--report-to", "-", "--",
+            "sh", "-c", f"exec {exe} toolong")
+    doc = json.loads(r.stdout)
+    assert [m.rsplit("/", 1)[-1] for m in doc["own"]["modules"]] == ["assert_deep"]
+    frame = doc[doc["own"]["frame_of"]][doc["own"]["frame"]]
+    assert frame["function"] == "check"

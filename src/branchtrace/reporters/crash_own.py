@@ -14,6 +14,7 @@ ET_EXEC file, or a PIE naming an interpreter), plus any given with ``--own NAME,
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,16 +28,22 @@ LAST_CALLS = 5
 
 
 def own_modules(trace: Trace, extra: Sequence[str] = ()) -> list[int]:
-    """Indices into ``trace.symbolizer.modules`` of the program's own modules."""
-    out = []
+    """Indices into ``trace.symbolizer.modules`` of the program's own modules: the
+    program the process runs (after execs, the maps also hold the images it ran
+    before: the one its argv names is kept when it is there) and those ``extra`` names."""
+    named, programs = [], []
     for i, m in enumerate(trace.symbolizer.modules):
         if m.name in extra or m.path in extra:
-            out.append(i)
+            named.append(i)
             continue
         image = module_image(m).image
         if image is not None and image.is_program:
-            out.append(i)
-    return out
+            programs.append(i)
+    argv = (trace.processes[0].argv if trace.processes else ()) or trace.argv
+    argv0 = argv[0] if argv else ""          # its last exec's, when it exec'd
+    names = {os.path.basename(argv0), os.path.basename(os.path.realpath(argv0))} - {""}
+    current = [i for i in programs if trace.symbolizer.modules[i].name in names]
+    return sorted(named + (current or programs))
 
 
 def own_doc(trace: Trace, tid: int | None, window: np.ndarray, stack: list[dict[str, Any]],
@@ -96,11 +103,14 @@ def _loc(loc: Any) -> dict[str, Any]:
 
 def write_own_text(doc: dict[str, Any], out: Any, loc_text: Any) -> None:
     own = doc.get("own")
+    frames = doc.get(own.get("frame_of", "stack")) or [] if own else []
+    if own and own["frame"] is not None and own["frame"] == len(frames) - 1 \
+            and not own["calls"]:
+        return          # only the outermost frame (_start): nothing to lead to the cause
     if not own or (own["frame"] is None and not own["calls"]):
         return
     names = ", ".join(p.rsplit("/", 1)[-1] for p in own["modules"])
     out.write(f"\nThe program's own last steps ({names}; --own adds modules):\n")
-    frames = doc.get(own.get("frame_of", "stack")) or []
     k = own["frame"]
     if k is not None and k < len(frames):
         f = frames[k]
