@@ -238,13 +238,7 @@ def compute(trace: Trace, reader: CodeReader | None = None, *,
     blocks = _split_blocks(ustart[sane], uend[sane], counts[sane])
     blocks["module"] = module_indices(blocks["start"])
     edges = _edges(arrays, module_indices)
-    notes = []
-    if dropped:
-        notes.append(f"{dropped} straight-line run(s) left out: their ends do not fit "
-                     "(records lost without a gap record)")
-    if unknown:
-        notes.append(f"{unknown} branch instruction(s) could not be read from disk; "
-                     "their blocks end at the instruction's first byte")
+    notes = coverage_notes(dropped, unknown)
     return Coverage(modules=tuple(trace.modules), blocks=blocks, edges=edges,
                     branches=len(all_from), runs=int(counts[sane].sum()),
                     dropped_runs=dropped, unknown_lengths=unknown, notes=tuple(notes))
@@ -280,3 +274,16 @@ def _edges(arrays: list[np.ndarray],
     out["from_module"] = module_indices(f)
     out["to_module"] = module_indices(t)
     return out
+
+
+def coverage_notes(dropped: int, unknown: int) -> list[str]:
+    """What a coverage leaves out, in words: runs whose ends do not fit, branch
+    instructions that could not be read (shared with analysis/coverage_counts.py)."""
+    notes = []
+    if dropped:
+        notes.append(f"{dropped} straight-line run(s) left out: their ends do not fit "
+                     "(records lost without a gap record)")
+    if unknown:
+        notes.append(f"{unknown} branch instruction(s) could not be read from disk; "
+                     "their blocks end at the instruction's first byte")
+    return notes

@@ -24,6 +24,7 @@ from .coverage import (
     MAX_RUN,
     Coverage,
     _split_blocks,
+    coverage_notes,
     instruction_lengths,
     straight_line_end,
 )
@@ -85,13 +86,7 @@ def compute_counted(trace: Trace, counts: Counts, reader: CodeReader | None = No
     edges["kind"], edges["hits"] = edge_table["kind"], edge_table["count"]
     edges["from_module"] = module_indices(edge_table["from_ip"])
     edges["to_module"] = module_indices(edge_table["to_ip"])
-    notes = []
-    if dropped:
-        notes.append(f"{dropped} straight-line run(s) left out: their ends do not fit "
-                     "(records lost without a gap record)")
-    if unknown:
-        notes.append(f"{unknown} branch instruction(s) could not be read from disk; "
-                     "their blocks end at the instruction's first byte")
+    notes = coverage_notes(dropped, unknown)
     return Coverage(modules=tuple(trace.modules), blocks=blocks, edges=edges,
                     branches=total, runs=int(hits[sane].sum()), dropped_runs=dropped,
                     unknown_lengths=unknown, notes=tuple(notes))
