@@ -101,7 +101,9 @@ def to_trace(tf: TraceFile, decode: bool = True) -> Trace:
             gaps.extend(Gap(tid, index, hole.count, CORRUPT) for hole, index in placed)
             missing = shift.total
             kept = sum(c.head.count for c in chunks)
-            written[tid] = t.written if t else kept + missing
+            # without a THREAD record: the records the chunks and the holes between them
+            # span (a chunk that does not decompress is counted once, as a hole)
+            written[tid] = t.written if t else kept + sum(hole.count for hole in holes)
             lost[tid] = (t.lost if t else 0) + missing
     for g in tf.gaps:
         if g.tid not in threads:
