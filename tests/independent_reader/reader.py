@@ -72,9 +72,6 @@ class Fields:
         self.pos += n
         return bytes(self.data[self.pos - n:self.pos]).decode("utf-8", "surrogateescape")
 
-    def left(self) -> int:
-        return len(self.data) - self.pos
-
 
 @dataclass
 class Chunk:
@@ -210,7 +207,7 @@ class TraceFile:
             path, _build_id = f.text(), f.text()
             for _ in range(f.get("I")[0]):
                 f.get("QQQ"), f.text(), f.text()
-            pid = f.get("I")[0] if f.left() >= 4 else 0
+            pid = f.get("I")[0] if len(f.data) - f.pos >= 4 else 0  # appended later
             self.modules.append((start, end, bias, path, pid))
         elif rtype == NOTE:                                 # 2.6
             self.notes.append(bytes(payload).decode("utf-8", "surrogateescape"))
@@ -322,7 +319,8 @@ def columns(table: np.ndarray | None) -> dict[str, np.ndarray] | None:
     stands for every id past the table (4.3); None without rows."""
     if table is None or len(table) == 0:
         return None
-    return {name: np.append(table[name].astype(np.uint64), np.uint64(0))
+    return {name: np.append(table[name], 0).astype(np.uint8 if name in ("kind", "flags")
+                                                    else np.uint64)
             for name in ("start", "last", "end", "kind", "flags")}
 
 
@@ -331,28 +329,31 @@ def decode_ids(seq: np.ndarray, col: dict[str, np.ndarray] | None) -> np.ndarray
     block table's columns ``col`` (one more row, all 0: every id past the table)."""
     if len(seq) < 2 or col is None:
         return np.zeros(0, BRANCH)
-    row = np.minimum(seq.astype(np.int64), len(col["start"]) - 1)
-    p, c = row[:-1], row[1:]
-    fp, fc = col["flags"][p], col["flags"][c]
-    start_p, start_c = col["start"][p], col["start"][c]
-    ok = ((fp & VALID) != 0) & ((fc & VALID) != 0)                 # 1. both known
-    ok &= ~(((fp & FOREIGN) != 0) & ((fc & FOREIGN) != 0))         # 2. not both foreign
-    ok &= start_c != col["end"][p]                                 # 3. no fall-through
-    ok &= ~(((fp & HOOKED) != 0) & (start_p <= start_c)            # 4. no hook resume
-            & (start_c <= start_p + np.uint64(HOOK_RESUME_SPAN)))
+    row = np.minimum(seq.astype(np.intp), len(col["start"]) - 1)
+    flags, start = col["flags"].take(row), col["start"].take(row)
+    fp, fc = flags[:-1], flags[1:]
+    # 1. both known (VALID) and 2. not both FOREIGN
+    ok = ((fp & fc) & np.uint8(VALID | FOREIGN)) == VALID
+    ok &= start[1:] != col["end"].take(row[:-1])                   # 3. no fall-through
+    hooked = np.flatnonzero(ok & ((fp & np.uint8(HOOKED)) != 0))   # 4. no hook resume
+    ok[hooked[(start[hooked] <= start[hooked + 1])
+              & (start[hooked + 1] <= start[hooked] + np.uint64(HOOK_RESUME_SPAN))]] = False
     at = np.flatnonzero(ok)
     out = np.empty(len(at), BRANCH)
-    out["from"] = col["last"][p[at]]
-    out["to"] = start_c[at]
-    out["kind"] = np.where((fc[at] & ASYNC) != 0, INTERRUPT, col["kind"][p[at]])
+    out["from"] = col["last"].take(row[at])
+    out["to"] = start[at + 1]
+    out["kind"] = np.where((fc[at] & np.uint8(ASYNC)) != 0, INTERRUPT, col["kind"].take(row[at]))
     return out
+
+
+_DCTX = zstandard.ZstdDecompressor()
 
 
 def _inflate(frame: memoryview, size: int) -> bytes | None:
     """The ``size`` bytes of the zstd frame at the start of ``frame``; None when it does
     not hold them (bytes after the frame are ignored: 1.3)."""
     try:
-        with zstandard.ZstdDecompressor().stream_reader(frame, read_across_frames=False) as r:
+        with _DCTX.stream_reader(frame, read_across_frames=False) as r:
             out = r.read(size)
             while len(out) < size:
                 more = r.read(size - len(out))

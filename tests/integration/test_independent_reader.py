@@ -60,6 +60,9 @@ def assert_agree(path: Path) -> branchtrace.Trace:
     assert sorted(f.other_gaps()) == sorted((g.tid, g.index, g.count, g.reason)
                                             for g in trace.gaps if g.tid not in listed)
     assert f.truncated == trace.truncated
+    if len(trace.processes) == 1:
+        assert [m[:4] for m in f.modules] == [(m.start, m.end, m.bias, m.path)
+                                              for m in trace.modules]
     return trace
 
 
