@@ -200,8 +200,7 @@ class TraceFile:
             self.gap_records.append((tid, index, count, f.text()))
         elif rtype == THREAD:                               # 2.7
             tid, _, kept, written, lost, _waits = f.get("IIQQQQ")
-            self.thread_records.pop(tid, None)             # the last one holds, in
-            self.thread_records[tid] = (kept, written, lost)    # the place of the first
+            self.thread_records[tid] = (kept, written, lost)  # the last holds, in the first's place
         elif rtype == MODULE:                               # 2.4
             start, end, bias = f.get("QQQ")
             path, _build_id = f.text(), f.text()

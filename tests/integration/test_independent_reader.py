@@ -21,7 +21,8 @@ import branchtrace
 from branchtrace.decode import decode_blocks
 from branchtrace.model import BranchKind
 from branchtrace.store.blocks import BLOCK_DTYPE
-from branchtrace.tracefile.format import CHUNK_HEAD, FRAME, PREAMBLE, SYNC, RecordType, frame_crc
+from branchtrace.tracefile.format import (CHUNK_HEAD, FRAME, PREAMBLE, SYNC, GapInfo, RecordType,
+                                          frame_crc)
 from conftest import cli
 from rechunk import rechunk
 
@@ -53,12 +54,11 @@ def assert_agree(path: Path) -> branchtrace.Trace:
         for ours, theirs in (("from", "from_ip"), ("to", "to_ip"), ("kind", "kind")):
             bad = np.flatnonzero(branches[ours] != want[theirs])
             assert len(bad) == 0, f"thread {tid}: {theirs} differs at {bad[:5]}"
-        assert sorted(gaps) == sorted((g.index, g.count, g.reason) for g in trace.gaps
-                                      if g.tid == tid)
+        assert gaps == [(g.index, g.count, g.reason) for g in trace.gaps if g.tid == tid]
         assert (written, lost) == (trace.written[tid], trace.lost[tid])
     listed = set(f.thread_order())
-    assert sorted(f.other_gaps()) == sorted((g.tid, g.index, g.count, g.reason)
-                                            for g in trace.gaps if g.tid not in listed)
+    assert f.other_gaps() == [(g.tid, g.index, g.count, g.reason) for g in trace.gaps
+                              if g.tid not in listed]
     assert f.truncated == trace.truncated
     if len(trace.processes) == 1:
         assert [m[:4] for m in f.modules] == [(m.start, m.end, m.bias, m.path)
@@ -163,8 +163,9 @@ def _frame(rtype: int, payload: bytes) -> bytes:
 
 def damage(src: Path, dst: Path, cut: bool) -> None:
     """``src`` with chunks of its busiest thread missing, duplicated (overlapping) and
-    not decompressing (two of them next to each other: one gap), a record of an unknown
-    type and a damaged record; ``cut``: without THREAD and END records (cut short)."""
+    not decompressing (two of them next to each other: one gap), GAP records (inside a
+    hole, after one, past the end, of no thread), a record of an unknown type and a
+    damaged record; ``cut``: without THREAD and END records (cut short)."""
     data = src.read_bytes()
     records = _records(data)
     chunks = [k for k, (t, _) in enumerate(records) if t == RecordType.CHUNK]
@@ -189,6 +190,9 @@ def damage(src: Path, dst: Path, cut: bool) -> None:
             continue
         if k == mine[5]:
             out.append(_frame(77, b"a record of a type from the future"))
+            for tid, index in ((busiest, 100), (busiest, 150), (busiest, 10**9), (1, 7)):
+                gap = GapInfo(tid, index, 5, "lost by the test")
+                out.append(_frame(RecordType.GAP, gap.encode()))
             out.append(b"BTR\x1e" + b"\x02\x00\x00\x00\x10\x00\x00\x00garbage!")
         out.append(_frame(rtype, payload))
         if k == mine[6]:
@@ -209,3 +213,9 @@ def test_the_independent_reader_agrees_on_damaged_files(build, tmp_path, backend
     assert trace.truncated == cut
     corrupt = [g for g in trace.gaps if g.reason == "corrupt chunk"]
     assert len(corrupt) == 3            # mine[2], mine[4], and mine[8] + mine[9] as one
+    # chunks of 40 records, the one of records 80-119 missing: GAP indexes 100 and 150
+    # move down (FROMTO: a branch per record), past the end ones stop at the end
+    placed = [g.index for g in trace.gaps if g.reason == "lost by the test"]
+    if backend == "ptrace":
+        assert placed[:2] == [80, 110]
+    assert placed[3] == 7 and placed[2] == len(trace.threads[corrupt[0].tid])
