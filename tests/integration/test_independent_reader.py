@@ -200,10 +200,37 @@ def damage(src: Path, dst: Path, cut: bool) -> None:
     dst.write_bytes(b"".join(out))
 
 
-@pytest.mark.parametrize("backend,fixture", [("ptrace", "threads"),
-                                             ("stalker", "conf_signal_work")])
+@pytest.mark.parametrize("backend,fixture,decoder", [
+    ("ptrace", "threads", "numpy"),
+    ("stalker", "conf_signal_work", "numpy"),
+    ("stalker", "conf_signal_work", "numpy-spans"),    # decode_blocks' parallel spans
+    ("stalker", "conf_signal_work", "fused"),          # decode/fused.py (numba), chunk by chunk
+])
 @pytest.mark.parametrize("cut", [False, True], ids=["whole", "cut"])
-def test_the_independent_reader_agrees_on_damaged_files(build, tmp_path, backend, fixture, cut):
+def test_the_independent_reader_agrees_on_damaged_files(build, tmp_path, monkeypatch, backend,
+                                                        fixture, decoder, cut):
+    # open() takes these paths only for long threads: made to take them here
+    import branchtrace.decode
+    import branchtrace.decode.fused
+
+    used: list[str] = []
+
+    def spy(module: ModuleType, name: str) -> None:
+        real = getattr(module, name)
+
+        def call(*args: object, **kwargs: object) -> object:
+            used.append(name)
+            return real(*args, **kwargs)
+        monkeypatch.setattr(module, name, call)
+
+    if decoder == "numpy-spans":
+        monkeypatch.setattr(branchtrace.decode, "_CHUNK", 50)
+        spy(branchtrace.decode, "_two_passes")
+    if decoder == "fused":
+        pytest.importorskip("numba")
+        monkeypatch.setattr(branchtrace.decode.fused, "FUSED_MIN_IDS", 1)
+        monkeypatch.setattr(branchtrace.decode.fused, "STEP_IDS", 64)
+        spy(branchtrace.decode.fused, "decode")
     path = record(build, tmp_path, backend, "stream", fixture)
     small = tmp_path / "small.btrace"
     rechunk(path, small, 40)
@@ -211,6 +238,7 @@ def test_the_independent_reader_agrees_on_damaged_files(build, tmp_path, backend
     damage(small, bad, cut)
     trace = assert_agree(bad)
     assert trace.truncated == cut
+    assert bool(used) == (decoder != "numpy")
     corrupt = [g for g in trace.gaps if g.reason == "corrupt chunk"]
     assert len(corrupt) == 3            # mine[2], mine[4], and mine[8] + mine[9] as one
     # chunks of 40 records, the one of records 80-119 missing: GAP indexes 100 and 150
