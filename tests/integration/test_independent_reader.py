@@ -122,6 +122,7 @@ CASES = [
     ("stalker", "stream", "conf_signal_work", ("--buffer", "1000")),   # handlers under Stalker
     ("stalker", "stream", "rel_alarm", ("--buffer", "1000")),          # timer signals: native too
     ("stalker", "ring", "threads", ("--buffer", "300")),               # ring: gaps
+    ("stalker", "stream", "conf_calls", ("--only", "conf_calls")),     # FOREIGN blocks
     ("ptrace", "stream", "threads", ("--buffer", "1000")),
     ("ptrace", "ring", "conf_signal_work", ("--buffer", "200")),
 ]
@@ -136,7 +137,7 @@ def test_the_independent_reader_agrees_with_open(build, tmp_path, backend, mode,
     kinds = np.concatenate(list(trace.threads.values()))["kind"]
     if fixture == "threads":
         assert len(trace.threads) == 5
-    if fixture != "threads":      # (a ring keeps the last deliveries only)
+    if fixture in ("conf_signal_work", "rel_alarm"):      # (a ring keeps the last ones only)
         assert np.count_nonzero(kinds == BranchKind.INTERRUPT) >= (1 if mode == "ring" else 3)
     if mode == "ring":
         assert trace.gaps and any(trace.lost.values())
@@ -144,7 +145,8 @@ def test_the_independent_reader_agrees_with_open(build, tmp_path, backend, mode,
         # the rules that matter were met: hooked blocks, and handlers' synthetic blocks
         flags = reader.TraceFile(str(path)).table["flags"]
         assert np.any(flags & reader.HOOKED)
-        assert np.any(flags & reader.ASYNC) == (fixture != "threads")
+        assert np.any(flags & reader.ASYNC) == (fixture in ("conf_signal_work", "rel_alarm"))
+        assert np.any(flags & reader.FOREIGN) == ("--only" in options)
 
 
 def _records(data: bytes) -> list[tuple[int, bytes]]:
