@@ -102,7 +102,7 @@ def _answer(store_path: Path, request: wire.Request,
     stepper: Stepper | None = None
     try:
         with Store.open(store_path) as store:
-            stepper = Stepper(store, request.follow_children)
+            stepper = Stepper(store, request.follow_children, request.hold_on_crash)
             stepper.on_modules = on_modules
             stepper.on_processes = on_processes
             _control.stepper = stepper

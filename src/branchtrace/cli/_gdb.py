@@ -1,0 +1,139 @@
+"""``run --gdb``: hand a program stopped at its crash to GDB, with the trace loaded.
+
+The backend (``RecordOptions.hold_on_crash``) stops the program before its crash signal
+is delivered, removes its tracing and leaves it in group-stop; the recorder writes the
+trace file (``-o``, else a temporary file, removed at the end). Then GDB attaches:
+
+    gdb -q -x "$(branchtrace gdb-init)" -ex 'bt-load FILE' [GDB-ARGS...] -p PID
+
+When GDB ends (it detaches from a process it attached to, which stays stopped), the
+program is resumed with its crash to come: a fault comes again at the faulting
+instruction, a signal sent by kill or raise is sent again to its thread. It dies of it
+(unless the user changed its course in GDB), and ``run`` exits with its status.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from ..errors import UsageError
+
+if TYPE_CHECKING:
+    from ..trace import Trace
+
+#: Extra GDB arguments, when --gdb-args is not given (split as a shell would).
+ENV_GDB_ARGS = "BRANCHTRACE_GDB_ARGS"
+#: Signals a fault raises again when the program runs its faulting instruction again.
+_FAULTS = {signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE}
+
+
+def find_gdb() -> str:
+    """The gdb to start, or a one-line error before anything runs."""
+    gdb = shutil.which("gdb")
+    if gdb is None:
+        raise UsageError("--gdb: gdb is not installed (not found on PATH)")
+    return gdb
+
+
+def check_attach() -> None:
+    """Fail now if Yama would forbid gdb to attach to the program (scope 1, descendants
+    only, is handled: the program lets branchtrace and its children attach)."""
+    from ..backends.linux.permissions import YAMA_SCOPE, has_cap_sys_ptrace, ptrace_scope
+
+    scope = ptrace_scope()
+    if scope == 3 or (scope == 2 and not has_cap_sys_ptrace()):
+        raise UsageError(f"--gdb: gdb could not attach to the program: {YAMA_SCOPE} is {scope} "
+                         + ("(no process may be traced)" if scope == 3
+                            else "(only with CAP_SYS_PTRACE, which branchtrace lacks)"))
+
+
+def gdb_extra_args(given: str | None) -> list[str]:
+    text = given if given is not None else os.environ.get(ENV_GDB_ARGS, "")
+    try:
+        return shlex.split(text)
+    except ValueError as err:
+        raise UsageError(f"--gdb-args: {err}") from None
+
+
+def temporary_trace() -> str:
+    fd, path = tempfile.mkstemp(prefix="branchtrace-gdb-", suffix=".btrace")
+    os.close(fd)
+    return path
+
+
+def gdb_argv(gdb: str, init: str, trace_file: str, pid: int, extra: list[str]) -> list[str]:
+    return [gdb, "-q", "-x", init, "-ex", f"bt-load {trace_file}", *extra, "-p", str(pid)]
+
+
+def hand_over(trace: Trace, trace_file: str, gdb: str, extra: list[str]) -> int:
+    """Start GDB on the held program; when it ends, let the crash happen; the status."""
+    from ..reporters.crash import signal_name
+    from .gdb_init import command_file
+
+    ex = trace.exit
+    pid, sig = trace.pid, ex.signal or signal.SIGKILL
+    name = signal_name(sig)
+    print(f"branchtrace: pid {pid} stopped before {name} was delivered; starting gdb with "
+          f"the trace {trace_file} loaded (bt, bt-calls, bt-insns, bt-crash); when gdb "
+          f"quits, {name} is delivered", file=sys.stderr, flush=True)
+    argv = gdb_argv(gdb, str(command_file()), trace_file, pid, extra)
+    previous = signal.signal(signal.SIGINT, _ignore)   # Ctrl-C is gdb's now
+    try:
+        subprocess.run(argv)
+    except OSError as err:
+        print(f"branchtrace: cannot start gdb: {err.strerror or err}", file=sys.stderr)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return _deliver(pid, ex.tid or pid, sig, requeue=not (sig in _FAULTS and
+                                                          ex.fault_address is not None))
+
+
+def _ignore(signum: int, frame: FrameType | None) -> None:
+    pass
+
+
+def _state(pid: int) -> str | None:
+    """The process's state letter (/proc/PID/stat), None once it is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            state = f.read().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return None
+    return None if state in ("Z", "X") else state
+
+
+def _deliver(pid: int, tid: int, sig: int, requeue: bool) -> int:
+    """The program after gdb: if still stopped, resume it with its signal to come; wait
+    for its end (it is our child: branchtrace is its subreaper); the shell's status."""
+    from ..backends.linux import sys as pt
+
+    if _state(pid) == "T":
+        try:
+            if requeue:
+                pt.tgkill(pid, tid, sig)
+            os.kill(pid, signal.SIGCONT)
+        except OSError:
+            pass
+    try:
+        while True:
+            try:
+                _, status = os.waitpid(pid, 0)
+                break
+            except InterruptedError:
+                continue
+    except ChildProcessError:   # not our child: watch it go; how it ended is not known
+        while _state(pid) is not None:
+            time.sleep(0.05)
+        return 128 + sig
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
