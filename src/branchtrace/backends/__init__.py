@@ -32,6 +32,9 @@ class Target:
     pid: int | None = None
     env: dict[str, str] | None = None
     disable_aslr: bool = False   # spawn with address-space randomization off, as GDB does
+    #: spawn: a pid that, with its descendants, may ptrace the program too (Yama's scope 1
+    #: lets only ancestors: ``run --gdb`` starts gdb, which is none)
+    ptracer: int | None = None
 
     def describe(self) -> str:
         return f"pid {self.pid}" if self.pid is not None else " ".join(self.argv)

@@ -15,6 +15,7 @@ delivered and run exits with the program's status. Example:
 from __future__ import annotations
 
 import argparse
+import os
 
 from ..backends import Target
 from ..errors import UsageError
@@ -53,4 +54,5 @@ def main(args: argparse.Namespace) -> int:
         pt.become_subreaper()   # the program outlives its tracer: we wait for it after gdb
     elif args.gdb_args is not None:
         raise UsageError("--gdb-args needs --gdb")
-    return record_and_report(args, Target(argv=tuple(argv), disable_aslr=args.disable_randomization))
+    return record_and_report(args, Target(argv=tuple(argv), disable_aslr=args.disable_randomization,
+                                          ptracer=os.getpid() if args.gdb else None))

@@ -75,10 +75,8 @@ class Stepper(Family):
     # ---- setup -------------------------------------------------------------------
 
     def spawn(self, argv: tuple[str, ...], env: dict[str, str] | None,
-              disable_aslr: bool = False) -> int:
+              disable_aslr: bool = False, ptracer: int | None = None) -> int:
         """Start ``argv`` traced, stopped at its exec. Raises TargetError."""
-        # run --gdb: whoever started us (and gdb, its child) may attach under Yama's scope 1
-        ptracer = os.getppid() if self.hold_on_crash else None
         self.pid = launch.spawn_traced(argv, env, OPTIONS, disable_aslr, ptracer)
         proc = self.procs[self.pid] = Proc(self.pid, 0, tuple(argv))
         self._add_thread(self.pid, FREE, proc)

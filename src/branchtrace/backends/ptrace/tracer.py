@@ -111,7 +111,7 @@ def _answer(store_path: Path, request: wire.Request,
             if request.pid is not None:
                 stepper.attach(request.pid)
             else:
-                stepper.spawn(request.argv, request.env, request.disable_aslr)
+                stepper.spawn(request.argv, request.env, request.disable_aslr, request.ptracer)
                 start = request.start_vaddr
                 stepper.set_start(None if start is None else start + _bias_of(stepper, request.path))
             if request.duration:

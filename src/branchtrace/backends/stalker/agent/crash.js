@@ -255,8 +255,28 @@ function onException(details) {
   } catch (e) {
     info.stackError = String(e);
   }
+  /* run --gdb: the host holds the program at this crash (a thread of its own seizes this
+   * one with ptrace) if we can give the program back its own state: its registers, with
+   * the real pc, and no handler of its own for the signal */
+  info.hold = params.holdOnCrash === true && stack !== null && info.realPc !== null &&
+              info.signal !== null && !originalActions.has(info.signal);
   send(info, stack);
-  recv('crash-ack', () => {}).wait();
+  let ack = null;
+  recv('crash-ack', (m) => { ack = m; }).wait();
+  if (info.hold && ack !== null && ack.hold === true) {
+    /* park the thread (holding.py): out of the handler, out of Stalker (as the handler
+     * returns: it never comes back to Stalker's code, which Frida's unload would wait
+     * for), spinning on a `jmp $` of a page that outlives Frida, every register the
+     * program's but the pc; the host puts the pc back once Frida is gone */
+    const page = mmap(NULL, PAGE, PROT_RW, MAP_PRIVATE | MAP_ANON, -1, 0);
+    page.writeByteArray([0xeb, 0xfe]);
+    libc.mprotect(page, PAGE, PROT_RX);
+    details.context.pc = page;
+    Stalker.unfollow();
+    followed.delete(tid);
+    send({ type: 'parked', tid: tid, page: page.toString() });
+    return true;
+  }
   if (details.type === 'abort')
     dieOfAbort(tid);
   return false;   // let the program die of its signal (or its own handler run)
