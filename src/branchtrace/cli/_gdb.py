@@ -70,8 +70,14 @@ def temporary_trace() -> str:
     return path
 
 
-def gdb_argv(gdb: str, init: str, trace_file: str, pid: int, extra: list[str]) -> list[str]:
-    return [gdb, "-q", "-x", init, "-ex", f"bt-load {trace_file}", *extra, "-p", str(pid)]
+def gdb_argv(gdb: str, init: str, trace_file: str, pid: int, tid: int,
+             extra: list[str]) -> list[str]:
+    """GDB attached to ``pid``, the trace loaded, the crashed thread ``tid`` selected."""
+    select = [] if tid == pid else [
+        "-ex", "python [t.switch() for t in gdb.selected_inferior().threads() "
+               f"if t.ptid[1] == {tid}]"]
+    return [gdb, "-q", "-x", init, "-ex", f"bt-load {trace_file}", *select, *extra,
+            "-p", str(pid)]
 
 
 def hand_over(trace: Trace, trace_file: str, gdb: str, extra: list[str]) -> int:
@@ -85,7 +91,8 @@ def hand_over(trace: Trace, trace_file: str, gdb: str, extra: list[str]) -> int:
     print(f"branchtrace: pid {pid} stopped before {name} was delivered; starting gdb with "
           f"the trace {trace_file} loaded (bt, bt-calls, bt-insns, bt-crash); when gdb "
           f"quits, {name} is delivered", file=sys.stderr, flush=True)
-    argv = gdb_argv(gdb, str(command_file()), trace_file, pid, extra)
+    tid = ex.tid or pid
+    argv = gdb_argv(gdb, str(command_file()), trace_file, pid, tid, extra)
     previous = signal.signal(signal.SIGINT, _ignore)   # Ctrl-C is gdb's now
     try:
         subprocess.run(argv)
@@ -93,7 +100,7 @@ def hand_over(trace: Trace, trace_file: str, gdb: str, extra: list[str]) -> int:
         print(f"branchtrace: cannot start gdb: {err.strerror or err}", file=sys.stderr)
     finally:
         signal.signal(signal.SIGINT, previous)
-    return _deliver(pid, ex.tid or pid, sig, requeue=not (sig in _FAULTS and
+    return _deliver(pid, tid, sig, requeue=not (sig in _FAULTS and
                                                           ex.fault_address is not None))
 
 

@@ -261,6 +261,10 @@ def _record_and_report(args: argparse.Namespace, target: Target, config: RecordC
             trace = record(target, config, on_start=on_start, output=output,
                            keep=max(args.last, REPLAY_WINDOW), listener=progress,
                            chosen=choice)
+        except BaseException:
+            if temporary is not None:
+                os.unlink(temporary)
+            raise
         finally:
             if progress is not None:
                 progress.finish()

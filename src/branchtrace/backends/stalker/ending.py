@@ -21,6 +21,10 @@ if TYPE_CHECKING:
 
 #: After a Ctrl-C, how long stop() waits for Frida to unload its agent (see stop()).
 _DETACH_WAIT = 0.25
+#: run --gdb, the crashing thread parked: the same wait, longer (the unload usually ends
+#: in it; another thread asleep in a system call, a pthread_join of the crashed thread,
+#: would keep it waiting for ever: Frida's agent then stays in the program, idle)
+_HOLD_DETACH_WAIT = 1.5
 #: After a second Ctrl-C, how long finish() waits for the program to die of it.
 _FATE_WAIT = 2.0
 _POLL = 0.02
@@ -114,14 +118,14 @@ class Ending:
 
         if script is None and session is None:
             return
-        if not self._interrupted and self.parent is None:
+        if not self._interrupted and self.parent is None and self.parked is None:
             unload()
             return
         # after a Ctrl-C, or a child still running at the end of the run (it may sit in
         # a system call for ever: a daemon): wait a little, leave the rest to the agent
         worker = threading.Thread(target=unload, name="branchtrace-unload", daemon=True)
         worker.start()
-        worker.join(_DETACH_WAIT)
+        worker.join(_DETACH_WAIT if self.parked is None else _HOLD_DETACH_WAIT)
         if worker.is_alive():
             self.notes.append(
                 "a thread of the program was in a system call when we detached: Frida's "

@@ -210,9 +210,11 @@ function siginfoOf(details, sig) {
 const SIGNAL_OF_KIND = { 'access-violation': null, 'illegal-instruction': 4, 'arithmetic': 8,
                          'breakpoint': 5, 'abort': 6 };
 
+let parkedTid = null;   // run --gdb: the crashing thread, parked (the host holds it)
+
 function onException(details) {
-  if (inChild())
-    return false;
+  if (inChild() || parkedTid !== null)
+    return false;   // after run --gdb's hold (Frida still here): it dies of its crash
   noteXstate();   // agent.js: the note reaches the tracer before the crash report
   const tid = Process.getCurrentThreadId();
   const pc = details.address;
@@ -274,6 +276,7 @@ function onException(details) {
     details.context.pc = page;
     Stalker.unfollow();
     followed.delete(tid);
+    parkedTid = tid;
     send({ type: 'parked', tid: tid, page: page.toString() });
     return true;
   }
