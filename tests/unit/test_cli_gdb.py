@@ -41,3 +41,8 @@ def test_yama_says_whether_gdb_can_attach(monkeypatch, scope, cap, refused):
             _gdb.check_attach()
     else:
         _gdb.check_attach()
+
+
+def test_a_trace_of_several_processes_is_read_for_the_held_one():
+    argv = _gdb.gdb_argv("gdb", "i", "t", 42, 42, [], several=True)
+    assert "bt-load t 42" in argv

@@ -71,13 +71,14 @@ def temporary_trace() -> str:
 
 
 def gdb_argv(gdb: str, init: str, trace_file: str, pid: int, tid: int,
-             extra: list[str]) -> list[str]:
-    """GDB attached to ``pid``, the trace loaded, the crashed thread ``tid`` selected."""
+             extra: list[str], several: bool = False) -> list[str]:
+    """GDB attached to ``pid``, the trace loaded (only ``pid``'s part of it when it has
+    ``several`` processes), the crashed thread ``tid`` selected."""
     select = [] if tid == pid else [
         "-ex", "python [t.switch() for t in gdb.selected_inferior().threads() "
                f"if t.ptid[1] == {tid}]"]
-    return [gdb, "-q", "-x", init, "-ex", f"bt-load {trace_file}", *select, *extra,
-            "-p", str(pid)]
+    load = f"bt-load {trace_file}" + (f" {pid}" if several else "")
+    return [gdb, "-q", "-x", init, "-ex", load, *select, *extra, "-p", str(pid)]
 
 
 def hand_over(trace: Trace, trace_file: str, gdb: str, extra: list[str]) -> int:
@@ -92,7 +93,8 @@ def hand_over(trace: Trace, trace_file: str, gdb: str, extra: list[str]) -> int:
           f"the trace {trace_file} loaded (bt, bt-calls, bt-insns, bt-crash); when gdb "
           f"quits, {name} is delivered", file=sys.stderr, flush=True)
     tid = ex.tid or pid
-    argv = gdb_argv(gdb, str(command_file()), trace_file, pid, tid, extra)
+    argv = gdb_argv(gdb, str(command_file()), trace_file, pid, tid, extra,
+                    several=len(trace.processes) > 1)
     previous = signal.signal(signal.SIGINT, _ignore)   # Ctrl-C is gdb's now
     try:
         subprocess.run(argv)
