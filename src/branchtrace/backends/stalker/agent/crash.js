@@ -257,9 +257,9 @@ function onException(details) {
   } catch (e) {
     info.stackError = String(e);
   }
-  /* run --gdb: the host holds the program at this crash (a thread of its own seizes this
-   * one with ptrace) if we can give the program back its own state: its registers, with
-   * the real pc, and no handler of its own for the signal */
+  /* run --gdb: the host holds the program at this crash (holding.py) if we can give the
+   * program back its own state: its registers, the real pc, and no handler of its own
+   * for the signal */
   info.hold = params.holdOnCrash === true && stack !== null && info.realPc !== null &&
               info.signal !== null && !originalActions.has(info.signal);
   send(info, stack);
@@ -270,15 +270,22 @@ function onException(details) {
      * returns: it never comes back to Stalker's code, which Frida's unload would wait
      * for), spinning on a `jmp $` of a page that outlives Frida, every register the
      * program's but the pc; the host puts the pc back once Frida is gone */
-    const page = mmap(NULL, PAGE, PROT_RW, MAP_PRIVATE | MAP_ANON, -1, 0);
-    page.writeByteArray([0xeb, 0xfe]);
-    libc.mprotect(page, PAGE, PROT_RX);
-    details.context.pc = page;
-    Stalker.unfollow();
-    followed.delete(tid);
-    parkedTid = tid;
-    send({ type: 'parked', tid: tid, page: page.toString() });
-    return true;
+    let page = null;
+    try {
+      page = mmap(NULL, PAGE, PROT_RW, MAP_PRIVATE | MAP_ANON, -1, 0);
+      page.writeByteArray([0xeb, 0xfe]);
+      libc.mprotect(page, PAGE, PROT_RX);
+    } catch (e) {
+      page = null;                    // not parked: it dies of its crash, as without --gdb
+    }
+    if (page !== null) {
+      details.context.pc = page;
+      Stalker.unfollow();
+      followed.delete(tid);
+      parkedTid = tid;
+      send({ type: 'parked', tid: tid, page: page.toString() });
+      return true;
+    }
   }
   if (details.type === 'abort')
     dieOfAbort(tid);
