@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import shutil
+import sys
+import time
 
 import pytest
 from conftest import cli
@@ -98,3 +101,45 @@ def test_without_gdb_one_line_before_anything_runs(build, tmp_path):
 def test_gdb_args_need_gdb():
     r = cli("run", "--gdb-args=-batch", "--", "/bin/true")
     assert r.returncode == 125 and "--gdb-args needs --gdb" in r.stderr
+
+
+@pytest.mark.backend("ptrace")
+@pytest.mark.parametrize("_", [pytest.param(0, marks=needs_gdb)])
+def test_ctrl_c_in_gdb_reaches_gdb_only(_, build):
+    """At a terminal, Ctrl-C at GDB's prompt must not reach the stopped program (in
+    branchtrace's process group), or it dies of SIGINT (130) instead of its crash."""
+    import pty
+
+    crash = str(build("crash"))
+    pid, fd = pty.fork()
+    if pid == 0:   # the child: branchtrace on the pty, its process group the foreground
+        os.execv(sys.executable, [sys.executable, "-m", "branchtrace", "run", "--backend",
+                                  "ptrace", "--report", "never", "--gdb", "--gdb-args",
+                                  "-nx -iex 'set pagination off'", "--", crash])
+    seen = b""
+
+    def until(pattern: bytes, limit: float = 120.0) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + limit
+        while pattern not in seen:
+            assert time.monotonic() < deadline, seen.decode(errors="replace")
+            if select.select([fd], [], [], 0.5)[0]:
+                try:
+                    seen += os.read(fd, 4096)
+                except OSError:
+                    break
+
+    try:
+        until(b"(gdb) ")
+        seen = b""
+        os.write(fd, b"\x03")           # Ctrl-C: gdb says Quit, gets a new prompt
+        until(b"(gdb) ")
+        os.write(fd, b"bt 1\n")
+        until(b"step2")
+        os.write(fd, b"quit\n")
+        until(b"(y or n)")
+        os.write(fd, b"y\n")
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 139, seen.decode(errors="replace")

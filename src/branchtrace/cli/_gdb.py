@@ -97,7 +97,7 @@ def hand_over(trace: Trace, trace_file: str, gdb: str, extra: list[str]) -> int:
                     several=len(trace.processes) > 1)
     previous = signal.signal(signal.SIGINT, _ignore)   # Ctrl-C is gdb's now
     try:
-        subprocess.run(argv)
+        _run_gdb(argv)
     except OSError as err:
         print(f"branchtrace: cannot start gdb: {err.strerror or err}", file=sys.stderr)
     finally:
@@ -108,6 +108,42 @@ def hand_over(trace: Trace, trace_file: str, gdb: str, extra: list[str]) -> int:
 
 def _ignore(signum: int, frame: FrameType | None) -> None:
     pass
+
+
+def _run_gdb(argv: list[str]) -> None:
+    """GDB, in a process group of its own that has the terminal (as a shell runs a job)
+    when ours has it: a Ctrl-C typed at GDB's prompt then reaches GDB only, not the
+    stopped program, which would otherwise die of it instead of its crash when resumed
+    (GDB hands the terminal to the program itself while it runs it)."""
+    tty = _our_terminal()
+    if tty is None:
+        subprocess.run(argv)
+        return
+    gdb = subprocess.Popen(argv, process_group=0)
+    previous = signal.signal(signal.SIGTTOU, signal.SIG_IGN)   # to take it back
+    try:
+        try:
+            os.tcsetpgrp(tty, gdb.pid)
+        except OSError:
+            pass
+        gdb.wait()
+    finally:
+        try:
+            os.tcsetpgrp(tty, os.getpgrp())
+        except OSError:
+            pass
+        signal.signal(signal.SIGTTOU, previous)
+
+
+def _our_terminal() -> int | None:
+    """stdin's descriptor when it is a terminal whose foreground is our process group."""
+    try:
+        fd = sys.stdin.fileno()
+        if os.isatty(fd) and os.tcgetpgrp(fd) == os.getpgrp():
+            return fd
+    except (OSError, ValueError, AttributeError):
+        pass
+    return None
 
 
 def _state(pid: int) -> str | None:
