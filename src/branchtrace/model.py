@@ -148,6 +148,9 @@ class ExitInfo:
     tid: int | None = None            # the thread that took the fatal signal
     core_dumped: bool = False
     stack: StackSnapshot | None = field(default=None, compare=False, repr=False)
+    #: ``run --gdb``: the program was stopped, alive, before ``signal`` was delivered
+    #: (and handed to a debugger); not kept in trace files
+    held: bool = field(default=False, compare=False)
 
     @property
     def shell_status(self) -> int:

@@ -53,6 +53,7 @@ class RecordConfig:
     duration: float | None = None
     only: tuple[str, ...] = ()       # stalker: report only branches from or into these modules
     follow_children: bool = True    # trace every process the target starts
+    hold_on_crash: bool = False     # run --gdb: leave the program stopped at a crash
 
 
 def parse_mode(mode: str) -> StoreMode:
@@ -248,7 +249,8 @@ def _record(target: Target, config: RecordConfig, choice: Choice,
                     consumer = StreamConsumer(store, sink.take)
                     consumer.start()
                 result = backend.record(target, store, RecordOptions(
-                    config.start, config.duration, config.only, config.follow_children))
+                    config.start, config.duration, config.only, config.follow_children,
+                    config.hold_on_crash))
             finally:
                 backend.release()
                 if consumer is not None:

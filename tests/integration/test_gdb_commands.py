@@ -60,3 +60,17 @@ def test_errors_are_gdb_errors(crash_trace, tmp_path):
     junk.write_text("not a trace")
     r = gdb(f"bt-load {junk}", "bt-stats")
     assert "branchtrace: error:" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bt_load_pid_reads_that_process(build, tmp_path):
+    out = tmp_path / "sh.btrace"
+    r = cli("run", "--backend", "ptrace", "--start", "entry", "-o", str(out), "--", "/bin/sh",
+            "-c", f"{build('fib')} crash; exit 3")
+    assert r.returncode == 3, r.stderr
+    pid = next(p.pid for p in __import__("branchtrace").open(str(out)).processes
+               if p.exit.status == "signaled")
+    r = gdb(f"bt-load {out} {pid}", "bt-calls 3", "bt-load x y")
+    assert f"branchtrace: {out} loaded (pid {pid})\n" in r.stdout
+    assert r.stdout.endswith(cli("history", str(out), "--pid", str(pid), "--calls", "--last",
+                                 "3", "--no-indent").stdout)
+    assert "usage: bt-load FILE [PID]" in r.stderr

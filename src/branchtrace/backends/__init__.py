@@ -32,6 +32,9 @@ class Target:
     pid: int | None = None
     env: dict[str, str] | None = None
     disable_aslr: bool = False   # spawn with address-space randomization off, as GDB does
+    #: spawn: a pid that, with its descendants, may ptrace the program too (Yama's scope 1
+    #: lets only ancestors: ``run --gdb`` starts gdb, which is none)
+    ptracer: int | None = None
 
     def describe(self) -> str:
         return f"pid {self.pid}" if self.pid is not None else " ".join(self.argv)
@@ -43,6 +46,14 @@ class RecordOptions:
     duration: float | None = None  # stop (detach) after this many seconds
     only: tuple[str, ...] = ()     # stalker: report only branches from or into these modules
     follow_children: bool = True   # trace every process the target starts (and exec in them)
+    #: ``run --gdb``: at a crash signal (:data:`HOLD_SIGNALS`) of the first process with no
+    #: handler, stop recording and leave the program stopped before the signal is
+    #: delivered (group-stop, no tracer), with ``ExitInfo.held`` set
+    hold_on_crash: bool = False
+
+
+#: The signals ``hold_on_crash`` stops at: those whose default action dumps core.
+HOLD_SIGNALS = frozenset({3, 4, 5, 6, 7, 8, 11, 24, 25, 31})  # QUIT ILL TRAP ABRT BUS FPE SEGV XCPU XFSZ SYS
 
 
 @dataclass

@@ -220,7 +220,8 @@ def record_and_report(args: argparse.Namespace, target: Target, duration: float 
         config = RecordConfig(backend=args.backend, mode=args.mode, buffer=args.buffer,
                               memory_limit=args.memory_limit, start=args.start,
                               duration=duration, only=only,
-                              follow_children=args.follow_children)
+                              follow_children=args.follow_children,
+                              hold_on_crash=bool(getattr(args, "gdb", False)))
         return _record_and_report(args, target, config, choice)
     finally:
         choice.backend.cancel_early()   # if the program was started but not recorded
@@ -243,6 +244,11 @@ def _record_and_report(args: argparse.Namespace, target: Target, config: RecordC
         previous = signal.signal(signal.SIGINT, on_sigint)
 
     output = getattr(args, "output", None)
+    temporary = None
+    if config.hold_on_crash and output is None:
+        from ._gdb import temporary_trace
+
+        output = temporary = temporary_trace()
     progress = None
     if output is not None and args.mode == "stream" and sys.stderr.isatty():
         progress = ProgressLine(sys.stderr)
@@ -255,6 +261,10 @@ def _record_and_report(args: argparse.Namespace, target: Target, config: RecordC
             trace = record(target, config, on_start=on_start, output=output,
                            keep=max(args.last, REPLAY_WINDOW), listener=progress,
                            chosen=choice)
+        except BaseException:
+            if temporary is not None:
+                os.unlink(temporary)
+            raise
         finally:
             if progress is not None:
                 progress.finish()
@@ -279,6 +289,17 @@ def _record_and_report(args: argparse.Namespace, target: Target, config: RecordC
         # kills it; the backend reports that), never a KeyboardInterrupt of ours
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
+    if temporary is not None and not ex.held:
+        os.unlink(temporary)
+    if ex.held:
+        from ._gdb import hand_over
+
+        assert output is not None
+        try:
+            return hand_over(trace, output, args.gdb, args.gdb_args)
+        finally:
+            if temporary is not None:
+                os.unlink(temporary)
     if ex.status == "detached":
         return 130 if interrupted else 0
     return ex.shell_status

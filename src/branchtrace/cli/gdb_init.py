@@ -1,7 +1,7 @@
 """Print the path of a GDB command file that adds branchtrace commands to GDB.
 
     gdb -x "$(branchtrace gdb-init)" ./prog
-    (gdb) bt-load prog.btrace
+    (gdb) bt-load prog.btrace     (bt-load FILE PID: only that process of the trace)
     (gdb) bt-calls /l 10          function-call-history: the last 10 segments, with lines
     (gdb) bt-insns /s 20          instruction-history, with source
     (gdb) bt-crash                the crash report

@@ -6,7 +6,8 @@ GDB, branchtrace in a virtualenv). So nothing here imports branchtrace: each com
 runs ``branchtrace`` with the interpreter it is installed in (``BRANCHTRACE_PYTHON``,
 which ``gdb-init`` fills in) and prints what it says.
 
-  bt-load FILE             the trace file the other commands read
+  bt-load FILE [PID]       the trace file the other commands read (PID: only that
+                           process of it; run --gdb gives the held one)
   bt-calls [/l /i /c] [N|FROM,TO|all]  function-call-history (GDB's modifiers: /l
                            source lines, /i instruction numbers, /c indent by call depth),
                            the last N segments (default 20), GDB's FROM,TO, or all
@@ -33,8 +34,9 @@ def _branchtrace(*args: str) -> None:
     path = _state.get("file")
     if path is None:
         raise gdb.GdbError("no trace loaded: bt-load FILE first")
-    done = subprocess.run([BRANCHTRACE_PYTHON, "-m", "branchtrace", args[0], path, *args[1:]],
-                          capture_output=True, text=True)
+    pid = ["--pid", _state["pid"]] if "pid" in _state else []
+    done = subprocess.run([BRANCHTRACE_PYTHON, "-m", "branchtrace", args[0], path, *pid,
+                           *args[1:]], capture_output=True, text=True)
     gdb.write(done.stdout)
     if done.returncode != 0 or done.stderr.strip():
         message = done.stderr.strip() or f"branchtrace exited with status {done.returncode}"
@@ -71,20 +73,25 @@ def _count(rest: list[str], default: int) -> list[str]:
 
 
 class _Load(gdb.Command):  # type: ignore[misc]
-    """bt-load FILE: the branchtrace trace file the bt-* commands read."""
+    """bt-load FILE [PID]: the branchtrace trace file the bt-* commands read (PID: only
+    that process of it)."""
 
     def __init__(self) -> None:
         super().__init__("bt-load", gdb.COMMAND_DATA, gdb.COMPLETE_FILENAME)
 
     def invoke(self, arg: str, from_tty: bool) -> None:
         words = shlex.split(arg)
-        if len(words) != 1:
-            raise gdb.GdbError("usage: bt-load FILE")
+        if len(words) not in (1, 2) or (len(words) == 2 and not words[1].isdigit()):
+            raise gdb.GdbError("usage: bt-load FILE [PID]")
         path = os.path.abspath(os.path.expanduser(words[0]))
         if not os.path.isfile(path):
             raise gdb.GdbError(f"{words[0]}: no such file")
         _state["file"] = path
-        gdb.write(f"branchtrace: {path} loaded\n")
+        _state.pop("pid", None)
+        if len(words) == 2:
+            _state["pid"] = words[1]
+        gdb.write(f"branchtrace: {path} loaded" + (f" (pid {words[1]})" if len(words) == 2
+                                                    else "") + "\n")
 
 
 class _Calls(gdb.Command):  # type: ignore[misc]

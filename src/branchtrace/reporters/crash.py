@@ -128,6 +128,8 @@ def build(trace: Trace, last: int = 16, tid: int | None = None,
         exit_doc["signal"] = {"number": ex.signal, "name": signal_name(ex.signal),
                               "description": signal_description(ex.signal)}
         exit_doc["core_dumped"] = ex.core_dumped
+    if ex.held:
+        exit_doc["held"] = True
     if ex.fault_address is not None:
         exit_doc["fault_address"] = ex.fault_address
     if ex.fault_pc is not None:
@@ -168,6 +170,9 @@ def _headline(doc: dict[str, Any]) -> str:
     if ex["status"] == "signaled":
         sig = ex["signal"]
         core = " (core dumped)" if ex.get("core_dumped") else ""
+        if ex.get("held"):
+            return (f"{program} (pid {doc['pid']}) received {sig['name']} "
+                    f"({sig['description']}): stopped before it was delivered")
         return f"{program} (pid {doc['pid']}) was killed by {sig['name']} ({sig['description']}){core}"
     if ex["status"] == "exited":
         return f"{program} (pid {doc['pid']}) exited with status {ex['code']}"

@@ -146,6 +146,28 @@ def set_parent_death_signal(sig: int) -> None:
                        ctypes.c_ulong(0), ctypes.c_ulong(0)))
 
 
+PR_SET_CHILD_SUBREAPER = 36
+PR_SET_PTRACER = 0x59616D61
+
+
+def _prctl(option: int, value: int) -> int:
+    _libc.prctl.restype = ctypes.c_int
+    return int(_libc.prctl(ctypes.c_int(option), ctypes.c_ulong(value), ctypes.c_ulong(0),
+                           ctypes.c_ulong(0), ctypes.c_ulong(0)))
+
+
+def allow_ptracer(pid: int) -> None:
+    """Let ``pid`` and its descendants attach to this process (and what it execs) under
+    Yama's ptrace_scope 1; nothing without Yama (the call fails, harmlessly)."""
+    _prctl(PR_SET_PTRACER, pid)
+
+
+def become_subreaper() -> bool:
+    """Orphaned descendants of this process become its children (so it can wait for a
+    program whose parent, our tracer, has gone). False if the kernel refused."""
+    return _prctl(PR_SET_CHILD_SUBREAPER, 1) == 0
+
+
 def write_byte(tid: int, address: int, value: int) -> int:
     """Replace one byte of the tracee's memory; return the byte that was there."""
     word = peekdata(tid, address)

@@ -101,7 +101,8 @@ class PtraceBackend(Backend):
             vaddr, note = start_vaddr(path, options.start)
             request = Request(target.argv, target.env, target.disable_aslr, path=path,
                               start_vaddr=vaddr, duration=options.duration,
-                              follow_children=options.follow_children)
+                              follow_children=options.follow_children,
+                              hold_on_crash=options.hold_on_crash, ptracer=target.ptracer)
         self.prepare(store)
         assert self._tracer is not None
         try:

@@ -14,11 +14,12 @@ _ESRCH, _EPERM = 3, 1
 
 
 def spawn_traced(argv: tuple[str, ...], env: dict[str, str] | None, options: int,
-                 disable_aslr: bool = False) -> int:
+                 disable_aslr: bool = False, ptracer: int | None = None) -> int:
     """Fork and exec ``argv``, seized with ``options``; return its pid, stopped at the exec.
 
     The child stops itself before exec so that we can PTRACE_SEIZE it (SEIZE, unlike
     TRACEME, lets us PTRACE_INTERRUPT it later); an exec failure comes back on a pipe.
+    ``ptracer``: a pid that, with its descendants, may attach to the program too (Yama).
     """
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
@@ -29,6 +30,8 @@ def spawn_traced(argv: tuple[str, ...], env: dict[str, str] | None, options: int
                 signal.signal(sig, signal.SIG_DFL)  # Python ignores some; the program must not
             if disable_aslr:
                 pt.disable_aslr()
+            if ptracer is not None:
+                pt.allow_ptracer(ptracer)
             os.kill(os.getpid(), signal.SIGSTOP)
             if env is None:
                 os.execvp(argv[0], list(argv))

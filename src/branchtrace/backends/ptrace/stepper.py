@@ -23,6 +23,7 @@ from ...errors import StoreError
 from ...isa import NOT_A_BRANCH
 from ...model import BranchKind, ExitInfo, Gap, ModuleMap, ProcessInfo
 from . import launch
+from .. import HOLD_SIGNALS
 from ..linux import sys as pt
 from .family import FREE, STEPPING, Family, Thread
 from .procs import Proc, cmdline
@@ -51,8 +52,10 @@ class Stepper(Family):
     """Drives one traced process. Create it, then call :meth:`spawn` or :meth:`attach`,
     then :meth:`run`."""
 
-    def __init__(self, store: Store, follow_children: bool = True) -> None:
+    def __init__(self, store: Store, follow_children: bool = True,
+                 hold_on_crash: bool = False) -> None:
         self.store = store
+        self.hold_on_crash = hold_on_crash
         self.pid = 0
         self.threads: dict[int, Thread] = {}
         self.order: list[int] = []
@@ -72,9 +75,9 @@ class Stepper(Family):
     # ---- setup -------------------------------------------------------------------
 
     def spawn(self, argv: tuple[str, ...], env: dict[str, str] | None,
-              disable_aslr: bool = False) -> int:
+              disable_aslr: bool = False, ptracer: int | None = None) -> int:
         """Start ``argv`` traced, stopped at its exec. Raises TargetError."""
-        self.pid = launch.spawn_traced(argv, env, OPTIONS, disable_aslr)
+        self.pid = launch.spawn_traced(argv, env, OPTIONS, disable_aslr, ptracer)
         proc = self.procs[self.pid] = Proc(self.pid, 0, tuple(argv))
         self._add_thread(self.pid, FREE, proc)
         proc.open()
@@ -285,7 +288,10 @@ class Stepper(Family):
             self._continue(t, inject=0)  # our own step trap, or the Ctrl-C meant for us
             return
         pc = pt.peekuser(t.tid, pt.RIP)
-        if sig in FAULT_SIGNALS or sig == signal.SIGABRT:
+        fatal = not caught_signals(t.tid) & bit(sig)
+        hold = (self.hold_on_crash and fatal and sig in HOLD_SIGNALS and t.proc.pid == self.pid
+                and not self._stop_requested)
+        if sig in FAULT_SIGNALS or sig == signal.SIGABRT or hold:
             address: int | None = None
             if sig in FAULT_SIGNALS:
                 try:
@@ -296,12 +302,32 @@ class Stepper(Family):
                     pass
             # the stack, for the report's call stack, when the signal is fatal (a handler
             # that catches it, a JIT's or a GC's, takes many: copying 256 KiB each is waste)
-            fatal = not caught_signals(t.tid) & bit(sig)
             stack = stack_of(t.tid, t.proc.mem.read, t.proc.stack_span(t.tid)) if fatal else None
             t.proc.faults[sig] = Fault(sig, address, pc, t.tid, stack)
+            if hold:
+                self._hold(t, t.proc.faults[sig])
+                return
         if t.mode == STEPPING and caught_signals(t.tid) & bit(sig):
             t.signal_from = pc
         self._continue(t, inject=sig)
+
+    def _hold(self, t: Thread, fault: Fault) -> None:
+        """run --gdb: the program is about to take a crash signal. Detach the thread with
+        SIGSTOP in the signal's place (the whole process enters group-stop, its state
+        intact, the crash signal not delivered), then every other thread: the kernel keeps
+        each detached thread in the group-stop. A fault comes again when the program
+        resumes at the faulting instruction; a signal sent by kill or raise is sent again
+        by whoever resumes it (cli/gdb.py)."""
+        proc = t.proc
+        proc.exit = ExitInfo("signaled", signal=fault.signal, fault_address=fault.address,
+                             fault_pc=fault.pc, tid=t.tid, stack=fault.stack, held=True)
+        self.interrupt()            # the others stop, and are detached as they report
+        self._remove_breakpoint(t)
+        try:
+            pt.ptrace(pt.PTRACE_DETACH, t.tid, 0, signal.SIGSTOP)
+        except OSError:
+            pass
+        self._drop(t.tid)
 
     def _swallow_mask(self) -> int:
         """Signals to take from the program before we detach: SIGTRAP (a single-step

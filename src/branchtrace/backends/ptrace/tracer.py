@@ -102,7 +102,7 @@ def _answer(store_path: Path, request: wire.Request,
     stepper: Stepper | None = None
     try:
         with Store.open(store_path) as store:
-            stepper = Stepper(store, request.follow_children)
+            stepper = Stepper(store, request.follow_children, request.hold_on_crash)
             stepper.on_modules = on_modules
             stepper.on_processes = on_processes
             _control.stepper = stepper
@@ -111,7 +111,7 @@ def _answer(store_path: Path, request: wire.Request,
             if request.pid is not None:
                 stepper.attach(request.pid)
             else:
-                stepper.spawn(request.argv, request.env, request.disable_aslr)
+                stepper.spawn(request.argv, request.env, request.disable_aslr, request.ptracer)
                 start = request.start_vaddr
                 stepper.set_start(None if start is None else start + _bias_of(stepper, request.path))
             if request.duration:

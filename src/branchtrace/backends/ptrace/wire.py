@@ -33,6 +33,8 @@ class Request:
     start_vaddr: int | None = None   # spawn: the ELF address to step from (None: at once)
     duration: float | None = None    # detach after this many seconds
     follow_children: bool = True     # trace the processes the target starts
+    hold_on_crash: bool = False      # run --gdb: leave the program stopped at a crash
+    ptracer: int | None = None       # spawn: may ptrace the program too (Target.ptracer)
 
 
 @dataclass(frozen=True)

@@ -96,7 +96,7 @@ class StalkerBackend(Backend):
             return
         self.cancel_early()
         find_program(target.argv[0])
-        launcher = Launcher(target.argv, target.env, target.disable_aslr)
+        launcher = Launcher(target.argv, target.env, target.disable_aslr, target.ptracer)
         launcher.spawn()
         try:
             import frida  # noqa: F401 - ~50 ms, while the reaper starts the program
@@ -143,7 +143,8 @@ class StalkerBackend(Backend):
         elif options.start not in (None, "entry"):
             notes.append("--start only applies to programs we start; attached from now on")
         only = self.only or options.only  # the constructor's, else --only
-        host = Host(store, only, follow_children=options.follow_children)
+        host = Host(store, only, follow_children=options.follow_children,
+                    hold_on_crash=options.hold_on_crash)
         self._host = host
         if self._interrupted:
             host.interrupt()
@@ -157,7 +158,7 @@ class StalkerBackend(Backend):
                     launcher, attaching = early
                     pid = launcher.pid
                 else:
-                    launcher = Launcher(target.argv, target.env, target.disable_aslr)
+                    launcher = Launcher(target.argv, target.env, target.disable_aslr, target.ptracer)
                     pid = launcher.start()
                     attaching = None
                 try:

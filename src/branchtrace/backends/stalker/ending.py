@@ -21,6 +21,10 @@ if TYPE_CHECKING:
 
 #: After a Ctrl-C, how long stop() waits for Frida to unload its agent (see stop()).
 _DETACH_WAIT = 0.25
+#: run --gdb, the crashing thread parked: the same wait, longer (the unload usually ends
+#: in it; another thread asleep in a system call, a pthread_join of the crashed thread,
+#: would keep it waiting for ever: Frida's agent then stays in the program, idle)
+_HOLD_DETACH_WAIT = 1.5
 #: After a second Ctrl-C, how long finish() waits for the program to die of it.
 _FATE_WAIT = 2.0
 _POLL = 0.02
@@ -58,6 +62,7 @@ class Ending:
     modules: list[Any]
     gaps: list[Any]
     crash: Any
+    parked: Any   # (tid, pc) of a crashing thread parked for run --gdb, or None
     exit_code: int | None
     child_status: int | None
     exits: Any   # linux/exits.ExitWatcher, or None
@@ -113,14 +118,14 @@ class Ending:
 
         if script is None and session is None:
             return
-        if not self._interrupted and self.parent is None:
+        if not self._interrupted and self.parent is None and self.parked is None:
             unload()
             return
         # after a Ctrl-C, or a child still running at the end of the run (it may sit in
         # a system call for ever: a daemon): wait a little, leave the rest to the agent
         worker = threading.Thread(target=unload, name="branchtrace-unload", daemon=True)
         worker.start()
-        worker.join(_DETACH_WAIT)
+        worker.join(_DETACH_WAIT if self.parked is None else _HOLD_DETACH_WAIT)
         if worker.is_alive():
             self.notes.append(
                 "a thread of the program was in a system call when we detached: Frida's "
@@ -131,12 +136,14 @@ class Ending:
         """How the run ended, with the block table, once the target is gone or detached."""
         from .host import HostResult
 
-        if not ended and self._launcher is not None:
+        held = self._let_go_held()
+        if not ended and self._launcher is not None and not held:
             # a second Ctrl-C reached the program as well: it dies of it (bt_sigint
             # swallows one Ctrl-C only); report what really happened to it
-            self._launcher.ended.wait(_FATE_WAIT if self._interrupts >= 2 else _POLL)
+            self._launcher.ended.wait(_FATE_WAIT if self._interrupts >= 2 or self.parked is not None
+                                     else _POLL)
             ended = self._launcher.ended.is_set()
-        exit_info = self._exit_info(ended)
+        exit_info = self._held_exit() if held else self._exit_info(ended)
         if not ended:
             self._refresh_modules()
         self.end_children()   # type: ignore[attr-defined]
@@ -172,6 +179,33 @@ class Ending:
         check = self.check.read() if self.check is not None else None
         return HostResult(exit_info, self.modules, threads, gaps, notes, blocks, check,
                           processes)
+
+    def _let_go_held(self) -> bool:
+        """run --gdb: Frida has let go of the program, whose crashing thread is parked
+        (holding.py): stop it at its crash, no longer the reaper's. True if held; if it
+        cannot be, the thread gets its signal now (it dies of it, as it would have)."""
+        if self.parked is None or self.crash is None:
+            return False
+        from ..linux import sys as pt
+        from .holding import hold_parked
+
+        tid, page = self.parked
+        why = hold_parked(self.pid, tid, page, self.crash.fault_pc, set(self.threads))
+        if why is not None:
+            self.notes.append(f"run --gdb: the program could not be held at its crash: {why}")
+            try:
+                pt.tgkill(self.pid, tid, self.crash.signal)
+            except OSError:
+                pass
+            return False
+        if self._launcher is not None:
+            self._launcher.let_go()
+        return True
+
+    def _held_exit(self) -> ExitInfo:
+        crash = self.crash
+        return ExitInfo("signaled", signal=crash.signal, fault_address=crash.fault_address,
+                        fault_pc=crash.fault_pc, tid=crash.tid, stack=crash.stack, held=True)
 
     def process_info(self, exit_info: ExitInfo | None) -> ProcessInfo:
         """This host's process (``exit_info``: the first process's, known already)."""

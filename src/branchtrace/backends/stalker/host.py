@@ -77,8 +77,12 @@ class Host(Resuming, ExecFollowing, ChildFollowing, Ending):
 
     def __init__(self, store: Store, only: tuple[str, ...] = (),
                  table_capacity: int = DEFAULT_TABLE_CAPACITY, parent: Host | None = None,
-                 follow_children: bool = True) -> None:
+                 follow_children: bool = True, hold_on_crash: bool = False) -> None:
         self.options, option_notes = agent_options()
+        #: run --gdb: hold the program stopped at its crash (holding.py), the first only
+        self.hold_on_crash = hold_on_crash and parent is None
+        self.holding = False                    # the agent may park the crashing thread
+        self.parked: tuple[int, int] | None = None   # (tid, pc): it spins there
         self.store = store
         self.only = only
         self.parent = parent
@@ -226,7 +230,7 @@ class Host(Resuming, ExecFollowing, ChildFollowing, Ending):
             "only": list(self.only), "slots": slots, "ours": sorted(self.ours),
             "entry": entry, "started": self._launcher is not None,
             "parked": hold.is_parked(pid),
-            "followChildren": self.follow_children,
+            "followChildren": self.follow_children, "holdOnCrash": self.hold_on_crash,
             "checkPath": str(self.check.path) if self.check is not None else None,
             **self.options,
         }
@@ -326,10 +330,16 @@ class Host(Resuming, ExecFollowing, ChildFollowing, Ending):
             finally:
                 self._post({"type": payload["key"]})
         elif kind == "crash":
+            hold = False
             try:
                 self._on_crash(payload, data)
+                hold = (bool(payload.get("hold")) and self.hold_on_crash and not self.holding
+                        and self.crash is not None and self.crash.fault_pc is not None)
+                self.holding = self.holding or hold
             finally:
-                self._post({"type": "crash-ack"})
+                self._post({"type": "crash-ack", "hold": hold})
+        elif kind == "parked":
+            self.parked = (int(payload["tid"]), int(payload["page"], 0))
         elif kind == "exit":
             try:
                 self.exit_code = int(payload["code"])
@@ -404,6 +414,8 @@ class Host(Resuming, ExecFollowing, ChildFollowing, Ending):
         """Until the target ends (True) or we are interrupted or time is up (False)."""
         deadline = None if not duration else time.monotonic() + duration
         while not self._ended.is_set():
+            if self.parked is not None:
+                return False   # held at its crash: detach, and leave it stopped
             if self._interrupted or (deadline is not None and time.monotonic() >= deadline):
                 return False
             self._ended.wait(_POLL)

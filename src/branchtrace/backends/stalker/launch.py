@@ -40,8 +40,9 @@ class Launcher:
     and learn how it ended (:attr:`ended`, :meth:`join`)."""
 
     def __init__(self, argv: tuple[str, ...], env: dict[str, str] | None = None,
-                 disable_aslr: bool = False) -> None:
+                 disable_aslr: bool = False, ptracer: int | None = None) -> None:
         self.argv = argv
+        self.ptracer = ptracer
         self.env = env
         self.disable_aslr = disable_aslr
         self.pid = 0
@@ -66,7 +67,7 @@ class Launcher:
         try:
             self._reaper = subprocess.Popen(
                 [sys.executable, "-S", "-I", str(_REAPER), str(status_w), str(control_r),
-                 "0" if self.disable_aslr else "1", "--", *self.argv],
+                 "0" if self.disable_aslr else "1", str(self.ptracer or 0), "--", *self.argv],
                 pass_fds=(status_w, control_r), env=self.env, stdin=None,
             )
         except OSError as err:
@@ -133,6 +134,14 @@ class Launcher:
 
         self.ended.wait(timeout)
         return self.exit or ExitInfo("exited")
+
+    def let_go(self) -> None:
+        """run --gdb: the program, held stopped, is no longer the reaper's: end the
+        reaper (it has nothing to undo), so that the program's new parent, the nearest
+        subreaper (branchtrace), learns how it ends."""
+        if self._reaper is not None:
+            with contextlib.suppress(OSError):
+                self._reaper.kill()
 
     def _close_control(self) -> None:
         if self._control >= 0:

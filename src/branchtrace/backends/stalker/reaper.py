@@ -1,5 +1,5 @@
 """The reaper: a small process that starts the program for the Stalker backend and waits
-for it. Run as a script (``python -S -I reaper.py STATUS_FD CONTROL_FD ASLR -- ARGV``),
+for it. Run as a script (``python -S -I reaper.py STATUS_FD CONTROL_FD ASLR PTRACER -- ARGV``),
 it imports nothing from branchtrace, so it starts in a few tens of milliseconds.
 
 Why a separate process: Frida injects its agent with ptrace from threads of the tracer
@@ -28,6 +28,7 @@ PTRACE_PEEKDATA, PTRACE_POKEDATA, PTRACE_PEEKUSER, PTRACE_POKEUSER = 2, 5, 3, 6
 PTRACE_CONT, PTRACE_DETACH, PTRACE_SEIZE, PTRACE_LISTEN = 7, 17, 0x4206, 0x4208
 PTRACE_O_TRACEEXEC, PTRACE_O_EXITKILL = 0x10, 0x100000
 PTRACE_EVENT_EXEC, PTRACE_EVENT_STOP = 4, 128
+PR_SET_PTRACER = 0x59616D61
 RIP = 16 * 8          # offset of rip in struct user_regs_struct
 AT_ENTRY = 9
 WALL = 0x40000000
@@ -79,7 +80,7 @@ def initial_environment() -> dict[str, str]:
     return env
 
 
-def start(argv: list[str], aslr: bool) -> int:
+def start(argv: list[str], aslr: bool, ptracer: int = 0) -> int:
     """Fork and exec ``argv``, stopped before exec; seize it; return its pid at the exec."""
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
@@ -93,6 +94,8 @@ def start(argv: list[str], aslr: bool) -> int:
                 current = _libc.personality(0xFFFFFFFF)
                 if current != -1:
                     _libc.personality(current | ADDR_NO_RANDOMIZE)
+            if ptracer:   # run --gdb: gdb, branchtrace's child, may attach (Yama scope 1)
+                _libc.prctl(PR_SET_PTRACER, ctypes.c_ulong(ptracer), 0, 0, 0)
             os.kill(os.getpid(), signal.SIGSTOP)
             os.execvpe(argv[0], argv, initial_environment())
         except OSError as err:
@@ -158,12 +161,13 @@ def say(fd: int, line: str) -> None:
 
 def main() -> None:
     status_fd, control_fd, aslr = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
-    argv = sys.argv[5:]
+    ptracer = int(sys.argv[4])
+    argv = sys.argv[6:]
     for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP, signal.SIGTTOU, signal.SIGTTIN):
         signal.signal(sig, signal.SIG_IGN)  # the terminal's signals are for the program
     pid = 0
     try:
-        pid = start(argv, aslr)
+        pid = start(argv, aslr, ptracer)
         entry = run_to_entry(pid)
     except (Failed, OSError) as err:
         if pid:

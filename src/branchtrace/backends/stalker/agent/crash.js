@@ -210,9 +210,11 @@ function siginfoOf(details, sig) {
 const SIGNAL_OF_KIND = { 'access-violation': null, 'illegal-instruction': 4, 'arithmetic': 8,
                          'breakpoint': 5, 'abort': 6 };
 
+let parkedTid = null;   // run --gdb: the crashing thread, parked (the host holds it)
+
 function onException(details) {
-  if (inChild())
-    return false;
+  if (inChild() || parkedTid !== null)
+    return false;   // after run --gdb's hold (Frida still here): it dies of its crash
   noteXstate();   // agent.js: the note reaches the tracer before the crash report
   const tid = Process.getCurrentThreadId();
   const pc = details.address;
@@ -255,8 +257,36 @@ function onException(details) {
   } catch (e) {
     info.stackError = String(e);
   }
+  /* run --gdb: the host holds the program at this crash (holding.py) if we can give the
+   * program back its own state: its registers, the real pc, and no handler of its own
+   * for the signal */
+  info.hold = params.holdOnCrash === true && stack !== null && info.realPc !== null &&
+              info.signal !== null && !originalActions.has(info.signal);
   send(info, stack);
-  recv('crash-ack', () => {}).wait();
+  let ack = null;
+  recv('crash-ack', (m) => { ack = m; }).wait();
+  if (info.hold && ack !== null && ack.hold === true) {
+    /* park the thread (holding.py): out of the handler, out of Stalker (as the handler
+     * returns: it never comes back to Stalker's code, which Frida's unload would wait
+     * for), spinning on a `jmp $` of a page that outlives Frida, every register the
+     * program's but the pc; the host puts the pc back once Frida is gone */
+    let page = null;
+    try {
+      page = mmap(NULL, PAGE, PROT_RW, MAP_PRIVATE | MAP_ANON, -1, 0);
+      page.writeByteArray([0xeb, 0xfe]);
+      libc.mprotect(page, PAGE, PROT_RX);
+    } catch (e) {
+      page = null;                    // not parked: it dies of its crash, as without --gdb
+    }
+    if (page !== null) {
+      details.context.pc = page;
+      Stalker.unfollow();
+      followed.delete(tid);
+      parkedTid = tid;
+      send({ type: 'parked', tid: tid, page: page.toString() });
+      return true;
+    }
+  }
   if (details.type === 'abort')
     dieOfAbort(tid);
   return false;   // let the program die of its signal (or its own handler run)
