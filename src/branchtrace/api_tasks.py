@@ -19,7 +19,7 @@ from typing import IO, TYPE_CHECKING
 
 import numpy as np
 
-from .api_types import CallNode, CoverageFormat, HistoryKind, HotEdge, Place
+from .api_types import CallNode, CoverageFormat, HistoryKind, HotEdge, Place, ProfileFormat
 from .errors import NotInTraceError, UnknownFunctionError, UsageError
 from .model import BranchKind, Gap
 
@@ -287,3 +287,24 @@ def write_history(meta: Trace, tf: TraceFile, out: IO[str], o: HistoryOptions) -
                                      lines=o.lines)
     except RangeDone:
         pass
+
+
+def write_profile(reader: TraceReader, output: str, format: ProfileFormat) -> list[str]:
+    """:meth:`TraceReader.profile`: as ``branchtrace profile`` writes it (collapsed
+    stacks of block ids streamed; the other formats from the decoded trace)."""
+    from .reporters import collapsed
+    from .reporters.base import Options, write_report, write_to
+    from .reporters.table import TRACE_REPORTERS
+    from .tracefile.stream import id_source
+
+    if format not in TRACE_REPORTERS:
+        raise UsageError(f"unknown profile format {format!r} "
+                         f"(choose {', '.join(TRACE_REPORTERS)})")
+    tf = reader._file()
+    threads = id_source(tf) if format == "collapsed" else None
+    if threads is None or tf.blocks is None:
+        return write_report(TRACE_REPORTERS[format], reader.decode(), output, Options())
+    source = collapsed.BlockSource(tf.blocks, threads)
+    base = reader.without_branches()
+    write_to(output, lambda out: collapsed.render(base, out, source=source))
+    return []

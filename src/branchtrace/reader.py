@@ -32,7 +32,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
-from .api_types import CallNode, Column, HistoryKind, HotEdge
+from .api_types import CallNode, Column, HistoryKind, HotEdge, ProfileFormat
 from .errors import UnknownThreadError, UsageError
 from .model import Gap
 from .trace import Trace
@@ -298,6 +298,14 @@ class TraceReader(Trace):
 
         write_history(self.without_branches(), self._file(), out, HistoryOptions(
             kind, tid, pid, last, range, function, lines, insn_ranges, indent, source))
+
+    def profile(self, output: str, format: ProfileFormat = "collapsed") -> list[str]:
+        """Write the profile ``branchtrace profile --format FORMAT -o OUTPUT`` writes
+        (``"-"``: stdout): collapsed stacks (streamed from a stalker trace's block ids),
+        speedscope or perfetto JSON (from the decoded trace). Returns its warnings."""
+        from .api_tasks import write_profile
+
+        return write_profile(self, output, format)
 
     # ---- tables ----------------------------------------------------------------------
 

@@ -126,6 +126,16 @@ def test_history_is_the_commands(recorded, tmp_path):
     assert labels == ["work"] * 100
 
 
+@pytest.mark.parametrize("fmt", ["collapsed", "speedscope"])
+def test_profile_is_the_commands(recorded, tmp_path, fmt):
+    with branchtrace.open(recorded) as t:
+        t.profile(str(tmp_path / "api.out"), fmt)
+    r = cli("profile", str(recorded), "--format", fmt, "-o", str(tmp_path / "cli.out"))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "api.out").read_text() == (tmp_path / "cli.out").read_text()
+    assert "work" in (tmp_path / "api.out").read_text()
+
+
 def test_arrow_round_trips_through_duckdb_and_pandas(recorded):
     duckdb = pytest.importorskip("duckdb")
     pd = pytest.importorskip("pandas")
@@ -178,3 +188,20 @@ def test_record_says_what_it_kept(build, tmp_path):
     (gap,) = [g for g in kept.gaps if g.reason == "not kept in memory"]
     assert (gap.index, gap.count) == (0, n - 10) and kept.lost[kept.pid] == n - 10
     assert any("k.btrace has them" in note for note in kept.notes)
+
+
+def test_the_readme_api_section_runs(build, tmp_path, monkeypatch, capsys):
+    """The README's Python API example, as written, in a directory holding ./loop."""
+    need_backend("ptrace")
+    text = (DOCS.parent / "README.md").read_text()
+    section = text[text.index("## Python API"):]
+    (code,) = BLOCK.findall(section[:section.index("\n## ", 5)])
+    shutil.copy(build("loop"), tmp_path / "loop")
+    monkeypatch.chdir(tmp_path)
+    scope: dict[str, object] = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    trace = scope["trace"]
+    assert isinstance(trace, branchtrace.Trace) and not trace.gaps
+    with branchtrace.open(tmp_path / "loop.btrace") as t:
+        assert t.calls("work") == 1000 and t.lost == {t.pid: 0}
+    assert "1000 [HotEdge(" in capsys.readouterr().out

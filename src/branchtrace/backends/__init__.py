@@ -34,6 +34,7 @@ class Target:
     disable_aslr: bool = False   # spawn with address-space randomization off, as GDB does
 
     def describe(self) -> str:
+        """``pid N`` for a process to attach to, else the command line."""
         return f"pid {self.pid}" if self.pid is not None else " ".join(self.argv)
 
 
