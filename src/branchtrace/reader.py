@@ -53,6 +53,14 @@ CHUNK = 1 << 16
 class TraceReader(Trace):
     """A trace file, read lazily. Made by :func:`branchtrace.open`."""
 
+    def __new__(cls, path: str | os.PathLike[str] | None = None, **fields: Any
+                ) -> TraceReader:
+        """``TraceReader(path)``; called with a Trace's fields instead (as
+        ``dataclasses.replace(reader, ...)`` does), a :class:`Trace` in memory."""
+        if path is None and fields:
+            return Trace(**fields)  # type: ignore[return-value]
+        return super().__new__(cls)
+
     def __init__(self, path: str | os.PathLike[str]) -> None:
         """Scan the trace file at ``path`` (a one-line
         :class:`~branchtrace.TraceFormatError` when it cannot be read at all)."""

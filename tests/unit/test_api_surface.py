@@ -5,6 +5,7 @@ lazy reader on written files (decodes nothing until asked, errors for bad tids).
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import os
 import subprocess
@@ -184,6 +185,9 @@ def test_the_reader_decodes_nothing_until_asked(tmp_path: Path) -> None:
         with pytest.raises(branchtrace.UsageError, match="chunk"):
             next(t.iter_branches(chunk=0))
         assert np.array_equal(t.branches(101), full.branches(101)) and "decoded" in repr(t)
+        changed = dataclasses.replace(t, argv=("other",))     # a Trace in memory
+        assert type(changed) is branchtrace.Trace and changed.argv == ("other",)
+        assert np.array_equal(changed.branches(100), full.branches(100))
         t.threads = {}                          # a Trace's fields stay assignable
         assert t.total() == 0
 
