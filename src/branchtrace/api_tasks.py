@@ -24,8 +24,9 @@ from .errors import NotInTraceError, UnknownFunctionError, UsageError
 from .model import BranchKind, Gap
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
+    from .analysis.functions import FunctionInfo
     from .analysis.coverage import Coverage
     from .reader import TraceReader
     from .reporters.lines import SourceFile
@@ -37,7 +38,10 @@ _CALLS = (int(BranchKind.CALL), int(BranchKind.INDIRECT_CALL))
 
 
 def _matches(name: str, function: str) -> bool:
-    """Whether the symbol ``name`` is ``function`` (C++: with or without parameters)."""
+    """Whether the symbol ``name`` is ``function`` (C++: with or without parameters), or
+    its PLT stub (``function@plt``: a call to another module lands there, then jumps)."""
+    if name.endswith("@plt"):
+        name = name[:-4]
     return name == function or (name.endswith(")") and name.split("(", 1)[0] == function)
 
 
@@ -137,21 +141,31 @@ def call_tree(reader: TraceReader, tid: int) -> CallNode:
         parent, func, weight = stack_tree(call_trace(whole, tid, functions=functions,
                                                      reader=code))
     functions.locate()
-    total = list(weight)
-    for i in reversed(range(len(parent))):
-        if parent[i] >= 0:
-            total[parent[i]] += total[i]
-    children: list[list[CallNode]] = [[] for _ in parent]
-    nodes: list[CallNode | None] = [None] * len(parent)
-    for i in reversed(range(len(parent))):      # a node comes after its parent
-        info = functions.info(func[i])
-        node = CallNode(info.name, info.module, info.file, info.line, weight[i], total[i],
-                        tuple(reversed(children[i])))
-        nodes[i] = node
-        if parent[i] >= 0:
-            children[parent[i]].append(node)
-    roots = tuple(n for i, n in enumerate(nodes) if n is not None and parent[i] < 0)
-    return CallNode(f"thread {tid}", None, None, None, 0, sum(weight), roots)
+    top = tree_nodes(parent, func, weight, functions.info)
+    return CallNode(f"thread {tid}", None, None, None, 0, sum(weight), top)
+
+
+def tree_nodes(parent: list[int], func: list[int], weight: list[int],
+               info: Callable[[int], FunctionInfo]) -> tuple[CallNode, ...]:
+    """The :class:`CallNode` trees of a calling-context tree given as parallel lists
+    (parent node or -1, function key, own branches); a node may come before its parent."""
+    kids: list[list[int]] = [[] for _ in parent]
+    roots: list[int] = []
+    for i, up in enumerate(parent):
+        (kids[up] if up >= 0 else roots).append(i)
+    built: dict[int, CallNode] = {}
+    stack = [(i, False) for i in reversed(roots)]     # post-order, without recursion
+    while stack:
+        i, ready = stack.pop()
+        if not ready:
+            stack.append((i, True))
+            stack.extend((k, False) for k in reversed(kids[i]))
+            continue
+        children = tuple(built.pop(k) for k in kids[i])
+        f = info(func[i])
+        built[i] = CallNode(f.name, f.module, f.file, f.line, weight[i],
+                            weight[i] + sum(c.total for c in children), children)
+    return tuple(built[i] for i in roots)
 
 
 class CoverageData:

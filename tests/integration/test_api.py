@@ -90,6 +90,7 @@ def test_task_answers_and_their_errors(recorded):
     with branchtrace.open(recorded) as t:
         assert sorted(t.calls_per_thread("work").values()) == [0, 50, 100, 150, 200]
         assert t.calls("work") == 500 and t.calls("main") <= 1
+        assert t.calls("puts", tid=t.pid) == 1          # through puts@plt, into libc
         with pytest.raises(branchtrace.UnknownFunctionError, match="did you mean work"):
             t.calls("wrok")
         with pytest.raises(branchtrace.UnknownThreadError, match="no thread 1 "):

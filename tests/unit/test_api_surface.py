@@ -197,3 +197,16 @@ def test_a_file_that_is_no_trace_is_a_trace_format_error(tmp_path: Path) -> None
     bad.write_bytes(b"not a trace at all" * 10)
     with pytest.raises(branchtrace.TraceFormatError):
         branchtrace.open(bad)
+
+
+def test_a_call_tree_is_built_whatever_the_order_of_its_nodes() -> None:
+    from branchtrace.analysis.functions import FunctionInfo
+    from branchtrace.api_tasks import tree_nodes
+
+    names = {1: "main", 2: "f", 3: "g"}
+    # node 0 (g) under node 2 (f) under node 1 (main): children before their parents
+    (root,) = tree_nodes([2, -1, 1], [3, 1, 2], [5, 1, 2],
+                         lambda key: FunctionInfo(key, names[key], "prog", "p.c", key))
+    assert [(n.function, n.branches, n.total) for n in root.walk()] == \
+        [("main", 1, 8), ("f", 2, 7), ("g", 5, 5)]
+    assert root.find("g")[0].line == 3 and root.find("h") == []
