@@ -183,6 +183,15 @@ class TraceReader(Trace):
                                      f"{known})")
         return [tid]
 
+    def branches(self, tid: int | None = None) -> np.ndarray:
+        """The branches of thread ``tid`` (default: the first), oldest first: decodes
+        the whole trace on first use (:meth:`iter_branches` does not). Unlike a
+        :class:`Trace` in memory, a tid the file does not have raises
+        :class:`~branchtrace.UnknownThreadError` instead of giving an empty array."""
+        if tid is not None:
+            self._tids(tid)
+        return super().branches(tid)
+
     def iter_branches(self, tid: int | None = None, chunk: int = CHUNK
                       ) -> Iterator[Piece | Gap]:
         """The branches of thread ``tid`` (of every thread, one after the other, when

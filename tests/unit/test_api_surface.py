@@ -185,6 +185,9 @@ def test_the_reader_decodes_nothing_until_asked(tmp_path: Path) -> None:
         with pytest.raises(branchtrace.UsageError, match="chunk"):
             next(t.iter_branches(chunk=0))
         assert np.array_equal(t.branches(101), full.branches(101)) and "decoded" in repr(t)
+        with pytest.raises(branchtrace.UnknownThreadError):
+            t.branches(5)                       # a Trace in memory gives an empty array
+        assert len(full.branches(5)) == 0
         changed = dataclasses.replace(t, argv=("other",))     # a Trace in memory
         assert type(changed) is branchtrace.Trace and changed.argv == ("other",)
         assert np.array_equal(changed.branches(100), full.branches(100))
