@@ -58,3 +58,20 @@ class TraceFormatError(BranchtraceError):
     """A file is not a trace, or is corrupt, or of a version we cannot read."""
 
     exit_code = 6
+
+
+class NotInTraceError(UsageError, LookupError):
+    """A function, thread or process the trace does not have: a misspelled name, a tid
+    or pid of another run. The message names what the trace does have."""
+
+
+class UnknownFunctionError(NotInTraceError):
+    """No module of the process defines a function of that name."""
+
+
+class UnknownThreadError(NotInTraceError):
+    """The trace recorded no thread of that id."""
+
+
+class UnknownProcessError(NotInTraceError):
+    """The trace recorded no process of that id."""

@@ -32,6 +32,7 @@ class BranchKind(IntEnum):
 
     @property
     def label(self) -> str:
+        """The kind's name as reports and tables spell it: ``"call"``, ``"cond"``, ..."""
         return self.name.lower()
 
     @classmethod
@@ -98,10 +99,12 @@ class ModuleMap:
     mappings: tuple[Mapping, ...] = field(default=(), compare=False)
 
     def contains(self, address: int) -> bool:
+        """Whether ``address`` lies in the module's span."""
         return self.start <= address < self.end
 
     @property
     def name(self) -> str:
+        """The module's base name (``libc.so.6``)."""
         return self.path.rsplit("/", 1)[-1] or self.path
 
 

@@ -18,6 +18,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from ._version import __version__
+from .api_types import BackendName, Mode
 from .backends import (
     Backend,
     Choice,
@@ -45,8 +46,11 @@ from .tracefile.writer import TraceWriter, end_info
 
 @dataclass(frozen=True)
 class RecordConfig:
-    backend: str = "auto"
-    mode: str = "ring"               # "ring" or "stream"
+    """How to record: which backend, the store's mode and sizes, when to start, how
+    long, what to follow. Sizes are strings as the command line takes them."""
+
+    backend: BackendName = "auto"
+    mode: Mode = "ring"
     buffer: str | None = None        # per-thread size: "64K" records, "16MiB" bytes
     memory_limit: str | None = None  # bytes, e.g. "1GiB"
     start: str | None = None
@@ -82,6 +86,8 @@ LIVE_EVERY_NS = 500_000_000
 
 #: Branches per thread that :func:`record` keeps in memory when it writes a file.
 KEEP_WITH_FILE = 65536
+#: The reason of the gap ``mark_dropped`` puts where branches were left out of memory.
+DROPPED = "not kept in memory"
 
 
 class RecordListener(Protocol):
@@ -197,7 +203,8 @@ class _Collector:
 def record(target: Target, config: RecordConfig = RecordConfig(),
            on_start: Callable[[Backend, tuple[str, ...]], None] | None = None, *,
            output: str | os.PathLike[str] | None = None, keep: int | None = None,
-           listener: RecordListener | None = None, chosen: Choice | None = None) -> Trace:
+           listener: RecordListener | None = None, chosen: Choice | None = None,
+           mark_dropped: bool = False) -> Trace:
     """Trace ``target`` until it ends (or we detach) and return the trace.
 
     ``on_start(backend, reasons)`` is called once the backend is chosen and the store
@@ -214,10 +221,15 @@ def record(target: Target, config: RecordConfig = RecordConfig(),
     ``chosen``: the backend ``select(config.backend)`` chose, when the caller chose it
     first (``branchtrace run`` does, to start the program early: the backend's
     ``start_early``); what that started is cancelled if recording fails before it.
+
+    ``mark_dropped``: the branches ``keep`` leaves out of memory become, in the
+    returned trace, a gap at the start of their thread (:data:`DROPPED`), are counted
+    in its ``lost``, and a note says so (the Python API's :func:`branchtrace.record`).
     """
     choice = chosen if chosen is not None else select(config.backend)
     try:
-        return _record(target, config, choice, on_start, output, keep, listener)
+        return _record(target, config, choice, on_start, output, keep, listener,
+                       mark_dropped)
     finally:
         choice.backend.cancel_early()
 
@@ -225,7 +237,7 @@ def record(target: Target, config: RecordConfig = RecordConfig(),
 def _record(target: Target, config: RecordConfig, choice: Choice,
             on_start: Callable[[Backend, tuple[str, ...]], None] | None,
             output: str | os.PathLike[str] | None, keep: int | None,
-            listener: RecordListener | None) -> Trace:
+            listener: RecordListener | None, mark_dropped: bool = False) -> Trace:
     if output is not None and keep is None:
         keep = KEEP_WITH_FILE
     backend = choice.backend
@@ -291,11 +303,22 @@ def _record(target: Target, config: RecordConfig, choice: Choice,
         times[tid] = _chunk_times(sink.times.get(tid, []), cut[tid], len(branches))
     if any(cut.values()):
         gaps = [dataclasses.replace(g, index=max(0, g.index - cut.get(g.tid, 0))) for g in gaps]
+    notes = list(result.notes)
+    if mark_dropped and any(cut.values()):
+        lost = dict(lost)
+        where = f"the trace file {os.fspath(output)} has them" if output is not None \
+            else "they were not kept"
+        for tid, n in cut.items():
+            if n:
+                gaps.insert(0, Gap(tid, 0, n, DROPPED))
+                lost[tid] = lost.get(tid, 0) + n
+                notes.append(f"thread {tid}: only the newest {len(threads[tid])} branches "
+                             f"are in memory, about {n} older records are not ({where})")
     return Trace(
         backend=backend.name, mode=sconfig.mode.name.lower(),
         argv=target.argv, pid=pid, exit=result.exit,
         modules=result.modules, threads=threads, gaps=gaps, written=written, lost=lost,
-        notes=result.notes, start_time=start_ns / 10**9, end_time=end_ns / 10**9,
+        notes=notes, start_time=start_ns / 10**9, end_time=end_ns / 10**9,
         producer_waits=sum(t.producer_waits for t in status.threads),
         capacity=sconfig.capacity_records, chunk_times=times,
         processes=list(result.processes),

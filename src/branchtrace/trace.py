@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 
-from .errors import UsageError
+from .errors import UnknownProcessError
 from .model import BRANCH_DTYPE, Branch, ExitInfo, Gap, ModuleMap, ProcessInfo, branches_of
 
 #: When the branches of a thread were recorded, chunk by chunk: branches
@@ -21,11 +21,18 @@ CHUNK_TIMES_DTYPE = np.dtype([("index", "<u8"), ("count", "<u8"), ("first_ns", "
                               ("last_ns", "<u8")])
 
 if TYPE_CHECKING:
-    from .symbols import Symbolizer
+    from .symbols import Location, Symbolizer
 
 
 @dataclass
 class Trace:
+    """A recorded trace, all in memory: per-thread branch arrays (``threads``: tid ->
+    :data:`~branchtrace.BRANCH_DTYPE` array, oldest first), module maps, gaps (records
+    lost, as values), notes, how the target ended, and a symbolizer.
+
+    :func:`branchtrace.record` returns one; :func:`branchtrace.open` returns a
+    :class:`~branchtrace.TraceReader`, a ``Trace`` that decodes only what is asked."""
+
     backend: str
     mode: str                                  # "ring" or "stream"
     argv: tuple[str, ...]
@@ -64,6 +71,7 @@ class Trace:
 
     @property
     def pids(self) -> list[int]:
+        """The pid of every process traced, the first first."""
         return [p.pid for p in self.processes]
 
     def process_of(self, tid: int) -> ProcessInfo:
@@ -75,11 +83,12 @@ class Trace:
         return self.processes[0]
 
     def process(self, pid: int) -> ProcessInfo:
-        """The process ``pid``; an unknown pid is a one-line :class:`UsageError`."""
+        """The process ``pid``; an unknown pid is a one-line
+        :class:`~branchtrace.errors.UnknownProcessError` (a ``UsageError``)."""
         for process in self.processes:
             if process.pid == pid:
                 return process
-        raise UsageError(f"no process {pid} in this trace (its processes: "
+        raise UnknownProcessError(f"no process {pid} in this trace (its processes: "
                          f"{', '.join(str(p) for p in self.pids)})")
 
     def tids_of(self, pid: int) -> list[int]:
@@ -128,6 +137,8 @@ class Trace:
         return self.threads.get(tid, np.zeros(0, dtype=BRANCH_DTYPE))
 
     def __iter__(self) -> Iterator[Branch]:
+        """Every branch as a :class:`~branchtrace.Branch`, thread after thread (slow:
+        one Python object per branch; prefer the arrays)."""
         for tid, array in self.threads.items():
             yield from branches_of(array, tid)
 
@@ -155,17 +166,21 @@ class Trace:
         return out
 
     def total(self) -> int:
+        """How many branches the trace holds, over every thread."""
         return sum(len(a) for a in self.threads.values())
 
     @property
     def symbolizer(self) -> Symbolizer:
+        """The :class:`~branchtrace.symbols.Symbolizer` of the (first) process's
+        modules, built on first use (:meth:`for_pid` for another process's)."""
         if self._symbolizer is None:
             from .symbols import Symbolizer
 
             self._symbolizer = Symbolizer(self.modules)
         return self._symbolizer
 
-    def symbolize(self, addresses: Sequence[int] | np.ndarray) -> list[object]:
-        """Locations (module, function, offset, file, line) of the addresses."""
-        sym = self.symbolizer
-        return [sym.describe(int(a)) for a in np.asarray(addresses, dtype=np.uint64)]
+    def symbolize(self, addresses: Sequence[int] | np.ndarray) -> list[Location]:
+        """The :class:`~branchtrace.Location` (module, function, offset, file, line) of
+        each address, in order: one symbolizer pass over the distinct addresses. (For
+        millions of addresses, ``symbolizer.resolve(array)`` gives parallel arrays.)"""
+        return self.symbolizer.resolve(np.asarray(addresses, dtype=np.uint64)).locations()

@@ -37,6 +37,7 @@ class Target:
     ptracer: int | None = None
 
     def describe(self) -> str:
+        """``pid N`` for a process to attach to, else the command line."""
         return f"pid {self.pid}" if self.pid is not None else " ".join(self.argv)
 
 

@@ -26,18 +26,10 @@ Example: branchtrace history fib.btrace --calls --lines --insn-ranges --last 20
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator
-from typing import IO, TYPE_CHECKING
 
 from ..errors import UsageError
 from ..reporters.base import write_to
 from ._file import add_file_arguments, load_file, warn
-
-if TYPE_CHECKING:
-    import numpy as np
-
-    from ..model import Gap
-    from ..trace import Trace
 from ._record import positive_int
 
 NAME = "history"
@@ -78,49 +70,19 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError("--range and --last each choose the lines: give one")
     if args.function is not None and args.insns:
         raise UsageError("--function goes with --calls")
-    from ..reporters.history_filter import LineFilter, RangeDone, parse_range
+    from ..reporters.history_filter import parse_range
     try:
-        first, last = parse_range(args.range) if args.range is not None else (1, None)
+        lines = parse_range(args.range) if args.range is not None else None
     except ValueError as err:
         raise UsageError(str(err)) from None
     # imported here: `branchtrace run` should not pay for the reporters
-    from ..reporters import history_stream as history
-    from ..tracefile.stream import Piece, pieces
+    from ..api_tasks import HistoryOptions, write_history
 
     # the branches are decoded a chunk at a time and each line written when known
     trace, tf = load_file(args, decode=False)
-
-    def branches_of(tid: int) -> Iterator[np.ndarray | Gap]:
-        for part in pieces(tf, tid):
-            yield part.branches if isinstance(part, Piece) else part
-
-    def render(sink: IO[str]) -> None:
-        out: IO[str] = sink
-        if args.range is not None or args.function is not None:
-            out = LineFilter(sink, first, last, args.function,  # type: ignore[assignment]
-                             insns=args.insns)
-        try:
-            show(out)
-        except RangeDone:
-            pass
-
-    def show(out: IO[str]) -> None:
-        for one in trace.per_process():
-            if len(trace.processes) > 1:
-                out.write(_heading(one))
-            if args.insns:
-                history.stream_insns(one, branches_of, out, tid=args.thread, last=args.last,
-                                     source=args.source)
-            else:
-                history.stream_calls(one, branches_of, out, tid=args.thread, last=args.last,
-                                     indent=not args.no_indent, insn_ranges=args.insn_ranges,
-                                     lines=args.lines)
-
-    write_to(args.output, render)
+    options = HistoryOptions("insns" if args.insns else "calls", args.thread, args.pid,
+                             args.last, lines, args.function, args.lines, args.insn_ranges,
+                             not args.no_indent, args.source)
+    write_to(args.output, lambda out: write_history(trace, tf, out, options))
     warn(trace)
     return 0
-
-
-def _heading(one: Trace) -> str:
-    p = one.processes[0]
-    return f"process {p.pid} (parent {p.ppid or '-'}): {' '.join(p.argv) or '?'}\n"

@@ -191,7 +191,7 @@ class _Task:
                 prev = -1
             mark = self.placed + self.pending
             prev = self._chunk(job.chunks[k], prev, k == self.lo)
-            progress.advance(len(job.chunks[k].body))
+            progress.advance(job.chunks[k].size)
             if prev < 0:                  # a hole: drop what it gave
                 if mark >= self.placed:
                     self.pending = mark - self.placed

@@ -136,6 +136,8 @@ def pick_threads(trace: Trace, tid: int | None) -> list[int]:
     if tid is None:
         return list(trace.threads)
     if tid not in trace.threads:
+        from ..errors import UnknownThreadError
+
         known = ", ".join(str(t) for t in trace.threads) or "none"
-        raise UsageError(f"no thread {tid} in the trace (its threads: {known})")
+        raise UnknownThreadError(f"no thread {tid} in the trace (its threads: {known})")
     return [tid]

@@ -251,7 +251,7 @@ def _decode_thread(tf: TraceFile, chunks: list[Chunk], holes: list[Hole],
 
     def job(k: int) -> bool:
         a, b = slots[k]
-        progress.advance(len(chunks[k].body))
+        progress.advance(chunks[k].size)
         return _fill(local, chunks[k].body, buffer[a:b], encoding if per_chunk else None,
                      seen)
 
@@ -326,7 +326,7 @@ def _in_batches(pool: ThreadPoolExecutor, job: Callable[[int], bool], chunks: li
 
 def _trusted(c: Chunk, record_size: int) -> bool:
     """Whether the chunk's declared size is in proportion to its compressed bytes."""
-    return c.head.count * record_size <= _TRUSTED_RATIO * len(c.body) + _TRUSTED_BYTES
+    return c.head.count * record_size <= _TRUSTED_RATIO * c.size + _TRUSTED_BYTES
 
 
 def _verified(chunks: list[Chunk], holes: list[Hole], record_size: int,
@@ -336,10 +336,10 @@ def _verified(chunks: list[Chunk], holes: list[Hole], record_size: int,
     bytes and that do not decompress to it; those join the holes."""
     def job(c: Chunk) -> bool:
         size = c.head.count * record_size
-        return size <= _TRUSTED_RATIO * len(c.body) + _TRUSTED_BYTES \
+        return size <= _TRUSTED_RATIO * c.size + _TRUSTED_BYTES \
             or _probe(local, c.body, size)
 
-    if all(c.head.count * record_size <= _TRUSTED_RATIO * len(c.body) + _TRUSTED_BYTES
+    if all(c.head.count * record_size <= _TRUSTED_RATIO * c.size + _TRUSTED_BYTES
            for c in chunks):
         return chunks, holes
     ok = _in_batches(pool, lambda k: job(chunks[k]), chunks, record_size)

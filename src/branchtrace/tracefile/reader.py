@@ -57,11 +57,62 @@ _WINDOW = 1 << 20          # bytes read at a time when looking for the next reco
 _MAX_PROBLEMS = 8          # damaged places listed one by one; the rest are counted
 
 
+class Bodies:
+    """The trace file, kept open so that chunk bodies are read when a reader asks for
+    them: :func:`scan` checks each chunk and keeps none, so memory does not grow with
+    the file. A body is read again with its record's frame, which must be the one the
+    scan checked (sync, length, CRC); if the file changed since, the body is empty and
+    the chunk reads as corrupt, never as other data. The descriptor closes with the
+    object (the last :class:`Chunk` of the file gone)."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path, self.fd = path, fd
+
+    def __del__(self) -> None:
+        try:
+            os.close(self.fd)
+        except (OSError, AttributeError):
+            pass
+
+    def body(self, offset: int, length: int, crc: int) -> bytes:
+        """The body of the chunk record at ``offset`` (payload ``length`` bytes, frame
+        CRC ``crc``), or b"" when it is no longer that record."""
+        n = FRAME.size + length
+        parts, got = [], 0
+        while got < n:
+            try:
+                part = os.pread(self.fd, n - got, offset + got)
+            except InterruptedError:
+                continue
+            except OSError:
+                return b""
+            if not part:
+                return b""
+            parts.append(part)
+            got += len(part)
+        raw = b"".join(parts)
+        sync, _rtype, _flags, size, found = FRAME.unpack_from(raw)
+        frame, payload = raw[:FRAME.size], memoryview(raw)[FRAME.size:]
+        if sync != SYNC or size != length or found != crc or frame_crc(frame, payload) != crc:
+            return b""
+        return raw[FRAME.size + CHUNK_HEAD.size:]
+
+
 @dataclass(slots=True)
 class Chunk:
     head: ChunkHead
-    body: bytes            # the zstd frame of head.count raw records
     offset: int            # of the record in the file
+    size: int              # bytes of its body: the zstd frame of head.count raw records
+    crc: int               # its record's frame CRC (checked again when the body is read)
+    source: Bodies | bytes  # where the body is read from (or the body itself)
+
+    @property
+    def body(self) -> bytes:
+        """The zstd frame of ``head.count`` raw records, read from the file now (b""
+        when the file no longer holds it)."""
+        if isinstance(self.source, bytes):
+            return self.source
+        return self.source.body(self.offset, CHUNK_HEAD.size + self.size, self.crc)
 
 
 @dataclass
@@ -112,6 +163,8 @@ class _Scanner:
         self.budget = 8 * size + (1 << 20)   # bytes we may read while resynchronizing
         self.damaged: list[tuple[int, int]] = []
         self.unknown = 0
+        self.crc = 0                            # of the last record read whole
+        self.bodies = Bodies(path, fd)          # owns fd from now on
 
     def read(self, offset: int, n: int) -> bytes:
         n = max(0, min(n, self.size - offset))
@@ -131,7 +184,7 @@ class _Scanner:
 
     def record_at(self, pos: int) -> tuple[int, bytes] | str:
         """The (type, payload) of a whole, intact record at ``pos``, or why not:
-        "short" (the file ends inside it) or "bad"."""
+        "short" (the file ends inside it) or "bad". ``self.crc``: the record's CRC."""
         raw = self.read(pos, FRAME.size)
         if len(raw) < FRAME.size:
             return "short"
@@ -143,6 +196,7 @@ class _Scanner:
         payload = self.read(pos + FRAME.size, length)
         if frame_crc(raw, payload) != crc:
             return "bad"
+        self.crc = crc
         return rtype, payload
 
     def resync(self, start: int) -> int | None:
@@ -170,12 +224,9 @@ def scan(path: str | os.PathLike[str]) -> TraceFile:
     only when nothing of it can be used)."""
     p = Path(path)
     fd, size = _open(p)
-    try:
-        tf = _scan(_Scanner(p, fd, size))
-    finally:
-        os.close(fd)
+    tf = _scan(_Scanner(p, fd, size))        # the scanner's Bodies close fd when unused
     if progress.active():        # what a reader of the file will decompress
-        progress.expect(sum(len(c.body) for cs in tf.chunks.values() for c in cs))
+        progress.expect(sum(c.size for cs in tf.chunks.values() for c in cs))
     return tf
 
 
@@ -271,7 +322,7 @@ def _take(tf: TraceFile, rtype: int, payload: bytes, pos: int,
         if not 0 < head.tid < 1 << 32 or not 0 < size <= MAX_CHUNK_BYTES \
                 or head.first_index >= 1 << 62 or zstandard.frame_content_size(body) != size:
             raise Malformed("bad chunk")
-        tf.chunks[head.tid].append(Chunk(head, body, pos))
+        tf.chunks[head.tid].append(Chunk(head, pos, len(body), s.crc, s.bodies))
     elif rtype == RecordType.GAP:
         tf.gaps.append(GapInfo.decode(payload))
     elif rtype == RecordType.MODULE:

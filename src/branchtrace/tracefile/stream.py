@@ -164,7 +164,7 @@ def read_chunk(dctx: zstandard.ZstdDecompressor, c: Chunk, dtype: np.dtype
                ) -> np.ndarray | None:
     """The raw records of a chunk; None when it does not decompress to the size its
     head declares (at most MAX_CHUNK_BYTES, checked by the scan)."""
-    progress.advance(len(c.body))
+    progress.advance(c.size)
     size = c.head.count * dtype.itemsize
     buf = bytearray(size)
     view = memoryview(buf)
