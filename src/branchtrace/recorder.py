@@ -24,11 +24,13 @@ from .backends import (
     RecordOptions,
     RunResult,
     Target,
+    Trigger,
     select,
 )
 from .decode import concat, decode
-from .errors import StoreError
+from .errors import StoreError, UsageError
 from .model import Gap, ModuleMap, ProcessInfo
+from .snapshots import Snapshots
 from .store import (
     RECORD_DTYPES,
     Encoding,
@@ -53,6 +55,7 @@ class RecordConfig:
     duration: float | None = None
     only: tuple[str, ...] = ()       # stalker: report only branches from or into these modules
     follow_children: bool = True    # trace every process the target starts
+    trigger: Trigger | None = None   # snapshots on calls of a function (ring mode)
 
 
 def parse_mode(mode: str) -> StoreMode:
@@ -93,7 +96,7 @@ class RecordListener(Protocol):
         ...
 
 
-class _Collector:
+class Collector:
     """Where drained records go: the trace file (if any), and memory: all of them, or
     about the newest ``keep`` per thread. Never raises: a write error is kept in
     ``error`` (in stream mode the target would wait forever on a consumer that died)."""
@@ -196,7 +199,8 @@ class _Collector:
 def record(target: Target, config: RecordConfig = RecordConfig(),
            on_start: Callable[[Backend, tuple[str, ...]], None] | None = None, *,
            output: str | os.PathLike[str] | None = None, keep: int | None = None,
-           listener: RecordListener | None = None, chosen: Choice | None = None) -> Trace:
+           listener: RecordListener | None = None, chosen: Choice | None = None,
+           snapshots: Snapshots | None = None) -> Trace:
     """Trace ``target`` until it ends (or we detach) and return the trace.
 
     ``on_start(backend, reasons)`` is called once the backend is chosen and the store
@@ -216,7 +220,7 @@ def record(target: Target, config: RecordConfig = RecordConfig(),
     """
     choice = chosen if chosen is not None else select(config.backend)
     try:
-        return _record(target, config, choice, on_start, output, keep, listener)
+        return _record(target, config, choice, on_start, output, keep, listener, snapshots)
     finally:
         choice.backend.cancel_early()
 
@@ -224,11 +228,13 @@ def record(target: Target, config: RecordConfig = RecordConfig(),
 def _record(target: Target, config: RecordConfig, choice: Choice,
             on_start: Callable[[Backend, tuple[str, ...]], None] | None,
             output: str | os.PathLike[str] | None, keep: int | None,
-            listener: RecordListener | None) -> Trace:
+            listener: RecordListener | None, snapshots: Snapshots | None = None) -> Trace:
     if output is not None and keep is None:
         keep = KEEP_WITH_FILE
     backend = choice.backend
     sconfig = store_config(config, backend)
+    if config.trigger is not None and sconfig.mode != StoreMode.RING:
+        raise UsageError("--trigger takes ring mode: a snapshot is the ring at one moment")
     start_ns = time.time_ns()
     writer = None
     if output is not None:
@@ -236,11 +242,15 @@ def _record(target: Target, config: RecordConfig, choice: Choice,
                             sconfig.capacity_records, sconfig.chunk_records, target.pid or 0,
                             start_ns, backend.name, f"branchtrace {__version__}", target.argv)
         writer = TraceWriter.create(output, header)
-    sink = _Collector(writer, keep, listener, start_ns, backend, target.argv)
+    sink = Collector(writer, keep, listener, start_ns, backend, target.argv)
     try:
         with Store.create(sconfig) as store:
             backend.prepare(store)  # before any thread of ours: the ptrace backend forks
             consumer = None
+            on_snapshot = None
+            if snapshots is not None and sconfig.mode == StoreMode.RING:
+                snapshots.bind(store, backend, sconfig, target, start_ns)
+                on_snapshot = snapshots.take
             try:
                 if on_start is not None:
                     on_start(backend, choice.reasons)
@@ -248,11 +258,14 @@ def _record(target: Target, config: RecordConfig, choice: Choice,
                     consumer = StreamConsumer(store, sink.take)
                     consumer.start()
                 result = backend.record(target, store, RecordOptions(
-                    config.start, config.duration, config.only, config.follow_children))
+                    config.start, config.duration, config.only, config.follow_children,
+                    config.trigger if on_snapshot is not None else None, on_snapshot))
             finally:
                 backend.release()
                 if consumer is not None:
                     consumer.stop()
+                if snapshots is not None:
+                    snapshots.close()   # every snapshot delivered before the report
             status = store.status()
             if consumer is None:
                 for tid in store.tids():
@@ -275,7 +288,7 @@ def _record(target: Target, config: RecordConfig, choice: Choice,
     pid = result.pid or (target.pid or 0)
     if writer is not None:
         waits = {t.tid: t.producer_waits for t in status.threads}
-        _finish_file(writer, sink, result, gaps, written, lost, waits, pid, end_ns)
+        finish_file(writer, sink, result, gaps, written, lost, waits, pid, end_ns)
     raw_dtype = RECORD_DTYPES[sconfig.encoding]
     threads, times, cut = {}, {}, {}
     for tid in result.threads:
@@ -307,7 +320,7 @@ def _chunk_times(entries: list[tuple[int, int, int, int]], cut: int, n: int) -> 
     return np.array(rows, dtype=CHUNK_TIMES_DTYPE)
 
 
-def _finish_file(writer: TraceWriter, sink: _Collector, result: RunResult, gaps: list[Gap],
+def finish_file(writer: TraceWriter, sink: Collector, result: RunResult, gaps: list[Gap],
                  written: dict[int, int], lost: dict[int, int], waits: dict[int, int],
                  pid: int, end_ns: int) -> None:
     """Write what is known only at the end (modules, block table, gaps, notes, threads)

@@ -95,15 +95,21 @@ class PtraceBackend(Backend):
             if target.pid == os.getpid():  # the tracer process checks for its own pid
                 raise TargetError("branchtrace cannot trace itself")
             request = Request(pid=target.pid, duration=options.duration,
-                              follow_children=options.follow_children)
+                              follow_children=options.follow_children, trigger=options.trigger)
         else:
             path = find_program(target.argv[0])
             vaddr, note = start_vaddr(path, options.start)
             request = Request(target.argv, target.env, target.disable_aslr, path=path,
                               start_vaddr=vaddr, duration=options.duration,
-                              follow_children=options.follow_children)
+                              follow_children=options.follow_children, trigger=options.trigger)
         self.prepare(store)
         assert self._tracer is not None
+        on_snapshot = options.on_snapshot
+        if on_snapshot is not None:
+            from .. import SnapshotEvent
+
+            self._tracer.on_snapshot = lambda s: on_snapshot(
+                SnapshotEvent(s.reason, s.pid, s.tid, s.pc, s.stack))
         try:
             if self._interrupted:
                 self._tracer.interrupt()

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Callable
 
 from ...errors import StoreError
 from ...isa import NOT_A_BRANCH
-from ...model import BranchKind, ExitInfo, Gap, ModuleMap, ProcessInfo
+from ...model import BranchKind, ExitInfo, Gap, ModuleMap, ProcessInfo, StackSnapshot
 from . import launch
 from ..linux import sys as pt
 from .family import FREE, STEPPING, Family, Thread
@@ -31,6 +31,7 @@ from .signals import (FAULT_SIGNALS, GROUP_STOP_SIGNALS, SI_KERNEL, STEP_TRAP, F
 
 if TYPE_CHECKING:
     from ...store import Store
+    from .. import Trigger
 
 OPTIONS = (pt.PTRACE_O_TRACECLONE | pt.PTRACE_O_TRACEEXEC | pt.PTRACE_O_TRACEEXIT
            | pt.PTRACE_O_TRACESYSGOOD | pt.PTRACE_O_TRACEFORK | pt.PTRACE_O_TRACEVFORK)
@@ -68,6 +69,14 @@ class Stepper(Family):
         self._stop_requested = False
         self._user_interrupt = False
         self._owner = threading.get_ident()
+        #: run --trigger: the function, its address once the first process has its
+        #: libraries (None: not armed, or done), the calls so far, and who is told of one
+        #: (tid, pc, stack, call number; the thread stays stopped until it returns)
+        self.trigger: Trigger | None = None
+        self.trigger_at: int | None = None
+        self.trigger_calls = 0
+        self.on_trigger: Callable[[int, int, StackSnapshot | None, int], None] | None = None
+        self.trigger_error: BaseException | None = None
 
     # ---- setup -------------------------------------------------------------------
 
@@ -96,6 +105,7 @@ class Stepper(Family):
         if address is None:
             proc.started = True
             self.threads[self.pid].mode = STEPPING
+            self.arm_trigger()
             return
         original = pt.write_byte(self.pid, address, 0xCC)
         proc.breakpoint = (address, original)
@@ -153,6 +163,8 @@ class Stepper(Family):
                                 record(t, prev.address, pc, prev.kind)
                             elif pc != prev.address:
                                 record(t, prev.address, pc, BranchKind.OTHER)
+                            if pc == self.trigger_at:
+                                self._triggered(t, pc)
                         t.insn = t.proc.insns.get(pc)
                         step(SINGLESTEP, tid)
                         t.running = True
@@ -185,6 +197,38 @@ class Stepper(Family):
         exit_info = first.exit or ExitInfo("detached")
         return StepResult(exit_info, self.modules, list(self.order), self.gaps, self.notes,
                           [p.info() for p in self.procs.values()])
+
+    def arm_trigger(self) -> bool:
+        """Find the trigger's function in the first process's modules (the executable
+        first, then the libraries loaded so far). When none has it, the error is kept in
+        :attr:`trigger_error` and we stop: False (the caller ends the program it started,
+        or lets go of one it attached to)."""
+        if self.trigger is None:
+            return True
+        from ..linux.program import function_address
+
+        self._snapshot_maps(self.procs[self.pid])
+        try:
+            self.trigger_at = function_address(self.modules, self.trigger.symbol, self.pid)
+        except BaseException as err:
+            self.trigger_error = err
+            self.trigger = None
+            return False
+        return True
+
+    def _triggered(self, t: Thread, pc: int) -> None:
+        """A branch reached the trigger's function: a snapshot if it is the call asked
+        for, the thread stopped (with its registers and stack) until it is taken."""
+        trigger = self.trigger
+        if trigger is None or t.proc.pid != self.pid or self._stop_requested:
+            return
+        self.trigger_calls += 1
+        n = self.trigger_calls
+        if trigger.fires(n) and self.on_trigger is not None:
+            stack = stack_of(t.tid, t.proc.mem.read, t.proc.stack_span(t.tid))
+            self.on_trigger(t.tid, pc, stack, n)
+        if trigger.done(n):
+            self.trigger_at = None
 
     def _record(self, t: Thread, from_ip: int, to_ip: int, kind: int) -> None:
         buf = t.buf
@@ -266,6 +310,9 @@ class Stepper(Family):
         proc.started = True
         proc.insns.invalidate()
         self._snapshot_maps(proc)  # the libraries the program needs are loaded by now
+        if proc.pid == self.pid and not self.arm_trigger():
+            # no such function: the program we started is ended before its main runs
+            os.kill(proc.pid, signal.SIGKILL)
         t.mode = STEPPING
         t.insn = proc.insns.get(address)
         for other in self.threads.values():  # threads started before the start point

@@ -73,7 +73,8 @@ def serve(store_path: Path, commands: int, replies: int, parent: int) -> NoRetur
         request = wire.receive(commands)
         if isinstance(request, wire.Request):
             reply = _answer(store_path, request, lambda m: _tell(replies, wire.Modules(m)),
-                            lambda p: _tell(replies, wire.Processes(p)))
+                            lambda p: _tell(replies, wire.Processes(p)),
+                            lambda s: _snapshot(replies, commands, s))
             if _control.abandoned or os.getppid() != parent:
                 _remove_orphan_store(store_path)
             try:
@@ -96,20 +97,39 @@ def _tell(fd: int, message: object) -> None:
         pass
 
 
+def _snapshot(replies: int, commands: int, message: wire.Snapshot) -> None:
+    """A trigger's call: tell branchtrace, and wait until it has copied the store (or
+    is gone)."""
+    try:
+        wire.send(replies, message)
+        wire.receive(commands)
+    except OSError:
+        pass
+
+
 def _answer(store_path: Path, request: wire.Request,
             on_modules: Callable[[list[ModuleMap]], None],
-            on_processes: Callable[[list[ProcessInfo]], None]) -> wire.Reply:
+            on_processes: Callable[[list[ProcessInfo]], None],
+            on_snapshot: Callable[[wire.Snapshot], None]) -> wire.Reply:
     stepper: Stepper | None = None
     try:
         with Store.open(store_path) as store:
             stepper = Stepper(store, request.follow_children)
             stepper.on_modules = on_modules
             stepper.on_processes = on_processes
+            trigger = request.trigger
+            if trigger is not None:
+                stepper.trigger = trigger
+                stepper.on_trigger = lambda tid, pc, stack, n: on_snapshot(wire.Snapshot(
+                    f"trigger {trigger.symbol}, call {n}", stepper.pid if stepper else 0,
+                    tid, pc, stack))
             _control.stepper = stepper
             if _control.stop:
                 stepper.interrupt(user=_control.user)
             if request.pid is not None:
                 stepper.attach(request.pid)
+                if not stepper.arm_trigger():
+                    stepper.interrupt()     # no such function: let the program go
             else:
                 stepper.spawn(request.argv, request.env, request.disable_aslr)
                 start = request.start_vaddr
@@ -118,6 +138,8 @@ def _answer(store_path: Path, request: wire.Request,
                 signal.setitimer(signal.ITIMER_REAL, request.duration)
             result = stepper.run()
             signal.setitimer(signal.ITIMER_REAL, 0)
+            if stepper.trigger_error is not None:
+                raise stepper.trigger_error
             return wire.Reply(result, stepper.pid)
     except BaseException as exc:
         return wire.error_reply(exc, stepper.pid if stepper is not None else 0)
