@@ -182,7 +182,10 @@ class Snapshots:
         number = self.count
         event = copy.event
         rows, modules, processes = copy.rows, copy.modules, copy.processes
-        pid = event.pid or (processes[0].pid if processes else target.pid or 0)
+        # the first process: its threads' buffers come first in the store (the main
+        # thread's first of all: its tid is the pid)
+        pid = event.pid or (processes[0].pid if processes else target.pid
+                            or next(iter(copy.records), 0))
         exit_info = ExitInfo("snapshot", tid=event.tid, fault_pc=event.pc, stack=event.stack)
         note = f"snapshot {number}: {event.reason}"
         if processes:

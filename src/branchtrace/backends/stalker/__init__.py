@@ -144,6 +144,7 @@ class StalkerBackend(Backend):
             notes.append("--start only applies to programs we start; attached from now on")
         only = self.only or options.only  # the constructor's, else --only
         host = Host(store, only, follow_children=options.follow_children)
+        host.trigger, host.on_snapshot = options.trigger, options.on_snapshot
         self._host = host
         if self._interrupted:
             host.interrupt()
