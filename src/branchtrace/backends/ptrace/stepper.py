@@ -77,6 +77,7 @@ class Stepper(Family):
         self.trigger_calls = 0
         self.on_trigger: Callable[[int, int, StackSnapshot | None, int], None] | None = None
         self.trigger_error: BaseException | None = None
+        self._trigger_pending = False   # trigger_at is the entry point, to look again at
 
     # ---- setup -------------------------------------------------------------------
 
@@ -105,7 +106,8 @@ class Stepper(Family):
         if address is None:
             proc.started = True
             self.threads[self.pid].mode = STEPPING
-            self.arm_trigger()
+            if not self.arm_trigger(at_exec=True):
+                os.kill(self.pid, signal.SIGKILL)   # no such function: end what we started
             return
         original = pt.write_byte(self.pid, address, 0xCC)
         proc.breakpoint = (address, original)
@@ -198,11 +200,13 @@ class Stepper(Family):
         return StepResult(exit_info, self.modules, list(self.order), self.gaps, self.notes,
                           [p.info() for p in self.procs.values()])
 
-    def arm_trigger(self) -> bool:
+    def arm_trigger(self, at_exec: bool = False) -> bool:
         """Find the trigger's function in the first process's modules (the executable
         first, then the libraries loaded so far). When none has it, the error is kept in
         :attr:`trigger_error` and we stop: False (the caller ends the program it started,
-        or lets go of one it attached to)."""
+        or lets go of one it attached to). ``at_exec``: stepping from the first
+        instruction, before the dynamic loader has mapped the libraries: a function not
+        in the executable is looked up again at the executable's entry point."""
         if self.trigger is None:
             return True
         from ..linux.program import function_address
@@ -211,6 +215,10 @@ class Stepper(Family):
         try:
             self.trigger_at = function_address(self.modules, self.trigger.symbol, self.pid)
         except BaseException as err:
+            entry = _entry_point(self.pid) if at_exec else None
+            if entry is not None:
+                self.trigger_at, self._trigger_pending = entry, True
+                return True
             self.trigger_error = err
             self.trigger = None
             return False
@@ -221,6 +229,12 @@ class Stepper(Family):
         for, the thread stopped (with its registers and stack) until it is taken."""
         trigger = self.trigger
         if trigger is None or t.proc.pid != self.pid or self._stop_requested:
+            return
+        if self._trigger_pending:    # the entry point: the libraries are mapped now
+            self._trigger_pending = False
+            self.trigger_at = None
+            if not self.arm_trigger():
+                os.kill(self.pid, signal.SIGKILL)
             return
         self.trigger_calls += 1
         n = self.trigger_calls
@@ -402,3 +416,17 @@ class Stepper(Family):
 
     # ---- helpers -------------------------------------------------------------------------
 
+
+def _entry_point(pid: int) -> int | None:
+    """The executable's entry point in process ``pid`` (AT_ENTRY of its auxiliary vector)."""
+    import struct
+
+    try:
+        with open(f"/proc/{pid}/auxv", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    for key, value in struct.iter_unpack("<QQ", data[:len(data) - len(data) % 16]):
+        if key == 9:     # AT_ENTRY
+            return int(value)
+    return None
