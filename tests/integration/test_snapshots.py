@@ -136,3 +136,24 @@ def test_snapshot_options_are_checked_first(build):
     assert r.returncode == 125 and "go with --trigger SYMBOL" in r.stderr
     r = cli("snapshot", str(os.getpid()))
     assert r.returncode != 0 and "neither a branchtrace run or attach" in r.stderr
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_a_trigger_in_an_attached_program_which_goes_on(build, backend):
+    exe = build("trigger")
+    program = subprocess.Popen([str(exe), "1", "sleep"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert program.stdout is not None and program.stdout.readline() == "sleeping\n"
+        r = cli("attach", "--backend", backend, "--trigger", "usleep:5", "--duration", "1",
+                "--format", "json", "--report-to", "-", str(program.pid))
+        assert r.returncode == 0, r.stderr
+        doc = json.loads(r.stdout.split("\n}\n")[0] + "\n}")     # the snapshot's, first
+        assert doc["snapshot"]["reason"] == "trigger usleep, call 5"
+        assert [f["function"] for f in doc["threads"][0]["stack"]][:2] == ["usleep", "main"]
+        # after the snapshot and the detach, the program sleeps on and ends as it would
+        # (with the stalker backend a probe detached under Stalker once killed it)
+        assert program.wait(timeout=60) == 3
+    finally:
+        if program.poll() is None:
+            program.kill()
+            program.wait()

@@ -11,12 +11,19 @@ function armTrigger(t) {
   if (t === null || t === undefined)
     return;
   const address = ptr(t.address);
+  let done = false;
+  /* The probe stays to the end: detached while the program's threads run under Stalker,
+   * their copies of the hooked code still jumped to it (an attached program died of
+   * SIGSEGV, also with Stalker.invalidate). Past the last call asked for it returns at
+   * once. */
   Interceptor.attach(address, function () {   // a probe: the stack is left alone
-    if (inChild() || stopping)
+    if (done || inChild() || stopping)
       return;
     triggerCalls++;
     const n = triggerCalls;
     const fires = t.every ? n >= t.nth && n < t.nth + t.limit : n === t.nth;
+    if (n >= t.nth + (t.every ? t.limit - 1 : 0))
+      done = true;
     if (!fires)
       return;
     const info = { type: 'snapshot', tid: Process.getCurrentThreadId(), call: n,
