@@ -157,3 +157,20 @@ def test_a_trigger_in_an_attached_program_which_goes_on(build, backend):
         if program.poll() is None:
             program.kill()
             program.wait()
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_a_snapshot_reports_every_thread_the_triggers_first(build, backend):
+    exe = build("threads")            # 4 threads calling work() 50..200 times
+    r = cli("run", "--backend", backend, "--trigger", "work:120", "--format", "json",
+            "--report-to", "-", "--", str(exe))
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout[r.stdout.index("{"):r.stdout.rindex("}") + 1])   # and "done"
+    threads = doc["threads"]
+    assert len(threads) >= 2 and len({t["thread"] for t in threads}) == len(threads)
+    first = threads[0]
+    assert first["thread"] == doc["snapshot"]["thread"]
+    assert [f["function"] for f in first["stack"]][:2] == ["work", "worker"]
+    for other in threads[1:]:         # replayed only: no thread but the trigger's stopped
+        assert other["stack"] == [] and "fault_pc" not in other["exit"]
+        assert other["replayed_stack"]
