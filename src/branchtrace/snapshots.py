@@ -107,8 +107,11 @@ class Snapshots:
     def request(self, reason: str) -> bool:
         """Ask for a snapshot soon, of the program as it runs (SIGUSR2; safe from a
         signal handler). False when no run is under way."""
-        if self._bound is None:
+        bound = self._bound
+        if bound is None:
             return False
+        if bound[1].snapshot_soon():   # the ptrace backend stops a thread first
+            return True
         self._start()
         self._queue.put(reason)
         return True

@@ -173,6 +173,13 @@ class Backend(Protocol):
         will list them), so that a trace file cut short knows them. Default: none."""
         return []
 
+    def snapshot_soon(self) -> bool:
+        """While a run goes on, a snapshot is asked for (SIGUSR2; safe from a signal
+        handler): True when the backend will call ``RecordOptions.on_snapshot`` itself
+        soon, with a thread stopped and its registers and stack; False (the default):
+        the caller copies the store as the program runs."""
+        return False
+
 
 # name -> "module:Class"; the order is the order of preference for "auto".
 _REGISTRY: dict[str, str] = {

@@ -82,6 +82,12 @@ class PtraceBackend(Backend):
         tracer = self._tracer
         return list(tracer.processes) if tracer is not None else []
 
+    def snapshot_soon(self) -> bool:
+        """SIGUSR2: the tracer stops a thread of the program, copies its registers and
+        stack, and sends a snapshot (as at a trigger's call)."""
+        tracer = self._tracer
+        return tracer is not None and tracer.ask_snapshot()
+
     def interrupt(self) -> None:
         self._interrupted = True
         if self._tracer is not None:
@@ -109,7 +115,7 @@ class PtraceBackend(Backend):
             from .. import SnapshotEvent
 
             self._tracer.on_snapshot = lambda s: on_snapshot(
-                SnapshotEvent(s.reason, s.pid, s.tid, s.pc, s.stack))
+                SnapshotEvent(s.reason, s.pid, s.tid, s.pc or None, s.stack))
         try:
             if self._interrupted:
                 self._tracer.interrupt()

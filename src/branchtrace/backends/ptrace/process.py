@@ -79,6 +79,17 @@ class TracerProcess:
             raise error
         return reply
 
+    def ask_snapshot(self) -> bool:
+        """Ask the tracer for a snapshot at the next stop of one of the program's threads
+        (safe from a signal handler); False when it is not tracing."""
+        if self._reaped or self._answered:
+            return False
+        try:
+            os.kill(self.pid, tracer.SNAPSHOT)
+        except ProcessLookupError:
+            return False
+        return True
+
     def interrupt(self) -> None:
         """Ask the tracer to detach soon, as after a Ctrl-C (safe from a signal handler)."""
         if not self._reaped and not self._answered:

@@ -78,6 +78,10 @@ class Stepper(Family):
         self.on_trigger: Callable[[int, int, StackSnapshot | None, int], None] | None = None
         self.trigger_error: BaseException | None = None
         self._trigger_pending = False   # trigger_at is the entry point, to look again at
+        #: SIGUSR2 of branchtrace: told at the next stop of a thread of the first process
+        #: (tid, pc, stack), which stays stopped until it returns
+        self.on_asked: Callable[[int, int, StackSnapshot | None], None] | None = None
+        self._snapshot_asked = False
 
     # ---- setup -------------------------------------------------------------------
 
@@ -128,6 +132,30 @@ class Stepper(Family):
                 except OSError:
                     pass
 
+    def request_snapshot(self) -> None:
+        """A snapshot at the next stop of a thread of the first process (its threads are
+        interrupted: one asleep in a system call stops too, and goes back to it). Safe
+        to call from a signal handler."""
+        if self.on_asked is None:
+            return
+        self._snapshot_asked = True
+        if threading.get_ident() != self._owner:
+            return
+        for t in list(self.threads.values()):
+            if t.running and t.proc.pid == self.pid:
+                try:
+                    pt.ptrace(pt.PTRACE_INTERRUPT, t.tid)
+                except OSError:
+                    pass
+
+    def _asked_snapshot(self, t: Thread) -> None:
+        """The snapshot SIGUSR2 asked for, at this stop of ``t``."""
+        self._snapshot_asked = False
+        stack = stack_of(t.tid, t.proc.mem.read, t.proc.stack_span(t.tid))
+        pc = stack.register(16) if stack is not None else None
+        if self.on_asked is not None:
+            self.on_asked(t.tid, pc or 0, stack)
+
     # ---- the loop ----------------------------------------------------------------------
 
     def run(self) -> StepResult:
@@ -154,7 +182,8 @@ class Stepper(Family):
                         t.running = False
                     # the hot path: a single-step trap of a stepping thread
                     if status == STEP_TRAP and t is not None and t.mode == STEPPING \
-                            and not self._stop_requested and t.signal_from is None:
+                            and not self._stop_requested and t.signal_from is None \
+                            and not self._snapshot_asked:
                         pc = peek(tid, RIP)
                         prev = t.insn
                         if prev is not None and pc != prev.address + prev.size:
@@ -374,6 +403,8 @@ class Stepper(Family):
 
     def _continue(self, t: Thread, inject: int = 0, keep_stepping: bool = True) -> None:
         """Resume a stopped thread, or detach it when we are stopping."""
+        if self._snapshot_asked and not self._stop_requested and t.proc.pid == self.pid:
+            self._asked_snapshot(t)
         if self._stop_requested:
             if inject == 0 and pending_signals(t.tid) & self._swallow_mask():
                 # a single-step trap or the terminal's Ctrl-C is still pending: let it

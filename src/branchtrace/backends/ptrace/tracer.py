@@ -37,6 +37,9 @@ from .stepper import Stepper
 
 DETACH = signal.SIGUSR1
 USER_STOP = signal.SIGUSR2
+#: branchtrace asks for a snapshot (its SIGUSR2): a real-time signal, which nothing else
+#: sends us (SIGWINCH would come with every resize of the terminal)
+SNAPSHOT = signal.SIGRTMIN + 1
 _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGALRM, DETACH, USER_STOP)
 
 
@@ -61,12 +64,18 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
         _control.stepper.interrupt(user=user)
 
 
+def _on_snapshot_signal(signum: int, frame: FrameType | None) -> None:
+    if _control.stepper is not None:
+        _control.stepper.request_snapshot()
+
+
 def serve(store_path: Path, commands: int, replies: int, parent: int) -> NoReturn:
     """The whole life of the tracer process (in the child of the fork)."""
     code = 0
     try:
         for sig in _SIGNALS:
             signal.signal(sig, _on_signal)
+        signal.signal(SNAPSHOT, _on_snapshot_signal)
         pt.set_parent_death_signal(DETACH)
         if os.getppid() != parent:  # branchtrace died before the line above
             os._exit(0)
@@ -117,6 +126,8 @@ def _answer(store_path: Path, request: wire.Request,
             stepper = Stepper(store, request.follow_children)
             stepper.on_modules = on_modules
             stepper.on_processes = on_processes
+            stepper.on_asked = lambda tid, pc, stack: on_snapshot(wire.Snapshot(
+                "SIGUSR2", stepper.pid if stepper else 0, tid, pc, stack))
             trigger = request.trigger
             if trigger is not None:
                 stepper.trigger = trigger
