@@ -110,7 +110,8 @@ class Snapshots:
         bound = self._bound
         if bound is None:
             return False
-        if bound[1].snapshot_soon():   # the ptrace backend stops a thread first
+        soon = getattr(bound[1], "snapshot_soon", None)   # (a backend without snapshots)
+        if soon is not None and soon():   # the ptrace backend stops a thread first
             return True
         self._start()
         self._queue.put(reason)

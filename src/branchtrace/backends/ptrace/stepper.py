@@ -21,17 +21,17 @@ from typing import TYPE_CHECKING, Callable
 
 from ...errors import StoreError
 from ...isa import NOT_A_BRANCH
-from ...model import BranchKind, ExitInfo, Gap, ModuleMap, ProcessInfo, StackSnapshot
+from ...model import BranchKind, ExitInfo, Gap, ModuleMap, ProcessInfo
 from . import launch
 from ..linux import sys as pt
 from .family import FREE, STEPPING, Family, Thread
 from .procs import Proc, cmdline
+from .snapshots import Snapshotting
 from .signals import (FAULT_SIGNALS, GROUP_STOP_SIGNALS, SI_KERNEL, STEP_TRAP, Fault, bit,
                       caught_signals, pending_signals, stack_of)
 
 if TYPE_CHECKING:
     from ...store import Store
-    from .. import Trigger
 
 OPTIONS = (pt.PTRACE_O_TRACECLONE | pt.PTRACE_O_TRACEEXEC | pt.PTRACE_O_TRACEEXIT
            | pt.PTRACE_O_TRACESYSGOOD | pt.PTRACE_O_TRACEFORK | pt.PTRACE_O_TRACEVFORK)
@@ -48,7 +48,7 @@ class StepResult:
     processes: list[ProcessInfo] = field(default_factory=list)   # the first first
 
 
-class Stepper(Family):
+class Stepper(Family, Snapshotting):
     """Drives one traced process. Create it, then call :meth:`spawn` or :meth:`attach`,
     then :meth:`run`."""
 
@@ -69,19 +69,7 @@ class Stepper(Family):
         self._stop_requested = False
         self._user_interrupt = False
         self._owner = threading.get_ident()
-        #: run --trigger: the function, its address once the first process has its
-        #: libraries (None: not armed, or done), the calls so far, and who is told of one
-        #: (tid, pc, stack, call number; the thread stays stopped until it returns)
-        self.trigger: Trigger | None = None
-        self.trigger_at: int | None = None
-        self.trigger_calls = 0
-        self.on_trigger: Callable[[int, int, StackSnapshot | None, int], None] | None = None
-        self.trigger_error: BaseException | None = None
-        self._trigger_pending = False   # trigger_at is the entry point, to look again at
-        #: SIGUSR2 of branchtrace: told at the next stop of a thread of the first process
-        #: (tid, pc, stack), which stays stopped until it returns
-        self.on_asked: Callable[[int, int, StackSnapshot | None], None] | None = None
-        self._snapshot_asked = False
+        self.init_snapshots()
 
     # ---- setup -------------------------------------------------------------------
 
@@ -131,30 +119,6 @@ class Stepper(Family):
                     pt.ptrace(pt.PTRACE_INTERRUPT, t.tid)
                 except OSError:
                     pass
-
-    def request_snapshot(self) -> None:
-        """A snapshot at the next stop of a thread of the first process (its threads are
-        interrupted: one asleep in a system call stops too, and goes back to it). Safe
-        to call from a signal handler."""
-        if self.on_asked is None:
-            return
-        self._snapshot_asked = True
-        if threading.get_ident() != self._owner:
-            return
-        for t in list(self.threads.values()):
-            if t.running and t.proc.pid == self.pid:
-                try:
-                    pt.ptrace(pt.PTRACE_INTERRUPT, t.tid)
-                except OSError:
-                    pass
-
-    def _asked_snapshot(self, t: Thread) -> None:
-        """The snapshot SIGUSR2 asked for, at this stop of ``t``."""
-        self._snapshot_asked = False
-        stack = stack_of(t.tid, t.proc.mem.read, t.proc.stack_span(t.tid))
-        pc = stack.register(16) if stack is not None else None
-        if self.on_asked is not None:
-            self.on_asked(t.tid, pc or 0, stack)
 
     # ---- the loop ----------------------------------------------------------------------
 
@@ -228,50 +192,6 @@ class Stepper(Family):
         exit_info = first.exit or ExitInfo("detached")
         return StepResult(exit_info, self.modules, list(self.order), self.gaps, self.notes,
                           [p.info() for p in self.procs.values()])
-
-    def arm_trigger(self, at_exec: bool = False) -> bool:
-        """Find the trigger's function in the first process's modules (the executable
-        first, then the libraries loaded so far). When none has it, the error is kept in
-        :attr:`trigger_error` and we stop: False (the caller ends the program it started,
-        or lets go of one it attached to). ``at_exec``: stepping from the first
-        instruction, before the dynamic loader has mapped the libraries: a function not
-        in the executable is looked up again at the executable's entry point."""
-        if self.trigger is None:
-            return True
-        from ..linux.program import function_address
-
-        self._snapshot_maps(self.procs[self.pid])
-        try:
-            self.trigger_at = function_address(self.modules, self.trigger.symbol, self.pid)
-        except BaseException as err:
-            entry = _entry_point(self.pid) if at_exec else None
-            if entry is not None:
-                self.trigger_at, self._trigger_pending = entry, True
-                return True
-            self.trigger_error = err
-            self.trigger = None
-            return False
-        return True
-
-    def _triggered(self, t: Thread, pc: int) -> None:
-        """A branch reached the trigger's function: a snapshot if it is the call asked
-        for, the thread stopped (with its registers and stack) until it is taken."""
-        trigger = self.trigger
-        if trigger is None or t.proc.pid != self.pid or self._stop_requested:
-            return
-        if self._trigger_pending:    # the entry point: the libraries are mapped now
-            self._trigger_pending = False
-            self.trigger_at = None
-            if not self.arm_trigger():
-                os.kill(self.pid, signal.SIGKILL)
-            return
-        self.trigger_calls += 1
-        n = self.trigger_calls
-        if trigger.fires(n) and self.on_trigger is not None:
-            stack = stack_of(t.tid, t.proc.mem.read, t.proc.stack_span(t.tid))
-            self.on_trigger(t.tid, pc, stack, n)
-        if trigger.done(n):
-            self.trigger_at = None
 
     def _record(self, t: Thread, from_ip: int, to_ip: int, kind: int) -> None:
         buf = t.buf
@@ -447,17 +367,3 @@ class Stepper(Family):
 
     # ---- helpers -------------------------------------------------------------------------
 
-
-def _entry_point(pid: int) -> int | None:
-    """The executable's entry point in process ``pid`` (AT_ENTRY of its auxiliary vector)."""
-    import struct
-
-    try:
-        with open(f"/proc/{pid}/auxv", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    for key, value in struct.iter_unpack("<QQ", data[:len(data) - len(data) % 16]):
-        if key == 9:     # AT_ENTRY
-            return int(value)
-    return None

@@ -19,7 +19,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any
 
 from ...store.blocks import DEFAULT_TABLE_CAPACITY, create_table, read_table, table_bytes
 from ...errors import BranchtraceError, MemoryLimitError, TargetError, UsageError
@@ -36,9 +36,7 @@ from .execs import ExecCatcher, ExecFollowing
 from . import hold
 from .resume import Resuming
 from .launch import Attaching, Launcher, attach, check_attachable, mapped_paths
-
-if TYPE_CHECKING:
-    from .. import SnapshotEvent, Trigger
+from .triggers import Triggering
 
 #: Signals that Frida's exception types stand for.
 _SIGNAL_OF_EXCEPTION = {
@@ -75,7 +73,7 @@ class HostResult:
     processes: list[ProcessInfo] = field(default_factory=list)
 
 
-class Host(Resuming, ExecFollowing, ChildFollowing, Ending):
+class Host(Resuming, ExecFollowing, ChildFollowing, Ending, Triggering):
     """One Frida session recording one target into ``store``."""
 
     def __init__(self, store: Store, only: tuple[str, ...] = (),
@@ -132,11 +130,7 @@ class Host(Resuming, ExecFollowing, ChildFollowing, Ending):
         self._exec: ExecCatcher | None = None
         self._carried: set[int] = set()
         self._old_detached = threading.Event()
-        #: run --trigger (the first process's): the function, its address once found,
-        #: and who is told of a call (the program's thread waits until it returns)
-        self.trigger: Trigger | None = None
-        self.trigger_at: int | None = None
-        self.on_snapshot: Callable[[SnapshotEvent], None] | None = None
+        self.init_trigger()     # run --trigger (triggers.py)
 
     # -- starting ------------------------------------------------------------------------
 
@@ -163,14 +157,7 @@ class Host(Resuming, ExecFollowing, ChildFollowing, Ending):
         self._attach(pid, attaching)
         self._refresh_modules()
         entry = self._start_address(launcher, start_vaddr)
-        if self.trigger is not None:
-            from ..linux.program import function_address
-
-            try:
-                self.trigger_at = function_address(self.modules, self.trigger.symbol, pid)
-            except UsageError:
-                self.stop()
-                raise
+        self.arm_trigger(pid)
         reply = self._load_agent(pid, entry)
         missing = [name for name in self.only if name not in reply["onlyMatched"]]
         if missing:
@@ -244,9 +231,7 @@ class Host(Resuming, ExecFollowing, ChildFollowing, Ending):
             "parked": hold.is_parked(pid),
             "followChildren": self.follow_children,
             "checkPath": str(self.check.path) if self.check is not None else None,
-            "trigger": None if self.trigger is None or self.trigger_at is None else {
-                "address": str(self.trigger_at), "nth": self.trigger.nth,
-                "every": self.trigger.every, "limit": self.trigger.limit},
+            "trigger": self.trigger_params(),
             **self.options,
         }
         try:
@@ -389,23 +374,6 @@ class Host(Resuming, ExecFollowing, ChildFollowing, Ending):
                                   f"{p['stackError']}")
         except (KeyError, TypeError, ValueError) as err:
             self._agent_errors.append(f"bad crash report {p!r}: {err}")
-
-    def _on_snapshot(self, p: dict[str, Any], stack: bytes | None = None) -> None:
-        """A trigger's call (agent/trigger.js): the snapshot copies the store now."""
-        from .. import SnapshotEvent
-
-        if self.on_snapshot is None or self.trigger is None:
-            return
-        try:
-            tid = int(p["tid"])
-            event = SnapshotEvent(f"trigger {self.trigger.symbol}, call {int(p['call'])}",
-                                  self.pid, tid, int(p["pc"], 0),
-                                  snapshot_of(tid, p.get("registers"), stack, p.get("stackBase")))
-        except (KeyError, TypeError, ValueError) as err:
-            self._agent_errors.append(f"bad snapshot message {p!r}: {err}")
-            return
-        self._refresh_modules()
-        self.on_snapshot(event)
 
     def _on_detached(self, reason: str, crash: Any, generation: int = 0) -> None:
         if generation != self._generation:
