@@ -179,3 +179,15 @@ def test_a_snapshot_reports_every_thread_the_triggers_first(build, backend):
     for other in threads[1:]:         # replayed only: no thread but the trigger's stopped
         assert other["stack"] == [] and "fault_pc" not in other["exit"]
         assert other["replayed_stack"]
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_a_trigger_is_the_first_images_only(build, backend):
+    # 7 calls of first_step, an exec of itself (no address randomization: its
+    # first_step is where the first image's was), 7 more: only the first image's count
+    exe = build("exec_first")
+    r = cli("run", "--backend", backend, "--disable-randomization", "--trigger", "first_step",
+            "--trigger-every", "--", str(exe), str(exe))
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("branchtrace: snapshot ") == 7
+    assert "trigger first_step, call 7" in r.stderr

@@ -76,6 +76,13 @@ class Snapshotting:
         if self.on_asked is not None:
             self.on_asked(t.tid, pc or 0, stack)
 
+    def _image_replaced(self, proc: Proc) -> None:
+        """An exec: the trigger's function was the first image's, the new one has it
+        elsewhere if at all. No more trigger (README: the program as it starts)."""
+        if proc.pid == self.pid:
+            self.trigger_at = None
+            self._trigger_pending = False
+
     def arm_trigger(self, at_exec: bool = False) -> bool:
         """Find the trigger's function in the first process's modules (the executable
         first, then the libraries loaded so far). When none has it, the error is kept in

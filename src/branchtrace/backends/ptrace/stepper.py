@@ -48,7 +48,7 @@ class StepResult:
     processes: list[ProcessInfo] = field(default_factory=list)   # the first first
 
 
-class Stepper(Family, Snapshotting):
+class Stepper(Snapshotting, Family):
     """Drives one traced process. Create it, then call :meth:`spawn` or :meth:`attach`,
     then :meth:`run`."""
 

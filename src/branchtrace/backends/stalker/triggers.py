@@ -22,6 +22,7 @@ class Triggering:
     pid: int
     modules: list[ModuleMap]
     _agent_errors: list[str]
+    _generation: int          # execs.py: the images so far (0: the program as it started)
 
     if TYPE_CHECKING:   # the host's: never shadow them at run time
         def stop(self) -> None: ...
@@ -49,8 +50,9 @@ class Triggering:
             raise
 
     def trigger_params(self) -> dict[str, Any] | None:
-        """The agent's ``trigger`` parameter (agent/trigger.js, armTrigger)."""
-        if self.trigger is None or self.trigger_at is None:
+        """The agent's ``trigger`` parameter (agent/trigger.js, armTrigger): none in an
+        image an exec loaded (the address was the first image's)."""
+        if self.trigger is None or self.trigger_at is None or self._generation:
             return None
         return {"address": str(self.trigger_at), "nth": self.trigger.nth,
                 "every": self.trigger.every, "limit": self.trigger.limit}
