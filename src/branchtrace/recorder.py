@@ -25,11 +25,13 @@ from .backends import (
     RecordOptions,
     RunResult,
     Target,
+    Trigger,
     select,
 )
 from .decode import concat, decode
-from .errors import StoreError
+from .errors import StoreError, UsageError
 from .model import Gap, ModuleMap, ProcessInfo
+from .snapshots import Snapshots
 from .store import (
     RECORD_DTYPES,
     Encoding,
@@ -58,6 +60,7 @@ class RecordConfig:
     only: tuple[str, ...] = ()       # stalker: report only branches from or into these modules
     follow_children: bool = True    # trace every process the target starts
     hold_on_crash: bool = False     # run --gdb: leave the program stopped at a crash
+    trigger: Trigger | None = None   # snapshots on calls of a function (ring mode)
 
 
 def parse_mode(mode: str) -> StoreMode:
@@ -100,7 +103,7 @@ class RecordListener(Protocol):
         ...
 
 
-class _Collector:
+class Collector:
     """Where drained records go: the trace file (if any), and memory: all of them, or
     about the newest ``keep`` per thread. Never raises: a write error is kept in
     ``error`` (in stream mode the target would wait forever on a consumer that died)."""
@@ -204,7 +207,8 @@ def record(target: Target, config: RecordConfig = RecordConfig(),
            on_start: Callable[[Backend, tuple[str, ...]], None] | None = None, *,
            output: str | os.PathLike[str] | None = None, keep: int | None = None,
            listener: RecordListener | None = None, chosen: Choice | None = None,
-           mark_dropped: bool = False) -> Trace:
+           mark_dropped: bool = False,
+           snapshots: Snapshots | None = None) -> Trace:
     """Trace ``target`` until it ends (or we detach) and return the trace.
 
     ``on_start(backend, reasons)`` is called once the backend is chosen and the store
@@ -229,7 +233,7 @@ def record(target: Target, config: RecordConfig = RecordConfig(),
     choice = chosen if chosen is not None else select(config.backend)
     try:
         return _record(target, config, choice, on_start, output, keep, listener,
-                       mark_dropped)
+                       mark_dropped, snapshots)
     finally:
         choice.backend.cancel_early()
 
@@ -237,11 +241,14 @@ def record(target: Target, config: RecordConfig = RecordConfig(),
 def _record(target: Target, config: RecordConfig, choice: Choice,
             on_start: Callable[[Backend, tuple[str, ...]], None] | None,
             output: str | os.PathLike[str] | None, keep: int | None,
-            listener: RecordListener | None, mark_dropped: bool = False) -> Trace:
+            listener: RecordListener | None, mark_dropped: bool = False,
+            snapshots: Snapshots | None = None) -> Trace:
     if output is not None and keep is None:
         keep = KEEP_WITH_FILE
     backend = choice.backend
     sconfig = store_config(config, backend)
+    if config.trigger is not None and sconfig.mode != StoreMode.RING:
+        raise UsageError("--trigger takes ring mode: a snapshot is the ring at one moment")
     start_ns = time.time_ns()
     writer = None
     if output is not None:
@@ -249,11 +256,15 @@ def _record(target: Target, config: RecordConfig, choice: Choice,
                             sconfig.capacity_records, sconfig.chunk_records, target.pid or 0,
                             start_ns, backend.name, f"branchtrace {__version__}", target.argv)
         writer = TraceWriter.create(output, header)
-    sink = _Collector(writer, keep, listener, start_ns, backend, target.argv)
+    sink = Collector(writer, keep, listener, start_ns, backend, target.argv)
     try:
         with Store.create(sconfig) as store:
             backend.prepare(store)  # before any thread of ours: the ptrace backend forks
             consumer = None
+            on_snapshot = None
+            if snapshots is not None and sconfig.mode == StoreMode.RING:
+                snapshots.bind(store, backend, sconfig, target, start_ns)
+                on_snapshot = snapshots.take
             try:
                 if on_start is not None:
                     on_start(backend, choice.reasons)
@@ -262,11 +273,14 @@ def _record(target: Target, config: RecordConfig, choice: Choice,
                     consumer.start()
                 result = backend.record(target, store, RecordOptions(
                     config.start, config.duration, config.only, config.follow_children,
-                    config.hold_on_crash))
+                    config.trigger if on_snapshot is not None else None, on_snapshot,
+                    hold_on_crash=config.hold_on_crash))
             finally:
                 backend.release()
                 if consumer is not None:
                     consumer.stop()
+                if snapshots is not None:
+                    snapshots.close()   # every snapshot delivered before the report
             status = store.status()
             if consumer is None:
                 for tid in store.tids():
@@ -289,7 +303,7 @@ def _record(target: Target, config: RecordConfig, choice: Choice,
     pid = result.pid or (target.pid or 0)
     if writer is not None:
         waits = {t.tid: t.producer_waits for t in status.threads}
-        _finish_file(writer, sink, result, gaps, written, lost, waits, pid, end_ns)
+        finish_file(writer, sink, result, gaps, written, lost, waits, pid, end_ns)
     raw_dtype = RECORD_DTYPES[sconfig.encoding]
     threads, times, cut = {}, {}, {}
     for tid in result.threads:
@@ -332,7 +346,7 @@ def _chunk_times(entries: list[tuple[int, int, int, int]], cut: int, n: int) -> 
     return np.array(rows, dtype=CHUNK_TIMES_DTYPE)
 
 
-def _finish_file(writer: TraceWriter, sink: _Collector, result: RunResult, gaps: list[Gap],
+def finish_file(writer: TraceWriter, sink: Collector, result: RunResult, gaps: list[Gap],
                  written: dict[int, int], lost: dict[int, int], waits: dict[int, int],
                  pid: int, end_ns: int) -> None:
     """Write what is known only at the end (modules, block table, gaps, notes, threads)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from branchtrace.recorder import _Collector
+from branchtrace.recorder import Collector
 from branchtrace.store import FROMTO_DTYPE
 from branchtrace.store.blocks import make_table
 
@@ -42,9 +42,9 @@ class GrowingTable:
         return self.table[first_id:self.compiled], []
 
 
-def _collector() -> tuple[_Collector, FakeWriter, GrowingTable]:
+def _collector() -> tuple[Collector, FakeWriter, GrowingTable]:
     writer, backend = FakeWriter(), GrowingTable()
-    return _Collector(writer, None, None, 0, backend), writer, backend  # type: ignore[arg-type]
+    return Collector(writer, None, None, 0, backend), writer, backend  # type: ignore[arg-type]
 
 
 def test_a_chunk_with_new_block_ids_gets_their_rows_first() -> None:

@@ -10,14 +10,14 @@ from __future__ import annotations
 import importlib
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 from ..errors import BackendUnavailable, UsageError
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from ..model import ExitInfo, Gap, ModuleMap, ProcessInfo
+    from ..model import ExitInfo, Gap, ModuleMap, ProcessInfo, StackSnapshot
     from ..store import Encoding, Store, StoreMode
 
 #: Environment variable that overrides ``--backend auto``.
@@ -42,11 +42,48 @@ class Target:
 
 
 @dataclass(frozen=True)
+class Trigger:
+    """Snapshots on the calls of a function (``run --trigger``): the ``nth`` call
+    (1: the first), or with ``every`` each call from the ``nth`` on, ``limit`` at most."""
+
+    symbol: str
+    nth: int = 1
+    every: bool = False
+    limit: int = 1
+
+    def fires(self, count: int) -> bool:
+        """Whether the ``count``-th call (1: the first) makes a snapshot."""
+        if self.every:
+            return self.nth <= count < self.nth + self.limit
+        return count == self.nth
+
+    def done(self, count: int) -> bool:
+        """Whether no call after the ``count``-th makes one any more."""
+        return count >= self.nth + (self.limit - 1 if self.every else 0)
+
+
+@dataclass(frozen=True)
+class SnapshotEvent:
+    """A backend's moment for a snapshot (a trigger's call): the thread that made it,
+    waiting until the callback returns, with its registers and stack when copied."""
+
+    reason: str
+    pid: int
+    tid: int | None = None
+    pc: int | None = None
+    stack: StackSnapshot | None = None
+
+
+@dataclass(frozen=True)
 class RecordOptions:
     start: str | None = None      # symbol to start at; "entry"; None = backend default
     duration: float | None = None  # stop (detach) after this many seconds
     only: tuple[str, ...] = ()     # stalker: report only branches from or into these modules
     follow_children: bool = True   # trace every process the target starts (and exec in them)
+    trigger: Trigger | None = None  # snapshots on calls of a function (the first process's)
+    #: called by the backend (from any thread of ours) at a trigger's call, while the
+    #: program's thread waits: the snapshot copies the store before it returns
+    on_snapshot: Callable[[SnapshotEvent], None] | None = None
     #: ``run --gdb``: at a crash signal (:data:`HOLD_SIGNALS`) of the first process with no
     #: handler, stop recording and leave the program stopped before the signal is
     #: delivered (group-stop, no tracer), with ``ExitInfo.held`` set
@@ -147,6 +184,13 @@ class Backend(Protocol):
         """While a run goes on: the processes known so far (as :attr:`RunResult.processes`
         will list them), so that a trace file cut short knows them. Default: none."""
         return []
+
+    def snapshot_soon(self) -> bool:
+        """While a run goes on, a snapshot is asked for (SIGUSR2; safe from a signal
+        handler): True when the backend will call ``RecordOptions.on_snapshot`` itself
+        soon, with a thread stopped and its registers and stack; False (the default):
+        the caller copies the store as the program runs."""
+        return False
 
 
 # name -> "module:Class"; the order is the order of preference for "auto".

@@ -23,13 +23,13 @@ from .. import progress
 from .._version import __version__
 from ..errors import BranchtraceError
 from . import (attach, coverage, crash, demo, doctor, export, gdb_init, history, profile, run,
-               sql, stats)
+               snapshot, sql, stats)
 
 #: Set to show the traceback of an internal error (a bug) instead of one line.
 DEBUG_ENV = "BRANCHTRACE_DEBUG"
 
-_COMMANDS = (run, attach, doctor, demo, coverage, crash, history, profile, stats, sql, export,
-             gdb_init)
+_COMMANDS = (run, attach, snapshot, doctor, demo, coverage, crash, history, profile, stats, sql,
+             export, gdb_init)
 #: Commands that exit with a program's status: their own failures are 125, 126, 127.
 _PASS_THROUGH = (run.NAME, attach.NAME)
 OWN_FAILURE = 125

@@ -16,6 +16,7 @@ from typing import IO, TYPE_CHECKING, Any
 from ..errors import BranchtraceError, UsageError
 from ..reporters.base import check_output
 from ..store.sizes import format_bytes, parse_byte_size, parse_size
+from ._snapshots import add_snapshot_arguments, make_snapshots, on_snapshot_signal, trigger_of
 
 if TYPE_CHECKING:
     from ..backends import Backend, Choice, Target
@@ -126,6 +127,7 @@ def add_record_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-follow-children", dest="follow_children", action="store_false",
                    help="trace only the program, not the processes it starts (fork, vfork, "
                         "posix_spawn, ...): they run untraced, and a note says how many")
+    add_snapshot_arguments(p.add_argument_group("snapshots (ring mode)"))
     r = p.add_argument_group("report")
     r.add_argument("--last", type=positive_int, default=16, metavar="N",
                    help="how many lines of the last branches to show, loops folded "
@@ -173,21 +175,21 @@ def check_report_path(path: str | None) -> None:
         check_output(path, "--report-to")
 
 
-def _open_report(path: str | None) -> tuple[IO[str], bool]:
+def _open_report(path: str | None, append: bool = False) -> tuple[IO[str], bool]:
     if path is None:
         return sys.stderr, False
     if path == "-":
         return sys.stdout, False
     try:
-        return open(path, "w", encoding="utf-8"), True
+        return open(path, "a" if append else "w", encoding="utf-8"), True
     except OSError as err:
         raise UsageError(f"--report-to: cannot write {path}: {err.strerror or err}") from None
 
 
-def _write_report(traces: list[Trace], args: argparse.Namespace) -> None:
+def _write_report(traces: list[Trace], args: argparse.Namespace, append: bool = False) -> None:
     from ..reporters import crash  # only when there is a report to write
 
-    out, close = _open_report(args.report_to)
+    out, close = _open_report(args.report_to, append)
     try:
         try:
             crash.render_all(traces, out, last=args.last, fmt=args.format, own=args.own)
@@ -208,6 +210,7 @@ def record_and_report(args: argparse.Namespace, target: Target, duration: float 
     from ..backends import select
 
     check_before_start(args, target.argv[0] if target.argv else None)
+    trigger = trigger_of(args)
     choice = select(args.backend)
     target = _one_blas_thread(target)
     try:
@@ -221,7 +224,8 @@ def record_and_report(args: argparse.Namespace, target: Target, duration: float 
                               memory_limit=args.memory_limit, start=args.start,
                               duration=duration, only=only,
                               follow_children=args.follow_children,
-                              hold_on_crash=bool(getattr(args, "gdb", False)))
+                              hold_on_crash=bool(getattr(args, "gdb", False)),
+                              trigger=trigger)
         return _record_and_report(args, target, config, choice)
     finally:
         choice.backend.cancel_early()   # if the program was started but not recorded
@@ -233,6 +237,8 @@ def _record_and_report(args: argparse.Namespace, target: Target, config: RecordC
 
     interrupted = []
     previous: Any = None
+    snapshots, snapshot_reports = make_snapshots(args)
+    previous_usr2 = on_snapshot_signal(snapshots, args.mode)
 
     def on_start(backend: Backend, reasons: tuple[str, ...]) -> None:
         nonlocal previous
@@ -260,7 +266,7 @@ def _record_and_report(args: argparse.Namespace, target: Target, config: RecordC
             # newest REPLAY_WINDOW (what a ring of the default size holds)
             trace = record(target, config, on_start=on_start, output=output,
                            keep=max(args.last, REPLAY_WINDOW), listener=progress,
-                           chosen=choice)
+                           chosen=choice, snapshots=snapshots)
         except BaseException:
             if temporary is not None:
                 os.unlink(temporary)
@@ -277,7 +283,8 @@ def _record_and_report(args: argparse.Namespace, target: Target, config: RecordC
 
         if args.report != "never" and (first or crashed(trace, quiet_pipes=True)):
             try:
-                _write_report(to_report(trace, first=first, quiet_pipes=True), args)
+                _write_report(to_report(trace, first=first, quiet_pipes=True), args,
+                              append=snapshot_reports.started)
             except BrokenPipeError:
                 raise
             except (MemoryError, BranchtraceError, OSError, ValueError) as err:
@@ -289,6 +296,9 @@ def _record_and_report(args: argparse.Namespace, target: Target, config: RecordC
         # kills it; the backend reports that), never a KeyboardInterrupt of ours
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGUSR2, previous_usr2)
+    for error in snapshots.errors:
+        print(f"branchtrace: {error}", file=sys.stderr)
     if temporary is not None and not ex.held:
         os.unlink(temporary)
     if ex.held:

@@ -176,6 +176,11 @@ def _headline(doc: dict[str, Any]) -> str:
         return f"{program} (pid {doc['pid']}) was killed by {sig['name']} ({sig['description']}){core}"
     if ex["status"] == "exited":
         return f"{program} (pid {doc['pid']}) exited with status {ex['code']}"
+    if ex["status"] == "snapshot":
+        snap = doc.get("snapshot") or {}
+        what = f"snapshot {snap['number']} of " if snap.get("number") else "snapshot of "
+        why = f": {snap['reason']}" if snap.get("reason") else ""
+        return f"{what}{program} (pid {doc['pid']}), thread {doc['thread']}{why}; it went on"
     return f"{program} (pid {doc['pid']}): {ex['status']}; it keeps running without us"
 
 
@@ -190,7 +195,8 @@ def write_text(doc: dict[str, Any], out: IO[str], columns: int | None = None) ->
         out.write(f"  fault address: {ex['fault_address']:#x}\n")
     if "fault_pc" in ex:
         pc = ex["fault_pc"]
-        out.write(f"  faulted at:    {pc['hex']} {_loc_text(pc)}\n")
+        label = "stopped at:" if ex["status"] == "snapshot" else "faulted at:"
+        out.write(f"  {label:<14} {pc['hex']} {_loc_text(pc)}\n")
         if ex.get("fault_instruction"):
             out.write(f"  instruction:   {ex['fault_instruction']}\n")
         elif ex.get("fault_instruction_note"):

@@ -161,6 +161,21 @@ class Store:
             w = self._word(slot, "written")
             return self._copy(slot, w - self._held(slot, w), w)
 
+    def peek_live(self, tid: int) -> tuple[np.ndarray, int]:
+        """A copy of the held records of ``tid`` while its producer may be writing (a
+        snapshot): oldest first, without those the producer may have overwritten during
+        the copy (ring mode), and how many records the thread has written in all."""
+        with self._lock:
+            slot = self._slot(tid)
+            w = self._word(slot, "written")
+            start = w - self._held(slot, w)
+            out = self._copy(slot, start, w)
+            if self.mode == StoreMode.RING:
+                w2 = self._word(slot, "written")
+                unsafe = min(max(0, w2 - self.capacity + 1 - start), len(out))
+                out = out[unsafe:]
+            return out, w
+
     def clear(self, tid: int | None = None) -> None:
         """Drop the held records of ``tid`` (or of every thread); ring mode adds the
         records overwritten since the last clear or drain to ``lost``."""

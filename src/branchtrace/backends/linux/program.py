@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ...errors import CannotExecute, ProgramNotFound, TargetError, UsageError
+
+if TYPE_CHECKING:
+    from ...model import ModuleMap
 
 
 def find_program(program: str) -> str:
@@ -57,3 +62,15 @@ def read_argv(pid: int) -> tuple[str, ...]:
     except OSError:
         return ()
     return tuple(a.decode("utf-8", "surrogateescape") for a in raw.split(b"\0")[:-1])
+
+
+def function_address(modules: Sequence[ModuleMap], name: str, pid: int) -> int:
+    """The run-time address of function ``name`` in ``modules`` (the executable first,
+    then the libraries loaded so far), for ``--trigger``; a usage error if none has it."""
+    from ...symbols import Symbolizer
+
+    address = Symbolizer(modules, lines=False).symbol_address(None, name)
+    if address is None:
+        names = ", ".join(m.name for m in modules if not m.path.startswith("[")) or "none"
+        raise UsageError(f"--trigger: no function {name!r} in pid {pid} (its modules: {names})")
+    return address

@@ -82,6 +82,12 @@ class PtraceBackend(Backend):
         tracer = self._tracer
         return list(tracer.processes) if tracer is not None else []
 
+    def snapshot_soon(self) -> bool:
+        """SIGUSR2: the tracer stops a thread of the program, copies its registers and
+        stack, and sends a snapshot (as at a trigger's call)."""
+        tracer = self._tracer
+        return tracer is not None and tracer.ask_snapshot()
+
     def interrupt(self) -> None:
         self._interrupted = True
         if self._tracer is not None:
@@ -95,16 +101,23 @@ class PtraceBackend(Backend):
             if target.pid == os.getpid():  # the tracer process checks for its own pid
                 raise TargetError("branchtrace cannot trace itself")
             request = Request(pid=target.pid, duration=options.duration,
-                              follow_children=options.follow_children)
+                              follow_children=options.follow_children, trigger=options.trigger)
         else:
             path = find_program(target.argv[0])
             vaddr, note = start_vaddr(path, options.start)
             request = Request(target.argv, target.env, target.disable_aslr, path=path,
                               start_vaddr=vaddr, duration=options.duration,
                               follow_children=options.follow_children,
-                              hold_on_crash=options.hold_on_crash, ptracer=target.ptracer)
+                              hold_on_crash=options.hold_on_crash, ptracer=target.ptracer,
+                              trigger=options.trigger)
         self.prepare(store)
         assert self._tracer is not None
+        on_snapshot = options.on_snapshot
+        if on_snapshot is not None:
+            from .. import SnapshotEvent
+
+            self._tracer.on_snapshot = lambda s: on_snapshot(
+                SnapshotEvent(s.reason, s.pid, s.tid, s.pc or None, s.stack))
         try:
             if self._interrupted:
                 self._tracer.interrupt()

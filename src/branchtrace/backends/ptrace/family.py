@@ -127,9 +127,14 @@ class Family:
                           "branches before it belong to the old image")
         proc.open()
         self._snapshot_maps(proc, fresh=proc.pid != self.pid)
+        self._image_replaced(proc)
         self._tell_processes()
         t.insn = None
         self._continue(t)
+
+    def _image_replaced(self, proc: Proc) -> None:
+        """Told of an exec of ``proc`` (snapshots.py: a trigger's address was the old
+        image's). Default: nothing."""
 
     def _thread_gone(self, tid: int, status: int) -> None:
         proc = self.procs.get(tid)

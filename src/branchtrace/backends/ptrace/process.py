@@ -18,6 +18,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Callable
 
 from ...errors import BranchtraceError, TargetError
 from ...model import ModuleMap, ProcessInfo
@@ -35,6 +36,8 @@ class TracerProcess:
         self.modules: list[ModuleMap] = []
         #: every process traced, as the tracer last reported them (several: children)
         self.processes: list[ProcessInfo] = []
+        #: told of a trigger's call (the tracer waits until it returns)
+        self.on_snapshot: Callable[[wire.Snapshot], None] | None = None
 
     @classmethod
     def fork(cls, store_path: Path) -> TracerProcess:
@@ -54,11 +57,17 @@ class TracerProcess:
         """Have the tracer trace ``request``; its reply (errors re-raised here)."""
         wire.send(self._commands, request)
         reply = wire.receive(self._replies)
-        while isinstance(reply, (wire.Modules, wire.Processes)):
+        while isinstance(reply, (wire.Modules, wire.Processes, wire.Snapshot)):
             if isinstance(reply, wire.Modules):
                 self.modules = reply.modules
-            else:
+            elif isinstance(reply, wire.Processes):
                 self.processes = reply.processes
+            else:
+                try:
+                    if self.on_snapshot is not None:
+                        self.on_snapshot(reply)
+                finally:
+                    wire.send(self._commands, wire.SNAPSHOT_TAKEN)
             reply = wire.receive(self._replies)
         self._answered = True
         if not isinstance(reply, wire.Reply):
@@ -69,6 +78,17 @@ class TracerProcess:
                 error.add_note(f"in the ptrace tracer process (pid {self.pid}):\n{reply.where}")
             raise error
         return reply
+
+    def ask_snapshot(self) -> bool:
+        """Ask the tracer for a snapshot at the next stop of one of the program's threads
+        (safe from a signal handler); False when it is not tracing."""
+        if self._reaped or self._answered:
+            return False
+        try:
+            os.kill(self.pid, tracer.SNAPSHOT)
+        except ProcessLookupError:
+            return False
+        return True
 
     def interrupt(self) -> None:
         """Ask the tracer to detach soon, as after a Ctrl-C (safe from a signal handler)."""

@@ -27,6 +27,7 @@ from .. import HOLD_SIGNALS
 from ..linux import sys as pt
 from .family import FREE, STEPPING, Family, Thread
 from .procs import Proc, cmdline
+from .snapshots import Snapshotting
 from .signals import (FAULT_SIGNALS, GROUP_STOP_SIGNALS, SI_KERNEL, STEP_TRAP, Fault, bit,
                       caught_signals, pending_signals, stack_of)
 
@@ -48,7 +49,7 @@ class StepResult:
     processes: list[ProcessInfo] = field(default_factory=list)   # the first first
 
 
-class Stepper(Family):
+class Stepper(Snapshotting, Family):
     """Drives one traced process. Create it, then call :meth:`spawn` or :meth:`attach`,
     then :meth:`run`."""
 
@@ -71,6 +72,7 @@ class Stepper(Family):
         self._stop_requested = False
         self._user_interrupt = False
         self._owner = threading.get_ident()
+        self.init_snapshots()
 
     # ---- setup -------------------------------------------------------------------
 
@@ -99,6 +101,8 @@ class Stepper(Family):
         if address is None:
             proc.started = True
             self.threads[self.pid].mode = STEPPING
+            if not self.arm_trigger(at_exec=True):
+                os.kill(self.pid, signal.SIGKILL)   # no such function: end what we started
             return
         original = pt.write_byte(self.pid, address, 0xCC)
         proc.breakpoint = (address, original)
@@ -145,7 +149,8 @@ class Stepper(Family):
                         t.running = False
                     # the hot path: a single-step trap of a stepping thread
                     if status == STEP_TRAP and t is not None and t.mode == STEPPING \
-                            and not self._stop_requested and t.signal_from is None:
+                            and not self._stop_requested and t.signal_from is None \
+                            and not self._snapshot_asked:
                         pc = peek(tid, RIP)
                         prev = t.insn
                         if prev is not None and pc != prev.address + prev.size:
@@ -156,6 +161,8 @@ class Stepper(Family):
                                 record(t, prev.address, pc, prev.kind)
                             elif pc != prev.address:
                                 record(t, prev.address, pc, BranchKind.OTHER)
+                            if pc == self.trigger_at:
+                                self._triggered(t, pc)
                         t.insn = t.proc.insns.get(pc)
                         step(SINGLESTEP, tid)
                         t.running = True
@@ -269,6 +276,9 @@ class Stepper(Family):
         proc.started = True
         proc.insns.invalidate()
         self._snapshot_maps(proc)  # the libraries the program needs are loaded by now
+        if proc.pid == self.pid and not self.arm_trigger():
+            # no such function: the program we started is ended before its main runs
+            os.kill(proc.pid, signal.SIGKILL)
         t.mode = STEPPING
         t.insn = proc.insns.get(address)
         for other in self.threads.values():  # threads started before the start point
@@ -339,6 +349,8 @@ class Stepper(Family):
 
     def _continue(self, t: Thread, inject: int = 0, keep_stepping: bool = True) -> None:
         """Resume a stopped thread, or detach it when we are stopping."""
+        if self._snapshot_asked and not self._stop_requested and t.proc.pid == self.pid:
+            self._asked_snapshot(t)
         if self._stop_requested:
             if inject == 0 and pending_signals(t.tid) & self._swallow_mask():
                 # a single-step trap or the terminal's Ctrl-C is still pending: let it

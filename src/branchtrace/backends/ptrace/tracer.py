@@ -37,6 +37,9 @@ from .stepper import Stepper
 
 DETACH = signal.SIGUSR1
 USER_STOP = signal.SIGUSR2
+#: branchtrace asks for a snapshot (its SIGUSR2): a real-time signal, which nothing else
+#: sends us (SIGWINCH would come with every resize of the terminal)
+SNAPSHOT = signal.SIGRTMIN + 1
 _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGALRM, DETACH, USER_STOP)
 
 
@@ -61,19 +64,26 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
         _control.stepper.interrupt(user=user)
 
 
+def _on_snapshot_signal(signum: int, frame: FrameType | None) -> None:
+    if _control.stepper is not None:
+        _control.stepper.request_snapshot()
+
+
 def serve(store_path: Path, commands: int, replies: int, parent: int) -> NoReturn:
     """The whole life of the tracer process (in the child of the fork)."""
     code = 0
     try:
         for sig in _SIGNALS:
             signal.signal(sig, _on_signal)
+        signal.signal(SNAPSHOT, _on_snapshot_signal)
         pt.set_parent_death_signal(DETACH)
         if os.getppid() != parent:  # branchtrace died before the line above
             os._exit(0)
         request = wire.receive(commands)
         if isinstance(request, wire.Request):
             reply = _answer(store_path, request, lambda m: _tell(replies, wire.Modules(m)),
-                            lambda p: _tell(replies, wire.Processes(p)))
+                            lambda p: _tell(replies, wire.Processes(p)),
+                            lambda s: _snapshot(replies, commands, s))
             if _control.abandoned or os.getppid() != parent:
                 _remove_orphan_store(store_path)
             try:
@@ -96,20 +106,41 @@ def _tell(fd: int, message: object) -> None:
         pass
 
 
+def _snapshot(replies: int, commands: int, message: wire.Snapshot) -> None:
+    """A trigger's call: tell branchtrace, and wait until it has copied the store (or
+    is gone)."""
+    try:
+        wire.send(replies, message)
+        wire.receive(commands)
+    except OSError:
+        pass
+
+
 def _answer(store_path: Path, request: wire.Request,
             on_modules: Callable[[list[ModuleMap]], None],
-            on_processes: Callable[[list[ProcessInfo]], None]) -> wire.Reply:
+            on_processes: Callable[[list[ProcessInfo]], None],
+            on_snapshot: Callable[[wire.Snapshot], None]) -> wire.Reply:
     stepper: Stepper | None = None
     try:
         with Store.open(store_path) as store:
             stepper = Stepper(store, request.follow_children, request.hold_on_crash)
             stepper.on_modules = on_modules
             stepper.on_processes = on_processes
+            stepper.on_asked = lambda tid, pc, stack: on_snapshot(wire.Snapshot(
+                "SIGUSR2", stepper.pid if stepper else 0, tid, pc, stack))
+            trigger = request.trigger
+            if trigger is not None:
+                stepper.trigger = trigger
+                stepper.on_trigger = lambda tid, pc, stack, n: on_snapshot(wire.Snapshot(
+                    f"trigger {trigger.symbol}, call {n}", stepper.pid if stepper else 0,
+                    tid, pc, stack))
             _control.stepper = stepper
             if _control.stop:
                 stepper.interrupt(user=_control.user)
             if request.pid is not None:
                 stepper.attach(request.pid)
+                if not stepper.arm_trigger():
+                    stepper.interrupt()     # no such function: let the program go
             else:
                 stepper.spawn(request.argv, request.env, request.disable_aslr, request.ptracer)
                 start = request.start_vaddr
@@ -118,6 +149,8 @@ def _answer(store_path: Path, request: wire.Request,
                 signal.setitimer(signal.ITIMER_REAL, request.duration)
             result = stepper.run()
             signal.setitimer(signal.ITIMER_REAL, 0)
+            if stepper.trigger_error is not None:
+                raise stepper.trigger_error
             return wire.Reply(result, stepper.pid)
     except BaseException as exc:
         return wire.error_reply(exc, stepper.pid if stepper is not None else 0)

@@ -3,7 +3,9 @@
 The two processes are one program forked (see :mod:`.process`), so messages are
 pickled objects, each sent as an 8-byte little-endian length and the pickle. The
 parent sends one :class:`Request`; the tracer answers with any number of
-:class:`Modules` and :class:`Processes` while it runs, then one :class:`Reply`.
+:class:`Modules` and :class:`Processes` while it runs, then one :class:`Reply`. At a
+trigger's call (``run --trigger``) the tracer sends a :class:`Snapshot` and waits for
+the parent's :data:`SNAPSHOT_TAKEN` before it steps on.
 Records never cross here: the tracer writes them into the shared-memory store.
 """
 
@@ -15,7 +17,8 @@ import struct
 import traceback
 from dataclasses import dataclass
 
-from ...model import ModuleMap, ProcessInfo
+from ...model import ModuleMap, ProcessInfo, StackSnapshot
+from .. import Trigger
 from .stepper import StepResult
 
 _LENGTH = struct.Struct("<Q")
@@ -35,6 +38,7 @@ class Request:
     follow_children: bool = True     # trace the processes the target starts
     hold_on_crash: bool = False      # run --gdb: leave the program stopped at a crash
     ptracer: int | None = None       # spawn: may ptrace the program too (Target.ptracer)
+    trigger: Trigger | None = None   # snapshots at calls of this function
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,21 @@ class Processes:
     """Every process traced so far (sent each time one appears, execs or ends)."""
 
     processes: list[ProcessInfo]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A trigger's call: the program waits until the parent has copied the store."""
+
+    reason: str
+    pid: int
+    tid: int
+    pc: int
+    stack: StackSnapshot | None
+
+
+#: The parent's answer to a :class:`Snapshot`: the store is copied, step on.
+SNAPSHOT_TAKEN = "snapshot-taken"
 
 
 @dataclass(frozen=True)

@@ -145,6 +145,7 @@ class StalkerBackend(Backend):
         only = self.only or options.only  # the constructor's, else --only
         host = Host(store, only, follow_children=options.follow_children,
                     hold_on_crash=options.hold_on_crash)
+        host.trigger, host.on_snapshot = options.trigger, options.on_snapshot
         self._host = host
         if self._interrupted:
             host.interrupt()

@@ -18,7 +18,7 @@ C_SOURCES = ("recorder.h", "emit.c", "signals.c", "xstate.c", "recorder.c")
 
 #: The agent script, in this order into one script (Frida loads one source; line numbers
 #: in its error messages count from the start of agent.js).
-JS_SOURCES = ("agent.js", "signals.js", "crash.js", "detach.js", "ours.js")
+JS_SOURCES = ("agent.js", "signals.js", "crash.js", "detach.js", "ours.js", "trigger.js")
 
 
 def agent_source() -> tuple[str, str]:

@@ -36,6 +36,7 @@ from .execs import ExecCatcher, ExecFollowing
 from . import hold
 from .resume import Resuming
 from .launch import Attaching, Launcher, attach, check_attachable, mapped_paths
+from .triggers import Triggering
 
 #: Signals that Frida's exception types stand for.
 _SIGNAL_OF_EXCEPTION = {
@@ -72,7 +73,7 @@ class HostResult:
     processes: list[ProcessInfo] = field(default_factory=list)
 
 
-class Host(Resuming, ExecFollowing, ChildFollowing, Ending):
+class Host(Resuming, ExecFollowing, ChildFollowing, Ending, Triggering):
     """One Frida session recording one target into ``store``."""
 
     def __init__(self, store: Store, only: tuple[str, ...] = (),
@@ -133,6 +134,7 @@ class Host(Resuming, ExecFollowing, ChildFollowing, Ending):
         self._exec: ExecCatcher | None = None
         self._carried: set[int] = set()
         self._old_detached = threading.Event()
+        self.init_trigger()     # run --trigger (triggers.py)
 
     # -- starting ------------------------------------------------------------------------
 
@@ -159,6 +161,7 @@ class Host(Resuming, ExecFollowing, ChildFollowing, Ending):
         self._attach(pid, attaching)
         self._refresh_modules()
         entry = self._start_address(launcher, start_vaddr)
+        self.arm_trigger(pid)
         reply = self._load_agent(pid, entry)
         missing = [name for name in self.only if name not in reply["onlyMatched"]]
         if missing:
@@ -232,6 +235,7 @@ class Host(Resuming, ExecFollowing, ChildFollowing, Ending):
             "parked": hold.is_parked(pid),
             "followChildren": self.follow_children, "holdOnCrash": self.hold_on_crash,
             "checkPath": str(self.check.path) if self.check is not None else None,
+            "trigger": self.trigger_params(),
             **self.options,
         }
         try:
@@ -340,6 +344,11 @@ class Host(Resuming, ExecFollowing, ChildFollowing, Ending):
                 self._post({"type": "crash-ack", "hold": hold})
         elif kind == "parked":
             self.parked = (int(payload["tid"]), int(payload["page"], 0))
+        elif kind == "snapshot":
+            try:
+                self._on_snapshot(payload, data)
+            finally:
+                self._post({"type": "snapshot-ack"})
         elif kind == "exit":
             try:
                 self.exit_code = int(payload["code"])

@@ -1,6 +1,6 @@
 /*
- * branchtrace Stalker agent, part 1 of 5 (agent_code.py concatenates agent.js,
- * signals.js, crash.js, detach.js and ours.js into one script): follows every thread of the target with Stalker and a
+ * branchtrace Stalker agent, part 1 of 6 (agent_code.py concatenates agent.js,
+ * signals.js, crash.js, detach.js, ours.js and trigger.js into one script): follows every thread of the target with Stalker and a
  * CModule transform (recorder.h, emit.c, signals.c, recorder.c) that makes each block
  * append its id to the thread's region of the shared store. The host
  * (backends/stalker/host.py) drives it through rpc.exports and answers its slot
@@ -667,6 +667,7 @@ rpc.exports = {
     followChildren();
     followCloneChildren();
     followExec();
+    armTrigger(p.trigger);   // trigger.js
 
     Process.setExceptionHandler(onException);
     cm.onstack(SIGSEGV);   // crash.js: a stack overflow is reported too

@@ -1,5 +1,5 @@
 /*
- * branchtrace Stalker agent, part 3 of 5: a fatal exception, reported before the
+ * branchtrace Stalker agent, part 3 of 6: a fatal exception, reported before the
  * program dies of it, with where the faulting thread really was (docs/stalker.md,
  * "Where the fault really was").
  */

@@ -1,5 +1,5 @@
 /*
- * branchtrace Stalker agent, part 4 of 5: stopping the recording while the program goes
+ * branchtrace Stalker agent, part 4 of 6: stopping the recording while the program goes
  * on (docs/stalker.md, "Detaching safely" and "When branchtrace itself dies").
  */
 

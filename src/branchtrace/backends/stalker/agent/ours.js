@@ -1,5 +1,5 @@
 /*
- * branchtrace Stalker agent, part 5 of 5: what we inject is never part of the program's
+ * branchtrace Stalker agent, part 5 of 6: what we inject is never part of the program's
  * trace (docs/stalker.md, "Our own libraries"). Frida's agent is cloaked (bt_is_tool);
  * the libraries it made ld.so load (libpthread, libm, librt, libdl: its DT_NEEDED,
  * mapped by the injection and not before) are ordinary modules to Gum, so their code,

@@ -1,6 +1,6 @@
 /*
- * branchtrace Stalker agent, part 2 of 5 (agent_code.py concatenates agent.js,
- * signals.js, crash.js, detach.js and ours.js into one script): the program's signal handlers,
+ * branchtrace Stalker agent, part 2 of 6 (agent_code.py concatenates agent.js,
+ * signals.js, crash.js, detach.js, ours.js and trigger.js into one script): the program's signal handlers,
  * wrapped so that entering and leaving them is recorded, and the SIGINT stand-in that
  * keeps a terminal's Ctrl-C for branchtrace from killing the program.
  */
