@@ -11,9 +11,11 @@ With several processes, each one's stacks (symbolized with its own modules): per
 under its own pid, speedscope as its own profiles, collapsed stacks headed "PROGRAM
 PID"; --pid PID for one process.
 
-collapsed reads a block-id (stalker) file chunk by chunk, in memory that grows with the
-distinct blocks and call stacks, not with the trace; the other formats, and from/to
-(ptrace) files, decode the whole trace first.
+Every format reads a block-id (stalker) file chunk by chunk, in memory that grows with
+the distinct blocks, functions and call stacks (and the call depth), not with the
+trace: perfetto writes each call as it returns (callees before their callers),
+speedscope its open and close events as they happen. From/to (ptrace) files are
+decoded whole first.
 
 Several FILEs (or directories: every *.btrace inside) make one profile of all the runs
 with --format collapsed: the same stack's weights added.
@@ -86,7 +88,7 @@ def _one(args: argparse.Namespace, output: str | IO[str]) -> None:
     if not isinstance(output, str):
         args = argparse.Namespace(**{**vars(args), "output": "-"})
     trace, tf = load_file(args, decode=False)
-    threads = id_source(tf) if args.format == "collapsed" else None
+    threads = id_source(tf)
     if threads is None or tf.blocks is None:        # the branches in memory
         trace = select_process(to_trace(tf), args.pid, args.thread)
         if isinstance(output, str):
@@ -94,12 +96,15 @@ def _one(args: argparse.Namespace, output: str | IO[str]) -> None:
         else:
             TRACE_REPORTERS[args.format].render(trace, output, Options(tid=args.thread))
     else:                              # block ids, chunk by chunk
-        from ..reporters import collapsed
+        from ..reporters import collapsed, perfetto, speedscope
+        from ..tracefile.stream import IdStream
 
-        source = collapsed.BlockSource(tf.blocks, threads)
+        render = {"collapsed": collapsed.render, "perfetto": perfetto.render,
+                  "speedscope": speedscope.render}[args.format]
+        source = collapsed.BlockSource(tf.blocks, threads,
+                                       gaps=lambda t: IdStream(tf, t).gap_values)
         if isinstance(output, str):
-            write_to(output, lambda out: collapsed.render(trace, out, tid=args.thread,
-                                                          source=source))
+            write_to(output, lambda out: render(trace, out, tid=args.thread, source=source))
         else:
-            collapsed.render(trace, output, tid=args.thread, source=source)
+            render(trace, output, tid=args.thread, source=source)
     warn(trace)
