@@ -131,22 +131,29 @@ class _Complete:
         closing = rows.close >= 0
         if not closing.any():
             return
-        key = rows.function[closing]
-        opened = rows.at[closing] // 2
-        ts = self.clock.ticks(opened)
-        end = self.clock.ticks(rows.close[closing] // 2)
-        parent_ts = self.clock.ticks(rows.parent[closing] // 2)
-        wait = (ts == parent_ts).tolist()
-        names, held, head = self.names, self.held, self.head
-        buf: list[str] = []
-        for k, depth, start, dur, later in zip(key.tolist(), rows.depth[closing].tolist(),
-                                               micros_text(ts), micros_text(end - ts), wait):
-            name = names.get(k)
+        keys, which = np.unique(rows.function[closing], return_inverse=True)
+        names = []
+        for k in keys.tolist():
+            name = self.names.get(k)
             if name is None:
-                name = names[k] = json.dumps(self.functions.name(k))
-            text = (f',\n{{"name": {name}, "cat": "function", "ph": "X", "ts": {start}, '
-                    f'"dur": {dur}{head}{depth}}}}}')
-            callees = held.pop(depth + 1, None)
+                name = self.names[k] = json.dumps(self.functions.name(k))
+            names.append(name)
+        ts = self.clock.ticks(rows.at[closing] // 2)
+        end = self.clock.ticks(rows.close[closing] // 2)
+        wait = ts == self.clock.ticks(rows.parent[closing] // 2)
+        depths = rows.depth[closing].tolist()
+        head = self.head
+        texts = [f',\n{{"name": {names[w]}, "cat": "function", "ph": "X", "ts": {start}, '
+                 f'"dur": {dur}{head}{depth}}}}}'
+                 for w, start, dur, depth in zip(which.tolist(), micros_text(ts),
+                                                 micros_text(end - ts), depths)]
+        if not self.held and not wait.any():
+            self.out.write("".join(texts))
+            return
+        held = self.held
+        buf: list[str] = []
+        for text, depth, later in zip(texts, depths, wait.tolist()):
+            callees = held.pop(depth + 1, None) if held else None
             if later:
                 mine = held.setdefault(depth, [])
                 mine.append(text)
@@ -156,9 +163,6 @@ class _Complete:
                 buf.append(text)
                 if callees:
                     buf.extend(callees)
-                if len(buf) >= 8192:
-                    self.out.write("".join(buf))
-                    buf.clear()
         self.out.write("".join(buf))
 
     def finish(self) -> None:

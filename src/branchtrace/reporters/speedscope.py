@@ -104,13 +104,11 @@ class _Events:
         is_open = rows.close < 0
         at = micros_text(self.clock.ticks(np.where(is_open, rows.at, rows.close) // 2))
         frame_of, v = self.frame_of, self.v
-        frames = []
-        for key in rows.function.tolist():
-            f = frame_of.get((v, key))
-            if f is None:
-                f = frame_of[(v, key)] = len(frame_of)
-            frames.append(f)
-        kinds = ["O" if o else "C" for o in is_open.tolist()]
-        self.out.write(self.sep + ",\n".join(f'{{"type": "{k}", "frame": {f}, "at": {a}}}'
-                                             for k, f, a in zip(kinds, frames, at)))
+        keys, first, which = np.unique(rows.function, return_index=True, return_inverse=True)
+        for i in np.argsort(first, kind="stable").tolist():    # new frames as they come
+            frame_of.setdefault((v, int(keys[i])), len(frame_of))
+        ids = np.array([frame_of[(v, k)] for k in keys.tolist()], np.int64)[which]
+        kinds = np.where(is_open, '{"type": "O", "frame": ', '{"type": "C", "frame": ').tolist()
+        self.out.write(self.sep + ",\n".join(f'{k}{f}, "at": {a}}}'
+                                             for k, f, a in zip(kinds, ids.tolist(), at)))
         self.sep = ",\n"
