@@ -59,14 +59,37 @@ def render(trace: Trace, out: IO[str], *, tid: int | None = None,
     processes, each process (symbolized with its own modules) under its own pid.
     ``source``: the threads' block ids chunk by chunk (a trace file; the trace then
     holds no branches), else the trace's branches."""
-    views = trace.per_process() if tid is None else [trace]
-    out.write('{"traceEvents": [\n')
-    note = ""
-    for k, view in enumerate(views):
-        note = _process(view, pick_threads(view, tid), out, k == 0, source) or note
-    other = {"program": " ".join(trace.argv), "backend": trace.backend, "mode": trace.mode,
-             "clock": note or "no threads"}
-    out.write('\n],\n"displayTimeUnit": "ns",\n"otherData": ' + json.dumps(other) + "}\n")
+    doc = Document(out)
+    doc.add(trace, tid=tid, source=source)
+    doc.close()
+
+
+class Document:
+    """One JSON file of the timelines of one or several runs (:meth:`add` each, then
+    :meth:`close`); each process under its own pid."""
+
+    def __init__(self, out: IO[str]) -> None:
+        self.out, self.first, self.note = out, True, ""
+        self.programs: list[str] = []
+        self.backend = self.mode = ""
+        out.write('{"traceEvents": [\n')
+
+    def add(self, trace: Trace, *, tid: int | None = None,
+            source: BlockSource | None = None) -> None:
+        views = trace.per_process() if tid is None else [trace]
+        for view in views:
+            self.note = _process(view, pick_threads(view, tid), self.out, self.first,
+                                 source) or self.note
+            self.first = False
+        self.programs.append(" ".join(trace.argv))
+        self.backend, self.mode = self.backend or trace.backend, self.mode or trace.mode
+
+    def close(self) -> None:
+        program = self.programs[0] if len(self.programs) == 1 else self.programs
+        other = {"program": program, "backend": self.backend, "mode": self.mode,
+                 "clock": self.note or "no threads"}
+        self.out.write('\n],\n"displayTimeUnit": "ns",\n"otherData": ' + json.dumps(other)
+                       + "}\n")
 
 
 def _process(trace: Trace, tids: list[int], out: IO[str], first: bool,
