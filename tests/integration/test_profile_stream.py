@@ -116,3 +116,20 @@ def test_profile_memory_does_not_grow_with_the_trace(build, tmp_path):
         peak_big = _peak_kb(big, "--format", fmt, "-o", str(out))
         assert out.stat().st_size > 50_000_000              # the 1M calls were written
         assert peak_big < peak_small + 48 * 1024, (fmt, peak_small, peak_big)
+
+
+def test_a_from_to_file_streams_the_same_events(build, tmp_path):
+    """ptrace's from/to records, decoded chunk by chunk (tracefile.stream.ThreadStream):
+    the same events as in memory; main returns below the first frame into libc."""
+    need_backend("ptrace")
+    exe = build("loop")
+    path = tmp_path / "loop.btrace"
+    done = cli("run", "--backend", "ptrace", "--mode", "stream", "--report", "never",
+               "-o", str(path), "--", str(exe), "300", timeout=600)
+    assert done.returncode == 0, done.stderr
+    doc = _profile(path, "perfetto", tmp_path / "p.json")
+    assert _complete(doc) == _complete(_in_memory(perfetto, path))
+    assert sum(e["name"] == "work" for e in doc["traceEvents"]) == 300
+    assert min(e["args"]["depth"] for e in doc["traceEvents"] if e["ph"] == "X") < 0
+    _nests(doc)
+    assert _profile(path, "speedscope", tmp_path / "s.json") == _in_memory(speedscope, path)

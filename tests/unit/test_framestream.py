@@ -309,3 +309,54 @@ def test_memory_does_not_grow_with_the_frames():
 
 if __name__ == "__main__":
     pytest.main([__file__])
+
+
+# --- from/to files: decoded pieces (tracefile.stream.ThreadStream) ----------------------
+
+def _pieces_case(seed: int, n: int, cuts: list[int], lost: list[int]):
+    """A thread's branches cut into chunks (each with its own span) and the file's gaps
+    among them, which cut a chunk in two pieces of the same span, as ThreadStream does."""
+    from branchtrace.tracefile.stream import Piece
+
+    rng = np.random.default_rng(seed)
+    _, _, branches, _ = _thread(_walkish(rng, n), [], set(), [])
+    m = len(branches)
+    bounds = sorted({0, m, *[c % (m + 1) for c in cuts]})
+    gap_at = sorted({g % (m + 1) for g in lost})
+    items: list = []
+    rows = []
+    at = int(START * 1e9) + 1000
+    for a, b in zip(bounds, bounds[1:]):
+        first = at + int(rng.integers(-300, 2000))
+        last = first + int(rng.integers(0, 50_000))
+        at = last
+        rows.append((a, b - a, first, last))
+        inner = [a] + [g for g in gap_at if a < g < b] + [b]
+        for lo, hi in zip(inner, inner[1:]):
+            if lo in gap_at:
+                items.append(Gap(1, lo, 1, "lost"))
+            items.append(Piece(1, lo, branches[lo:hi], first, last))
+    if m in gap_at:
+        items.append(Gap(1, m, 1, "lost"))
+    rows_k = [(K(int(x["kind"])), int(x["from_ip"]), int(x["to_ip"])) for x in branches]
+    trace = make_trace(rows_k, gaps=[Gap(1, g, 1, "lost") for g in gap_at], start=START,
+                       end=START + 0.01 * (1 + n / 100))
+    trace.chunk_times[1] = np.array(rows, dtype=CHUNK_TIMES_DTYPE)
+    return trace, items
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(0, 400),
+       st.lists(st.integers(0, 10**6), max_size=6), st.lists(st.integers(0, 10**6), max_size=3))
+def test_frames_of_decoded_pieces_are_call_traces_frames(seed, n, cuts, lost):
+    from branchtrace.analysis.framestream import piece_frames
+
+    trace, items = _pieces_case(seed, n, cuts, lost)
+    functions = FunctionIndex(trace.symbolizer)
+    clock = Clock(trace.start_time, trace.end_time)
+    batches: list[FrameRows] = []
+    gaps = piece_frames(functions, CodeReader(trace.symbolizer), items, clock, batches.append)
+    _same(_join(batches), call_rows(call_trace(trace, 1)))
+    assert [g.index for g in gaps] == sorted(g.index for g in trace.gaps)
+    positions = np.arange(len(trace.branches(1)) + 2)
+    assert clock.ns(positions).tolist() == Timeline(trace, 1).ns(positions).tolist()

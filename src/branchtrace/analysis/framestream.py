@@ -22,12 +22,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from ..model import Gap
 from ..trace import Trace
 from .callstack import CallTrace, call_trace
+from .callstack import _Walk as _CallWalk
+from .callstream import CallStream
 from .code import CodeReader
 from .contexts import BlockFunctions, IdPiece, Walk, drive
 from .functions import FunctionIndex
@@ -79,6 +82,16 @@ class Clock:
             self._rows.append((self.n, count, first_ns, last_ns))
             self._arrays = None
             self.n += count
+
+    def extend(self, count: int) -> None:
+        """The next ``count`` branches belong to the last chunk added."""
+        if count > 0 and self._rows:
+            lo, n, first, last = self._rows[-1]
+            self._rows[-1] = (lo, n + count, first, last)
+            self._arrays = None
+            self.n += count
+        else:
+            self.add(count, 0, 0)
 
     def piece(self, piece: IdPiece, count: int) -> None:
         """:meth:`add` for a piece of block ids (a :data:`.contexts.PieceHook`)."""
@@ -197,3 +210,127 @@ def trace_frames(trace: Trace, tid: int, functions: FunctionIndex, reader: CodeR
     """Thread ``tid`` of a trace in memory: its timeline, its gaps, its frame rows."""
     ct = call_trace(trace, tid, functions=functions, reader=reader)
     return Timeline(trace, tid), ct.gaps, call_rows(ct)
+
+
+class PieceSource:
+    """A trace file's threads as decoded branches chunk by chunk (from/to records):
+    per thread, its :class:`~branchtrace.tracefile.stream.Piece` values and gaps."""
+
+    def __init__(self, thread: Callable[[int], Iterable[Any]]) -> None:
+        self.thread = thread
+
+
+class _ShownWalk(_CallWalk):
+    """call_trace's walk, remembering where each frame found under the bottom one was
+    found."""
+
+    def __init__(self) -> None:
+        super().__init__({})
+        self.shown: dict[int, int] = {}
+
+    def lower(self, func: int, run: int) -> None:
+        super().lower(func, run)
+        self.shown[len(self.f_func) - 1] = 2 * run + self.half
+
+
+class _FrameCalls(CallStream):
+    """A :class:`CallStream` whose frames become rows: those that opened and closed
+    since the last :meth:`harvest`, kept (``ready``) until the clock knows their
+    chunk."""
+
+    def __init__(self, functions: FunctionIndex, reader: CodeReader) -> None:
+        super().__init__(functions, reader)
+        self.walk = self.shown_walk = _ShownWalk()
+        self.opened = 0                       # frames whose opening is a row
+        self.closed: set[int] = set()         # frames whose closing is a row
+        self.ready: list[FrameRows] = []
+
+    def _compact(self) -> None:
+        self.harvest()
+        super()._compact()
+        walk = self.shown_walk
+        self.opened = len(walk.f_func)
+        self.closed = {i for i, c in enumerate(walk.f_close) if c >= 0}
+        walk.shown.clear()
+
+    def harvest(self) -> None:
+        walk = self.shown_walk
+        m = len(walk.f_func)
+        close = np.array(walk.f_close, np.int64)
+        shut = [i for i in np.flatnonzero(close >= 0).tolist() if i not in self.closed]
+        fresh = list(range(self.opened, m))
+        if not shut and not fresh:
+            return
+        f_open, f_parent = walk.f_open, walk.f_parent
+        func = [walk.f_func[i] for i in fresh] + [walk.f_func[i] for i in shut]
+        at = [walk.shown.get(i, f_open[i]) for i in fresh] + [f_open[i] for i in shut]
+        ends = [-1] * len(fresh) + [int(close[i]) for i in shut]
+        depth = [walk.f_depth[i] for i in fresh] + [walk.f_depth[i] for i in shut]
+        parent = [-1] * len(fresh) + [f_open[f_parent[i]] if f_parent[i] >= 0 else 0
+                                      for i in shut]
+        self.opened = m
+        self.closed.update(shut)
+        self.ready.append(_ordered(np.array(func, np.uint64), np.array(at, np.int64),
+                                     np.array(ends, np.int64), np.array(depth, np.int64),
+                                     np.array(parent, np.int64)))
+
+    def release(self, sink: FrameSink) -> None:
+        for rows in self.ready:
+            sink(rows)
+        self.ready = []
+
+    def still_open(self, n: int) -> FrameRows:
+        """The frames on the stack, closing at the end of the trace (deepest first)."""
+        walk = self.shown_walk
+        st = walk.st[::-1]
+        end = 2 * (n + 1)
+        return FrameRows(np.array([walk.f_func[f] for f in st], np.uint64),
+                         np.array([walk.f_open[f] for f in st], np.int64),
+                         np.full(len(st), end, np.int64),
+                         np.array([walk.f_depth[f] for f in st], np.int64),
+                         np.array([walk.f_open[walk.f_parent[f]] if walk.f_parent[f] >= 0
+                                   else 0 for f in st], np.int64))
+
+
+def _ordered(function: np.ndarray, at: np.ndarray, close: np.ndarray, depth: np.ndarray,
+             parent: np.ndarray) -> FrameRows:
+    """Rows in the order things happen: by position, closings first (deeper first),
+    then openings (shallower first)."""
+    is_open = close < 0
+    order = np.lexsort((np.where(is_open, depth, -depth), is_open, np.where(is_open, at, close)))
+    return FrameRows(function[order], at[order], close[order], depth[order], parent[order])
+
+
+def piece_frames(functions: FunctionIndex, reader: CodeReader, items: Iterable[Any],
+                 clock: Clock, sink: FrameSink) -> list[Gap]:
+    """Hand the frame rows of one thread, given as decoded pieces and gaps in order
+    (tracefile.stream.ThreadStream), to ``sink`` as they come, the frames still open at
+    the end closed there; ``clock`` learns each chunk's span before its rows. Returns
+    the thread's gaps."""
+    calls = _FrameCalls(functions, reader)
+    gaps: list[Gap] = []
+    last: tuple[int, int] | None = None
+    split = False                 # a gap of the file came since the last piece
+    for item in items:
+        if isinstance(item, Gap):
+            calls.gap(item)
+            gaps.append(item)
+            split = split or item.reason != "corrupt chunk"
+            continue
+        b = item.branches
+        span = (int(item.first_ns), int(item.last_ns))
+        if split and span == last:
+            clock.extend(len(b))             # the rest of a chunk a gap cut in two
+        else:
+            calls.release(sink)              # the chunks before are complete
+            clock.add(len(b), *span)
+        last, split = span, False
+        calls.branches(b)
+        calls.harvest()
+    calls.finish()
+    calls.harvest()
+    calls.release(sink)
+    rest = calls.still_open(calls.n)
+    if len(rest):
+        sink(rest)
+    return gaps

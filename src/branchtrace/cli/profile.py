@@ -14,8 +14,8 @@ PID"; --pid PID for one process.
 Every format reads a block-id (stalker) file chunk by chunk, in memory that grows with
 the distinct blocks, functions and call stacks (and the call depth), not with the
 trace: perfetto writes each call as it returns (callees before their callers),
-speedscope its open and close events as they happen. From/to (ptrace) files are
-decoded whole first.
+speedscope its open and close events as they happen. perfetto and speedscope read a
+from/to (ptrace) file decoded chunk by chunk too; collapsed decodes it whole first.
 
 Several FILEs (or directories: every *.btrace inside) make one profile of all the runs:
 collapsed adds the same stack's weights; perfetto puts each run's processes in one
@@ -40,6 +40,7 @@ from ._file import add_file_arguments, load_file, select_process, warn
 from ._inputs import expand_inputs
 
 if TYPE_CHECKING:
+    from ..analysis.framestream import PieceSource
     from ..reporters.collapsed import BlockSource
     from ..trace import Trace
 
@@ -100,15 +101,19 @@ def _documents(args: argparse.Namespace, files: list[str], out: IO[str]) -> None
     doc.close()
 
 
-def _read(args: argparse.Namespace) -> tuple[Trace, BlockSource | None]:
+def _read(args: argparse.Namespace) -> tuple[Trace, BlockSource | PieceSource | None]:
     """``args.file`` with --pid and --thread: the trace without its branches and its
-    block ids chunk by chunk, or (from/to records) the whole trace."""
+    block ids (or for perfetto and speedscope its decoded from/to records) chunk by
+    chunk, or (collapsed of from/to records) the whole trace."""
+    from ..analysis.framestream import PieceSource
     from ..reporters.collapsed import BlockSource
     from ..tracefile import to_trace
-    from ..tracefile.stream import IdStream, id_source
+    from ..tracefile.stream import IdStream, ThreadStream, id_source
 
     trace, tf = load_file(args, decode=False)
     threads = id_source(tf)
+    if (threads is None or tf.blocks is None) and args.format != "collapsed":
+        return trace, PieceSource(lambda t: ThreadStream(tf, t))
     if threads is None or tf.blocks is None:        # the branches in memory
         return select_process(to_trace(tf), args.pid, args.thread), None
     return trace, BlockSource(tf.blocks, threads, gaps=lambda t: IdStream(tf, t).gap_values)
@@ -127,10 +132,16 @@ def _one(args: argparse.Namespace, output: str | IO[str]) -> None:
     else:                              # block ids, chunk by chunk
         from ..reporters import collapsed, perfetto, speedscope
 
-        render = {"collapsed": collapsed.render, "perfetto": perfetto.render,
-                  "speedscope": speedscope.render}[args.format]
+        def render(out: IO[str]) -> None:
+            if args.format == "collapsed":
+                assert isinstance(source, collapsed.BlockSource)
+                collapsed.render(trace, out, tid=args.thread, source=source)
+            else:
+                module = perfetto if args.format == "perfetto" else speedscope
+                module.render(trace, out, tid=args.thread, source=source)
+
         if isinstance(output, str):
-            write_to(output, lambda out: render(trace, out, tid=args.thread, source=source))
+            write_to(output, render)
         else:
-            render(trace, output, tid=args.thread, source=source)
+            render(output)
     warn(trace)

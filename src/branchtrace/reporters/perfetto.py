@@ -42,7 +42,8 @@ import numpy as np
 
 from ..analysis import CodeReader, FunctionIndex
 from ..analysis.contexts import BlockFunctions
-from ..analysis.framestream import Clock, FrameRows, block_frames, trace_frames
+from ..analysis.framestream import (Clock, FrameRows, PieceSource, block_frames,
+                                    piece_frames, trace_frames)
 from ..analysis.timeline import Timeline, micros_text
 from ..model import Gap
 from ..trace import Trace
@@ -54,11 +55,11 @@ _CORRUPT = "corrupt chunk"
 
 
 def render(trace: Trace, out: IO[str], *, tid: int | None = None,
-           source: BlockSource | None = None) -> None:
+           source: BlockSource | PieceSource | None = None) -> None:
     """Write the call timeline of each thread (or of ``tid``) to ``out``; with several
     processes, each process (symbolized with its own modules) under its own pid.
-    ``source``: the threads' block ids chunk by chunk (a trace file; the trace then
-    holds no branches), else the trace's branches."""
+    ``source``: the threads' block ids or decoded branches chunk by chunk (a trace
+    file; the trace then holds no branches), else the trace's branches."""
     doc = Document(out)
     doc.add(trace, tid=tid, source=source)
     doc.close()
@@ -75,7 +76,7 @@ class Document:
         out.write('{"traceEvents": [\n')
 
     def add(self, trace: Trace, *, tid: int | None = None,
-            source: BlockSource | None = None) -> None:
+            source: BlockSource | PieceSource | None = None) -> None:
         views = trace.per_process() if tid is None else [trace]
         for view in views:
             self.note = _process(view, pick_threads(view, tid), self.out, self.first,
@@ -93,11 +94,12 @@ class Document:
 
 
 def _process(trace: Trace, tids: list[int], out: IO[str], first: bool,
-             source: BlockSource | None) -> str:
+             source: BlockSource | PieceSource | None) -> str:
     """The events of one process; the note of its timeline."""
     functions = FunctionIndex(trace.symbolizer)
     reader = CodeReader(trace.symbolizer)
-    table = BlockFunctions(source.blocks, functions, reader) if source is not None else None
+    table = BlockFunctions(source.blocks, functions, reader) \
+        if isinstance(source, BlockSource) else None
     program = os.path.basename(trace.argv[0]) if trace.argv else f"pid {trace.pid}"
     pid = trace.pid
     out.write(("" if first else ",\n") + json.dumps({"name": "process_name", "ph": "M",
@@ -108,7 +110,11 @@ def _process(trace: Trace, tids: list[int], out: IO[str], first: bool,
         out.write(",\n" + json.dumps({"name": "thread_name", "ph": "M", "pid": pid, "tid": t,
                                       "args": {"name": f"{program} {t}"}}))
         clock: Clock | Timeline
-        if source is not None and table is not None:
+        if isinstance(source, PieceSource):
+            clock = Clock(trace.start_time, trace.end_time)
+            writer = _Complete(out, pid, t, functions, names, clock)
+            gaps = piece_frames(functions, reader, source.thread(t), clock, writer.rows)
+        elif isinstance(source, BlockSource) and table is not None:
             clock = Clock(trace.start_time, trace.end_time)
             writer = _Complete(out, pid, t, functions, names, clock)
             pieces, gap_at = source.thread(t)

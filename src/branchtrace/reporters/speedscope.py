@@ -29,7 +29,8 @@ import numpy as np
 from .._version import __version__
 from ..analysis import CodeReader, FunctionIndex
 from ..analysis.contexts import BlockFunctions
-from ..analysis.framestream import Clock, FrameRows, block_frames, trace_frames
+from ..analysis.framestream import (Clock, FrameRows, PieceSource, block_frames,
+                                    piece_frames, trace_frames)
 from ..analysis.timeline import TICKS_PER_US, Timeline, micros_text, ticks
 from ..trace import Trace
 from .base import pick_threads
@@ -39,7 +40,7 @@ SCHEMA = "https://www.speedscope.app/file-format-schema.json"
 
 
 def render(trace: Trace, out: IO[str], *, tid: int | None = None,
-           source: BlockSource | None = None) -> None:
+           source: BlockSource | PieceSource | None = None) -> None:
     """Write the evented profile of each thread (or of ``tid``) to ``out``. ``source``:
     the threads' block ids chunk by chunk (a trace file; the trace then holds no
     branches), else the trace's branches."""
@@ -60,7 +61,7 @@ class Document:
         out.write('{"$schema": ' + json.dumps(SCHEMA) + ',\n"profiles": [\n')
 
     def add(self, trace: Trace, *, tid: int | None = None,
-            source: BlockSource | None = None) -> None:
+            source: BlockSource | PieceSource | None = None) -> None:
         views = trace.per_process() if tid is None else [trace]
         several = len(views) > 1 or self.several
         program = os.path.basename(trace.argv[0]) if trace.argv else f"pid {trace.pid}"
@@ -69,7 +70,7 @@ class Document:
             functions = FunctionIndex(view.symbolizer)
             reader = CodeReader(view.symbolizer)
             table = BlockFunctions(source.blocks, functions, reader) \
-                if source is not None else None
+                if isinstance(source, BlockSource) else None
             name = program if not several else \
                 f"{os.path.basename(view.argv[0]) if view.argv else '?'} pid {view.pid}"
             frame_of: dict[int, int] = {}              # function key -> frame
@@ -87,14 +88,18 @@ class Document:
 
     def _thread(self, view: Trace, t: int, name: str, functions: FunctionIndex,
                 reader: CodeReader, table: BlockFunctions | None,
-                source: BlockSource | None, frame_of: dict[int, int]) -> None:
+                source: BlockSource | PieceSource | None, frame_of: dict[int, int]) -> None:
         head = {"type": "evented", "name": f"{name} thread {t}", "unit": "microseconds",
                 "startValue": 0}
         self.out.write(("" if self.first else ",\n") + json.dumps(head)[:-1] + ', "events": [')
         self.first = False
         clock: Clock | Timeline
         base = len(self.frames)                 # this process's frames come after these
-        if source is not None and table is not None:
+        if isinstance(source, PieceSource):
+            clock = Clock(view.start_time, view.end_time)
+            events = _Events(self.out, base, frame_of, clock)
+            piece_frames(functions, reader, source.thread(t), clock, events.rows)
+        elif isinstance(source, BlockSource) and table is not None:
             clock = Clock(view.start_time, view.end_time)
             events = _Events(self.out, base, frame_of, clock)
             pieces, gaps = source.thread(t)
