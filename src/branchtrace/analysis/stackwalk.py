@@ -137,8 +137,9 @@ def walk(events, e, m, start, last, op_of, from_func, to_func, to_start, lo_of, 
     or closes is also a row, in the order call_trace's frames open and close: an
     opening (function; position, -1, depth, -1) or a closing (function; its opening
     position, the position it closes at, depth, the opening position of the frame
-    under it: 0 for the bottom frame, which a frame from position 0 may come under). Positions are call_trace's (``2 * r``
-    the start of run r, ``2 * r + 1`` a point within it); depths count from the
+    under it: 0 for the bottom frame, which a frame from position 0 may come under).
+    Positions are call_trace's (``2 * r`` the start of run r, ``2 * r + 1`` a point
+    within it); depths count from the
     thread's first frame (state[8]: the depth of the bottom slot, below 0 once the
     thread returned below its first frame). A frame put under the stack when the
     thread returns out of its bottom frame opened at 0 (its closing says so), but its
@@ -178,8 +179,10 @@ def walk(events, e, m, start, last, op_of, from_func, to_func, to_start, lo_of, 
             st_lo[0] = 1
             st_hi[0] = 0
             st_sig[0] = no_sig
-            st_open[0] = 0
-            _opened(row_func, row_pos, state, ff, 0, state[8])
+            if keep:
+                st_open[0] = 0
+            if keep:
+                _opened(row_func, row_pos, state, ff, 0, state[8])
             sp = 1
         elif gap:                                   # resume after a gap
             if st_func[sp - 1] != ff:
@@ -187,7 +190,8 @@ def walk(events, e, m, start, last, op_of, from_func, to_func, to_start, lo_of, 
                 while j >= 0 and st_func[j] != ff:
                     j -= 1
                 if j >= 0:
-                    _closed(row_func, row_pos, state, st_func, st_open, j + 1, sp, half)
+                    if keep:
+                        _closed(row_func, row_pos, state, st_func, st_open, j + 1, sp, half)
                     sp = j + 1
                 else:
                     st_node[sp] = _child(st_node[sp - 1], ff, node_parent, node_func,
@@ -196,17 +200,22 @@ def walk(events, e, m, start, last, op_of, from_func, to_func, to_start, lo_of, 
                     st_lo[sp] = 1
                     st_hi[sp] = 0
                     st_sig[sp] = no_sig
-                    st_open[sp] = half
-                    _opened(row_func, row_pos, state, ff, half, state[8] + sp)
+                    if keep:
+                        st_open[sp] = half
+                    if keep:
+                        _opened(row_func, row_pos, state, ff, half, state[8] + sp)
                     sp += 1
         elif ff != cur_func:                        # fell through into another function
             up = st_node[sp - 2] if sp > 1 else -1
             st_node[sp - 1] = _child(up, ff, node_parent, node_func, node_weight, table,
                                      state)
-            _closed(row_func, row_pos, state, st_func, st_open, sp - 1, sp, half)
+            if keep:
+                _closed(row_func, row_pos, state, st_func, st_open, sp - 1, sp, half)
             st_func[sp - 1] = ff
-            st_open[sp - 1] = half
-            _opened(row_func, row_pos, state, ff, half, state[8] + sp - 1)
+            if keep:
+                st_open[sp - 1] = half
+            if keep:
+                _opened(row_func, row_pos, state, ff, half, state[8] + sp - 1)
         node_weight[st_node[sp - 1]] += 1
         k += 1
         at = 2 * k                                  # the start of run k + 1
@@ -224,34 +233,42 @@ def walk(events, e, m, start, last, op_of, from_func, to_func, to_start, lo_of, 
             st_lo[sp] = lo_of[p]
             st_hi[sp] = hi_of[p]
             st_sig[sp] = no_sig
-            st_open[sp] = at
-            _opened(row_func, row_pos, state, tf, at, state[8] + sp)
+            if keep:
+                st_open[sp] = at
+            if keep:
+                _opened(row_func, row_pos, state, tf, at, state[8] + sp)
             sp += 1
         elif op == 2:                               # return
             if sp > 1 and st_lo[sp - 1] <= target <= st_hi[sp - 1] and st_func[sp - 2] == tf:
-                _closed(row_func, row_pos, state, st_func, st_open, sp - 1, sp, at)
+                if keep:
+                    _closed(row_func, row_pos, state, st_func, st_open, sp - 1, sp, at)
                 sp -= 1
             else:
                 j = sp - 1
                 while j > 0 and not (st_lo[j] <= target <= st_hi[j] and st_func[j - 1] == tf):
                     j -= 1
                 if j > 0:
-                    _closed(row_func, row_pos, state, st_func, st_open, j, sp, at)
+                    if keep:
+                        _closed(row_func, row_pos, state, st_func, st_open, j, sp, at)
                     sp = j
                 else:
                     j = sp - 2
                     while j >= 0 and st_func[j] != tf:
                         j -= 1
                     if j >= 0:
-                        _closed(row_func, row_pos, state, st_func, st_open, j + 1, sp, at)
+                        if keep:
+                            _closed(row_func, row_pos, state, st_func, st_open, j + 1, sp, at)
                         sp = j + 1
                     elif st_sig[sp - 1] != no_sig:
                         switch = True               # a handler returns to the restorer
                     elif sp == 1:                   # lower: a new bottom frame
-                        _closed(row_func, row_pos, state, st_func, st_open, 0, 1, at)
+                        if keep:
+                            _closed(row_func, row_pos, state, st_func, st_open, 0, 1, at)
                         state[8] -= 1
-                        st_open[0] = 0
-                        _opened(row_func, row_pos, state, tf, at, state[8])
+                        if keep:
+                            st_open[0] = 0
+                        if keep:
+                            _opened(row_func, row_pos, state, tf, at, state[8])
                         j = state[4]
                         state[4] = j + 1
                         node_parent[j] = -1
@@ -268,7 +285,8 @@ def walk(events, e, m, start, last, op_of, from_func, to_func, to_start, lo_of, 
                         st_hi[0] = 0
                         st_sig[0] = no_sig
                     else:                           # back to a caller we never saw
-                        _closed(row_func, row_pos, state, st_func, st_open, sp - 1, sp, at)
+                        if keep:
+                            _closed(row_func, row_pos, state, st_func, st_open, sp - 1, sp, at)
                         sp -= 1
                         switch = True
         elif op == 3:                               # interrupt
@@ -278,8 +296,10 @@ def walk(events, e, m, start, last, op_of, from_func, to_func, to_start, lo_of, 
             st_lo[sp] = 1
             st_hi[sp] = 0
             st_sig[sp] = last[p]                    # where the thread was
-            st_open[sp] = at
-            _opened(row_func, row_pos, state, tf, at, state[8] + sp)
+            if keep:
+                st_open[sp] = at
+            if keep:
+                _opened(row_func, row_pos, state, tf, at, state[8] + sp)
             sp += 1
         else:
             done = False
@@ -288,7 +308,8 @@ def walk(events, e, m, start, last, op_of, from_func, to_func, to_start, lo_of, 
                 while j > 0 and st_sig[j] != target:
                     j -= 1
                 if j > 0:
-                    _closed(row_func, row_pos, state, st_func, st_open, j, sp, at)
+                    if keep:
+                        _closed(row_func, row_pos, state, st_func, st_open, j, sp, at)
                     sp = j
                     switch = st_func[sp - 1] != tf
                     done = True
@@ -299,7 +320,8 @@ def walk(events, e, m, start, last, op_of, from_func, to_func, to_start, lo_of, 
                     while j >= 0 and st_func[j] != tf:
                         j -= 1
                 if j >= 0:
-                    _closed(row_func, row_pos, state, st_func, st_open, j + 1, sp, at)
+                    if keep:
+                        _closed(row_func, row_pos, state, st_func, st_open, j + 1, sp, at)
                     sp = j + 1                      # longjmp
                 else:
                     switch = True                   # tail call, or a switch
@@ -307,10 +329,13 @@ def walk(events, e, m, start, last, op_of, from_func, to_func, to_start, lo_of, 
             up = st_node[sp - 2] if sp > 1 else -1
             st_node[sp - 1] = _child(up, tf, node_parent, node_func, node_weight, table,
                                      state)
-            _closed(row_func, row_pos, state, st_func, st_open, sp - 1, sp, at)
+            if keep:
+                _closed(row_func, row_pos, state, st_func, st_open, sp - 1, sp, at)
             st_func[sp - 1] = tf
-            st_open[sp - 1] = at
-            _opened(row_func, row_pos, state, tf, at, state[8] + sp - 1)
+            if keep:
+                st_open[sp - 1] = at
+            if keep:
+                _opened(row_func, row_pos, state, tf, at, state[8] + sp - 1)
         e += 1
     state[1] = k
     state[2] = pending
