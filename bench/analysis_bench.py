@@ -24,7 +24,9 @@ the other, its output to a file in a temporary directory (or a pipe for ``| head
   export         ``branchtrace export F -o DIR``
 
 Peak memory is the process's maximum resident set (``wait4``'s ru_maxrss). A command that
-runs past --timeout seconds is killed and marked so. The Markdown table is printed; with
+runs past --timeout seconds, or whose resident set grows past --rss-limit MiB (a reader
+that holds the whole trace, such as the profile formats before they streamed), is
+killed and marked so. The Markdown table is printed; with
 --append-doc it is also appended to docs/benchmarks.md.
 """
 
@@ -76,8 +78,20 @@ def make_input(path: Path, size: int, seed: int = 7) -> None:
             n += len(line)
 
 
+def rss(pid: int) -> int:
+    """The resident set of a running process, in bytes (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def run(name: str, argv: list[str], out: Path | None, timeout: float,
-        head: int = 0) -> Result:
+        head: int = 0, rss_limit: int = 0) -> Result:
     """Run argv; its stdout to ``out`` (or a pipe read for ``head`` lines, then closed)."""
     start = time.perf_counter()
     first = None
@@ -97,10 +111,11 @@ def run(name: str, argv: list[str], out: Path | None, timeout: float,
         pid, st, ru = os.wait4(p.pid, os.WNOHANG)
         if pid:
             break
-        if time.perf_counter() > deadline:
+        over = rss_limit and rss(p.pid) > rss_limit
+        if over or time.perf_counter() > deadline:
             p.send_signal(signal.SIGKILL)
             pid, st, ru = os.wait4(p.pid, 0)
-            status = "timeout"
+            status = f"killed over {rss_limit >> 20} MiB" if over else "timeout"
             break
         time.sleep(0.01)
     wall = time.perf_counter() - start
@@ -143,6 +158,8 @@ def main() -> int:
     ap.add_argument("--trace", type=Path, help="an existing trace file (no recording)")
     ap.add_argument("--size-mb", type=int, default=24, help="bzip2's input (default 24)")
     ap.add_argument("--timeout", type=float, default=900.0, help="per command, seconds")
+    ap.add_argument("--rss-limit", type=int, default=12288,
+                    help="kill a command whose resident set passes this many MiB")
     ap.add_argument("--only", help="comma-separated names of the commands to run")
     ap.add_argument("--append-doc", action="store_true")
     args = ap.parse_args()
@@ -181,7 +198,7 @@ def main() -> int:
             if only and not any(o in name for o in only):
                 continue
             r = run(name, branchtrace() + argv, work / out if out else None,
-                    args.timeout, head)
+                    args.timeout, head, args.rss_limit << 20)
             if name.startswith("sql") and r.status == "ok":
                 got = (work / "sql.csv").read_text().split()
                 if got[-1:] != [str(n)]:

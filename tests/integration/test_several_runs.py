@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -134,5 +135,31 @@ def test_profile_collapsed_of_several_runs_adds_the_same_stacks(runs):
     both = folded(str(runs))
     assert both == {k: a.get(k, 0) + b.get(k, 0) for k in a.keys() | b.keys()}
     assert any(k.endswith("work") for k in both)
-    r = cli("profile", str(runs), "--format", "perfetto")
-    assert r.returncode == 2 and "only as --format collapsed" in r.stderr
+
+
+def test_profile_timelines_of_several_runs_hold_each_run(runs):
+    """perfetto: one timeline with every run's events; speedscope: every run's profiles,
+    each with its own frames."""
+    def doc(fmt: str, *args: str) -> dict:
+        r = cli("profile", *args, "--format", fmt)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    def events(d: dict) -> Counter:
+        return Counter(json.dumps(e, sort_keys=True) for e in d["traceEvents"])
+
+    a, b = (doc("perfetto", str(runs / f"{x}.btrace")) for x in "ab")
+    both = doc("perfetto", str(runs))
+    assert events(both) == events(a) + events(b)
+    assert sum(e["ph"] == "X" for e in both["traceEvents"]) > 10
+
+    def profiles(d: dict) -> list[list[tuple[str, str, float]]]:
+        names = [f["name"] for f in d["shared"]["frames"]]
+        return [[(e["type"], names[e["frame"]], e["at"]) for e in p["events"]]
+                for p in d["profiles"]]
+
+    a, b = (doc("speedscope", str(runs / f"{x}.btrace")) for x in "ab")
+    both = doc("speedscope", str(runs))
+    assert profiles(both) == profiles(a) + profiles(b)
+    assert len(both["shared"]["frames"]) == len(a["shared"]["frames"]) + len(b["shared"]["frames"])
+    assert all(" pid " in p["name"] for p in both["profiles"])

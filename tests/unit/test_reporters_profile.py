@@ -36,14 +36,18 @@ def test_perfetto_complete_events_nest_per_thread():
     doc = json.loads(render(perfetto, sample(start=100.0, end=100.008)))
     events = doc["traceEvents"]
     assert {e["ph"] for e in events} == {"M", "X", "i"}
-    calls = [e for e in events if e["ph"] == "X"]
+    # written as frames close (callees first), sorted by ts as importers do (stable:
+    # of equal ts, the first written is the parent); depths count from the first
+    # frame (g), which the trace leaves twice by returns: f and main are below it
+    calls = sorted((e for e in events if e["ph"] == "X"), key=lambda e: e["ts"])
     assert [(e["name"], e["args"]["depth"]) for e in calls] == [
-        ("main", 0), ("f", 1), ("g", 2), ("h", 2), ("h", 1)]
+        ("main", -2), ("f", -1), ("g", 0), ("h", 0), ("h", -1)]
     stack: list[tuple[float, float]] = []
     for e in calls:                     # parents come first and hold their children
-        while stack and e["ts"] >= stack[-1][1] and len(stack) > e["args"]["depth"]:
+        depth = e["args"]["depth"] + 2
+        while stack and e["ts"] >= stack[-1][1] and len(stack) > depth:
             stack.pop()
-        assert len(stack) == e["args"]["depth"]
+        assert len(stack) == depth
         if stack:
             assert stack[-1][0] <= e["ts"] and e["ts"] + e["dur"] <= stack[-1][1] + 1e-9
         stack.append((e["ts"], e["ts"] + e["dur"]))
@@ -85,8 +89,12 @@ def test_speedscope_evented_profile():
     names = [f["name"] for f in doc["shared"]["frames"]]
     assert sorted(names) == ["f", "g", "h", "main"]
     events = doc["profiles"][0]["events"]
-    assert [(e["type"], names[e["frame"]]) for e in events[:3]] == [
-        ("O", "main"), ("O", "f"), ("O", "g")]
+    # streamed: the trace starts in g, which returns at once into f, a caller it had
+    # not shown: f opens there (not at 0, which would be an event written back)
+    assert [(e["type"], names[e["frame"]], e["at"]) for e in events[:4]] == [
+        ("O", "g", 0), ("C", "g", 0), ("O", "f", 0), ("O", "h", 142857.142578125)]
+    assert [(e["type"], names[e["frame"]]) for e in events[-4:]] == [
+        ("O", "main"), ("O", "h"), ("C", "h"), ("C", "main")]
     assert doc["profiles"][0]["endValue"] == 1e6
 
 
@@ -127,7 +135,9 @@ def test_perfetto_siblings_and_children_nest_in_floating_point():
         span = 0.000_997 * (k + 1) + 0.000_000_013 * k      # odd nanosecond spans
         doc = json.loads(render(perfetto, make_trace(tail_calls(), start=1_700_000_000.0 + k,
                                                      end=1_700_000_000.0 + k + span)))
-        calls = [e for e in doc["traceEvents"] if e["ph"] == "X"]
+        # by ts, as importers sort them (stable: of equal ts, the parent is first)
+        calls = sorted((e for e in doc["traceEvents"] if e["ph"] == "X"),
+                       key=lambda e: e["ts"])
         assert [e["name"] for e in calls if e["args"]["depth"] == 1] == ["f", "g", "h"] * 3
         stack: list[tuple[float, float]] = []       # (ts, end) of the open parents
         prev_end: dict[int, float] = {}             # depth -> end of the last sibling

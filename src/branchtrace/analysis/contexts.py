@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from queue import Empty, Queue
@@ -41,7 +41,8 @@ from .functions import FunctionIndex
 T = TypeVar("T")
 _NONE, _CALL, _RET, _INT, _SYS = range(5)
 # the walk's scalar state, in an int64 array carried from chunk to chunk
-_PREV, _K, _PENDING, _SP, _NODES, _GI, _SHIFT = range(7)
+_PREV, _K, _PENDING, _SP, _NODES, _GI, _SHIFT, _ROWS, _BASE = range(9)
+_ROW_ROOM = 1 << 15           # frame rows the walk writes before they are taken
 _WORKERS = 2                  # threads that filter chunks
 
 
@@ -124,12 +125,30 @@ def context_tree(table: BlockFunctions, pieces: Iterable[IdPiece], gaps: list[in
     decompressed by a thread of their own and filtered by a pool of two while the
     walk goes on, all outside the GIL; a thread with gaps in its chunks is filtered in
     order (the filter must know the branch index where each chunk begins)."""
-    walk = _Walk(table, np.array(sorted(gaps), np.int64), compiled)
+    walk = Walk(table, np.array(sorted(gaps), np.int64), compiled)
+    drive(walk, pieces)
+    return walk.result()
+
+
+#: Called with each piece and its branches' count before they are walked.
+PieceHook = Callable[[IdPiece, int], None]
+
+
+def drive(walk: Walk, pieces: Iterable[IdPiece], before: PieceHook | None = None) -> None:
+    """Walk a thread's ``pieces`` in order (:func:`context_tree`'s two stages); ``before``
+    learns each piece's branch count before its branches are walked."""
     pool = None
     if walk.kernel is not None and not len(walk.gaps):
         pool = ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="branchtrace-filter")
+
+    def feed(result: tuple[np.ndarray, int, int], after: bool, piece: IdPiece) -> None:
+        if before is not None:
+            events, m, tail = result
+            before(piece, int(events[:m, 2].sum()) + m + tail)
+        walk.feed(*result, after)
+
     try:
-        pending: deque[tuple[Future[tuple[np.ndarray, int, int]], bool]] = deque()
+        pending: deque[tuple[Future[tuple[np.ndarray, int, int]], bool, IdPiece]] = deque()
         last, hole = -1, False
         for piece in ahead(pieces):
             ids = piece.ids
@@ -140,20 +159,19 @@ def context_tree(table: BlockFunctions, pieces: Iterable[IdPiece], gaps: list[in
                 ids = np.concatenate([np.array([last], np.uint32), ids.astype(np.uint32)])
             last = int(piece.ids[-1])
             if pool is None:
-                walk.feed(*walk.filter(ids), hole)
+                feed(walk.filter(ids), hole, piece)
             else:
-                pending.append((pool.submit(walk.filter, ids), hole))
+                pending.append((pool.submit(walk.filter, ids), hole, piece))
             hole = False
             while len(pending) > 2 * _WORKERS:
-                future, after = pending.popleft()
-                walk.feed(*future.result(), after)
+                future, after, done = pending.popleft()
+                feed(future.result(), after, done)
         while pending:
-            future, after = pending.popleft()
-            walk.feed(*future.result(), after)
+            future, after, done = pending.popleft()
+            feed(future.result(), after, done)
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-    return walk.result()
 
 
 def ahead(items: Iterable[T], depth: int = 4) -> Iterator[T]:
@@ -191,11 +209,23 @@ def ahead(items: Iterable[T], depth: int = 4) -> Iterator[T]:
                 worker.join(0.01)
 
 
-class _Walk:
-    def __init__(self, table: BlockFunctions, gaps: np.ndarray, compiled: bool) -> None:
+#: Takes the frame rows the walk wrote (stackwalk.walk): functions, positions.
+RowSink = Callable[[np.ndarray, np.ndarray], None]
+
+
+class Walk:
+    """The walk's state over one thread; with ``rows``, the frames that open and close
+    are handed to it, a batch at a time (:meth:`flush` hands the last)."""
+
+    def __init__(self, table: BlockFunctions, gaps: np.ndarray, compiled: bool,
+                 rows: RowSink | None = None) -> None:
         self.table, self.gaps = table, gaps
         self.kernel = stackwalk.compiled() if compiled else None
-        self.state = np.zeros(7, np.int64)
+        self.state = np.zeros(9, np.int64)
+        self.rows = rows
+        room = _ROW_ROOM if rows is not None else 0
+        self.row_func = np.zeros(room, np.uint64)
+        self.row_pos = np.zeros((room, 4), np.int64)
         self.cur_func = np.zeros(1, np.uint64)     # the function the thread is in
         self.stack = _stack(64)
         self.nodes = _nodes(1 << 10)
@@ -226,14 +256,41 @@ class _Walk:
             with np.errstate(over="ignore"):    # the hash wraps around (in Python too)
                 at = int(walk(events, at, m, t.start, t.last, t.op, t.from_func, t.to_func,
                               t.to_start, t.lo, t.hi, t.flags, self.gaps, self.state,
-                              self.cur_func, st[0], st[1], st[2], st[3], st[4], nd[0], nd[1],
-                              nd[2], self.hash))
+                              self.cur_func, st[0], st[1], st[2], st[3], st[4], st[5], nd[0],
+                              nd[1], nd[2], self.hash, self.row_func, self.row_pos))
             if at == m:
                 break
-            self._room()
+            sp = int(self.state[_SP])
+            if self.rows is not None and self.state[_ROWS] + 2 * sp + 8 > len(self.row_func):
+                if self.state[_ROWS]:
+                    self.flush()
+                else:                       # a stack deeper than the rows: more rows
+                    self.row_func = np.zeros(2 * len(self.row_func) + 4 * sp, np.uint64)
+                    self.row_pos = np.zeros((len(self.row_func), 4), np.int64)
+            else:
+                self._room()
         if tail:
             self.nodes[2][self.stack[0][int(self.state[_SP]) - 1]] += tail
             self.state[_K] += tail
+
+    def flush(self) -> None:
+        """Hand the frame rows written so far to ``rows``."""
+        r = int(self.state[_ROWS])
+        if r and self.rows is not None:
+            self.rows(self.row_func[:r].copy(), self.row_pos[:r].copy())
+        self.state[_ROWS] = 0
+
+    @property
+    def branches(self) -> int:
+        """Taken branches walked so far."""
+        return int(self.state[_K])
+
+    def open_frames(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The frames on the stack, bottom first: function keys, the positions they
+        opened at, their depths (from the thread's first frame)."""
+        sp = int(self.state[_SP])
+        depth = np.arange(sp, dtype=np.int64) + int(self.state[_BASE])
+        return self.stack[1][:sp].copy(), self.stack[5][:sp].copy(), depth
 
     def _room(self) -> None:
         """Double whatever is short: the stack, or the nodes (and their hash table)."""
@@ -254,9 +311,10 @@ class _Walk:
         return ContextTree(parent, function.view(np.uint64), weight, int(self.state[_K]))
 
 def _stack(size: int) -> list[np.ndarray]:
-    """node, function, return range lo and hi, signal address per stack slot."""
+    """node, function, return range lo and hi, signal address, the position the frame
+    opened at, per stack slot."""
     return [np.zeros(size, np.int64), np.zeros(size, np.uint64), np.zeros(size, np.uint64),
-            np.zeros(size, np.uint64), np.zeros(size, np.uint64)]
+            np.zeros(size, np.uint64), np.zeros(size, np.uint64), np.zeros(size, np.int64)]
 
 
 def _nodes(size: int) -> list[np.ndarray]:

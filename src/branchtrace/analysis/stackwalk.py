@@ -43,6 +43,35 @@ def _child(parent, func, node_parent, node_func, node_weight, table, state):
 
 
 @no_type_check    # compiled by numba (or run as it is without it)
+def _opened(row_func, row_pos, state, func, at, depth):
+    """A frame of ``func`` opens at position ``at`` (a row when rows are kept)."""
+    r = state[7]
+    if r < len(row_func):
+        row_func[r] = func
+        row_pos[r, 0] = at
+        row_pos[r, 1] = -1
+        row_pos[r, 2] = depth
+        row_pos[r, 3] = -1
+        state[7] = r + 1
+
+
+@no_type_check    # compiled by numba (or run as it is without it)
+def _closed(row_func, row_pos, state, st_func, st_open, lo, hi, at):
+    """The frames in stack slots ``hi - 1`` down to ``lo`` close at position ``at``."""
+    if len(row_func) == 0:
+        return
+    r = state[7]
+    for i in range(hi - 1, lo - 1, -1):
+        row_func[r] = st_func[i]
+        row_pos[r, 0] = st_open[i]
+        row_pos[r, 1] = at
+        row_pos[r, 2] = state[8] + i
+        row_pos[r, 3] = st_open[i - 1] if i > 0 else 0
+        r += 1
+    state[7] = r
+
+
+@no_type_check    # compiled by numba (or run as it is without it)
 def rehash(node_parent, node_func, used, table, shift):
     """Put nodes 0..used-1 into an empty hash table."""
     mask = np.uint64(len(table) - 1)
@@ -99,10 +128,22 @@ def filter_ids(ids, k, gaps, rows, flags, start, n, span, to_class, out):
 
 @no_type_check    # compiled by numba (or run as it is without it)
 def walk(events, e, m, start, last, op_of, from_func, to_func, to_start, lo_of, hi_of,  # noqa: C901, PLR0912, PLR0915
-          flags, gaps, state, cur, st_node, st_func, st_lo, st_hi, st_sig,
-          node_parent, node_func, node_weight, table):
+          flags, gaps, state, cur, st_node, st_func, st_lo, st_hi, st_sig, st_open,
+          node_parent, node_func, node_weight, table, row_func, row_pos):
     """Replay the stack rules on the branches ``events[e:m]`` (from filter_ids); returns
-    where it stopped (before ``m`` when the stack or the nodes need room)."""
+    where it stopped (before ``m`` when the stack, the nodes or the rows need room).
+
+    With room for rows (``row_func``, ``row_pos``: state[7] used), each frame that opens
+    or closes is also a row, in the order call_trace's frames open and close: an
+    opening (function; position, -1, depth, -1) or a closing (function; its opening
+    position, the position it closes at, depth, the opening position of the frame
+    under it: 0 for the bottom frame, which a frame from position 0 may come under).
+    Positions are call_trace's (``2 * r`` the start of run r, ``2 * r + 1`` a point
+    within it); depths count from the
+    thread's first frame (state[8]: the depth of the bottom slot, below 0 once the
+    thread returned below its first frame). A frame put under the stack when the
+    thread returns out of its bottom frame opened at 0 (its closing says so), but its
+    opening row is where that return is: rows are never written back."""
     k = state[1]
     pending = state[2]
     sp = state[3]
@@ -111,9 +152,12 @@ def walk(events, e, m, start, last, op_of, from_func, to_func, to_start, lo_of, 
     room_stack = len(st_node) - 2
     room_nodes = len(node_parent) - 2
     no_sig = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
+    keep = len(row_func) > 0
     while e < m:
         if sp > room_stack or state[4] > room_nodes:
             break                                   # the caller makes room
+        if keep and state[7] + 2 * sp + 8 > len(row_func):
+            break                                   # the caller takes the rows
         plain = events[e, 2]
         if plain:
             node_weight[st_node[sp - 1]] += plain
@@ -128,12 +172,17 @@ def walk(events, e, m, start, last, op_of, from_func, to_func, to_start, lo_of, 
         pending = 0
         ff = from_func[p]
         tf = to_func[c]
+        half = 2 * k + 1                            # a point within run k
         if k == 0:                                  # the first frame
             st_node[0] = _child(-1, ff, node_parent, node_func, node_weight, table, state)
             st_func[0] = ff
             st_lo[0] = 1
             st_hi[0] = 0
             st_sig[0] = no_sig
+            if keep:
+                st_open[0] = 0
+            if keep:
+                _opened(row_func, row_pos, state, ff, 0, state[8])
             sp = 1
         elif gap:                                   # resume after a gap
             if st_func[sp - 1] != ff:
@@ -141,6 +190,8 @@ def walk(events, e, m, start, last, op_of, from_func, to_func, to_start, lo_of, 
                 while j >= 0 and st_func[j] != ff:
                     j -= 1
                 if j >= 0:
+                    if keep:
+                        _closed(row_func, row_pos, state, st_func, st_open, j + 1, sp, half)
                     sp = j + 1
                 else:
                     st_node[sp] = _child(st_node[sp - 1], ff, node_parent, node_func,
@@ -149,14 +200,25 @@ def walk(events, e, m, start, last, op_of, from_func, to_func, to_start, lo_of, 
                     st_lo[sp] = 1
                     st_hi[sp] = 0
                     st_sig[sp] = no_sig
+                    if keep:
+                        st_open[sp] = half
+                    if keep:
+                        _opened(row_func, row_pos, state, ff, half, state[8] + sp)
                     sp += 1
         elif ff != cur_func:                        # fell through into another function
             up = st_node[sp - 2] if sp > 1 else -1
             st_node[sp - 1] = _child(up, ff, node_parent, node_func, node_weight, table,
                                      state)
+            if keep:
+                _closed(row_func, row_pos, state, st_func, st_open, sp - 1, sp, half)
             st_func[sp - 1] = ff
+            if keep:
+                st_open[sp - 1] = half
+            if keep:
+                _opened(row_func, row_pos, state, ff, half, state[8] + sp - 1)
         node_weight[st_node[sp - 1]] += 1
         k += 1
+        at = 2 * k                                  # the start of run k + 1
         cur_func = tf
         op = op_of[p]
         if (flags[c] & 32) != 0:
@@ -171,25 +233,42 @@ def walk(events, e, m, start, last, op_of, from_func, to_func, to_start, lo_of, 
             st_lo[sp] = lo_of[p]
             st_hi[sp] = hi_of[p]
             st_sig[sp] = no_sig
+            if keep:
+                st_open[sp] = at
+            if keep:
+                _opened(row_func, row_pos, state, tf, at, state[8] + sp)
             sp += 1
         elif op == 2:                               # return
             if sp > 1 and st_lo[sp - 1] <= target <= st_hi[sp - 1] and st_func[sp - 2] == tf:
+                if keep:
+                    _closed(row_func, row_pos, state, st_func, st_open, sp - 1, sp, at)
                 sp -= 1
             else:
                 j = sp - 1
                 while j > 0 and not (st_lo[j] <= target <= st_hi[j] and st_func[j - 1] == tf):
                     j -= 1
                 if j > 0:
+                    if keep:
+                        _closed(row_func, row_pos, state, st_func, st_open, j, sp, at)
                     sp = j
                 else:
                     j = sp - 2
                     while j >= 0 and st_func[j] != tf:
                         j -= 1
                     if j >= 0:
+                        if keep:
+                            _closed(row_func, row_pos, state, st_func, st_open, j + 1, sp, at)
                         sp = j + 1
                     elif st_sig[sp - 1] != no_sig:
                         switch = True               # a handler returns to the restorer
                     elif sp == 1:                   # lower: a new bottom frame
+                        if keep:
+                            _closed(row_func, row_pos, state, st_func, st_open, 0, 1, at)
+                        state[8] -= 1
+                        if keep:
+                            st_open[0] = 0
+                        if keep:
+                            _opened(row_func, row_pos, state, tf, at, state[8])
                         j = state[4]
                         state[4] = j + 1
                         node_parent[j] = -1
@@ -206,6 +285,8 @@ def walk(events, e, m, start, last, op_of, from_func, to_func, to_start, lo_of, 
                         st_hi[0] = 0
                         st_sig[0] = no_sig
                     else:                           # back to a caller we never saw
+                        if keep:
+                            _closed(row_func, row_pos, state, st_func, st_open, sp - 1, sp, at)
                         sp -= 1
                         switch = True
         elif op == 3:                               # interrupt
@@ -215,6 +296,10 @@ def walk(events, e, m, start, last, op_of, from_func, to_func, to_start, lo_of, 
             st_lo[sp] = 1
             st_hi[sp] = 0
             st_sig[sp] = last[p]                    # where the thread was
+            if keep:
+                st_open[sp] = at
+            if keep:
+                _opened(row_func, row_pos, state, tf, at, state[8] + sp)
             sp += 1
         else:
             done = False
@@ -223,6 +308,8 @@ def walk(events, e, m, start, last, op_of, from_func, to_func, to_start, lo_of, 
                 while j > 0 and st_sig[j] != target:
                     j -= 1
                 if j > 0:
+                    if keep:
+                        _closed(row_func, row_pos, state, st_func, st_open, j, sp, at)
                     sp = j
                     switch = st_func[sp - 1] != tf
                     done = True
@@ -233,6 +320,8 @@ def walk(events, e, m, start, last, op_of, from_func, to_func, to_start, lo_of, 
                     while j >= 0 and st_func[j] != tf:
                         j -= 1
                 if j >= 0:
+                    if keep:
+                        _closed(row_func, row_pos, state, st_func, st_open, j + 1, sp, at)
                     sp = j + 1                      # longjmp
                 else:
                     switch = True                   # tail call, or a switch
@@ -240,7 +329,13 @@ def walk(events, e, m, start, last, op_of, from_func, to_func, to_start, lo_of, 
             up = st_node[sp - 2] if sp > 1 else -1
             st_node[sp - 1] = _child(up, tf, node_parent, node_func, node_weight, table,
                                      state)
+            if keep:
+                _closed(row_func, row_pos, state, st_func, st_open, sp - 1, sp, at)
             st_func[sp - 1] = tf
+            if keep:
+                st_open[sp - 1] = at
+            if keep:
+                _opened(row_func, row_pos, state, tf, at, state[8] + sp - 1)
         e += 1
     state[1] = k
     state[2] = pending
@@ -256,7 +351,7 @@ _lock = threading.Lock()
 
 def compiled() -> Any:
     """(filter, walk) compiled, or None (no numba, or it cannot compile here)."""
-    global _kernel, rehash, _child
+    global _kernel, rehash, _child, _opened, _closed
     if _kernel is None and jit.enabled():
         with _lock:
             if _kernel is None:
@@ -266,6 +361,8 @@ def compiled() -> Any:
                         from numba import njit
 
                         _child = njit(cache=True, nogil=True, inline="always")(_child)
+                        _opened = njit(cache=True, nogil=True, inline="always")(_opened)
+                        _closed = njit(cache=True, nogil=True, inline="always")(_closed)
                         rehash = njit(cache=True, nogil=True)(rehash)
                         _kernel = (njit(cache=True, nogil=True)(filter_ids),
                                    njit(cache=True, nogil=True)(walk))

@@ -31,14 +31,16 @@ def ticks(ns: np.ndarray) -> np.ndarray:
     return (np.asarray(ns, dtype=np.int64) * TICKS_PER_US) // 1000
 
 
+#: The decimals of each fraction of a microsecond in ticks ("" for none).
+_FRACTIONS = [""] + [f".{f * 9765625:010d}".rstrip("0") for f in range(1, TICKS_PER_US)]
+
+
 def micros_text(t: np.ndarray) -> list[str]:
     """Ticks as decimal microseconds, exactly (at most ten decimals: 1/1024 is
     0.0009765625); a JSON reader's double holds each value exactly."""
-    out = []
-    for v in np.asarray(t, dtype=np.int64).tolist():
-        whole, frac = divmod(v, TICKS_PER_US)
-        out.append(str(whole) if not frac else f"{whole}.{frac * 9765625:010d}".rstrip("0"))
-    return out
+    whole, frac = np.divmod(np.asarray(t, dtype=np.int64), TICKS_PER_US)
+    fractions = _FRACTIONS
+    return [f"{w}{fractions[f]}" for w, f in zip(whole.tolist(), frac.tolist())]
 
 
 class Timeline:

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..analysis import CallTrace, CodeReader, FunctionIndex, call_trace
 from ..analysis.contexts import BlockFunctions, IdPiece, context_tree
+from ..model import Gap
 from ..trace import Trace
 from .base import pick_threads
 
@@ -88,6 +89,7 @@ class BlockSource:
     blocks: np.ndarray
     thread: Callable[[int], tuple[Iterable[IdPiece], list[int]]]
     compiled: bool = True
+    gaps: Callable[[int], list[Gap]] | None = None   # a thread's gaps (as their indices)
 
 
 def _lines(trace: Trace, tids: list[int], head: str, source: BlockSource | None) -> list[str]:

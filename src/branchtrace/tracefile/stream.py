@@ -204,6 +204,7 @@ class IdPiece:
                             # with nothing, and the thread has a gap there
     first_ns: int
     last_ns: int
+    missing: int = 0        # after a hole: how many records are missing
 
 
 class IdStream:
@@ -218,25 +219,30 @@ class IdStream:
         kept = next((t.kept for t in tf.threads if t.tid == tid), None)
         self.chunks, holes = select(tf.chunks.get(tid, []), kept)
         self.hole_starts = [h.start for h in holes]
+        self.hole_counts = [h.count for h in holes]
         shift = Shifter(holes)
-        self.gaps = sorted(shift(g.index) for g in tf.gaps if g.tid == tid)
+        self.gap_values = sorted((Gap(tid, shift(g.index), g.count, g.reason)
+                                  for g in tf.gaps if g.tid == tid), key=lambda g: g.index)
+        self.gaps = [g.index for g in self.gap_values]
         self.corrupt = 0
 
     def __iter__(self) -> Iterator[IdPiece]:
         dctx = zstandard.ZstdDecompressor()
         dtype = RECORD_DTYPES[self.tf.encoding]
-        h, after = 0, False
+        h, after, missing = 0, False, 0
         for c in self.chunks:
             while h < len(self.hole_starts) and self.hole_starts[h] <= c.head.first_index:
                 after = True
+                missing += self.hole_counts[h]
                 h += 1
             raw = read_chunk(dctx, c, dtype)
             if raw is None:
                 self.corrupt += 1
                 after = True
+                missing += c.head.count
                 continue
-            yield IdPiece(raw, after, c.head.first_ns, c.head.last_ns)
-            after = False
+            yield IdPiece(raw, after, c.head.first_ns, c.head.last_ns, missing)
+            after, missing = False, 0
 
 
 def id_source(tf: TraceFile) -> Callable[[int], tuple[IdStream, list[int]]] | None:
