@@ -25,7 +25,7 @@ from ...store.blocks import DEFAULT_TABLE_CAPACITY, create_table, read_table, ta
 from ...errors import BranchtraceError, MemoryLimitError, TargetError, UsageError
 from ...model import ExitInfo, Gap, ModuleMap, ProcessInfo, StackSnapshot
 from ...store import HEADER_SIZE, THREAD_ENTRY_SIZE, Store
-from ...symbols import merge_modules, modules_from_maps, read_maps
+from ...symbols.maps import merge_modules, modules_from_maps, read_maps
 from .agent_code import agent_options, agent_source, has_avx512, has_bmi2
 from .check import CheckCounters, enabled
 from .children import ChildFollowing, ForkCatcher
