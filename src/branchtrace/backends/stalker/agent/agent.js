@@ -77,6 +77,7 @@ function newJumpSlot() {
 
 const libc = {};
 let params = null;
+let fastFillAt = null;   // fill.js: where Frida's byte-at-a-time memset was rewritten
 let cm = null;
 let cfg = null;
 let tablePtr = null;
@@ -583,6 +584,8 @@ function followNow() {
 rpc.exports = {
   init(p) {
     params = p;
+    if (p.fastFill)
+      fastFillAt = fastFill();   // fill.js: before any thread is followed
     libc.open = fn('open', 'int', ['pointer', 'int', 'int']);
     libc.close = fn('close', 'int', ['int']);
     libc.mmap = fn('mmap', 'pointer', ['pointer', 'size_t', 'int', 'int', 'int', 'int64']);
