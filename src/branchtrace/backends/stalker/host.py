@@ -33,7 +33,7 @@ from .ending import Ending, snapshot_of
 from ..linux.exits import ExitWatcher
 from ..linux.program import read_argv
 from .execs import ExecCatcher, ExecFollowing
-from . import hold
+from . import fillcache, hold
 from .resume import Resuming
 from .launch import Attaching, Launcher, attach, check_attachable, mapped_paths
 
@@ -228,12 +228,14 @@ class Host(Resuming, ExecFollowing, ChildFollowing, Ending):
             "parked": hold.is_parked(pid),
             "followChildren": self.follow_children,
             "checkPath": str(self.check.path) if self.check is not None else None,
+            "fillOffset": fillcache.known_offset() if self.options["fastFill"] else None,
             **self.options,
         }
         try:
             reply: dict[str, Any] = self._script.exports_sync.init(params)
         except frida.core.RPCException as err:
             raise TargetError(f"the Stalker agent could not start in pid {pid}: {err}") from None
+        fillcache.keep_offset(reply.get("fillOffset"))
         return reply
 
     def _start_address(self, launcher: Launcher | None, vaddr: int | None) -> str | None:
