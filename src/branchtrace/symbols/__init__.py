@@ -11,7 +11,7 @@ Typical use::
 
 from __future__ import annotations
 
-import importlib
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -60,9 +60,9 @@ __all__ = [
 ]
 
 
-#: Where each name lives: imported on first use (PEP 562), so that ``symbols.maps`` (the
-#: recorders read process maps while the program starts) does not import numpy, ELF,
-#: DWARF and the resolver (~0.1 s, on the critical path of ``branchtrace run``'s start).
+#: Where each name lives: the submodules are imported on first use of a name (PEP 562),
+#: so that importing one of them (``symbols.maps``: the recorders read process maps
+#: while the program starts) does not import the others (DWARF, the resolver).
 _WHERE = {
     "ElfImage": "elf",
     "FunctionTable": "symtab",
@@ -88,10 +88,19 @@ _WHERE = {
 }
 
 
+def _module(where: str) -> ModuleType:
+    # plain imports, not importlib: the readers' code never imports by a computed name
+    # (tests/reliability/test_security.py)
+    from . import dwarf, elf, images, maps, resolver, symtab
+
+    return {"dwarf": dwarf, "elf": elf, "images": images, "maps": maps,
+            "resolver": resolver, "symtab": symtab}[where]
+
+
 def __getattr__(name: str) -> Any:
     where = _WHERE.get(name)
     if where is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{where}"), name)
+    value = getattr(_module(where), name)
     globals()[name] = value
     return value
