@@ -94,7 +94,8 @@ def test_the_fill_offset_is_kept_and_used(tmp_path: Path, build) -> None:
     for _ in range(2):
         out = subprocess.run([sys.executable, "-m", "branchtrace", "run", "--backend",
                               "stalker", "--report", "never", "-o", str(tmp_path / "t.btrace"),
-                              "--mode", "stream", "--", str(prog), "1000"],
+                              "--mode", "stream", "--disable-randomization", "--", str(prog),
+                              "1000"],
                              env=env, capture_output=True, text=True, check=False)
         assert out.returncode == 0, out.stderr
         counts.append(len(branchtrace.open(tmp_path / "t.btrace").branches()))
