@@ -5,6 +5,15 @@ Run on purpose (it is not a test):
     python bench/stalker_bench.py                       # median of 5, valgrind too
     python bench/stalker_bench.py --runs 3 --valgrind-runs 1 --stock-runs 1
     python bench/stalker_bench.py --quick               # smaller inputs, for a smoke run
+    python bench/stalker_bench.py --set issue15 --runs 3  # issue 15's programs (below)
+
+Issue 15's set (``--set issue15``; native, follow, ring and stream only unless
+--stock-runs/--valgrind-runs say otherwise): ``bzip2 -9 -c`` of 12 MB, gcc's compiler
+proper (``cc1 -O2``, found with ``gcc -print-prog-name=cc1``) on a generated 300-function
+C file, the real ``/usr/bin/python3`` binary (not a shim or venv link) on a pure-Python
+script, ``sqlite3`` with a 500K-row table, an index, a group by and a join, and ``jq``
+over 7.5 MB of JSON; a program that is not installed is left out. It prints ring, stream
+``-o``, follow and native side by side as ratios, and stream / ring.
 
 Workloads (inputs are generated, deterministic), sized so that valgrind's 5 runs of
 every workload take about 30 minutes in all (lackey runs ~250-1000x native): about
@@ -79,6 +88,86 @@ def make_corpus(path: Path, size: int, seed: int = 1) -> None:
     path.write_text("".join(parts)[:size])
 
 
+def make_c_source(path: Path, functions: int = 300, seed: int = 3) -> None:
+    """A C file of ``functions`` functions (a loop around a switch, calls to earlier
+    functions), no #include: gcc's compiler proper ``cc1 -O2`` takes ~2-3 s on it."""
+    r = random.Random(seed)
+    out = ["typedef unsigned long u64;", "struct pt { long x, y; int tag; };", ""]
+    for i in range(functions):
+        callee = f"f{r.randrange(i)}" if i else None
+        k = r.randint(2, 9)
+        out += [f"long f{i}(long a, long b, struct pt *p) {{", "  long s = 0;",
+                f"  for (long i0 = 0; i0 < a + {k}; i0++) {{", "    switch ((i0 ^ b) & 7) {"]
+        for c in range(r.randint(2, 3)):
+            out.append(f"      case {c}: s += (i0 * {r.randint(3, 99)}) ^ (b >> {c}); "
+                       f"if (s > {r.randint(1000, 9000)}) s -= p->x; break;")
+        out += [f"      default: s = s * {r.randint(3, 17)} + p->y; p->tag++;", "    }"]
+        if callee and r.random() < 0.2:
+            out.append(f"    if ((s & 15) == {r.randint(0, 15)}) s += {callee}(a / 2, s, p);")
+        out += ["  }", f"  p->x = s % {r.randint(7, 97)}; return s + a * b;", "}", ""]
+    out.append("int main(void) { struct pt p = {1, 2, 0}; long s = 0;")
+    out.append(f"  for (long i = 0; i < 10; i++) s += f{functions - 1}(i, s, &p); "
+               "return (int)(s & 1); }")
+    path.write_text("\n".join(out) + "\n")
+
+
+#: A pure-Python workload for the real interpreter binary: a binary tree built and
+#: walked, string formatting, a dict and the re module (N: the keys inserted).
+PY_SCRIPT = """
+import re
+class Node:
+    __slots__ = ("key", "left", "right")
+    def __init__(self, key): self.key, self.left, self.right = key, None, None
+def insert(root, key):
+    if root is None: return Node(key)
+    n = root
+    while True:
+        if key < n.key:
+            if n.left is None: n.left = Node(key); return root
+            n = n.left
+        else:
+            if n.right is None: n.right = Node(key); return root
+            n = n.right
+def walk(n, acc):
+    while n is not None:
+        walk(n.left, acc); acc.append(n.key); n = n.right
+x, root = 12345, None
+for i in range(N):
+    x = (x * 1103515245 + 12345) & 0x7fffffff
+    root = insert(root, x % 100003)
+acc = []; walk(root, acc)
+words = {}
+for i, k in enumerate(acc):
+    w = format(k, "x") + "-" + str(i % 97)
+    words[w[-3:]] = words.get(w[-3:], 0) + len(re.findall(r"[a-f]", w))
+print(len(acc), sum(acc) % 1000003, len(words), sorted(words.items())[:3])
+"""
+
+
+def make_json(path: Path, rows: int, seed: int = 5) -> None:
+    r = random.Random(seed)
+    import json
+    data = [{"id": i, "name": "".join(r.choice("abcdefgh") for _ in range(8)),
+             "n": r.randint(0, 1000),
+             "tags": [r.choice("xyzw") for _ in range(r.randint(0, 4))],
+             "sub": {"a": r.random(), "b": r.randint(0, 9)}} for i in range(rows)]
+    path.write_text(json.dumps(data))
+
+
+JQ_FILTER = ("[.[] | select(.n % 3 == 0) | {k: .name[0:2], b: .sub.b, t: (.tags | length)}]"
+             " | group_by(.k) | map({k: .[0].k, n: length, b: (map(.b) | add),"
+             " t: (map(.t) | add)}) | length")
+
+
+def sqlite_join(rows: int) -> str:
+    """A table of ``rows`` rows, an index, a group by and a join."""
+    return ("CREATE TABLE t(a INTEGER, b INTEGER, c TEXT); WITH RECURSIVE c(x) AS "
+            f"(SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<{rows}) INSERT INTO t SELECT x, "
+            "(x*7919)%1000, hex(x*31) FROM c; CREATE INDEX tb ON t(b); CREATE TABLE g AS "
+            "SELECT b, count(*) n, sum(a) s FROM t GROUP BY b; SELECT count(*), sum(g.n), "
+            "max(length(t.c)), sum(g.s % 7) FROM t JOIN g ON t.b = g.b WHERE t.a % 5 = 0;")
+
+
 def run_once(argv: list[str], cwd: Path, out: Path,
              env: dict[str, str] | None = None) -> tuple[float, str, int, str]:
     """Wall seconds, sha256 of stdout, exit status, stderr tail of one run."""
@@ -111,9 +200,16 @@ def main() -> int:
                     help="runs of the valgrind column (default: --runs; 0 leaves it out)")
     ap.add_argument("--quick", action="store_true", help="smaller inputs")
     ap.add_argument("--only", default="", help="comma-separated workload names")
+    ap.add_argument("--set", default="issue3", choices=("issue3", "issue15", "all"),
+                    help="issue3: gzip, xz, python3 -c, sqlite3 CTE, loop (the default); "
+                         "issue15: bzip2, cc1, the real /usr/bin/python3 on a script, sqlite3 "
+                         "join, jq (stock and valgrind left out unless asked); all: both")
     ap.add_argument("--append-doc", action="store_true",
                     help="append the section to docs/benchmarks.md")
     args = ap.parse_args()
+    if args.set == "issue15":   # Frida's block events and valgrind: minutes a run on cc1
+        args.stock_runs = 0 if args.stock_runs is None else args.stock_runs
+        args.valgrind_runs = 0 if args.valgrind_runs is None else args.valgrind_runs
     compile_bytecode()
     vruns = args.runs if args.valgrind_runs is None else args.valgrind_runs
     sruns = args.runs if args.stock_runs is None else args.stock_runs
@@ -144,6 +240,8 @@ def main() -> int:
                f"x<{sq_n}) SELECT sum(x*x % 7) FROM c;")]),
             ("loop", f"`loop.c` -O0, N={loop_n:,}", [str(loop), str(loop_n)]),
         ]
+        workloads = (workloads if args.set == "issue3" else []) + \
+            (issue15_workloads(tmp, q) if args.set != "issue3" else [])
         if args.only:
             keep = set(args.only.split(","))
             workloads = [w for w in workloads if w[0] in keep]
@@ -218,7 +316,9 @@ def main() -> int:
             print("  medians: " + ", ".join(f"{c}={v:.3f}" for c, v in med.items()),
                   file=sys.stderr, flush=True)
 
-        section = render(rows, fixed, ft["fixed"], fb["fixed"], args, vruns)
+        section = (render(rows, fixed, ft["fixed"], fb["fixed"], args, vruns)
+                   if args.set == "issue3" else
+                   render15(rows, fixed, ft["fixed"], fb["fixed"], args))
         print(section)
         if args.append_doc:
             with open(DOC, "a") as f:
@@ -226,6 +326,49 @@ def main() -> int:
         return 0
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def issue15_workloads(tmp: Path, quick: bool) -> list[tuple[str, str, list[str]]]:
+    """Issue 15's programs with big code footprints (a compiler, an interpreter, a
+    database, jq) and bzip2; those whose program is not installed are left out (said on
+    stderr)."""
+    out: list[tuple[str, str, list[str]]] = []
+    corpus = tmp / "corpus-bzip2.txt"
+    make_corpus(corpus, 2_000_000 if quick else 12_000_000, seed=4)
+    if shutil.which("bzip2"):
+        out.append(("bzip2", f"`bzip2 -9 -c` {corpus.stat().st_size / 1e6:.0f} MB text",
+                    ["bzip2", "-9", "-c", str(corpus)]))
+    cc1 = subprocess.run(["gcc", "-print-prog-name=cc1"], capture_output=True,
+                         text=True).stdout.strip()
+    if cc1 and os.path.isabs(cc1) and os.access(cc1, os.X_OK):
+        src = tmp / "gen300.c"
+        make_c_source(src, 60 if quick else 300)
+        out.append(("cc1", f"gcc's `cc1 -O2`, generated {60 if quick else 300}-function C file",
+                    [cc1, "-quiet", "-O2", str(src), "-o", "/dev/null"]))
+    else:
+        print("cc1: not found (gcc -print-prog-name=cc1), left out", file=sys.stderr)
+    py = os.path.realpath("/usr/bin/python3")
+    if os.access(py, os.X_OK):
+        script = tmp / "work.py"
+        script.write_text(f"N = {30_000 if quick else 150_000}\n" + PY_SCRIPT)
+        out.append(("python3-real", f"`{py} -I` pure-Python script (tree, dict, re)",
+                    [py, "-I", str(script)]))
+    else:
+        print("/usr/bin/python3: not found, left out", file=sys.stderr)
+    if shutil.which("sqlite3"):
+        rows = 100_000 if quick else 500_000
+        out.append(("sqlite3-join", f"`sqlite3 :memory:` {rows // 1000}K rows, index, group by, join",
+                    ["sqlite3", ":memory:", sqlite_join(rows)]))
+    else:
+        print("sqlite3: not installed, left out", file=sys.stderr)
+    if shutil.which("jq"):
+        js = tmp / "data.json"
+        make_json(js, 15_000 if quick else 70_000)
+        out.append(("jq", f"`jq` group_by over {js.stat().st_size / 1e6:.1f} MB of JSON",
+                    ["jq", JQ_FILTER, str(js)]))
+    else:
+        print("jq: not installed, left out", file=sys.stderr)
+    return out
 
 
 def cpu_model() -> str:
@@ -327,6 +470,53 @@ def render(rows, fixed, fixed_times, fixed_bad, args, vruns) -> str:
              "`Stalker.follow` with `events: {block: true}` and an `onReceive` that parses "
              "(`Stalker.parse`) and counts the events, the classic way of using Stalker "
              "(docs/stalker.md). Both include the same fixed cost as *ring*.\n")
+    return "\n".join(L) + "\n"
+
+
+#: Issue 15's ring targets (ratio to native, fixed cost included); stream: within 1.25x
+#: of ring on each.
+RING_TARGETS = {"bzip2": 1.8, "cc1": 4.0, "python3-real": 4.0, "sqlite3-join": 4.0, "jq": 3.0}
+
+
+def render15(rows, fixed, fixed_times, fixed_bad, args) -> str:
+    """Issue 15's table: native, follow, ring, stream side by side as ratios, and stream
+    against ring."""
+    cmd = f"python bench/stalker_bench.py --set {args.set} --runs {args.runs}"
+    if args.quick:
+        cmd += " --quick"
+    if args.only:
+        cmd += f" --only {args.only}"
+    try:
+        import frida
+        fv = frida.__version__
+    except Exception:  # noqa: BLE001
+        fv = "?"
+    L = [f"### `{cmd}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})\n",
+         f"Machine: `nproc` = {os.cpu_count()}, {cpu_model()}, Linux {platform.release()}, "
+         f"Python {platform.python_version()}, Frida {fv}. Median wall time of "
+         f"{args.runs} runs per column, the columns interleaved run by run; ratios to "
+         "native, the whole `branchtrace run` (fixed cost included). *stream / ring*: the "
+         "two medians' ratio (target <= 1.25).\n",
+         f"Fixed cost (`/bin/true`), median of {len(fixed_times)}: **{fixed:.3f} s** "
+         f"(runs: {', '.join(f'{t:.3f}' for t in fixed_times)})"
+         f"{'; FAILURES: ' + '; '.join(fixed_bad) if fixed_bad else ''}; target <= 0.15 s.\n",
+         "| workload | native s | follow | ring | stream -o | stream / ring | ring target "
+         "| stream MB | stdout |",
+         "|---|---:|---:|---:|---:|---:|---|---:|---|"]
+    for name, desc, med, n, bad, extra in rows:
+        nat = med["native"]
+        ring, stream, follow = med.get("ring"), med.get("stream"), med.get("follow")
+        r = lambda x, nat=nat: f"{x / nat:.2f}x" if x is not None else "-"
+        sr = f"{stream / ring:.2f}" if stream and ring else "-"
+        goal = RING_TARGETS.get(name)
+        tgt = (f"<= {goal}x: {'met' if ring / nat <= goal else 'not met'}"
+               if goal and ring else "-")
+        mb = (f"{statistics.median(extra['trace_mb']):.1f}" if extra.get("trace_mb") else "-")
+        problems = [f"{c}: {'; '.join(b)}" for c, b in bad.items() if b]
+        ok = ("**MISMATCH/FAIL: " + " / ".join(problems) + "**" if problems
+              else "identical (all runs)")
+        L.append(f"| {desc} | {nat:.3f} | {r(follow)} | {r(ring)} | {r(stream)} | {sr} | "
+                 f"{tgt} | {mb} | {ok} |")
     return "\n".join(L) + "\n"
 
 

@@ -84,6 +84,27 @@ def store_config(config: RecordConfig, backend: Backend) -> StoreConfig:
     return config_
 
 
+#: How many threads compress a trace file's chunks (``0``: the consumer thread itself);
+#: unset: :func:`compress_workers` decides. For measuring.
+COMPRESS_THREADS_ENV = "BRANCHTRACE_COMPRESS_THREADS"
+
+
+def compress_workers() -> int:
+    """Threads that compress the chunks of a trace file being written, beside the
+    thread that drains the store: the cores this process may run on less one (the
+    program's), at least 1, at most 4. Compression is most of the consumer's work
+    (zstd ~1 GB/s a core, the copy out of the store ~3 GB/s), so the drain goes on
+    while the previous chunks compress."""
+    value = os.environ.get(COMPRESS_THREADS_ENV, "")
+    if value.isdigit():
+        return min(int(value), 16)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(4, cores - 1))
+
+
 #: How often (at most) a file being written gets the block table and modules so far.
 LIVE_EVERY_NS = 500_000_000
 
@@ -255,7 +276,7 @@ def _record(target: Target, config: RecordConfig, choice: Choice,
         header = FileHeader(int(sconfig.encoding), int(sconfig.mode), sconfig.record_size,
                             sconfig.capacity_records, sconfig.chunk_records, target.pid or 0,
                             start_ns, backend.name, f"branchtrace {__version__}", target.argv)
-        writer = TraceWriter.create(output, header)
+        writer = TraceWriter.create(output, header, workers=compress_workers())
     sink = Collector(writer, keep, listener, start_ns, backend, target.argv)
     try:
         with Store.create(sconfig) as store:

@@ -60,6 +60,53 @@ def test_the_cli_imports_no_numpy_before_it_starts_the_program() -> None:
     assert out.strip() == "[]"
 
 
+def test_the_attach_starts_without_numpy() -> None:
+    # issue 15: Attaching reads the program's maps before the attach starts; the symbols
+    # package (numpy, ELF, DWARF) is not needed for that, and its names still resolve
+    code = ("import sys, os; from branchtrace.backends.stalker.launch import mapped_paths; "
+            "paths = mapped_paths(os.getpid()); "
+            "print(sorted(m for m in sys.modules if m.startswith('numpy')), sys.executable in "
+            "{os.path.realpath(p) for p in paths} or os.path.realpath(sys.executable) in paths); "
+            "from branchtrace.symbols import Symbolizer, read_maps, LineTable; "
+            "import branchtrace.symbols as s; print(Symbolizer.__module__, s.read_maps.__module__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split("\n")
+    assert out[0] == "[] True"
+    assert out[1] == "branchtrace.symbols.resolver branchtrace.symbols.maps"
+
+
+def test_the_mapped_paths_are_the_module_paths() -> None:
+    from branchtrace.backends.stalker.launch import mapped_paths
+    from branchtrace.symbols.maps import modules_from_maps, read_maps
+
+    pid = os.getpid()
+    assert mapped_paths(pid) == {m.path for m in modules_from_maps(read_maps(pid))}
+    assert mapped_paths(1 << 30) is None
+
+
+def test_the_fill_offset_is_kept_and_used(tmp_path: Path, build) -> None:
+    # agent/fill.js: the first run finds Frida's byte-at-a-time memset and the tracer
+    # keeps its offset; the next run is given it, and the trace is the same
+    prog = build("loop")
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    cache = tmp_path / "cache" / "branchtrace" / "stalker-fill.json"
+    counts = []
+    for _ in range(2):
+        out = subprocess.run([sys.executable, "-m", "branchtrace", "run", "--backend",
+                              "stalker", "--report", "never", "-o", str(tmp_path / "t.btrace"),
+                              "--mode", "stream", "--disable-randomization", "--", str(prog),
+                              "1000"],
+                             env=env, capture_output=True, text=True, check=False)
+        assert out.returncode == 0, out.stderr
+        counts.append(len(branchtrace.open(tmp_path / "t.btrace").branches()))
+        if not cache.exists():
+            pytest.skip("this Frida build has no byte-at-a-time memset (nothing patched)")
+    import json
+
+    assert isinstance(json.loads(cache.read_text())["offset"], int)
+    assert counts[0] == counts[1] > 1000
+
+
 def test_the_api_names_still_resolve() -> None:
     code = ("import branchtrace; print(branchtrace.record.__module__, branchtrace.Trace.__name__,"
             " 'RecordConfig' in dir(branchtrace)); branchtrace.nothing_such")

@@ -375,3 +375,32 @@ def test_progress_line_is_throttled_and_erased(monkeypatch: pytest.MonkeyPatch) 
     assert out.getvalue().endswith("\r\x1b[K")
     line.progress(10**6, 10**6)                 # nothing after the end
     assert out.getvalue().endswith("\r\x1b[K")
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_chunks_compressed_on_a_pool_make_the_same_file(tmp_path: Path, workers: int) -> None:
+    # the stream's writer compresses on pool threads (recorder.compress_workers): the
+    # chunks land in the order given, before any later record, byte for byte as when
+    # the caller compresses them itself; close() appends what is still pending
+    header = FileHeader(int(Encoding.BLOCKID), int(StoreMode.STREAM), 4, 1 << 16, 1 << 15,
+                        4242, 10**18, "stalker", "test", ("./prog",))
+    rng = np.random.default_rng(7)
+    parts = [(tid, rng.integers(0, 5000, n).astype("<u4"))
+             for tid, n in [(1, 300_000), (2, 70_000), (1, 5), (2, 600_000), (1, 262_144)]]
+    table = make_table([(0x1000, 0x100c, 0x1010, BranchKind.COND)])
+    files = []
+    for n in (0, workers):
+        path = tmp_path / f"w{n}.btrace"
+        w = TraceWriter.create(path, header, workers=n)
+        for k, (tid, ids) in enumerate(parts):
+            w.write_chunk(tid, ids, 10**18 + k, 10**18 + k + 1)
+            if k == 2:
+                w.write_blocks(table)
+        w.write_note("after the chunks")
+        w.write_chunk(2, parts[1][1], 7, 8)          # pending when the file is closed
+        w.close()
+        files.append(path.read_bytes())
+    assert files[0] == files[1]
+    tf = scan(tmp_path / f"w{workers}.btrace")
+    assert [c.head.first_index for c in tf.chunks[2]] == [0, 70_000, 70_000 + 262_144,
+                                                          70_000 + 524_288, 670_000]

@@ -279,18 +279,21 @@ def _record_and_report(args: argparse.Namespace, target: Target, config: RecordC
         # every process that died of a signal (the exit status stays the first one's)
         first = args.report == "always" or (args.report == "crash" and ex.status == "signaled") \
             or (args.report != "never" and ex.status == "detached")
-        from ..reporters.crash import crashed, to_report
+        # the reporter (~20 ms of imports) only when there may be a report to write
+        if args.report != "never" and (
+                first or any(p.exit.status == "signaled" for p in trace.processes)):
+            from ..reporters.crash import crashed, to_report
 
-        if args.report != "never" and (first or crashed(trace, quiet_pipes=True)):
-            try:
-                _write_report(to_report(trace, first=first, quiet_pipes=True), args,
-                              append=snapshot_reports.started)
-            except BrokenPipeError:
-                raise
-            except (MemoryError, BranchtraceError, OSError, ValueError) as err:
-                # the program's status matters more than our report: say why, in a line
-                print(f"branchtrace: the report could not be made: {_why(err)}",
-                      file=sys.stderr)
+            if first or crashed(trace, quiet_pipes=True):
+                try:
+                    _write_report(to_report(trace, first=first, quiet_pipes=True), args,
+                                  append=snapshot_reports.started)
+                except BrokenPipeError:
+                    raise
+                except (MemoryError, BranchtraceError, OSError, ValueError) as err:
+                    # the program's status matters more than our report: say why, in a line
+                    print(f"branchtrace: the report could not be made: {_why(err)}",
+                          file=sys.stderr)
     finally:
         # only now: a second Ctrl-C while we detach or report is the program's (it
         # kills it; the backend reports that), never a KeyboardInterrupt of ours

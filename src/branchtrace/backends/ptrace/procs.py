@@ -18,7 +18,7 @@ from ...errors import TargetError
 from ..linux import sys as pt
 from ...isa import InsnCache
 from ...model import ExitInfo, ModuleMap, ProcessInfo
-from ...symbols import merge_modules, modules_from_maps, read_maps
+from ...symbols.maps import merge_modules, modules_from_maps, read_maps
 from ..linux.program import read_argv
 from .memory import TargetMemory
 from .signals import Fault

@@ -18,7 +18,7 @@ C_SOURCES = ("recorder.h", "emit.c", "signals.c", "xstate.c", "recorder.c")
 
 #: The agent script, in this order into one script (Frida loads one source; line numbers
 #: in its error messages count from the start of agent.js).
-JS_SOURCES = ("agent.js", "signals.js", "crash.js", "detach.js", "ours.js", "trigger.js")
+JS_SOURCES = ("agent.js", "signals.js", "crash.js", "detach.js", "ours.js", "trigger.js", "fill.js")
 
 
 def agent_source() -> tuple[str, str]:
@@ -71,11 +71,19 @@ def handler_insides() -> bool:
     return _choice(HANDLERS_ENV, "inside", ("inside", "entry")) == "inside"
 
 
+#: ``0`` leaves Frida's byte-at-a-time memset as it is (agent/fill.js). For measuring.
+FASTFILL_ENV = "BRANCHTRACE_STALKER_FASTFILL"
+
+
+def fast_fill() -> bool:
+    return _choice(FASTFILL_ENV, "1", ("1", "0")) == "1"
+
+
 def agent_options() -> tuple[dict[str, Any], list[str]]:
     """The agent's parameters set from the environment (benchmarking and test aids),
     and the notes a trace gets for those that are not the default."""
     options = {"variant": benchmark_variant(), "retcache": return_cache(),
-               "handlers": handler_insides()}
+               "handlers": handler_insides(), "fastFill": fast_fill()}
     notes = []
     if options["variant"]:
         notes.append(f"{VARIANT_ENV}={options['variant']}: a benchmarking variant, "

@@ -25,7 +25,7 @@ from ...store.blocks import DEFAULT_TABLE_CAPACITY, create_table, read_table, ta
 from ...errors import BranchtraceError, MemoryLimitError, TargetError, UsageError
 from ...model import ExitInfo, Gap, ModuleMap, ProcessInfo, StackSnapshot
 from ...store import HEADER_SIZE, THREAD_ENTRY_SIZE, Store
-from ...symbols import merge_modules, modules_from_maps, read_maps
+from ...symbols.maps import merge_modules, modules_from_maps, read_maps
 from .agent_code import agent_options, agent_source, has_avx512, has_bmi2
 from .check import CheckCounters, enabled
 from .children import ChildFollowing, ForkCatcher
@@ -33,7 +33,7 @@ from .ending import Ending, snapshot_of
 from ..linux.exits import ExitWatcher
 from ..linux.program import read_argv
 from .execs import ExecCatcher, ExecFollowing
-from . import hold
+from . import fillcache, hold
 from .resume import Resuming
 from .launch import Attaching, Launcher, attach, check_attachable, mapped_paths
 from .triggers import Triggering
@@ -236,12 +236,14 @@ class Host(Resuming, ExecFollowing, ChildFollowing, Ending, Triggering):
             "followChildren": self.follow_children, "holdOnCrash": self.hold_on_crash,
             "checkPath": str(self.check.path) if self.check is not None else None,
             "trigger": self.trigger_params(),
+            "fillOffset": fillcache.known_offset() if self.options["fastFill"] else None,
             **self.options,
         }
         try:
             reply: dict[str, Any] = self._script.exports_sync.init(params)
         except frida.core.RPCException as err:
             raise TargetError(f"the Stalker agent could not start in pid {pid}: {err}") from None
+        fillcache.keep_offset(reply.get("fillOffset"))
         return reply
 
     def _start_address(self, launcher: Launcher | None, vaddr: int | None) -> str | None:

@@ -176,13 +176,21 @@ class Launcher:
 
 
 def mapped_paths(pid: int) -> set[str] | None:
-    """The files of ``pid``'s modules now (None: its maps cannot be read)."""
-    from ...symbols.maps import modules_from_maps, read_maps
-
+    """The files of ``pid``'s modules now (None: its maps cannot be read): the paths
+    with an executable mapping, the names :func:`~branchtrace.symbols.maps.modules_from_maps`
+    gives its modules. Read here without the symbols package (it imports numpy and the
+    ELF reader, ~0.1 s), since :class:`Attaching` calls this before the attach starts."""
     try:
-        return {m.path for m in modules_from_maps(read_maps(pid))}
-    except TargetError:
+        with open(f"/proc/{pid}/maps", encoding="utf-8", errors="surrogateescape") as f:
+            text = f.read()
+    except OSError:
         return None
+    paths = set()
+    for line in text.splitlines():
+        fields = line.split(None, 5)   # start-end perms offset dev inode [path]
+        if len(fields) == 6 and "x" in fields[1]:
+            paths.add(fields[5])
+    return paths
 
 
 class Attaching:

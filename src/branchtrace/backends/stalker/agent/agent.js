@@ -77,6 +77,7 @@ function newJumpSlot() {
 
 const libc = {};
 let params = null;
+let fastFillAt = null;   // fill.js: the offset of Frida's byte-at-a-time memset, rewritten
 let cm = null;
 let cfg = null;
 let tablePtr = null;
@@ -583,6 +584,8 @@ function followNow() {
 rpc.exports = {
   init(p) {
     params = p;
+    if (p.fastFill)
+      fastFillAt = fastFill(p.fillOffset);   // fill.js: before any thread is followed
     libc.open = fn('open', 'int', ['pointer', 'int', 'int']);
     libc.close = fn('close', 'int', ['int']);
     libc.mmap = fn('mmap', 'pointer', ['pointer', 'size_t', 'int', 'int', 'int', 'int64']);
@@ -713,6 +716,7 @@ rpc.exports = {
       followed: Array.from(followed.keys()),
       onlyMatched: matched,
       modules: Process.enumerateModules().map(m => m.name),
+      fillOffset: fastFillAt,
     };
   },
 

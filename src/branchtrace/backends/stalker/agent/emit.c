@@ -611,9 +611,12 @@ bt_stream_slow (BtThread * t)
     e[5] = e[5] + 1;                  /* producer_waits: one per wait episode */
     while (e[3] < end - t->capacity && !bt_config.abort)
     {
-      g_usleep (delay);               /* 50 us doubling up to 2 ms, like the Python producer */
-      delay = MIN (delay * 2, 2000);
-      if (++spins % 64 == 0 && bt_tracer_gone ())
+      /* 50 us doubling up to 250 us: the consumer frees a chunk by copying it out
+       * (~0.1 ms; it compresses on other threads), so a longer sleep is mostly time
+       * the program could have run (docs/benchmarks.md, issue 15) */
+      g_usleep (delay);
+      delay = MIN (delay * 2, 250);
+      if (++spins % 512 == 0 && bt_tracer_gone ())   /* ~130 ms */
         bt_config.abort = 1;          /* nobody will drain: overwrite from now on */
     }
   }
