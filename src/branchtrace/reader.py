@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from .api_tasks import CoverageData
     from .backends import Target
     from .recorder import RecordConfig, RecordListener
+    from .snapshots import Snapshots
 
 #: The fields of a Trace that hold branches: decoded from the file on first use.
 _DECODED = ("threads", "chunk_times")
@@ -364,7 +365,8 @@ def open_reader(path: str | os.PathLike[str]) -> TraceReader:
 def record(target: Target, config: RecordConfig | None = None,
            on_start: Callable[..., None] | None = None, *,
            output: str | os.PathLike[str] | None = None, keep: int | None = None,
-           listener: RecordListener | None = None) -> Trace:
+           listener: RecordListener | None = None,
+           snapshots: Snapshots | None = None) -> Trace:
     """Trace ``target`` until it ends (or is detached) and return what was recorded.
 
     Without ``output``: a :class:`Trace` holding every branch in memory. With
@@ -373,7 +375,8 @@ def record(target: Target, config: RecordConfig | None = None,
     With ``output`` and ``keep=N``: a :class:`Trace` in memory holding only the newest
     ``N`` branches per thread; the ones it does not hold are a :class:`Gap` at its
     start (``reason`` says the file has them), counted in ``lost``, and a note says so.
-    ``on_start(backend, reasons)``, ``listener``: see
+    ``on_start(backend, reasons)``, ``listener``, ``snapshots`` (a ring-mode run's
+    snapshots, :class:`branchtrace.snapshots.Snapshots`): see
     :func:`branchtrace.recorder.record`."""
     from .recorder import RecordConfig
     from .recorder import record as engine
@@ -381,6 +384,7 @@ def record(target: Target, config: RecordConfig | None = None,
     config = config if config is not None else RecordConfig()
     if output is None or keep is not None:
         return engine(target, config, on_start, output=output, keep=keep,
-                      listener=listener, mark_dropped=True)
-    engine(target, config, on_start, output=output, keep=0, listener=listener)
+                      listener=listener, mark_dropped=True, snapshots=snapshots)
+    engine(target, config, on_start, output=output, keep=0, listener=listener,
+           snapshots=snapshots)
     return TraceReader(output)
