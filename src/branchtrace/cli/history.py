@@ -104,17 +104,23 @@ def main(args: argparse.Namespace) -> int:
         except RangeDone:
             pass
 
+    # --last: each thread read from its last chunks when it can be (numbers counted)
+    from ._history_tail import call_resumer, insn_resumer
+    resume = call_resumer(tf, args.last) if args.last is not None and not args.insns else None
+    resume_insns = insn_resumer(tf, args.last) if args.last is not None and args.insns \
+        else None
+
     def show(out: IO[str]) -> None:
         for one in trace.per_process():
             if len(trace.processes) > 1:
                 out.write(_heading(one))
             if args.insns:
                 history.stream_insns(one, branches_of, out, tid=args.thread, last=args.last,
-                                     source=args.source)
+                                     source=args.source, resume=resume_insns)
             else:
                 history.stream_calls(one, branches_of, out, tid=args.thread, last=args.last,
                                      indent=not args.no_indent, insn_ranges=args.insn_ranges,
-                                     lines=args.lines)
+                                     lines=args.lines, resume=resume)
 
     write_to(args.output, render)
     warn(trace)
