@@ -218,10 +218,10 @@ class SegmentWalk:
     def lowest(self) -> int:
         return int(self.state[_LOWEST])
 
-    def filter(self, ids: np.ndarray) -> tuple[np.ndarray, int, int]:
+    def filter(self, ids: np.ndarray, before: int) -> tuple[np.ndarray, int, int]:
         t = self.table
-        out = np.empty((max(len(ids) - 1, 0), 3), np.int64)
-        m, tail = self.kernel[0](ids, self.state[_K], _NO_GAPS, t.rows, t.flags, t.start,
+        out = np.empty((len(ids) if before >= 0 else len(ids) - 1, 3), np.int64)
+        m, tail = self.kernel[0](ids, before, self.state[_K], _NO_GAPS, t.rows, t.flags, t.start,
                                  t.sentinel, stackwalk_span(), t.to_class, out)
         return out[:m].copy(), int(m), int(tail)
 
@@ -288,12 +288,9 @@ def segment_walk(table: BlockFunctions, pieces: list[IdPiece] | Any, need: int) 
             if piece.after_hole:
                 raise NotHere("records are missing")
             ids = piece.ids
-            if last >= 0:                               # the branch across the chunk edge
-                ids = np.concatenate([np.array([last], np.uint32), ids.astype(np.uint32)])
-            if len(piece.ids):
-                last = int(piece.ids[-1])
-            if len(ids):
-                pending.append(pool.submit(sw.filter, ids))
+            if len(ids):                                # (the branch across the chunk edge)
+                pending.append(pool.submit(sw.filter, ids, last))
+                last = int(ids[-1])
             else:
                 pending.append(_done((np.zeros((0, 3), np.int64), 0, 0)))
             while len(pending) > 2 * _WORKERS:
