@@ -75,14 +75,19 @@ def filter_ids(ids, before, k, gaps, rows, flags, start, n, span, to_class, out)
     if before >= 0:
         first = 0
         prev = min(np.int64(before), n)
+    # the previous block's columns stay in locals from one id to the next
+    p_end = rows[prev, 1]
+    p_class = rows[prev, 2]
+    p_flags = flags[prev]
     for i in range(first, len(ids)):
         c = min(np.int64(ids[i]), n)
+        c_flags = flags[c]
         # taken, and whether it changes no stack, as 0 or 1: which way they go cannot
         # be predicted, so the usual case adds without a jump
-        taken = np.int64((rows[c, 0] != rows[prev, 1]) & ((flags[prev] & flags[c] & 3) == 1))
-        if (flags[prev] & 16) != 0 and start[prev] <= start[c] <= start[prev] + span64:
+        taken = np.int64((rows[c, 0] != p_end) & ((p_flags & c_flags & 3) == 1))
+        if (p_flags & 16) != 0 and start[prev] <= start[c] <= start[prev] + span64:
             taken = 0
-        usual = np.int64((rows[prev, 2] == cur_class) & (rows[c, 3] == cur_class)
+        usual = np.int64((p_class == cur_class) & (rows[c, 3] == cur_class)
                          & (k != next_gap))
         if taken <= usual:
             plain += taken
@@ -99,6 +104,9 @@ def filter_ids(ids, before, k, gaps, rows, flags, start, n, span, to_class, out)
             next_gap = gaps[gi] if gi < len(gaps) else -1
             k += 1
         prev = c
+        p_end = rows[c, 1]
+        p_class = rows[c, 2]
+        p_flags = c_flags
     return m, plain
 
 
