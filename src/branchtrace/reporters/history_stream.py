@@ -11,7 +11,9 @@ with the branches. Their output is that of the whole-array functions, byte for b
 with one exception: without ``last``, the indentation of the lines written before a
 thread returns out of the frame it started in (:mod:`branchtrace.analysis.callstream`).
 
-Numbers count from the thread's start: ``last=N`` reads it all, keeping N lines.
+Numbers count from the thread's start: ``last=N`` reads it all, keeping N lines, unless
+``resume`` says where a thread may be read from (cli/_history_tail.py: the segments and
+instructions before its last chunks counted without decoding them).
 """
 
 from __future__ import annotations
