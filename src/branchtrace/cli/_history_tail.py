@@ -21,9 +21,10 @@ from ..analysis.callstream import CallStream
 from ..analysis.code import MAX_RUN_BYTES
 from ..analysis.contexts import BlockFunctions
 from ..analysis.segwalk import NotHere, segment_walk
-from ..decode.run_counter import MAX_ROWS, RunCounter
+from ..decode.run_counter import MAX_ROWS
 from ..model import Gap
 from ..reporters.history_stream import InsnResumer, Resume, Resumer
+from ..tracefile.counts import count_runs
 from ..tracefile.reader import TraceFile
 from ..tracefile.stream import IdStream, Piece, ThreadStream, id_source
 
@@ -141,19 +142,12 @@ def _skip(stream: ThreadStream, skip: int
 def _instructions_before(tf: TraceFile, tid: int, chunks: int, reader: CodeReader
                          ) -> tuple[int, int, int] | None:
     """(branches, instructions of their runs, the last one's target) of the thread's
-    first ``chunks`` chunks, counted from their block ids: the instruction numbers of
+    first ``chunks`` chunks (the thread has no gap), counted from their block ids in two
+    stretches at once (tracefile/counts.py): the instruction numbers of
     history's runs (analysis/runs.py's rules: a run from a branch's target to the next
     branch's source is decoded from the binary; a run that cannot be, or the first,
     counts its last instruction alone)."""
-    assert tf.blocks is not None
-    counter = RunCounter(tf.blocks)
-    for k, piece in enumerate(IdStream(tf, tid)):
-        if k >= chunks:
-            break
-        if piece.after_hole:
-            return None
-        counter.feed(piece.ids)
-    counts = counter.result()
+    counts = count_runs(tf, tid, chunks_before=chunks)
     if counts.last_to is None:
         return None
     return counts.branches, run_instructions(counts.runs, reader), counts.last_to
