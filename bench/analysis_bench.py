@@ -14,7 +14,8 @@ the other, its output to a file in a temporary directory (or a pipe for ``| head
   stats          ``branchtrace stats F``
   history, head  ``branchtrace history F --calls | head -n 20``: the time until the first
                  lines arrive and until the command has exited after head closed the pipe
-  history last   ``branchtrace history F --calls --last 20``
+  history last   ``branchtrace history F --calls --last 20`` (and with ``--insn-ranges
+                 --lines``)
   insns last     ``branchtrace history F --insns --last 40``
   crash          ``branchtrace crash F --last 16``
   coverage       ``branchtrace coverage F --format json|lcov|drcov -o OUT``
@@ -173,6 +174,9 @@ def main() -> int:
             ("history, head -20", ["history", str(trace), "--calls"], None, 20),
             ("history --last 20", ["history", str(trace), "--calls", "--last", "20"],
              "hist.txt", 0),
+            ("history --last 20 --insn-ranges --lines",
+             ["history", str(trace), "--calls", "--last", "20", "--insn-ranges", "--lines"],
+             "histil.txt", 0),
             ("history --insns --last 40",
              ["history", str(trace), "--insns", "--last", "40"], "insns.txt", 0),
             ("crash --last 16", ["crash", str(trace), "--last", "16"], "crash.txt", 0),

@@ -282,6 +282,11 @@ def write_history(meta: Trace, tf: TraceFile, out: IO[str], o: HistoryOptions) -
         for part in pieces(tf, tid):
             yield part.branches if isinstance(part, Piece) else part
 
+    # last: each thread read from its last chunks when it can be (numbers counted)
+    from .history_tail import call_resumer, insn_resumer
+
+    resume = call_resumer(tf, o.last) if o.last is not None and not insns else None
+    resume_insns = insn_resumer(tf, o.last) if o.last is not None and insns else None
     sink: IO[str] = out
     if o.range is not None or o.function is not None:
         first, last = o.range if o.range is not None else (1, None)
@@ -294,11 +299,11 @@ def write_history(meta: Trace, tf: TraceFile, out: IO[str], o: HistoryOptions) -
                            f"{' '.join(p.argv) or '?'}\n")
             if insns:
                 history.stream_insns(one, branches_of, sink, tid=o.tid, last=o.last,
-                                     source=o.source)
+                                     source=o.source, resume=resume_insns)
             else:
                 history.stream_calls(one, branches_of, sink, tid=o.tid, last=o.last,
                                      indent=o.indent, insn_ranges=o.insn_ranges,
-                                     lines=o.lines)
+                                     lines=o.lines, resume=resume)
     except RangeDone:
         pass
 

@@ -64,6 +64,35 @@ class CallStream:
         self.before: tuple[int, int] | None = None  # last branch: (to function, to_ip)
         self.started = False
 
+    @classmethod
+    def resumed(cls, functions: FunctionIndex, reader: CodeReader, *, branches: int,
+                segments: int, lowest: int, open_first: int, before: tuple[int, int],
+                stack: list[tuple[int, int, int, int]], base: int) -> CallStream:
+        """The pass after the first ``branches`` branches of a thread (see
+        :mod:`.segwalk`): ``segments`` made so far (the one under way, which began at run
+        ``open_first``, included), the shallowest depth ``lowest``, ``before`` (the last
+        branch's target function and address), the stack bottom first as (function,
+        return lo, return hi, signal address or -1), its bottom frame at depth ``base``."""
+        calls = cls(functions, reader)
+        walk = calls.walk
+        for i, (func, lo, hi, sig) in enumerate(stack):
+            walk.f_func.append(func)
+            walk.f_depth.append(base + i)
+            walk.f_parent.append(i - 1)
+            walk.f_open.append(0)
+            walk.f_close.append(-1)
+            walk.st.append(i)
+            walk.st_lo.append(lo)
+            walk.st_hi.append(hi)
+            walk.st_sig.append(sig)
+        walk.roots.append(0)
+        walk.seg_first.append(open_first)
+        walk.seg_frame.append(len(stack) - 1)
+        calls.addresses.append(0)
+        calls.n, calls.number, calls.lowest = branches, segments - 1, lowest
+        calls.before, calls.started = before, True
+        return calls
+
     @property
     def pending(self) -> int | None:
         """The first run of the segment under way (None before the first branch)."""

@@ -155,13 +155,13 @@ def drive(walk: Walk, pieces: Iterable[IdPiece], before: PieceHook | None = None
             hole = hole or piece.after_hole
             if not len(ids):
                 continue
-            if not hole and last >= 0:                  # the branch across the chunk edge
-                ids = np.concatenate([np.array([last], np.uint32), ids.astype(np.uint32)])
-            last = int(piece.ids[-1])
+            # the branch across the chunk edge: from the last id before (no copy of ids)
+            prior = last if not hole else -1
+            last = int(ids[-1])
             if pool is None:
-                feed(walk.filter(ids), hole, piece)
+                feed(walk.filter(ids, prior), hole, piece)
             else:
-                pending.append((pool.submit(walk.filter, ids), hole, piece))
+                pending.append((pool.submit(walk.filter, ids, prior), hole, piece))
             hole = False
             while len(pending) > 2 * _WORKERS:
                 future, after, done = pending.popleft()
@@ -233,16 +233,18 @@ class Walk:
         self.hash = np.full(self.table_size, -1, np.int64)
         self.state[_SHIFT] = 64 - 11
 
-    def filter(self, ids: np.ndarray) -> tuple[np.ndarray, int, int]:
-        """filter_ids of ``ids`` (at least one): (its rows, their count, branches after)."""
+    def filter(self, ids: np.ndarray, before: int) -> tuple[np.ndarray, int, int]:
+        """filter_ids of ``ids`` (at least one) after id ``before`` (-1: none): (its
+        rows, their count, branches after)."""
         t = self.table
-        out = np.empty((max(len(ids) - 1, 0), 3), np.int64)
+        out = np.empty((len(ids) if before >= 0 else len(ids) - 1, 3), np.int64)
         if self.kernel is None:
-            m, tail = stackwalk.filter_ids(ids, int(self.state[_K]), self.gaps, t.rows, t.flags, t.start,
-                              t.sentinel, HOOK_RESUME_SPAN, t.to_class, out)
+            m, tail = stackwalk.filter_ids(ids, before, int(self.state[_K]), self.gaps,
+                                           t.rows, t.flags, t.start, t.sentinel,
+                                           HOOK_RESUME_SPAN, t.to_class, out)
         else:
-            m, tail = self.kernel[0](ids, self.state[_K], self.gaps, t.rows, t.flags, t.start,
-                                     t.sentinel, HOOK_RESUME_SPAN, t.to_class, out)
+            m, tail = self.kernel[0](ids, before, self.state[_K], self.gaps, t.rows, t.flags,
+                                     t.start, t.sentinel, HOOK_RESUME_SPAN, t.to_class, out)
         return out[:m].copy(), int(m), int(tail)        # (what waits for the walk is small)
 
     def feed(self, events: np.ndarray, m: int, tail: int, after_hole: bool) -> None:

@@ -83,13 +83,14 @@ def rehash(node_parent, node_func, used, table, shift):
 
 
 @no_type_check    # compiled by numba (or run as it is without it)
-def filter_ids(ids, k, gaps, rows, flags, start, n, span, to_class, out):
+def filter_ids(ids, before, k, gaps, rows, flags, start, n, span, to_class, out):
     """The taken branches of ``ids`` (pairs of consecutive ids, decode_blocks' rules)
     that may change the stack, into ``out`` (rows: from id, to id, branches before it
     that did not); the others are only counted. The first taken branch is always out
     (the function the thread is in is not known here), and the ones at ``gaps``
-    (branch indices, the first branch being ``k``). Returns (rows out, branches after
-    the last one)."""
+    (branch indices, the first branch being ``k``); ``before``: the id before ``ids``
+    (the pair across a chunk edge; -1: none). Returns (rows out, branches after the
+    last one)."""
     m = 0
     plain = 0
     gi = 0
@@ -98,15 +99,24 @@ def filter_ids(ids, k, gaps, rows, flags, start, n, span, to_class, out):
     next_gap = gaps[gi] if gi < len(gaps) else -1
     cur_class = np.uint32(0xFFFF_FFFD)          # no class: the first taken branch is out
     span64 = np.uint64(span)
+    first = 1
     prev = min(np.int64(ids[0]), n)
-    for i in range(1, len(ids)):
+    if before >= 0:
+        first = 0
+        prev = min(np.int64(before), n)
+    # the previous block's columns stay in locals from one id to the next
+    p_end = rows[prev, 1]
+    p_class = rows[prev, 2]
+    p_flags = flags[prev]
+    for i in range(first, len(ids)):
         c = min(np.int64(ids[i]), n)
+        c_flags = flags[c]
         # taken, and whether it changes no stack, as 0 or 1: which way they go cannot
         # be predicted, so the usual case adds without a jump
-        taken = np.int64((rows[c, 0] != rows[prev, 1]) & ((flags[prev] & flags[c] & 3) == 1))
-        if (flags[prev] & 16) != 0 and start[prev] <= start[c] <= start[prev] + span64:
+        taken = np.int64((rows[c, 0] != p_end) & ((p_flags & c_flags & 3) == 1))
+        if (p_flags & 16) != 0 and start[prev] <= start[c] <= start[prev] + span64:
             taken = 0
-        usual = np.int64((rows[prev, 2] == cur_class) & (rows[c, 3] == cur_class)
+        usual = np.int64((p_class == cur_class) & (rows[c, 3] == cur_class)
                          & (k != next_gap))
         if taken <= usual:
             plain += taken
@@ -123,6 +133,9 @@ def filter_ids(ids, k, gaps, rows, flags, start, n, span, to_class, out):
             next_gap = gaps[gi] if gi < len(gaps) else -1
             k += 1
         prev = c
+        p_end = rows[c, 1]
+        p_class = rows[c, 2]
+        p_flags = c_flags
     return m, plain
 
 

@@ -11,7 +11,9 @@ with the branches. Their output is that of the whole-array functions, byte for b
 with one exception: without ``last``, the indentation of the lines written before a
 thread returns out of the frame it started in (:mod:`branchtrace.analysis.callstream`).
 
-Numbers count from the thread's start: ``last=N`` reads it all, keeping N lines.
+Numbers count from the thread's start: ``last=N`` reads it all, keeping N lines, unless
+``resume`` says where a thread may be read from (history_tail.py: the segments and
+instructions before its last chunks counted without decoding them).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import IO
 
 import numpy as np
@@ -36,6 +39,23 @@ from .history import _BATCH, _Sources, _write_rows, gap_text, segment_labels
 WINDOW = 1 << 16
 
 Source = Callable[[int], Iterable[np.ndarray | Gap]]
+
+
+@dataclass(frozen=True)
+class Resume:
+    """A thread read from a point on (``history --last``): the stack pass there, the
+    branches from there, and for /i the instructions before them and the address the
+    branch before them went to."""
+
+    calls: CallStream
+    parts: Iterable[np.ndarray | Gap]
+    instructions: int
+    before: int
+
+
+#: Per thread, where to start reading it (None: from its start), given the function
+#: index and code reader of the report, and whether instruction numbers are needed.
+Resumer = Callable[[int, FunctionIndex, CodeReader, bool], Resume | None]
 
 
 def windows(parts: Iterable[np.ndarray | Gap]) -> Iterable[np.ndarray | Gap]:
@@ -74,8 +94,9 @@ def held(parts: Iterable[np.ndarray | Gap]) -> Iterable[tuple[np.ndarray | Gap, 
 
 def stream_calls(trace: Trace, branches_of: Source, out: IO[str], *, tid: int | None = None,
                  last: int | None = None, indent: bool = True, insn_ranges: bool = False,
-                 lines: bool = False) -> None:
-    """:func:`~.history.render_calls` of a trace whose branches come piece by piece."""
+                 lines: bool = False, resume: Resumer | None = None) -> None:
+    """:func:`~.history.render_calls` of a trace whose branches come piece by piece;
+    ``resume``: with ``last``, where each thread may be read from (see :class:`Resume`)."""
     tids = pick_threads(trace, tid)
     functions = FunctionIndex(trace.symbolizer)
     reader = CodeReader(trace.symbolizer)
@@ -83,13 +104,18 @@ def stream_calls(trace: Trace, branches_of: Source, out: IO[str], *, tid: int | 
     for t in tids:
         if len(tids) > 1:
             out.write(f"thread {t}:\n")
-        calls = CallStream(functions, reader)
+        start = resume(t, functions, reader, insn_ranges) \
+            if resume is not None and last is not None else None
+        calls = CallStream(functions, reader) if start is None else start.calls
+        parts = branches_of(t) if start is None else start.parts
         # with --last: the last segments as data, made into lines at the end, when the
         # shallowest depth of the whole thread is known (the same indentation as
         # render_calls): (segments, their /i /l text, the shallowest depth then)
         kept: deque[tuple[Segments, list[str] | None, int]] = deque()
         columns = _Columns(trace, t, reader, cache, insn_ranges, lines) \
             if insn_ranges or lines else None
+        if columns is not None and start is not None:
+            columns.base, columns.before = start.instructions, start.before
 
         def lines_of(segments: Segments, extra: list[str] | None) -> str:
             labels = segment_labels(segments, functions, indent)
@@ -113,7 +139,7 @@ def stream_calls(trace: Trace, branches_of: Source, out: IO[str], *, tid: int | 
                 kept.popleft()
 
         if columns is None:
-            for part in windows(branches_of(t)):
+            for part in windows(parts):
                 if isinstance(part, Gap):
                     calls.gap(part)
                 else:
@@ -121,7 +147,7 @@ def stream_calls(trace: Trace, branches_of: Source, out: IO[str], *, tid: int | 
             write(calls.finish(), None)
         else:
             final: tuple[np.ndarray, Segments] | None = None
-            for part, is_last in held(branches_of(t)):
+            for part, is_last in held(parts):
                 if isinstance(part, Gap):
                     calls.gap(part)
                     continue
@@ -310,14 +336,20 @@ class _Columns:
         return out
 
 
+#: Per thread, where ``--insns --last`` may read it from: (its branches from a point on,
+#: the instructions before them, the address the branch before them went to), or None.
+InsnResumer = Callable[[int, CodeReader], tuple[Iterable[np.ndarray | Gap], int, int] | None]
+
+
 def stream_insns(trace: Trace, branches_of: Callable[[int], Iterable[np.ndarray | Gap]],
                  out: IO[str], *, tid: int | None = None, last: int | None = None,
-                 source: bool = False) -> None:
+                 source: bool = False, resume: InsnResumer | None = None) -> None:
     """:func:`render_insns` of a trace whose branches come piece by piece
     (``branches_of``: see :func:`stream_calls`): the runs are decoded a window at a time
     (each distinct run once, kept for the next windows) and written as they come;
     ``last``: only the instructions of each window that may be among the last N are
-    made into lines, the last N kept and written at the end of the thread."""
+    made into lines, the last N kept and written at the end of the thread; ``resume``:
+    with ``last``, where each thread may be read from."""
     tids = pick_threads(trace, tid)
     reader = CodeReader(trace.symbolizer)
     sources = _Sources() if source else None
@@ -325,7 +357,13 @@ def stream_insns(trace: Trace, branches_of: Callable[[int], Iterable[np.ndarray 
     for t in tids:
         if len(tids) > 1:
             out.write(f"thread {t}:\n")
-        _InsnStream(trace, t, out, last, sources, reader, cache).run(branches_of(t))
+        stream = _InsnStream(trace, t, out, last, sources, reader, cache)
+        start = resume(t, reader) if resume is not None and last is not None else None
+        if start is None:
+            stream.run(branches_of(t))
+        else:
+            stream.base, stream.before = start[1], start[2]
+            stream.run(start[0])
 
 
 class _InsnStream:

@@ -95,13 +95,17 @@ def _decode_pairs(first: np.ndarray, second: np.ndarray, counts: np.ndarray,
 
 
 def count_runs(tf: TraceFile, tid: int, compiled: bool = True,
-               workers: int = _WORKERS) -> RunCounts:
+               workers: int = _WORKERS, chunks_before: int | None = None) -> RunCounts:
     """The runs and edges of thread ``tid`` of ``tf`` (decode/runs.py), for coverage:
     block ids counted chunk by chunk, only the distinct runs and pairs decoded; from/to
     chunks through :class:`~.stream.ThreadStream`. The gaps are those the stream gives
     (holes, corrupt chunks, the file's gaps). A long thread without gaps of the file is
-    counted in ``workers`` stretches at once (numba and zstd let go of the GIL)."""
-    if tf.encoding != Encoding.BLOCKID or tf.blocks is None or len(tf.blocks) >= MAX_ROWS:
+    counted in ``workers`` stretches at once (numba and zstd let go of the GIL).
+    ``chunks_before``: only the thread's first chunks (block ids only: for history's
+    instruction numbers after them)."""
+    if chunks_before is not None:
+        assert tf.encoding == Encoding.BLOCKID and tf.blocks is not None
+    elif tf.encoding != Encoding.BLOCKID or tf.blocks is None or len(tf.blocks) >= MAX_ROWS:
         tally = PieceTally()
         for item in ThreadStream(tf, tid):
             if isinstance(item, Piece):
@@ -114,6 +118,10 @@ def count_runs(tf: TraceFile, tid: int, compiled: bool = True,
     chunks, holes = select(tf.chunks.get(tid, []), kept)
     shift = Shifter(holes)
     heads = [shift(g.index) for g in tf.gaps if g.tid == tid and g.count > 0]
+    if chunks_before is not None:
+        chunks = chunks[:chunks_before]
+        end = chunks[-1].head.first_index + chunks[-1].head.count if chunks else 0
+        holes = [h for h in holes if h.start < end]
     ends = [c.head.first_index + c.head.count for c in chunks]
     follows = [c.head.first_index == (ends[k - 1] if k else 0) for k, c in enumerate(chunks)]
     dtype = RECORD_DTYPES[tf.encoding]
