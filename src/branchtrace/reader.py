@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -37,7 +38,7 @@ from .errors import UnknownThreadError, UsageError
 from .model import Gap
 from .trace import Trace
 from .tracefile import TraceFile, scan, to_trace
-from .tracefile.stream import Piece, ThreadStream
+from .tracefile.stream import CORRUPT, Piece, ThreadStream
 
 if TYPE_CHECKING:
     from .api_tasks import CoverageData
@@ -68,7 +69,7 @@ class TraceReader(Trace):
         tf = scan(path)
         meta = to_trace(tf, decode=False)
         for f in dataclasses.fields(Trace):
-            if f.init and f.name not in _DECODED and f.name != "gaps":
+            if f.init and f.name not in _DECODED and f.name not in ("gaps", "lost"):
                 setattr(self, f.name, getattr(meta, f.name))
         self._views: dict[int, Trace] = {}
         #: the trace file
@@ -77,6 +78,7 @@ class TraceReader(Trace):
         self._meta = meta                  # everything but the branches (empty arrays)
         self._held: dict[str, Any] = {}    # the decoded fields (or what was assigned)
         self._streamed_gaps: list[Gap] | None = None
+        self._lost: dict[int, int] | None = None
         self._edges: dict[int, np.ndarray] = {}
 
     # ---- the context manager -----------------------------------------------------------
@@ -167,6 +169,33 @@ class TraceReader(Trace):
     @gaps.setter
     def gaps(self, value: list[Gap]) -> None:
         self._held["gaps"] = value
+
+    @property
+    def lost(self) -> dict[int, int]:
+        """tid -> records lost: what the recorder lost, the file's holes, and the chunks
+        that do not decompress (so known once :attr:`gaps` has read the chunks: reading
+        ``lost`` reads them, in one streaming pass, if nothing has yet)."""
+        if "lost" in self._held:
+            value: dict[int, int] = self._held["lost"]
+            return value
+        if self._lost is not None:
+            return self._lost
+        if self.closed and self._streamed_gaps is None:
+            return dict(self._meta.lost)      # the chunks can no longer be read
+        # the chunks found damaged on reading are CORRUPT gaps the scan did not know of
+        extra: Counter[int] = Counter()
+        for g in self.gaps:
+            if g.reason == CORRUPT:
+                extra[g.tid] += g.count
+        for g in self._meta.gaps:
+            if g.reason == CORRUPT:
+                extra[g.tid] -= g.count
+        self._lost = {tid: n + extra[tid] for tid, n in self._meta.lost.items()}
+        return self._lost
+
+    @lost.setter
+    def lost(self, value: dict[int, int]) -> None:
+        self._held["lost"] = value
 
     # ---- threads and their branches, streamed ------------------------------------------
 
