@@ -666,6 +666,7 @@ rpc.exports = {
       standInForSigint();
     wrapSignalHandlers(signals);
     refollowAfterTlsDtors();
+    watchHookedReturns();   // crash.js
     unfollowAroundFork();
     followChildren();
     followCloneChildren();

@@ -156,6 +156,72 @@ function programsRegisters(info, pc) {
   return info.how === 'copied' || info.how === 'rip-relative' || info.how === 'native';
 }
 
+/* Interceptor's return addresses (docs/stalker.md, "The stack above abort"): a function
+ * hooked with an onLeave listener gets, at its entry, its return address on the stack
+ * replaced by the address of Interceptor's on-leave trampoline (in Frida's cloaked
+ * code). Frida's own agent hooks exit, _exit and abort that way (frida-core's
+ * ExitMonitor), and we hook __call_tls_dtors and dlopen: an unwinder reading the stack
+ * above abort's frame (an assert, an uncaught C++ exception) stopped at that address.
+ * A probe of ours on each keeps, per thread, the stack slot and the real return address
+ * (Interceptor puts its trampoline's address there after every listener ran); the copy
+ * of the stack at a crash or a snapshot gets the real address back in those slots. */
+const HOOKED_RETURNS = ['abort', 'exit', '__call_tls_dtors', 'dlopen', 'dlmopen'];
+const HOOKED_SLOTS_KEPT = 64;
+const hookedSlots = new Map();   // tid -> [[slot, real return address]], oldest first
+
+function watchHookedReturns() {
+  for (const name of HOOKED_RETURNS) {
+    const address = Module.findGlobalExportByName(name);
+    if (address === null)
+      continue;
+    Interceptor.attach(address, function () {   // a probe: the stack is left alone
+      const tid = Process.getCurrentThreadId();
+      let slots = hookedSlots.get(tid);
+      if (slots === undefined)
+        hookedSlots.set(tid, slots = []);
+      const slot = this.context.rsp;
+      /* a slot at or below this one belongs to a call that has returned */
+      while (slots.length > 0 && slots[slots.length - 1][0].compare(slot) <= 0)
+        slots.pop();
+      if (slots.length < HOOKED_SLOTS_KEPT)
+        slots.push([slot, this.returnAddress]);
+    });
+  }
+}
+
+/* The recorded slots of the current thread in [base, base + n) that hold an address in
+ * Frida's code: [offset from base, real return address]. */
+function trampolineSlots(base, n) {
+  const slots = hookedSlots.get(Process.getCurrentThreadId());
+  const out = [];
+  if (slots === undefined)
+    return out;
+  for (const [slot, real] of slots) {
+    const off = slot.sub(base);
+    if (slot.compare(base) < 0 || off.compare(ptr(n - 8)) > 0)
+      continue;
+    try {
+      const now = slot.readPointer();
+      if (!now.equals(real) && Cloak.hasRangeContaining(now))
+        out.push([off.toUInt32(), real]);
+    } catch (e) {
+    }
+  }
+  return out;
+}
+
+/* Put the real return addresses back in the copy. */
+function untrampoline(copy, base) {
+  const fixes = trampolineSlots(base, copy.byteLength);
+  const view = new DataView(copy);
+  for (const [off, real] of fixes) {
+    const v = uint64(real.toString());
+    view.setUint32(off, v.and(0xffffffff).toNumber(), true);
+    view.setUint32(off + 4, v.shr(32).toNumber(), true);
+  }
+  return fixes.length;
+}
+
 function stackOf(context, realPc) {
   const regs = DWARF_REGISTERS.map((name, i) => [i, context[name].toString()]);
   if (realPc !== null)
@@ -172,7 +238,10 @@ function stackOf(context, realPc) {
   if (range.base.compare(sp) > 0)
     base = range.base;
   const n = Math.min(STACK_COPY_BYTES, range.size - base.sub(range.base).toUInt32());
-  return [regs, base.readByteArray(n), base.toString()];
+  const copy = base.readByteArray(n);
+  if (copy !== null)
+    untrampoline(copy, base);
+  return [regs, copy, base.toString()];
 }
 
 /* The program has SIG_DFL for SIGABRT: Frida's handler, had it returned, would have let
@@ -279,6 +348,10 @@ function onException(details) {
       page = null;                    // not parked: it dies of its crash, as without --gdb
     }
     if (page !== null) {
+      /* GDB's bt reads the stack itself: the real return addresses go back there */
+      const sp = details.context.rsp;
+      for (const [off, real] of trampolineSlots(sp, 1 << 24))
+        sp.add(off).writePointer(real);
       details.context.pc = page;
       Stalker.unfollow();
       followed.delete(tid);
