@@ -147,6 +147,15 @@ def test_an_abort_is_unwound_past_abort_to_main(tmp_path, backend):
     assert names.index("abort") < names.index("__cxa_throw") < names.index("main"), names
     assert "shop::Inventory::take(unsigned long)" in names
 
+    # a crash under exit() (an atexit handler): past exit to the function that called it
+    doc = json.loads(cli("run", "--backend", backend, "--format", "json", "--report-to",
+                         "-", "--", str(built(tmp_path, "atexit_crash", "-O0"))).stdout)
+    assert doc["exit"]["signal"]["name"] == "SIGSEGV"
+    assert doc["stack_end"] == "outermost frame" and doc["stack_disagreements"] == []
+    names = [f["function"] for f in doc["stack"]]
+    assert names[0] == "bye" and names.index("exit") < names.index("finish") < \
+        names.index("main"), names
+
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_an_uncaught_exception_names_its_thrower(tmp_path, backend):

@@ -166,37 +166,67 @@ function programsRegisters(info, pc) {
  * (Interceptor puts its trampoline's address there after every listener ran); the copy
  * of the stack at a crash or a snapshot gets the real address back in those slots. */
 const HOOKED_RETURNS = ['abort', 'exit', '__call_tls_dtors', 'dlopen', 'dlmopen'];
-const HOOKED_SLOTS_KEPT = 64;
-const hookedSlots = new Map();   // tid -> [[slot, real return address]], oldest first
+const HOOKED_SLOTS = 256;          // a ring of {tid, slot, real}, 24 bytes each
+
+/* The probe is C (a fork child calls exit without running JS) */
+const HOOKED_C = `
+#include <gum/guminterceptor.h>
+
+typedef struct { guint64 tid; gpointer slot; gpointer real; } BtHooked;
+extern BtHooked bt_hooked[${HOOKED_SLOTS}];
+extern volatile gint bt_hooked_n;
+
+void
+bt_hooked_probe (GumInvocationContext * ic)
+{
+  BtHooked * e = &bt_hooked[(guint) g_atomic_int_add (&bt_hooked_n, 1) % ${HOOKED_SLOTS}];
+
+  e->tid = 0;
+  e->slot = GSIZE_TO_POINTER (ic->cpu_context->rsp);
+  e->real = gum_invocation_context_get_return_address (ic);
+  e->tid = gum_invocation_context_get_thread_id (ic);
+}
+`;
+let hooked = null;   // { ring, count }
 
 function watchHookedReturns() {
+  const ring = Memory.alloc(24 * HOOKED_SLOTS);
+  const count = Memory.alloc(8);
+  const probe = new CModule(HOOKED_C, { bt_hooked: ring, bt_hooked_n: count });
+  keep.push(ring, count, probe);
+  hooked = { ring: ring, count: count };
   for (const name of HOOKED_RETURNS) {
     const address = Module.findGlobalExportByName(name);
-    if (address === null)
-      continue;
-    Interceptor.attach(address, function () {   // a probe: the stack is left alone
-      const tid = Process.getCurrentThreadId();
-      let slots = hookedSlots.get(tid);
-      if (slots === undefined)
-        hookedSlots.set(tid, slots = []);
-      const slot = this.context.rsp;
-      /* a slot at or below this one belongs to a call that has returned */
-      while (slots.length > 0 && slots[slots.length - 1][0].compare(slot) <= 0)
-        slots.pop();
-      if (slots.length < HOOKED_SLOTS_KEPT)
-        slots.push([slot, this.returnAddress]);
-    });
+    if (address !== null)
+      Interceptor.attach(address, probe.bt_hooked_probe);   // a probe: the stack is left alone
   }
 }
 
-/* The recorded slots of the current thread in [base, base + n) that hold an address in
- * Frida's code: [offset from base, real return address]. */
+/* The current thread's hooked calls still open, [slot, real return address], oldest
+ * first: a call whose slot is at or below a later one's has returned. */
+function openHookedCalls() {
+  const open = [];
+  if (hooked === null)
+    return open;
+  const tid = Process.getCurrentThreadId();
+  const n = hooked.count.readU32();
+  for (let i = Math.max(0, n - HOOKED_SLOTS); i < n; i++) {
+    const e = hooked.ring.add(24 * (i % HOOKED_SLOTS));
+    if (e.readU64().toNumber() !== tid)
+      continue;
+    const slot = e.add(8).readPointer();
+    while (open.length > 0 && open[open.length - 1][0].compare(slot) <= 0)
+      open.pop();
+    open.push([slot, e.add(16).readPointer()]);
+  }
+  return open;
+}
+
+/* The open hooked calls' slots in [base, base + n) that hold an address in Frida's
+ * code: [offset from base, real return address]. */
 function trampolineSlots(base, n) {
-  const slots = hookedSlots.get(Process.getCurrentThreadId());
   const out = [];
-  if (slots === undefined)
-    return out;
-  for (const [slot, real] of slots) {
+  for (const [slot, real] of openHookedCalls()) {
     const off = slot.sub(base);
     if (slot.compare(base) < 0 || off.compare(ptr(n - 8)) > 0)
       continue;
