@@ -165,7 +165,9 @@ function programsRegisters(info, pc) {
  * A probe of ours on each keeps, per thread, the stack slot and the real return address
  * (Interceptor puts its trampoline's address there after every listener ran); the copy
  * of the stack at a crash or a snapshot gets the real address back in those slots. */
-const HOOKED_RETURNS = ['abort', 'exit', '__call_tls_dtors', 'dlopen', 'dlmopen'];
+/* Frida's (abort, exit) and ours (agent.js, ours.js: dlopen is hooked only when there
+ * are libraries of ours); a probe alone would hook a function, and change nothing */
+const HOOKED_RETURNS = ['abort', 'exit', '__call_tls_dtors'];
 const HOOKED_SLOTS = 256;          // a ring of {tid, slot, real}, 24 bytes each
 
 /* The probe is C (a fork child calls exit without running JS) */
@@ -189,13 +191,13 @@ bt_hooked_probe (GumInvocationContext * ic)
 `;
 let hooked = null;   // { ring, count }
 
-function watchHookedReturns() {
+function watchHookedReturns(also) {
   const ring = Memory.alloc(24 * HOOKED_SLOTS);
   const count = Memory.alloc(8);
   const probe = new CModule(HOOKED_C, { bt_hooked: ring, bt_hooked_n: count });
   keep.push(ring, count, probe);
   hooked = { ring: ring, count: count };
-  for (const name of HOOKED_RETURNS) {
+  for (const name of HOOKED_RETURNS.concat(also)) {
     const address = Module.findGlobalExportByName(name);
     if (address !== null)
       Interceptor.attach(address, probe.bt_hooked_probe);   // a probe: the stack is left alone
