@@ -115,6 +115,49 @@ def test_a_crash_in_libc_shows_the_programs_own_last_steps(tmp_path, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_an_abort_is_unwound_past_abort_to_main(tmp_path, backend):
+    """Frida's own agent hooks abort (and exit) with an onLeave listener: Interceptor
+    puts its trampoline's address where abort's return address was. The stalker agent
+    puts the real one back in the stack's copy (crash.js, untrampoline): the unwound
+    stack of an assert, and of an uncaught C++ exception, goes on past abort to main."""
+    import json
+
+    from conftest import cli
+    exe = built(tmp_path, "assert_deep", "-O0")
+    line = next(i for i, t in enumerate((FIXTURES / "assert_deep.c").read_text()
+                                       .splitlines(), 1) if "ASSERT_LINE" in t)
+    doc = json.loads(cli("run", "--backend", backend, "--format", "json", "--report-to",
+                         "-", "--", str(exe), "toolong").stdout)
+    assert doc["exit"]["signal"]["name"] == "SIGABRT"
+    assert doc["stack_end"] == "outermost frame" and doc["stack_disagreements"] == []
+    names = [f["function"] for f in doc["stack"]]
+    assert names.index("abort") < names.index("__assert_fail") < names.index("check"), names
+    at = names.index("check")
+    assert names[at:at + 3] == ["check", "outer", "main"]
+    assert (doc["stack"][at]["line"], doc["stack"][at]["file"].rsplit("/", 1)[-1]) == \
+        (line, "assert_deep.c")
+
+    cpp = tmp_path / "cpp_throw"
+    subprocess.run(["g++", "-g", "-O0", "-o", str(cpp), str(FIXTURES / "cpp_throw.cc")],
+                   check=True)
+    doc = json.loads(cli("run", "--backend", backend, "--format", "json", "--report-to",
+                         "-", "--", str(cpp)).stdout)
+    assert doc["stack_end"] == "outermost frame" and doc["stack_disagreements"] == []
+    names = [f["function"] for f in doc["stack"]]
+    assert names.index("abort") < names.index("__cxa_throw") < names.index("main"), names
+    assert "shop::Inventory::take(unsigned long)" in names
+
+    # a crash under exit() (an atexit handler): past exit to the function that called it
+    doc = json.loads(cli("run", "--backend", backend, "--format", "json", "--report-to",
+                         "-", "--", str(built(tmp_path, "atexit_crash", "-O0"))).stdout)
+    assert doc["exit"]["signal"]["name"] == "SIGSEGV"
+    assert doc["stack_end"] == "outermost frame" and doc["stack_disagreements"] == []
+    names = [f["function"] for f in doc["stack"]]
+    assert names[0] == "bye" and names.index("exit") < names.index("finish") < \
+        names.index("main"), names
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_an_uncaught_exception_names_its_thrower(tmp_path, backend):
     """std::terminate's abort is thousands of branches after the throw: the program's
     own last steps still name the demangled thrower, its line, and its __cxa_throw."""

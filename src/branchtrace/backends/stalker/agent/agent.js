@@ -666,6 +666,8 @@ rpc.exports = {
       standInForSigint();
     wrapSignalHandlers(signals);
     refollowAfterTlsDtors();
+    const dlopenHooked = oursRanges !== null && oursRanges.length > 0;   // ours.js
+    watchHookedReturns(dlopenHooked ? ['dlopen', 'dlmopen'] : []);   // crash.js
     unfollowAroundFork();
     followChildren();
     followCloneChildren();

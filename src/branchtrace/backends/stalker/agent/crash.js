@@ -156,6 +156,104 @@ function programsRegisters(info, pc) {
   return info.how === 'copied' || info.how === 'rip-relative' || info.how === 'native';
 }
 
+/* Interceptor's return addresses (docs/stalker.md, "The stack above abort"): a function
+ * hooked with an onLeave listener gets, at its entry, its return address on the stack
+ * replaced by the address of Interceptor's on-leave trampoline (in Frida's cloaked
+ * code). Frida's own agent hooks exit, _exit and abort that way (frida-core's
+ * ExitMonitor), and we hook __call_tls_dtors and dlopen: an unwinder reading the stack
+ * above abort's frame (an assert, an uncaught C++ exception) stopped at that address.
+ * A probe of ours on each keeps, per thread, the stack slot and the real return address
+ * (Interceptor puts its trampoline's address there after every listener ran); the copy
+ * of the stack at a crash or a snapshot gets the real address back in those slots. */
+/* Frida's (abort, exit) and ours (agent.js, ours.js: dlopen is hooked only when there
+ * are libraries of ours); a probe alone would hook a function, and change nothing */
+const HOOKED_RETURNS = ['abort', 'exit', '__call_tls_dtors'];
+const HOOKED_SLOTS = 256;          // a ring of {tid, slot, real}, 24 bytes each
+
+/* The probe is C (a fork child calls exit without running JS) */
+const HOOKED_C = `
+#include <gum/guminterceptor.h>
+
+typedef struct { guint64 tid; gpointer slot; gpointer real; } BtHooked;
+extern BtHooked bt_hooked[${HOOKED_SLOTS}];
+extern volatile gint bt_hooked_n;
+
+void
+bt_hooked_probe (GumInvocationContext * ic)
+{
+  BtHooked * e = &bt_hooked[(guint) g_atomic_int_add (&bt_hooked_n, 1) % ${HOOKED_SLOTS}];
+
+  e->tid = 0;
+  e->slot = GSIZE_TO_POINTER (ic->cpu_context->rsp);
+  e->real = gum_invocation_context_get_return_address (ic);
+  e->tid = gum_invocation_context_get_thread_id (ic);
+}
+`;
+let hooked = null;   // { ring, count }
+
+function watchHookedReturns(also) {
+  const ring = Memory.alloc(24 * HOOKED_SLOTS);
+  const count = Memory.alloc(8);
+  const probe = new CModule(HOOKED_C, { bt_hooked: ring, bt_hooked_n: count });
+  keep.push(ring, count, probe);
+  hooked = { ring: ring, count: count };
+  for (const name of HOOKED_RETURNS.concat(also)) {
+    const address = Module.findGlobalExportByName(name);
+    if (address !== null)
+      Interceptor.attach(address, probe.bt_hooked_probe);   // a probe: the stack is left alone
+  }
+}
+
+/* The current thread's hooked calls still open, [slot, real return address], oldest
+ * first: a call whose slot is at or below a later one's has returned. */
+function openHookedCalls() {
+  const open = [];
+  if (hooked === null)
+    return open;
+  const tid = Process.getCurrentThreadId();
+  const n = hooked.count.readU32();
+  for (let i = Math.max(0, n - HOOKED_SLOTS); i < n; i++) {
+    const e = hooked.ring.add(24 * (i % HOOKED_SLOTS));
+    if (e.readU64().toNumber() !== tid)
+      continue;
+    const slot = e.add(8).readPointer();
+    while (open.length > 0 && open[open.length - 1][0].compare(slot) <= 0)
+      open.pop();
+    open.push([slot, e.add(16).readPointer()]);
+  }
+  return open;
+}
+
+/* The open hooked calls' slots in [base, base + n) that hold an address in Frida's
+ * code: [offset from base, real return address]. */
+function trampolineSlots(base, n) {
+  const out = [];
+  for (const [slot, real] of openHookedCalls()) {
+    const off = slot.sub(base);
+    if (slot.compare(base) < 0 || off.compare(ptr(n - 8)) > 0)
+      continue;
+    try {
+      const now = slot.readPointer();
+      if (!now.equals(real) && Cloak.hasRangeContaining(now))
+        out.push([off.toUInt32(), real]);
+    } catch (e) {
+    }
+  }
+  return out;
+}
+
+/* Put the real return addresses back in the copy. */
+function untrampoline(copy, base) {
+  const fixes = trampolineSlots(base, copy.byteLength);
+  const view = new DataView(copy);
+  for (const [off, real] of fixes) {
+    const v = uint64(real.toString());
+    view.setUint32(off, v.and(0xffffffff).toNumber(), true);
+    view.setUint32(off + 4, v.shr(32).toNumber(), true);
+  }
+  return fixes.length;
+}
+
 function stackOf(context, realPc) {
   const regs = DWARF_REGISTERS.map((name, i) => [i, context[name].toString()]);
   if (realPc !== null)
@@ -172,7 +270,10 @@ function stackOf(context, realPc) {
   if (range.base.compare(sp) > 0)
     base = range.base;
   const n = Math.min(STACK_COPY_BYTES, range.size - base.sub(range.base).toUInt32());
-  return [regs, base.readByteArray(n), base.toString()];
+  const copy = base.readByteArray(n);
+  if (copy !== null)
+    untrampoline(copy, base);
+  return [regs, copy, base.toString()];
 }
 
 /* The program has SIG_DFL for SIGABRT: Frida's handler, had it returned, would have let
@@ -279,6 +380,10 @@ function onException(details) {
       page = null;                    // not parked: it dies of its crash, as without --gdb
     }
     if (page !== null) {
+      /* GDB's bt reads the stack itself: the real return addresses go back there */
+      const sp = details.context.rsp;
+      for (const [off, real] of trampolineSlots(sp, 1 << 24))
+        sp.add(off).writePointer(real);
       details.context.pc = page;
       Stalker.unfollow();
       followed.delete(tid);
