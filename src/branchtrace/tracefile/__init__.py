@@ -39,14 +39,21 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     # Static imports, not importlib: the readers' AST scan (tests/reliability) forbids it.
     if module == "format":
-        from . import format as where
+        from . import format as format_
+
+        value = getattr(format_, name)
     elif module == "load":
-        from . import load as where
+        from . import load as load_
+
+        value = getattr(load_, name)
     elif module == "reader":
-        from . import reader as where
+        from . import reader as reader_
+
+        value = getattr(reader_, name)
     else:
-        from . import writer as where
-    value = getattr(where, name)
+        from . import writer as writer_
+
+        value = getattr(writer_, name)
     globals()[name] = value
     return value
 
