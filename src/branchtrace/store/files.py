@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 import shutil
 import stat
 import tempfile
@@ -127,7 +128,7 @@ def create_file(config: StoreConfig, directory: Path | None) -> tuple[Path, int,
     else:
         check_directory(Path(directory))
     where = owned if owned is not None else Path(directory or ".")
-    path = where / f"btstore-{os.urandom(8).hex()}.bts"  # as secrets.token_hex (no hashlib)
+    path = where / f"btstore-{secrets.token_hex(8)}.bts"
     fd = -1
     try:
         limit, why = memory_limit(where, config.memory_limit)
