@@ -23,7 +23,9 @@ def test_one_command_parses_as_with_all() -> None:
 
 
 def test_run_imports_no_other_command_nor_numpy_before_parsing() -> None:
-    code = ("import sys; from branchtrace import cli; cli.build_parser('run'); "
+    code = ("import sys; from branchtrace import cli; from branchtrace.cli import _record; "
+            "a = cli.build_parser('run').parse_args(['run', '--', 'true']); "
+            "_record.check_before_start(a, 'true'); _record.trigger_of(a); "
             "print(sorted(m for m in sys.modules if m.startswith('branchtrace.cli.') "
             "or m == 'numpy'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -31,3 +33,19 @@ def test_run_imports_no_other_command_nor_numpy_before_parsing() -> None:
     assert "branchtrace.cli.coverage" not in out and "branchtrace.cli.demo" not in out
     assert "'numpy'" not in out
     assert "branchtrace.cli.run" in out
+
+
+def test_frida_loads_with_asyncio_deferred_and_asyncio_still_works() -> None:
+    code = ("import sys\n"
+            "from branchtrace.backends.stalker.fridaload import load\n"
+            "try:\n    load()\nexcept ImportError:\n    print('no frida'); sys.exit(0)\n"
+            "print(type(sys.modules['asyncio']).__name__)\n"
+            "import asyncio\n"
+            "async def two():\n    await asyncio.sleep(0)\n    return 2\n"
+            "print(asyncio.run(two()), type(sys.modules['asyncio']).__name__)\n"
+            "from asyncio import *\nprint(callable(sleep))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    if out == ["no", "frida"]:
+        return
+    assert out == ["_Deferred", "2", "module", "True"]
