@@ -49,7 +49,8 @@ class _Deferred(ModuleType):
     def __getattr__(self, attr: str) -> object:
         with _lock:
             if type(self) is _Deferred:
-                self.__class__ = ModuleType  # type: ignore[assignment] # from now on an ordinary module
+                # from now on an ordinary module (another thread meanwhile sees it filling)
+                self.__class__ = ModuleType  # type: ignore[assignment]
                 try:
                     self.__spec__.loader.exec_module(self)  # type: ignore[union-attr]
                 except BaseException:
