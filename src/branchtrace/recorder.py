@@ -13,7 +13,7 @@ import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import numpy as np
 
@@ -28,10 +28,8 @@ from .backends import (
     Trigger,
     select,
 )
-from .decode import concat, decode
 from .errors import StoreError, UsageError
 from .model import Gap, ModuleMap, ProcessInfo
-from .snapshots import Snapshots
 from .store import (
     RECORD_DTYPES,
     Encoding,
@@ -41,9 +39,15 @@ from .store import (
     StreamConsumer,
 )
 from .store.sizes import parse_byte_size, parse_size
-from .trace import CHUNK_TIMES_DTYPE, Trace
-from .tracefile.format import FileHeader, ThreadInfo
-from .tracefile.writer import TraceWriter, end_info
+
+if TYPE_CHECKING:
+    from .snapshots import Snapshots
+    from .trace import Trace
+    from .tracefile.writer import TraceWriter
+
+# The decoder, the Trace and the trace file's writer are imported where they are used:
+# `branchtrace run` imports this module while Frida attaches, and the agent's load
+# waits for these imports (~25 ms), which the decoding at the end does not need sooner.
 
 
 @dataclass(frozen=True)
@@ -267,6 +271,10 @@ def _record(target: Target, config: RecordConfig, choice: Choice,
     if output is not None and keep is None:
         keep = KEEP_WITH_FILE
     backend = choice.backend
+    if output is not None:
+        from .tracefile.format import FileHeader
+        from .tracefile.writer import TraceWriter
+
     sconfig = store_config(config, backend)
     if config.trigger is not None and sconfig.mode != StoreMode.RING:
         raise UsageError("--trigger takes ring mode: a snapshot is the ring at one moment")
@@ -322,6 +330,9 @@ def _record(target: Target, config: RecordConfig, choice: Choice,
         if n and not any(g.tid == tid for g in result.gaps):
             gaps.append(Gap(tid, 0, n, "ring buffer overwrote the oldest records"))
     pid = result.pid or (target.pid or 0)
+    from .decode import concat, decode
+    from .trace import Trace
+
     if writer is not None:
         waits = {t.tid: t.producer_waits for t in status.threads}
         finish_file(writer, sink, result, gaps, written, lost, waits, pid, end_ns)
@@ -364,6 +375,8 @@ def _chunk_times(entries: list[tuple[int, int, int, int]], cut: int, n: int) -> 
     """The drain times of a thread's records, for the ``n`` branches kept after ``cut``."""
     rows = [(max(0, i - cut), min(i + c, cut + n) - max(i, cut), first, last)
             for i, c, first, last in entries if i + c > cut and i < cut + n]
+    from .trace import CHUNK_TIMES_DTYPE
+
     return np.array(rows, dtype=CHUNK_TIMES_DTYPE)
 
 
@@ -372,6 +385,9 @@ def finish_file(writer: TraceWriter, sink: Collector, result: RunResult, gaps: l
                  pid: int, end_ns: int) -> None:
     """Write what is known only at the end (modules, block table, gaps, notes, threads)
     and the END record; a write error becomes a :class:`StoreError`."""
+    from .tracefile.format import ThreadInfo
+    from .tracefile.writer import end_info
+
     try:
         if sink.error is not None:
             raise sink.error

@@ -48,7 +48,6 @@ def _positive(text: str) -> int:
 def trigger_of(args: argparse.Namespace) -> Trigger | None:
     """The ``--trigger`` asked for (None: none); a usage error when malformed."""
     from ..backends import Trigger
-    from ..snapshots import DEFAULT_LIMIT
 
     text = getattr(args, "trigger", None)
     if text is None:
@@ -68,6 +67,10 @@ def trigger_of(args: argparse.Namespace) -> Trigger | None:
     every = bool(args.trigger_every)
     if args.snapshots is not None and not every:
         raise UsageError("--snapshots goes with --trigger-every")
+    # only here: snapshots.py imports numpy (~50 ms), which a run without --trigger
+    # imports later, while Frida attaches (start_early)
+    from ..snapshots import DEFAULT_LIMIT
+
     return Trigger(symbol, nth, every, args.snapshots or DEFAULT_LIMIT if every else 1)
 
 

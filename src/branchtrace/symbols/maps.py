@@ -9,11 +9,14 @@ too, with bias = start (the vDSO is linked at address 0).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from ..errors import TargetError
 from ..model import Mapping, ModuleMap
-from .elf import ElfImage, load_elf
 from .elfhead import ElfHead, read_head
+
+if TYPE_CHECKING:
+    from .elf import ElfImage
 
 DELETED_SUFFIX = " (deleted)"
 
@@ -100,8 +103,10 @@ def _module_of_load(load: list[Mapping]) -> ModuleMap:
     # The program headers and build id, read fast; the full parse (slow) only for files
     # that are no 64-bit little-endian ELF or keep their build id outside PT_NOTE.
     image: ElfHead | ElfImage | None = None if is_deleted(path) else read_head(path)
-    if image is None or not image.build_id:
-        image = (None if is_deleted(path) else load_elf(path)) or image
+    if (image is None or not image.build_id) and not is_deleted(path):
+        from .elf import load_elf  # the full reader (~8 ms to import), rarely needed
+
+        image = load_elf(path) or image
     if image is not None:
         found = image.load_bias(lowest.start, lowest.offset)
         if found is not None:

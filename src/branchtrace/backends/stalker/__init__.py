@@ -99,7 +99,9 @@ class StalkerBackend(Backend):
         launcher = Launcher(target.argv, target.env, target.disable_aslr, target.ptracer)
         launcher.spawn()
         try:
-            import frida  # noqa: F401 - ~50 ms, while the reaper starts the program
+            from .fridaload import load
+
+            load()  # ~25 ms (asyncio deferred), while the reaper starts the program
 
             attaching = Attaching(launcher.ready())
         except BaseException:
@@ -271,8 +273,10 @@ def _probe_uncached() -> Probe:
     why = machine_ok()
     if why:
         return Probe(False, why)
+    from .fridaload import load
+
     try:
-        import frida
+        frida = load()
     except ImportError:
         return Probe(False, "the frida package is not installed (pip install frida)")
     import shutil
