@@ -37,7 +37,9 @@ def test_run_imports_no_other_command_nor_numpy_before_parsing() -> None:
 
 def test_frida_loads_with_asyncio_deferred_and_asyncio_still_works() -> None:
     code = ("import sys\n"
+            "from branchtrace.backends.stalker import fridaload\n"
             "from branchtrace.backends.stalker.fridaload import load\n"
+            "fridaload.defer_asyncio = True\n"
             "try:\n    load()\nexcept ImportError:\n    print('no frida'); sys.exit(0)\n"
             "print(type(sys.modules['asyncio']).__name__)\n"
             "import asyncio\n"
@@ -49,3 +51,16 @@ def test_frida_loads_with_asyncio_deferred_and_asyncio_still_works() -> None:
     if out == ["no", "frida"]:
         return
     assert out == ["_Deferred", "2", "module", "True"]
+
+
+def test_the_api_imports_frida_as_usual() -> None:
+    """Only the command line defers asyncio: a program using the API is left alone."""
+    code = ("import sys\n"
+            "from branchtrace.backends.stalker.fridaload import load\n"
+            "try:\n    load()\nexcept ImportError:\n    print('no frida'); sys.exit(0)\n"
+            "print(type(sys.modules['asyncio']).__name__)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    if out == ["no", "frida"]:
+        return
+    assert out == ["module"]

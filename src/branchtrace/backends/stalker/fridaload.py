@@ -18,12 +18,16 @@ import threading
 from types import ModuleType
 
 
+#: Set by the command line (run, attach): import frida with asyncio deferred.
+defer_asyncio = False
+
+
 def load() -> ModuleType:
     """The frida module (ImportError when it is not installed)."""
     loaded = sys.modules.get("frida")
     if loaded is not None:
         return loaded
-    if "asyncio" not in sys.modules and importlib.util.find_spec("frida") is not None:
+    if defer_asyncio and "asyncio" not in sys.modules and importlib.util.find_spec("frida") is not None:
         _lazy("asyncio")
     import frida
 
