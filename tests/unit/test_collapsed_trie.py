@@ -23,11 +23,12 @@ def _stack(parent: list[int], name: list[str], i: int) -> str:
     return f"{_stack(parent, name, parent[i])};{name[i]}" if parent[i] >= 0 else name[i]
 
 
-def _random_tree(rng: random.Random, size: int) -> tuple[list[int], list[str], list[int]]:
+def _random_tree(rng: random.Random, size: int, names: list[str] = NAMES
+                 ) -> tuple[list[int], list[str], list[int]]:
     parent, name, weight = [], [], []
     for i in range(size):
         parent.append(rng.randrange(-1, i) if i and rng.random() > 0.1 else -1)
-        name.append(rng.choice(NAMES))
+        name.append(rng.choice(names))
         weight.append(rng.choice([0, 1, 2, 9, 10, 11, 100, rng.randrange(1 << 40)]))
     # a node may come before its parent (a tree's bottom lowered under a new frame)
     order = list(range(size))
@@ -61,3 +62,22 @@ def test_same_stack_twice_keeps_both_lines() -> None:
 
 def test_empty() -> None:
     assert _written([], 1) == ""
+
+
+def test_summed_trie_adds_the_same_stack() -> None:
+    rng = random.Random(7)
+    # (a name holds no ";": the stacks of two nodes are then equal only if their names are)
+    names = [n for n in NAMES if ";" not in n]
+    for case in range(100):
+        trees = [_random_tree(rng, rng.randrange(1, 40), names)
+                 for _ in range(rng.randrange(1, 4))]
+        trie = StackTrie(summed=True)
+        for parent, name, weight in trees:
+            trie.add_tree(parent, [trie.name(n) for n in name], weight)
+        out = io.StringIO()
+        trie.write(out)
+        sums: dict[str, int] = {}
+        for line in _naive(trees).splitlines():
+            stack, _, w = line.rpartition(" ")
+            sums[stack] = sums.get(stack, 0) + int(w)
+        assert out.getvalue() == "".join(sorted(f"{s} {w}\n" for s, w in sums.items())), case

@@ -72,15 +72,21 @@ def render(trace: Trace, out: IO[str], *, tid: int | None = None,
 
     The lines are written in sorted order as they are made (:class:`StackTrie`): the
     memory holds the stacks as a tree of names, never the text of every line."""
-    views = trace.per_process() if tid is None else [trace]
     trie = StackTrie()
+    add(trie, trace, tid=tid, source=source)
+    trie.write(out)
+
+
+def add(trie: StackTrie, trace: Trace, *, tid: int | None = None,
+        source: BlockSource | None = None) -> None:
+    """Add the stacks :func:`render` writes to ``trie`` (several runs: one trie)."""
+    views = trace.per_process() if tid is None else [trace]
     for view in views:
         head = ""
         if len(views) > 1:
             name = os.path.basename(view.argv[0]) if view.argv else "?"
             head = f"{name} {view.pid};".replace(";", ":")[:-1] + ";"
         _add_threads(trie, view, pick_threads(view, tid), head, source)
-    trie.write(out)
 
 
 @dataclass(frozen=True)
@@ -134,9 +140,11 @@ class StackTrie:
     strings (as ``sorted`` would sort them) walking the tree: a node's lines are its
     own (``STACK WEIGHT``), then its children's (``STACK;...``), children in the order
     of their names, a name's own lines and its children's sorted apart when another
-    name extends it (``f`` and ``f.cold``: ``f W``, ``f.cold ...``, ``f;...``)."""
+    name extends it (``f`` and ``f.cold``: ``f W``, ``f.cold ...``, ``f;...``).
+    ``summed``: one line per stack, its weights added (several runs)."""
 
-    def __init__(self) -> None:
+    def __init__(self, summed: bool = False) -> None:
+        self.summed = summed
         self.names: list[str] = []
         self._name_ids: dict[str, int] = {}
         self._node: dict[tuple[int, int], int] = {}     # (parent, name) -> node
@@ -175,10 +183,10 @@ class StackTrie:
                 where[h] = at = node
                 w = weight[h]
                 if w:
-                    if self.weight[node]:
-                        self._more.setdefault(node, []).append(w)
+                    if self.summed or not self.weight[node]:
+                        self.weight[node] += w
                     else:
-                        self.weight[node] = w
+                        self._more.setdefault(node, []).append(w)
 
     def _lines_of(self, node: int) -> list[str]:
         """The weight parts of a node's own lines, sorted: ``" W\\n"``."""
