@@ -190,8 +190,11 @@ class StackTrie:
 
     def _lines_of(self, node: int) -> list[str]:
         """The weight parts of a node's own lines, sorted: ``" W\\n"``."""
-        ws = [self.weight[node]] + self._more.get(node, []) if self.weight[node] else []
-        return sorted(f" {w}\n" for w in ws)
+        w = self.weight[node]
+        more = self._more.get(node)
+        if more is None:
+            return [f" {w}\n"] if w else []
+        return sorted(f" {v}\n" for v in [w, *more])
 
     def write(self, out: IO[str], batch: int = 1 << 20) -> None:
         """Write the lines, sorted, to ``out`` (``batch`` characters at a time)."""
@@ -238,6 +241,9 @@ class StackTrie:
         True)] for a child's own lines, [(child, False)] for its children's; several
         together when their names do not sort apart (a key extends another: ``f W`` and
         ``f x;...`` from the names ``f`` and ``f x``): their lines are sorted whole."""
+        if len(kids[node]) == 1:            # ("f " sorts before "f;")
+            c = kids[node][0]
+            return [[(c, own)] for own in (True, False) if (self.weight[c] if own else kids[c])]
         keyed: list[tuple[str, int, bool]] = []
         for c in kids[node]:
             name = self.names[self.label[c]]
@@ -246,6 +252,10 @@ class StackTrie:
             if kids[c]:
                 keyed.append((name + ";", c, False))
         keyed.sort()
+        # the keys that extend a key follow it: when none extends the one before, none
+        # extends any
+        if not any(b[0].startswith(a[0]) for a, b in zip(keyed, keyed[1:])):
+            return [[(c, own)] for _, c, own in keyed]
         out: list[list[tuple[int, bool]]] = []
         end = 0                             # the keys before end are in out's last group
         for i, (key, c, own) in enumerate(keyed):

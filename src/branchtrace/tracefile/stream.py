@@ -167,7 +167,7 @@ def read_chunk(dctx: zstandard.ZstdDecompressor, c: Chunk, dtype: np.dtype
     progress.advance(c.size)
     size = c.head.count * dtype.itemsize
     buf = np.empty(size, np.uint8)              # (a bytearray would be zeroed first)
-    view = memoryview(buf)
+    view = buf.data
     try:
         with dctx.stream_reader(c.body, read_across_frames=False) as reader:
             got = 0
