@@ -65,25 +65,22 @@ def main(args: argparse.Namespace) -> int:
 def _several(args: argparse.Namespace, files: list[str]) -> int:
     """Several runs: their collapsed stacks, the same stack's weights added (as
     flamegraph.pl does with lines it is given twice); or one timeline document."""
-    import io
-
     if args.pid is not None or args.thread is not None:
         raise UsageError("--pid and --thread choose in one trace file: give one FILE")
     check_output(args.output)
     if args.format != "collapsed":
         write_to(args.output, lambda out: _documents(args, files, out))
         return 0
-    weights: dict[str, int] = {}
+    from ..reporters import collapsed
+
+    trie = collapsed.StackTrie(summed=True)      # the stacks, not their text: bounded
     for path in files:
         args.file = path
-        buf = io.StringIO()
-        _one(args, buf)
-        for line in buf.getvalue().splitlines():
-            stack, _, weight = line.rpartition(" ")
-            if stack and weight.isdigit():
-                weights[stack] = weights.get(stack, 0) + int(weight)
-    text = "".join(f"{stack} {w}\n" for stack, w in weights.items())
-    write_to(args.output, lambda out: out.write(text))
+        trace, source = _read(args)
+        assert source is None or isinstance(source, collapsed.BlockSource)
+        collapsed.add(trie, trace, source=source)
+        warn(trace)
+    write_to(args.output, trie.write)
     return 0
 
 

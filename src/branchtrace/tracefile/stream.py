@@ -166,8 +166,8 @@ def read_chunk(dctx: zstandard.ZstdDecompressor, c: Chunk, dtype: np.dtype
     head declares (at most MAX_CHUNK_BYTES, checked by the scan)."""
     progress.advance(c.size)
     size = c.head.count * dtype.itemsize
-    buf = bytearray(size)
-    view = memoryview(buf)
+    buf = np.empty(size, np.uint8)              # (a bytearray would be zeroed first)
+    view = buf.data
     try:
         with dctx.stream_reader(c.body, read_across_frames=False) as reader:
             got = 0
@@ -178,7 +178,7 @@ def read_chunk(dctx: zstandard.ZstdDecompressor, c: Chunk, dtype: np.dtype
                 got += k
     except zstandard.ZstdError:
         return None
-    return np.frombuffer(buf, dtype)
+    return buf.view(dtype)
 
 
 def pieces(tf: TraceFile, tid: int | None = None) -> Iterator[Piece | Gap]:
