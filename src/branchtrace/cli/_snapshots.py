@@ -23,6 +23,8 @@ SNAPSHOT_SIGNAL = signal.SIGUSR2
 
 
 def add_snapshot_arguments(g: Any) -> None:
+    from ._record import positive_int   # here: _record imports this module
+
     g.add_argument("--trigger", metavar="SYMBOL[:N]",
                    help="ring mode: write a snapshot (a report of every thread, and with -o "
                         "a trace file FILE.snapshot-K.btrace) at the Nth call of function "
@@ -31,18 +33,8 @@ def add_snapshot_arguments(g: Any) -> None:
     g.add_argument("--trigger-every", action="store_true",
                    help="a snapshot at every call of the --trigger function from the Nth on, "
                         "at most --snapshots of them")
-    g.add_argument("--snapshots", type=_positive, default=None, metavar="N",
+    g.add_argument("--snapshots", type=positive_int, default=None, metavar="N",
                    help="the most snapshots --trigger-every writes (default 16)")
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, not {text!r}")
-    return value
 
 
 def trigger_of(args: argparse.Namespace) -> Trigger | None:

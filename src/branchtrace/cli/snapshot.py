@@ -17,6 +17,7 @@ import argparse
 import os
 import sys
 
+from ..backends.linux.program import status_field
 from ..errors import TargetError, UsageError
 from ._snapshots import SNAPSHOT_SIGNAL
 
@@ -58,7 +59,7 @@ def find_recorder(pid: int) -> int:
     error when there is none."""
     seen: set[int] = set()
     todo = [pid]
-    tracer = _status_field(pid, "TracerPid")
+    tracer = status_field(pid, "TracerPid") or 0
     if tracer:
         todo.append(tracer)
     for start in todo:
@@ -67,7 +68,7 @@ def find_recorder(pid: int) -> int:
             seen.add(p)
             if _is_recorder(p):
                 return _outermost(p)
-            p, depth = _status_field(p, "PPid"), depth + 1
+            p, depth = (status_field(p, "PPid") or 0), depth + 1
     raise UsageError(f"pid {pid} is neither a branchtrace run or attach nor a program "
                      "one of them traces (give branchtrace's own pid)")
 
@@ -76,9 +77,9 @@ def _outermost(pid: int) -> int:
     """The ptrace backend's tracer process is a fork of branchtrace (the same command
     line, SIGUSR2 means stop there): its parent is the one to ask."""
     argv = _argv(pid)
-    parent = _status_field(pid, "PPid")
+    parent = status_field(pid, "PPid") or 0
     while parent > 1 and _argv(parent) == argv:
-        pid, parent = parent, _status_field(parent, "PPid")
+        pid, parent = parent, (status_field(parent, "PPid") or 0)
     return pid
 
 
@@ -101,14 +102,3 @@ def _argv(pid: int) -> list[str]:
             return [w.decode("utf-8", "replace") for w in f.read().split(b"\0") if w]
     except OSError:
         return []
-
-
-def _status_field(pid: int, name: str) -> int:
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith(name + ":"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0

@@ -74,3 +74,15 @@ def function_address(modules: Sequence[ModuleMap], name: str, pid: int) -> int:
         names = ", ".join(m.name for m in modules if not m.path.startswith("[")) or "none"
         raise UsageError(f"--trigger: no function {name!r} in pid {pid} (its modules: {names})")
     return address
+
+
+def status_field(tid: int, name: str) -> int | None:
+    """An integer field of /proc/TID/status (``Tgid``, ``PPid``), None if unreadable."""
+    try:
+        with open(f"/proc/{tid}/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith(name + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None

@@ -19,7 +19,8 @@ from ...errors import MemoryLimitError, TargetError
 from ...isa import Insn
 from ...model import ExitInfo, Gap, ModuleMap, ProcessInfo
 from ..linux import sys as pt
-from .procs import Proc, cmdline, status_field
+from ..linux.program import status_field
+from .procs import Proc, cmdline
 
 if TYPE_CHECKING:
     from ...store import Store, ThreadBuffer

@@ -101,16 +101,4 @@ class Proc:
                            tuple(self.modules), tuple(self.order), self.start_ns, self.end_ns)
 
 
-def status_field(tid: int, name: str) -> int | None:
-    """An integer field of /proc/TID/status (``Tgid``, ``PPid``), None if unreadable."""
-    try:
-        with open(f"/proc/{tid}/status", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith(name + ":"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
 cmdline = read_argv
