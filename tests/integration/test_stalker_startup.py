@@ -85,26 +85,32 @@ def test_the_mapped_paths_are_the_module_paths() -> None:
 
 
 def test_the_fill_offset_is_kept_and_used(tmp_path: Path, build) -> None:
-    # agent/fill.js: the first run finds Frida's byte-at-a-time memset and the tracer
-    # keeps its offset; the next run is given it, and the trace is the same
+    # agent/fill.js and capcache.js: the first run finds Frida's byte-at-a-time memset and
+    # capstone's table builder, and the tracer keeps their offsets; the next run is given
+    # them, and the trace is the same, as it is with neither patched (the third run)
     prog = build("loop")
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
     cache = tmp_path / "cache" / "branchtrace" / "stalker-fill.json"
-    counts = []
-    for _ in range(2):
+    traces = []
+    for run in range(3):
         out = subprocess.run([sys.executable, "-m", "branchtrace", "run", "--backend",
                               "stalker", "--report", "never", "-o", str(tmp_path / "t.btrace"),
                               "--mode", "stream", "--disable-randomization", "--", str(prog),
                               "1000"],
-                             env=env, capture_output=True, text=True, check=False)
+                             env={**env, "BRANCHTRACE_STALKER_FASTFILL": "01"[run < 2]},
+                             capture_output=True, text=True, check=False)
         assert out.returncode == 0, out.stderr
-        counts.append(len(branchtrace.open(tmp_path / "t.btrace").branches()))
+        traces.append(branchtrace.open(tmp_path / "t.btrace").branches())
         if not cache.exists():
-            pytest.skip("this Frida build has no byte-at-a-time memset (nothing patched)")
+            pytest.skip("this Frida build has neither patch's code (nothing patched)")
     import json
 
-    assert isinstance(json.loads(cache.read_text())["offset"], int)
-    assert counts[0] == counts[1] > 1000
+    kept = json.loads(cache.read_text())
+    if not isinstance(kept["capstone"], int):
+        pytest.skip("this Frida build has not the capstone table builder capcache.js knows")
+    assert isinstance(kept["offset"], int)
+    assert len(traces[0]) > 1000
+    assert (traces[0] == traces[1]).all() and (traces[0] == traces[2]).all()
 
 
 def test_the_api_names_still_resolve() -> None:

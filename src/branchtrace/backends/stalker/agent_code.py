@@ -18,7 +18,8 @@ C_SOURCES = ("recorder.h", "emit.c", "signals.c", "xstate.c", "recorder.c")
 
 #: The agent script, in this order into one script (Frida loads one source; line numbers
 #: in its error messages count from the start of agent.js).
-JS_SOURCES = ("agent.js", "signals.js", "crash.js", "detach.js", "ours.js", "trigger.js", "fill.js")
+JS_SOURCES = ("agent.js", "signals.js", "crash.js", "detach.js", "ours.js", "trigger.js",
+              "fill.js", "capcache.js")
 
 
 def agent_source() -> tuple[str, str]:
@@ -71,7 +72,8 @@ def handler_insides() -> bool:
     return _choice(HANDLERS_ENV, "inside", ("inside", "entry")) == "inside"
 
 
-#: ``0`` leaves Frida's byte-at-a-time memset as it is (agent/fill.js). For measuring.
+#: ``0`` leaves Frida's agent as it is: its byte-at-a-time memset (agent/fill.js) and
+#: capstone's per-handle table builder (agent/capcache.js). For measuring.
 FASTFILL_ENV = "BRANCHTRACE_STALKER_FASTFILL"
 
 

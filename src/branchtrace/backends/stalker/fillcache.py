@@ -15,7 +15,9 @@ import tempfile
 import threading
 
 _lock = threading.Lock()
-_known: dict[str, int | None] = {}
+_known: dict[tuple[str, str], int | None] = {}
+#: What is kept: "offset" (the memset, fill.js) and "capstone" (capcache.js).
+PATCHES = ("offset", "capstone")
 
 
 def _key() -> str | None:
@@ -30,39 +32,42 @@ def _path() -> str:
     return os.path.join(base, "branchtrace", "stalker-fill.json")
 
 
-def known_offset() -> int | None:
-    """The loop's offset in this Frida's agent, as a run found it (None: not known)."""
+def known_offset(what: str = "offset") -> int | None:
+    """The offset of a patched function (``PATCHES``) in this Frida's agent, as a run
+    found it (None: not known)."""
     key = _key()
     if key is None:
         return None
     with _lock:
-        if key not in _known:
-            offset = None
+        if (key, what) not in _known:
+            kept: object = {}
             try:
                 with open(_path(), encoding="utf-8") as f:
                     kept = json.load(f)
-                if kept.get("frida") == key and isinstance(kept.get("offset"), int):
-                    offset = kept["offset"]
-            except (OSError, ValueError, AttributeError):
+            except (OSError, ValueError):
                 pass
-            _known[key] = offset
-        return _known[key]
+            for name in PATCHES:
+                offset = kept.get(name) if isinstance(kept, dict) \
+                    and kept.get("frida") == key else None
+                _known[key, name] = offset if isinstance(offset, int) else None
+        return _known[key, what]
 
 
-def keep_offset(offset: object) -> None:
+def keep_offset(offset: object, what: str = "offset") -> None:
     """Remember what the agent found (an int), unless it is already known."""
     key = _key()
     if key is None or not isinstance(offset, int) or isinstance(offset, bool) \
-            or offset < 0 or known_offset() == offset:
+            or offset < 0 or known_offset(what) == offset:
         return
     with _lock:
-        _known[key] = offset
+        _known[key, what] = offset
+        kept = {name: _known.get((key, name)) for name in PATCHES}
         path = _path()
         try:
             os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".fill-")
             with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump({"frida": key, "offset": offset}, f)
+                json.dump({"frida": key, **kept}, f)
             os.replace(tmp, path)
         except OSError:
             pass   # the next run searches again

@@ -237,6 +237,8 @@ class Host(Resuming, ExecFollowing, ChildFollowing, Ending, Triggering):
             "checkPath": str(self.check.path) if self.check is not None else None,
             "trigger": self.trigger_params(),
             "fillOffset": fillcache.known_offset() if self.options["fastFill"] else None,
+            "capOffset": fillcache.known_offset("capstone") if self.options["fastFill"]
+            else None,
             **self.options,
         }
         try:
@@ -244,6 +246,7 @@ class Host(Resuming, ExecFollowing, ChildFollowing, Ending, Triggering):
         except frida.core.RPCException as err:
             raise TargetError(f"the Stalker agent could not start in pid {pid}: {err}") from None
         fillcache.keep_offset(reply.get("fillOffset"))
+        fillcache.keep_offset(reply.get("capOffset"), "capstone")
         return reply
 
     def _start_address(self, launcher: Launcher | None, vaddr: int | None) -> str | None:

@@ -78,6 +78,7 @@ function newJumpSlot() {
 const libc = {};
 let params = null;
 let fastFillAt = null;   // fill.js: the offset of Frida's byte-at-a-time memset, rewritten
+let capTablesAt = null;  // capcache.js: the offset of capstone's table builder, replaced
 let cm = null;
 let cfg = null;
 let tablePtr = null;
@@ -586,6 +587,8 @@ rpc.exports = {
     params = p;
     if (p.fastFill)
       fastFillAt = fastFill(p.fillOffset);   // fill.js: before any thread is followed
+    if (p.fastFill)
+      capTablesAt = copyCapstoneTables(p.capOffset);   // capcache.js: the same
     libc.open = fn('open', 'int', ['pointer', 'int', 'int']);
     libc.close = fn('close', 'int', ['int']);
     libc.mmap = fn('mmap', 'pointer', ['pointer', 'size_t', 'int', 'int', 'int', 'int64']);
@@ -719,6 +722,7 @@ rpc.exports = {
       onlyMatched: matched,
       modules: Process.enumerateModules().map(m => m.name),
       fillOffset: fastFillAt,
+      capOffset: capTablesAt,
     };
   },
 

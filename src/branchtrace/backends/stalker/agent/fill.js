@@ -44,30 +44,23 @@ function fridaAgentCode() {
   return ranges;
 }
 
-/* The loop's address from its offset in the agent's file (the tracer keeps it from the
- * last run of the same Frida), if the bytes there are still exactly it. */
-function byteFillAt(ranges, offset, bytes) {
+/* The code at ``offset`` of the agent's file as { at, offset }, if its bytes there are
+ * ``bytes`` (-1: any byte), else null. */
+function bytesAt(ranges, offset, bytes) {
   for (const r of ranges) {
     if (offset < r.fileOffset || offset + bytes.length > r.fileOffset + r.size)
       continue;
     const at = r.base.add(offset - r.fileOffset);
     const have = new Uint8Array(at.readByteArray(bytes.length));
-    return bytes.every((b, i) => have[i] === b) ? { at, offset } : null;
+    return bytes.every((b, i) => b < 0 || have[i] === b) ? { at, offset } : null;
   }
   return null;
 }
 
-/* Where the loop is ({ at, offset } or null): at ``offset`` when given and still right,
- * else found with libc's memmem over the agent's code (~10-40 ms for its 22 MB;
- * Memory.scanSync took ~0.3 s), and only when it is there exactly once. */
-function findByteFill(offset) {
-  const bytes = BYTE_FILL.split(' ').map(h => parseInt(h, 16));
-  const ranges = fridaAgentCode();
-  if (offset !== null && offset !== undefined) {
-    const known = byteFillAt(ranges, offset, bytes);
-    if (known !== null)
-      return known;
-  }
+/* Where ``bytes`` are in the agent's code ({ at, offset }), found with libc's memmem
+ * (~10-40 ms for its 22 MB; Memory.scanSync took ~0.3 s), if they are there exactly
+ * once; else null. */
+function findUnique(ranges, bytes) {
   const memmem = new NativeFunction(Module.getGlobalExportByName('memmem'), 'pointer',
                                     ['pointer', 'size_t', 'pointer', 'size_t']);
   const needle = Memory.alloc(bytes.length);
@@ -85,6 +78,19 @@ function findByteFill(offset) {
     }
   }
   return found.length === 1 ? found[0] : null;
+}
+
+/* Where the loop is ({ at, offset } or null): at ``offset`` when given (the tracer keeps
+ * it from the last run of the same Frida) and still right, else searched for. */
+function findByteFill(offset) {
+  const bytes = BYTE_FILL.split(' ').map(h => parseInt(h, 16));
+  const ranges = fridaAgentCode();
+  if (offset !== null && offset !== undefined) {
+    const known = bytesAt(ranges, offset, bytes);
+    if (known !== null)
+      return known;
+  }
+  return findUnique(ranges, bytes);
 }
 
 /* Rewrite the loop (the header above); returns its offset in the agent's file, or null
