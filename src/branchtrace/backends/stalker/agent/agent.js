@@ -56,8 +56,8 @@ const SA_SIGINFO = 4, SA_RESTART = 0x10000000, SIGINT = 2, SIGABRT = 6, SIGBUS =
 const TH = { cursor: 24, chunkEnd: 32, slow: 40, entry: 56, region: 64, capacity: 72,
              chunk: 80, inSlow: 104, nopend: 112, flush: 120, sinkEnd: 128, npending: 136,
              check: 272, retcache: 280, jslot: 304, sharesTls: 340 };
-/* the return cache (emit.c, "Returns"): 8192 entries of 16 bytes per thread */
-const RETCACHE_BYTES = 8192 * 16;
+/* the return cache (emit.c, "Returns"): 262144 entries of 16 bytes per thread */
+const RETCACHE_BYTES = 262144 * 16;
 /* and each thread's jump slot, 8 bytes below 2 GiB (MAP_32BIT), 64 bytes apart */
 const MAP_32BIT = 0x40;
 let jslotPage = null, jslotNext = PAGE;
@@ -585,6 +585,8 @@ function followNow() {
 rpc.exports = {
   init(p) {
     params = p;
+    if (p.trust !== null && p.trust !== undefined)
+      Stalker.trustThreshold = p.trust;
     if (p.fastFill)
       fastFillAt = fastFill(p.fillOffset);   // fill.js: before any thread is followed
     if (p.fastFill)

@@ -354,31 +354,42 @@ emit_restore_for_ret (BtCode * c, guint64 T)
   e1 (c, 0x48); e1 (c, 0xa1); e8 (c, T + OFF_SAVE_RAX);                  /* mov rax, [T] */
 }
 
-/* miss: want = rcx (the target), nopend = 0: the next block, the target's, takes the
- * pend path, where bt_flush_pending puts it in the cache */
+/* miss: want = the target (rcx holds its key, inverted), nopend = 0: the next block, the
+ * target's, takes the pend path, where bt_flush_pending puts it in the cache */
 static void
 emit_want (BtCode * c)
 {
+  en (c, (const guint8 []) { 0x48, 0xf7, 0xd1 }, 3);                     /* not rcx */
   en (c, (const guint8 []) { 0x48, 0x89, 0x88 }, 3); e4 (c, OFF_WANT);  /* mov [rax+want], rcx */
   en (c, (const guint8 []) { 0x48, 0xc7, 0x40, OFF_NOPEND }, 4); e4 (c, 0); /* mov [rax+nopend], 0 */
 }
 
-/* rdx = the cache entry for rcx (the target), then `jne miss`: where the rel8 goes */
-static guint
-emit_lookup (BtCode * c)
+/* rdx = the code of the cache entry for rcx (the target; rcx becomes its key), else to
+ * `miss`: the two rel8 positions go in miss[0] and miss[1] (patched by patch_misses). A
+ * code of 0 is a miss too: the cache's pages may be dropped (bt_cache_clear) between
+ * the key's load and the code's, and a dropped page reads 0. */
+static void
+emit_lookup (BtCode * c, guint miss[2])
 {
-  guint miss;
-
   en (c, (const guint8 []) { 0x89, 0xca }, 2);                           /* mov edx, ecx */
   en (c, (const guint8 []) { 0xc1, 0xea, 13 }, 3);                       /* shr edx, 13 */
   en (c, (const guint8 []) { 0x31, 0xca }, 2);                           /* xor edx, ecx */
   en (c, (const guint8 []) { 0x81, 0xe2 }, 2); e4 (c, BT_RC_ENTRIES - 1); /* and edx, mask */
   en (c, (const guint8 []) { 0xc1, 0xe2, 4 }, 3);                        /* shl edx, 4 */
   en (c, (const guint8 []) { 0x48, 0x03, 0x90 }, 3); e4 (c, OFF_RETCACHE); /* add rdx, [rax+rc] */
+  en (c, (const guint8 []) { 0x48, 0xf7, 0xd1 }, 3);                     /* not rcx: the key */
   en (c, (const guint8 []) { 0x48, 0x3b, 0x0a }, 3);                     /* cmp rcx, [rdx] */
-  e1 (c, 0x75); miss = c->n; e1 (c, 0);                                  /* jne miss */
+  e1 (c, 0x75); miss[0] = c->n; e1 (c, 0);                               /* jne miss */
   en (c, (const guint8 []) { 0x48, 0x8b, 0x52, 0x08 }, 4);               /* mov rdx, [rdx+8] */
-  return miss;
+  en (c, (const guint8 []) { 0x48, 0x85, 0xd2 }, 3);                     /* test rdx, rdx */
+  e1 (c, 0x74); miss[1] = c->n; e1 (c, 0);                               /* jz miss */
+}
+
+static void
+patch_misses (BtCode * c, const guint miss[2])
+{
+  patch_here (c, miss[0]);
+  patch_here (c, miss[1]);
 }
 
 static gboolean
@@ -386,7 +397,7 @@ build_ret (BtCode * out, BtThread * t, guint16 npop)
 {
   BtCode c;
   guint64 T = GPOINTER_TO_SIZE (t);
-  guint miss;
+  guint miss[2];
   gint32 past = 8 + (gint32) npop;
 
   c.n = 0;
@@ -398,12 +409,12 @@ build_ret (BtCode * out, BtThread * t, guint16 npop)
   en (&c, (const guint8 []) { 0x48, 0x89, 0x48, OFF_SAVE_RCX }, 4);      /* mov [rax+8], rcx */
   en (&c, (const guint8 []) { 0x48, 0x89, 0x50, OFF_SAVE_RDX }, 4);      /* mov [rax+16], rdx */
   en (&c, (const guint8 []) { 0x48, 0x8b, 0x0c, 0x24 }, 4);              /* mov rcx, [rsp] */
-  miss = emit_lookup (&c);
+  emit_lookup (&c, miss);
   en (&c, (const guint8 []) { 0x48, 0x89, 0x14, 0x24 }, 4);              /* mov [rsp], rdx */
   emit_restore_for_ret (&c, T);
   en (&c, (const guint8 []) { 0x48, 0x8d, 0xa4, 0x24 }, 4); e4 (&c, (guint32) past); /* lea rsp, [rsp+8+n] */
   en (&c, (const guint8 []) { 0xff, 0xa4, 0x24 }, 3); e4 (&c, (guint32) -past);     /* jmp [rsp-8-n] */
-  patch_here (&c, miss);
+  patch_misses (&c, miss);
   emit_want (&c);
   emit_restore_for_ret (&c, T);                                          /* miss: Stalker's ret */
   *out = c;
@@ -461,7 +472,7 @@ build_indirect (BtCode * out, BtThread * t, const cs_insn * insn, gboolean call)
   BtCode c;
   guint64 T = GPOINTER_TO_SIZE (t);
   guint32 slot = (guint32) GPOINTER_TO_SIZE (t->jslot);
-  guint miss;
+  guint miss[2];
 
   c.n = 0;
   c.bad = FALSE;
@@ -476,7 +487,7 @@ build_indirect (BtCode * out, BtThread * t, const cs_insn * insn, gboolean call)
   en (&c, (const guint8 []) { 0x48, 0x89, 0x48, OFF_SAVE_RCX }, 4);      /* mov [rax+8], rcx */
   en (&c, (const guint8 []) { 0x48, 0x89, 0x50, OFF_SAVE_RDX }, 4);      /* mov [rax+16], rdx */
   en (&c, (const guint8 []) { 0x48, 0x8b, 0x88 }, 3); e4 (&c, OFF_SAVE_TARGET); /* mov rcx, [rax+tg] */
-  miss = emit_lookup (&c);
+  emit_lookup (&c, miss);
   en (&c, (const guint8 []) { 0x48, 0x89, 0x14, 0x25 }, 4); e4 (&c, slot); /* mov [jslot], rdx */
   if (call)
   {
@@ -487,7 +498,7 @@ build_indirect (BtCode * out, BtThread * t, const cs_insn * insn, gboolean call)
   if (call)
     en (&c, (const guint8 []) { 0x48, 0x8d, 0x64, 0x24, 0xf8 }, 5);     /* lea rsp, [rsp-8] */
   en (&c, (const guint8 []) { 0xff, 0x24, 0x25 }, 3); e4 (&c, slot);     /* jmp [jslot] */
-  patch_here (&c, miss);
+  patch_misses (&c, miss);
   emit_want (&c);
   emit_restore_for_ret (&c, T);                          /* miss: Stalker's code for it */
   *out = c;
@@ -526,14 +537,17 @@ bt_cache_put (BtThread * t, guint64 real, guint64 code)
 {
   guint64 * e = t->retcache + 2 * BT_RC_INDEX (real);
 
-  e[0] = BT_RC_EMPTY;
+  e[0] = 0;
   e[1] = code;
-  e[0] = real;
+  e[0] = BT_RC_KEY (real);
+  t->rc_used = 1;
 }
 
-/* Forget every return site (keys only: a thread reading an entry meanwhile still finds
- * valid code). Before a thread is followed (anew: Stalker's old code is gone) and when
- * recording stops (so that threads go back to Stalker's code, which lets them go). */
+/* Forget every return site: the cache's pages are dropped (madvise MADV_DONTNEED: they
+ * read 0 again, and give their memory back). Before a thread is followed (anew: Stalker's
+ * old code is gone) and when recording stops (so that threads go back to Stalker's code,
+ * which lets them go). A thread may be inside a lookup meanwhile: a code of 0 is a miss
+ * (emit_lookup). If the pages cannot be dropped, the keys are set to 0 one by one. */
 void
 bt_cache_clear (BtThread * t)
 {
@@ -541,10 +555,16 @@ bt_cache_clear (BtThread * t)
 
   t->want = BT_RC_EMPTY;
   t->any_ret_code = 0;
-  if (t->retcache == NULL)
+  if (t->retcache == NULL || !t->rc_used)
+    return;                           /* still as mapped: every key 0 */
+  t->rc_used = 0;
+  if (syscall (28, t->retcache, (gsize) BT_RC_ENTRIES * 16, 4) == 0)   /* madvise */
     return;
   for (i = 0; i != BT_RC_ENTRIES; i++)
-    t->retcache[2 * i] = BT_RC_EMPTY;
+  {
+    if (t->retcache[2 * i] != 0)
+      t->retcache[2 * i] = 0;
+  }
 }
 
 void bt_flush_pending (BtThread * t, guint32 id, guint64 code);

@@ -52,7 +52,7 @@ struct _BtThread
   gpointer flush;            /* 120 called when nopend is 0 (rdi = T) */
   guint64 sink_end;          /* 128 after detaching: end of a private chunk-sized sink */
   volatile gint npending;    /* 136 */
-  guint32 reserved;          /* 140 */
+  guint32 rc_used;           /* 140 an entry went into the return cache since it was emptied */
   guint32 pending[32];       /* 144 ids a signal handler left for the next block to append */
   volatile guint64 * check;  /* 272 BRANCHTRACE_STALKER_CHECK: a block counter apart from
                               *     the store (a shared page the tracer reads); else NULL */
@@ -79,10 +79,14 @@ struct _BtThread
                               *     that a swallowed Ctrl-C cut short is issued again */
 };
 
-/* The return cache: direct-mapped by a hash of the return address; an empty entry's
- * key is an address no return can go to (not canonical). */
-#define BT_RC_ENTRIES 8192
+/* The return cache: direct-mapped by a hash of the return address, 262144 entries of
+ * 16 bytes (4 MiB of address space a thread, its pages touched only as entries fill).
+ * A key is the address inverted (BT_RC_KEY), so that an empty entry, key 0, is what a
+ * fresh anonymous page holds: no address inverts to 0 but ~0, which no return or jump
+ * reaches. BT_RC_EMPTY is "no address" for `want`. */
+#define BT_RC_ENTRIES 262144
 #define BT_RC_EMPTY (~(guint64) 0)
+#define BT_RC_KEY(a) (~(guint64) (a))
 #define BT_RC_INDEX(a) ((((guint32) (a) >> 13) ^ (guint32) (a)) & (BT_RC_ENTRIES - 1))
 
 /* The block table entry: 32 bytes, little-endian (branchtrace/store/blocks.py BLOCK_DTYPE). */
