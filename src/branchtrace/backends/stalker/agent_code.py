@@ -81,11 +81,31 @@ def fast_fill() -> bool:
     return _choice(FASTFILL_ENV, "1", ("1", "0")) == "1"
 
 
+#: Stalker's trust threshold (how often a block must run again before its code is
+#: trusted and jumps to it are backpatched; 0: at once); unset: Frida's default, 1.
+#: For measuring (docs/benchmarks.md).
+TRUST_ENV = "BRANCHTRACE_STALKER_TRUST"
+
+
+def trust_threshold() -> int | None:
+    value = os.environ.get(TRUST_ENV, "")
+    if value == "":
+        return None
+    try:
+        threshold = int(value)
+    except ValueError:
+        threshold = -2
+    if threshold < -1:
+        raise UsageError(f"{TRUST_ENV}={value!r}: give -1 (never trust), 0, or a count")
+    return threshold
+
+
 def agent_options() -> tuple[dict[str, Any], list[str]]:
     """The agent's parameters set from the environment (benchmarking and test aids),
     and the notes a trace gets for those that are not the default."""
     options = {"variant": benchmark_variant(), "retcache": return_cache(),
-               "handlers": handler_insides(), "fastFill": fast_fill()}
+               "handlers": handler_insides(), "fastFill": fast_fill(),
+               "trust": trust_threshold()}
     notes = []
     if options["variant"]:
         notes.append(f"{VARIANT_ENV}={options['variant']}: a benchmarking variant, "
@@ -93,6 +113,8 @@ def agent_options() -> tuple[dict[str, Any], list[str]]:
     if not options["retcache"]:
         notes.append(f"{RETCACHE_ENV}=0: returns and indirect branches went through "
                      "Stalker's own caches (and every signal handler ran natively)")
+    if options["trust"] is not None:
+        notes.append(f"{TRUST_ENV}={options['trust']}: Stalker's trust threshold was set")
     if not options["handlers"]:
         notes.append(f"{HANDLERS_ENV}=entry: signal handlers ran natively")
     return options, notes
