@@ -35,6 +35,7 @@ from pathlib import Path
 
 MARKER_OP = b"\x0f\x1f\x80"          # nop dword [rax+disp32]: the body's end marker
 SAVE_RAX = b"\x48\xa3"                # mov [moffs64], rax: our code's first instruction
+SAVE_RCX_LOW = b"\x48\x89\x0c\x25"      # mov [disp32], rcx: the same below 2 GiB
 
 
 def program_pid(bt: subprocess.Popen[bytes], exe: str) -> int | None:
@@ -86,6 +87,7 @@ def classify(regions: list[tuple[int, int, bytes]], samples: list[tuple[int, str
     contexts = [t for t, n in bases.most_common(64) if n > 100 and t % 4096 == 0]
     marker = MARKER_OP + markers.most_common(1)[0][0] if markers else b"\xff" * 8
     starts = [SAVE_RAX + struct.pack("<Q", t) for t in contexts]
+    starts += [SAVE_RCX_LOW + struct.pack("<I", t + 8) for t in contexts if t < 1 << 31]
     out: collections.Counter[str] = collections.Counter()
     for ip, dso in samples:
         region = next(((lo, data) for lo, hi, data in regions if lo <= ip < hi), None)
@@ -101,7 +103,7 @@ def classify(regions: list[tuple[int, int, bytes]], samples: list[tuple[int, str
         if m < 0 and r < 0:
             out["generated code: other (Stalker's helpers, CModules)"] += 1
         elif m > r:
-            ours = data[base + m + 7:base + m + 9] == SAVE_RAX
+            ours = data[base + m + 7:base + m + 9] == SAVE_RAX   # a lookup follows the end
             out["generated code: exit (our lookup)" if ours
                 else "generated code: exit (Stalker)"] += 1
         else:

@@ -136,6 +136,20 @@ def test_signal_handler_inside(build, backend):
     assert main_window_all(trace).count(("on_signal", "return")) == 3
 
 
+@pytest.mark.parametrize("fixture", FIXTURES)
+def test_ring_records_what_stream_records(build, fixture):
+    """Ring mode's default ring (2^16 records) has block-start code of its own when the
+    thread's memory is below 2 GiB (emit.c, build_record_low): the same branches as the
+    stream mode's code, and nothing lost (each fixture fits in the ring)."""
+    need_backend("stalker")
+    exe = build(fixture)
+    ring = record(Target(argv=(str(exe),)), RecordConfig(backend="stalker", mode="ring"))
+    _, stream = traced(build, "stalker", fixture)
+    assert sum(ring.lost.values()) == 0
+    assert len(stream) >= 2
+    assert main_window(ring, exe) == stream
+
+
 def main_window_all(trace: Trace) -> list[tuple[str, str]]:
     b = trace.branches(trace.pid)
     names = trace.symbolizer.resolve(b["from_ip"])

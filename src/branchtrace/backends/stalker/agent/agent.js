@@ -110,12 +110,31 @@ function openFile(path) {
   return fd;
 }
 
+/* Address space for a thread's memory: below 2 GiB when `low` and the kernel has room
+ * there (MAP_32BIT: between 1 and 2 GiB), so that its block-start code addresses it
+ * with a disp32 and needs no register but rcx (emit.c, build_record_low); else anywhere. */
+const LOW_LIMIT = ptr('0x7ff00000');
+
+function reserve(size, low) {
+  const flags = MAP_PRIVATE | MAP_ANON | MAP_NORESERVE;
+  if (low) {
+    const p = libc.mmap(NULL, size, PROT_NONE, flags | MAP_32BIT, -1, 0);
+    if (!p.equals(ptr(-1))) {
+      if (p.add(size).compare(LOW_LIMIT) <= 0)
+        return p;
+      libc.munmap(p, size);
+    }
+  }
+  return mmap(NULL, size, PROT_NONE, flags, -1, 0);
+}
+
 /* One reservation per thread: [region][entry page][private context page], and with
- * BRANCHTRACE_STALKER_CHECK a page of the check file holding the thread's counter. */
+ * BRANCHTRACE_STALKER_CHECK a page of the check file holding the thread's counter. The
+ * return cache is a mapping of its own. */
 function mapThread(tid, slot) {
   const p = params;
-  const size = p.regionBytes + (p.checkPath !== null ? 3 : 2) * PAGE + RETCACHE_BYTES;
-  const base = mmap(NULL, size, PROT_NONE, MAP_PRIVATE | MAP_ANON | MAP_NORESERVE, -1, 0);
+  const size = p.regionBytes + (p.checkPath !== null ? 3 : 2) * PAGE;
+  const base = reserve(size, p.mode === 1 && p.capacity === 65536);
   const fd = openFile(p.storePath);
   try {
     const entryOffset = p.tableOffset + p.entrySize * slot.index;
@@ -130,9 +149,8 @@ function mapThread(tid, slot) {
     if (p.checkPath !== null && slot.checkIndex !== null)
       mapCheck(ctx, base.add(p.regionBytes + 2 * PAGE), slot.checkIndex);
     if (p.retcache) {
-      const cache = base.add(size - RETCACHE_BYTES);
-      mmap(cache, RETCACHE_BYTES, PROT_RW, MAP_PRIVATE | MAP_ANON | MAP_FIXED | MAP_NORESERVE,
-           -1, 0);
+      const cache = mmap(NULL, RETCACHE_BYTES, PROT_RW, MAP_PRIVATE | MAP_ANON | MAP_NORESERVE,
+                         -1, 0);
       ctx.add(TH.retcache).writePointer(cache);
       ctx.add(TH.jslot).writePointer(newJumpSlot());
     }
@@ -594,6 +612,7 @@ rpc.exports = {
     libc.open = fn('open', 'int', ['pointer', 'int', 'int']);
     libc.close = fn('close', 'int', ['int']);
     libc.mmap = fn('mmap', 'pointer', ['pointer', 'size_t', 'int', 'int', 'int', 'int64']);
+    libc.munmap = fn('munmap', 'int', ['pointer', 'size_t']);
     libc.mprotect = fn('mprotect', 'int', ['pointer', 'size_t', 'int']);
     libc.getpid = fn('getpid', 'int', []);
     params.pid = libc.getpid();

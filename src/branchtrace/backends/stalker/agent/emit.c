@@ -189,6 +189,72 @@ emit_store_id (BtCode * c, gint32 disp, guint32 id)
 
 static gboolean build_record (BtCode * out, BtThread * t, guint32 id);
 
+/* `48 op 0c 25 disp32`: rcx and an absolute address below 2 GiB (ModRM rm=100, SIB: no
+ * base, no index) */
+static void
+emit_rcx_abs (BtCode * c, guint8 prefix, guint8 op, guint64 address)
+{
+  e1 (c, prefix); e1 (c, op); e1 (c, 0x0c); e1 (c, 0x25); e4 (c, (guint32) address);
+}
+
+/* Is everything the block-start code of `t` touches below BT_LOW_LIMIT (agent.js maps a
+ * ring thread's memory there when it can)? */
+static gboolean
+bt_is_low (BtThread * t)
+{
+  guint64 T = GPOINTER_TO_SIZE (t), region = GPOINTER_TO_SIZE (t->region);
+  guint64 entry = GPOINTER_TO_SIZE (t->entry), check = GPOINTER_TO_SIZE (t->check);
+
+  return T + 4096 <= BT_LOW_LIMIT && region + t->region_bytes <= BT_LOW_LIMIT &&
+      entry + 64 <= BT_LOW_LIMIT && check + 8 <= BT_LOW_LIMIT;
+}
+
+/* The ring of 2^16 records when the thread's memory is below 2 GiB: every address fits
+ * a disp32, so the code needs no base register and rcx alone is saved. rax, which a
+ * block's body often uses at once (a return value), never goes through memory: its
+ * store and reload cost 3-9% of the whole run on bzip2, cc1 and jq (docs/stalker.md).
+ *   mov [T+8], rcx; mov rcx, [T+nopend]; jrcxz pend
+ *   movzx ecx, word [W]; mov dword [rcx*4 + region], id       (W: `written`)
+ *   mov rcx, [W]; lea rcx, [rcx+1]; mov [W], rcx
+ *   mov rcx, [T+8]; jmp body
+ *   pend: mov [T], rax; mov eax, T; the call out; mov rax, [rax]; jmp back
+ * (the pend path saves rax in a form that is no block start to signals.c) */
+static void
+build_record_low (BtCode * c, BtThread * t, guint32 id)
+{
+  guint64 T = GPOINTER_TO_SIZE (t), W = GPOINTER_TO_SIZE (t->entry) + 16;
+  guint ppos, pback, spos;
+
+  emit_rcx_abs (c, 0x48, 0x89, T + OFF_SAVE_RCX);                      /* mov [T+8], rcx */
+  emit_rcx_abs (c, 0x48, 0x8b, T + OFF_NOPEND);                        /* mov rcx, [np] */
+  e1 (c, 0xe3); ppos = c->n; e1 (c, 0);                                 /* jrcxz pend */
+  pback = c->n;
+  c->lo = c->n;
+  if (t->check != NULL)
+  {
+    emit_rcx_abs (c, 0x48, 0x8b, GPOINTER_TO_SIZE (t->check));
+    en (c, (const guint8 []) { 0x48, 0x8d, 0x49, 0x01 }, 4);           /* lea rcx, [rcx+1] */
+    emit_rcx_abs (c, 0x48, 0x89, GPOINTER_TO_SIZE (t->check));
+  }
+  emit_rcx_abs (c, 0x0f, 0xb7, W);                                     /* movzx ecx, w[W] */
+  en (c, (const guint8 []) { 0xc7, 0x04, 0x8d }, 3);                   /* mov [rcx*4+R], id */
+  e4 (c, (guint32) GPOINTER_TO_SIZE (t->region)); e4 (c, id);
+  emit_rcx_abs (c, 0x48, 0x8b, W);                                     /* mov rcx, [W] */
+  en (c, (const guint8 []) { 0x48, 0x8d, 0x49, 0x01 }, 4);             /* lea rcx, [rcx+1] */
+  emit_rcx_abs (c, 0x48, 0x89, W);                                     /* mov [W], rcx */
+  c->hi = c->n;
+  emit_rcx_abs (c, 0x48, 0x8b, T + OFF_SAVE_RCX);                      /* mov rcx, [T+8] */
+  e1 (c, 0xe9); spos = c->n; e4 (c, 0);                                 /* jmp body */
+  c->jend = c->n;
+  patch_here (c, ppos);
+  en (c, (const guint8 []) { 0x48, 0x89, 0x04, 0x25 }, 4); e4 (c, (guint32) T); /* mov [T], rax */
+  e1 (c, 0xb8); e4 (c, (guint32) T);                                   /* mov eax, T */
+  emit_call_out_args (c, T, OFF_FLUSH, TRUE, id);
+  en (c, (const guint8 []) { 0x48, 0x8b, 0x00 }, 3);                   /* mov rax, [rax] */
+  emit_jmp_back (c, pback);
+  patch_here32 (c, spos);
+}
+
 static gboolean
 emit_record (GumX86Writer * cw, BtThread * t, guint32 id)
 {
@@ -247,7 +313,9 @@ build_record (BtCode * out, BtThread * t, guint32 id)
   check = (t->check != NULL)
       ? (gint32) ((gint64) GPOINTER_TO_SIZE (t->check) - (gint64) T) : 0;
 
-  if (t->mode == 1 && t->ring_pow2 == 16)
+  if (t->mode == 1 && t->ring_pow2 == 16 && bt_is_low (t))
+    build_record_low (&c, t, id);
+  else if (t->mode == 1 && t->ring_pow2 == 16)
   {
     /* ring of 2^16 records: movzx ecx, word [rax+W] is written % 65536 */
     ppos = emit_enter (&c, T, FALSE, &pback);

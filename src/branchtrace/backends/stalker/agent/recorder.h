@@ -89,6 +89,9 @@ struct _BtThread
 #define BT_RC_KEY(a) (~(guint64) (a))
 #define BT_RC_INDEX(a) ((((guint32) (a) >> 13) ^ (guint32) (a)) & (BT_RC_ENTRIES - 1))
 
+/* What block-start code may address with a disp32 alone (emit.c, build_record_low) */
+#define BT_LOW_LIMIT 0x7ff00000ULL
+
 /* The block table entry: 32 bytes, little-endian (branchtrace/store/blocks.py BLOCK_DTYPE). */
 struct _BtBlock
 {

@@ -172,6 +172,14 @@ bt_safe_point (BtThread * t, guint64 pc)
     if (p[0] == 0x0f && p[1] == 0x1f && p[2] == 0x80 &&
         *(const guint32 *) (p + 3) == bt_config.marker)
       return a + 7 == pc;             /* right after the body's end, or past it */
+    if (a + 8 <= pc && p[0] == 0x48 && p[1] == 0x89 && p[2] == 0x0c && p[3] == 0x25 &&
+        T < BT_LOW_LIMIT && *(const guint32 *) (p + 4) == (guint32) (T + OFF_SAVE_RCX))
+    {
+      guint64 off = pc - a;           /* a block start below 2 GiB (build_record_low) */
+
+      return off < t->seq_lo || (off >= t->seq_hi && off < t->seq_jend) ||
+          off >= t->record_len;
+    }
     if (a + 20 <= pc && p[0] == 0x48 && p[1] == 0xa3 &&
         *(const guint64 *) (p + 2) == T + OFF_SAVE_RAX)
     {
