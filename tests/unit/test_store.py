@@ -357,8 +357,10 @@ def test_config_from_size() -> None:
     assert (stream.chunk_records, stream.nchunks, stream.capacity_records) == (65536, 3, 196608)
     small = StoreConfig.from_size(parse_size("1"), STREAM)
     assert (small.chunk_records, small.nchunks) == (1, 2)
-    default = StoreConfig.from_size(None, STREAM)
-    assert (default.chunk_records, default.nchunks) == (65536, 4)
+    default = StoreConfig.from_size(None, STREAM, Encoding.BLOCKID)   # 4 MiB
+    assert (default.chunk_records, default.nchunks) == (65536, 16)
+    fromto = StoreConfig.from_size(None, STREAM)       # as many whole chunks as fit 4 MiB
+    assert (fromto.chunk_records, fromto.nchunks) == (65536, 2)
     with pytest.raises(UsageError, match="whole number of chunks"):
         StoreConfig(STREAM, Encoding.FROMTO, 10, 3)
     with pytest.raises(UsageError):

@@ -108,7 +108,7 @@ def add_record_arguments(p: argparse.ArgumentParser) -> None:
                         "stream: lossless, the program waits when the buffer is full")
     g.add_argument("--buffer", metavar="SIZE",
                    help="per-thread buffer: records (65536, 64K, 1M) or bytes (16MiB); "
-                        "default 64K records in ring mode")
+                        "default 64K records in ring mode, 4MiB in stream mode")
     g.add_argument("--memory-limit", metavar="BYTES",
                    help="most memory the buffers may take (default: what the machine can give)")
     g.add_argument("--start", metavar="SYMBOL",
