@@ -112,16 +112,22 @@ function openFile(path) {
 
 /* Address space for a thread's memory: below 2 GiB when `low` and the kernel has room
  * there (MAP_32BIT: between 1 and 2 GiB), so that its block-start code addresses it
- * with a disp32 and needs no register but rcx (emit.c, build_record_low); else anywhere. */
+ * with a disp32 and keeps rax out of memory (emit.c, build_record_low and
+ * build_stream_low); else anywhere. At most LOW_BUDGET of that range is ours, the rest
+ * stays the program's (LuaJIT, some JITs and non-PIE heaps live there). */
 const LOW_LIMIT = ptr('0x7ff00000');
+const LOW_BUDGET = 64 * 1024 * 1024;
+let lowUsed = 0;
 
 function reserve(size, low) {
   const flags = MAP_PRIVATE | MAP_ANON | MAP_NORESERVE;
-  if (low) {
+  if (low && lowUsed + size <= LOW_BUDGET) {
     const p = libc.mmap(NULL, size, PROT_NONE, flags | MAP_32BIT, -1, 0);
     if (!p.equals(ptr(-1))) {
-      if (p.add(size).compare(LOW_LIMIT) <= 0)
+      if (p.add(size).compare(LOW_LIMIT) <= 0) {
+        lowUsed += size;
         return p;
+      }
       libc.munmap(p, size);
     }
   }
@@ -134,7 +140,7 @@ function reserve(size, low) {
 function mapThread(tid, slot) {
   const p = params;
   const size = p.regionBytes + (p.checkPath !== null ? 3 : 2) * PAGE;
-  const base = reserve(size, p.mode === 1 && p.capacity === 65536);
+  const base = reserve(size, (p.mode === 1 && p.capacity === 65536) || p.mode === 2);
   const fd = openFile(p.storePath);
   try {
     const entryOffset = p.tableOffset + p.entrySize * slot.index;

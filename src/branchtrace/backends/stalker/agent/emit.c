@@ -197,6 +197,38 @@ emit_rcx_abs (BtCode * c, guint8 prefix, guint8 op, guint64 address)
   e1 (c, prefix); e1 (c, op); e1 (c, 0x0c); e1 (c, 0x25); e4 (c, (guint32) address);
 }
 
+/* `48 op 14 25 disp32`: the same with rdx */
+static void
+emit_rdx_abs (BtCode * c, guint8 op, guint64 address)
+{
+  e1 (c, 0x48); e1 (c, op); e1 (c, 0x14); e1 (c, 0x25); e4 (c, (guint32) address);
+}
+
+/* BRANCHTRACE_STALKER_CHECK below 2 GiB: mov rcx, [check]; lea rcx, [rcx+1];
+ * mov [check], rcx (nothing when off) */
+static void
+emit_check_low (BtCode * c, BtThread * t)
+{
+  if (t->check == NULL)
+    return;
+  emit_rcx_abs (c, 0x48, 0x8b, GPOINTER_TO_SIZE (t->check));
+  en (c, (const guint8 []) { 0x48, 0x8d, 0x49, 0x01 }, 4);             /* lea rcx, [rcx+1] */
+  emit_rcx_abs (c, 0x48, 0x89, GPOINTER_TO_SIZE (t->check));
+}
+
+/* A call out of code that keeps rax out of T: save rax (`mov [T], rax` in its disp32
+ * form, which signals.c does not take for a block start), rax = T, the call, rax put
+ * back, and a jump back to `back` */
+static void
+emit_call_out_low (BtCode * c, guint64 T, guint8 fn, gboolean args, guint32 id, guint back)
+{
+  en (c, (const guint8 []) { 0x48, 0x89, 0x04, 0x25 }, 4); e4 (c, (guint32) T); /* mov [T], rax */
+  e1 (c, 0xb8); e4 (c, (guint32) T);                                   /* mov eax, T */
+  emit_call_out_args (c, T, fn, args, id);
+  en (c, (const guint8 []) { 0x48, 0x8b, 0x00 }, 3);                   /* mov rax, [rax] */
+  emit_jmp_back (c, back);
+}
+
 /* Is everything the block-start code of `t` touches below BT_LOW_LIMIT (agent.js maps a
  * ring thread's memory there when it can)? */
 static gboolean
@@ -230,12 +262,7 @@ build_record_low (BtCode * c, BtThread * t, guint32 id)
   e1 (c, 0xe3); ppos = c->n; e1 (c, 0);                                 /* jrcxz pend */
   pback = c->n;
   c->lo = c->n;
-  if (t->check != NULL)
-  {
-    emit_rcx_abs (c, 0x48, 0x8b, GPOINTER_TO_SIZE (t->check));
-    en (c, (const guint8 []) { 0x48, 0x8d, 0x49, 0x01 }, 4);           /* lea rcx, [rcx+1] */
-    emit_rcx_abs (c, 0x48, 0x89, GPOINTER_TO_SIZE (t->check));
-  }
+  emit_check_low (c, t);
   emit_rcx_abs (c, 0x0f, 0xb7, W);                                     /* movzx ecx, w[W] */
   en (c, (const guint8 []) { 0xc7, 0x04, 0x8d }, 3);                   /* mov [rcx*4+R], id */
   e4 (c, (guint32) GPOINTER_TO_SIZE (t->region)); e4 (c, id);
@@ -247,11 +274,48 @@ build_record_low (BtCode * c, BtThread * t, guint32 id)
   e1 (c, 0xe9); spos = c->n; e4 (c, 0);                                 /* jmp body */
   c->jend = c->n;
   patch_here (c, ppos);
-  en (c, (const guint8 []) { 0x48, 0x89, 0x04, 0x25 }, 4); e4 (c, (guint32) T); /* mov [T], rax */
-  e1 (c, 0xb8); e4 (c, (guint32) T);                                   /* mov eax, T */
-  emit_call_out_args (c, T, OFF_FLUSH, TRUE, id);
-  en (c, (const guint8 []) { 0x48, 0x8b, 0x00 }, 3);                   /* mov rax, [rax] */
-  emit_jmp_back (c, pback);
+  emit_call_out_low (c, T, OFF_FLUSH, TRUE, id, pback);
+  patch_here32 (c, spos);
+}
+
+/* Stream mode the same way (rcx and rdx saved; the chunk's end is a pointer in T):
+ *   mov [T+8], rcx; mov [T+16], rdx; mov rcx, [T+nopend]; jrcxz pend
+ *   mov rcx, [T+cursor]; mov rdx, [T+chunk_end]; mov dword [rdx+rcx*4], id
+ *   lea rcx, [rcx+1]; mov [T+cursor], rcx; mov rdx, [W]; lea rdx, [rdx+1]; mov [W], rdx
+ *   jrcxz slow; mov rdx, [T+16]; mov rcx, [T+8]; jmp body
+ *   pend, slow: rax saved, the call out, rax put back, back where they left */
+static void
+build_stream_low (BtCode * c, BtThread * t, guint32 id)
+{
+  guint64 T = GPOINTER_TO_SIZE (t), W = GPOINTER_TO_SIZE (t->entry) + 16;
+  guint ppos, pback, jpos, bpos, spos;
+
+  emit_rcx_abs (c, 0x48, 0x89, T + OFF_SAVE_RCX);                      /* mov [T+8], rcx */
+  emit_rdx_abs (c, 0x89, T + OFF_SAVE_RDX);                            /* mov [T+16], rdx */
+  emit_rcx_abs (c, 0x48, 0x8b, T + OFF_NOPEND);                        /* mov rcx, [np] */
+  e1 (c, 0xe3); ppos = c->n; e1 (c, 0);                                 /* jrcxz pend */
+  pback = c->n;
+  c->lo = c->n;
+  emit_check_low (c, t);
+  emit_rcx_abs (c, 0x48, 0x8b, T + OFF_CURSOR);                        /* mov rcx, [cursor] */
+  emit_rdx_abs (c, 0x8b, T + OFF_CHUNK_END);                           /* mov rdx, [end] */
+  e1 (c, 0xc7); e1 (c, 0x04); e1 (c, 0x8a); e4 (c, id);                /* mov [rdx+rcx*4], id */
+  en (c, (const guint8 []) { 0x48, 0x8d, 0x49, 0x01 }, 4);             /* lea rcx, [rcx+1] */
+  emit_rcx_abs (c, 0x48, 0x89, T + OFF_CURSOR);                        /* mov [cursor], rcx */
+  emit_rdx_abs (c, 0x8b, W);                                           /* mov rdx, [W] */
+  en (c, (const guint8 []) { 0x48, 0x8d, 0x52, 0x01 }, 4);             /* lea rdx, [rdx+1] */
+  emit_rdx_abs (c, 0x89, W);                                           /* mov [W], rdx */
+  e1 (c, 0xe3); jpos = c->n; e1 (c, 0);                                 /* jrcxz slow */
+  bpos = c->n;
+  c->hi = c->n;
+  emit_rdx_abs (c, 0x8b, T + OFF_SAVE_RDX);                            /* mov rdx, [T+16] */
+  emit_rcx_abs (c, 0x48, 0x8b, T + OFF_SAVE_RCX);                      /* mov rcx, [T+8] */
+  e1 (c, 0xe9); spos = c->n; e4 (c, 0);                                 /* jmp body */
+  c->jend = c->n;
+  patch_here (c, ppos);
+  emit_call_out_low (c, T, OFF_FLUSH, TRUE, id, pback);
+  patch_here (c, jpos);
+  emit_call_out_low (c, T, OFF_SLOW, FALSE, 0, bpos);                 /* slow: reserve */
   patch_here32 (c, spos);
 }
 
@@ -315,6 +379,8 @@ build_record (BtCode * out, BtThread * t, guint32 id)
 
   if (t->mode == 1 && t->ring_pow2 == 16 && bt_is_low (t))
     build_record_low (&c, t, id);
+  else if (t->mode == 2 && bt_is_low (t))
+    build_stream_low (&c, t, id);
   else if (t->mode == 1 && t->ring_pow2 == 16)
   {
     /* ring of 2^16 records: movzx ecx, word [rax+W] is written % 65536 */
