@@ -284,7 +284,8 @@ def _record(target: Target, config: RecordConfig, choice: Choice,
         header = FileHeader(int(sconfig.encoding), int(sconfig.mode), sconfig.record_size,
                             sconfig.capacity_records, sconfig.chunk_records, target.pid or 0,
                             start_ns, backend.name, f"branchtrace {__version__}", target.argv)
-        writer = TraceWriter.create(output, header, workers=compress_workers())
+        writer = TraceWriter.create(output, header, workers=compress_workers(),
+                                    coalesce=sconfig.mode == StoreMode.STREAM)
     sink = Collector(writer, keep, listener, start_ns, backend, target.argv)
     try:
         with Store.create(sconfig) as store:
