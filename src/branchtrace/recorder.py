@@ -392,6 +392,7 @@ def finish_file(writer: TraceWriter, sink: Collector, result: RunResult, gaps: l
     try:
         if sink.error is not None:
             raise sink.error
+        writer.flush_carried()         # every record in a chunk before the counts below
         blocks = result.blocks
         sink.write_meta(None if blocks is None else blocks[sink.blocks_written:], result.modules)
         sink.write_processes(result.processes)

@@ -237,3 +237,21 @@ def test_a_report_that_cannot_be_written_leaves_the_programs_status(build, tmp_p
     lines = result.stderr.strip().splitlines()
     assert lines == ["branchtrace: the report could not be made: cannot write the report to "
                      "/dev/full: No space left on device"], lines
+
+
+@pytest.mark.parametrize("buffer", [[], ["--buffer", "128K"]])
+def test_stalker_stream_file_counts_every_record_it_holds(build, tmp_path, buffer):
+    """The writer joins a stream's drains into whole chunks and holds a tail back: the
+    THREAD record's count of records kept must include that tail (a reader takes the
+    chunks up to it), and equal what the program wrote."""
+    need_backend("stalker")
+    from branchtrace.tracefile import scan
+
+    exe, out = build("loop"), tmp_path / "s.btrace"
+    result = cli("run", "--backend", "stalker", "--mode", "stream", *buffer, "-o", str(out),
+                 "--report", "never", "--", str(exe), "200000")
+    assert result.returncode == 0, result.stderr
+    tf = scan(out)
+    (info,) = tf.threads
+    in_file = sum(c.head.count for c in tf.chunks[info.tid])
+    assert info.kept == in_file == info.written > 65536 and info.lost == 0
