@@ -13,7 +13,8 @@ from ...errors import UsageError
 
 #: The C code compiled in the target, in this order into one CModule (one translation
 #: unit: TinyCC compiles a single source).
-C_SOURCES = ("recorder.h", "emit.c", "signals.c", "xstate.c", "recorder.c")
+C_SOURCES = ("recorder.h", "emit.c", "lookups.c", "thread.c", "signals.c", "xstate.c",
+             "recorder.c")
 
 
 #: The agent script, in this order into one script (Frida loads one source; line numbers

@@ -1,7 +1,8 @@
 /*
  * branchtrace Stalker agent, part 1 of 6 (agent_code.py concatenates agent.js,
  * signals.js, crash.js, detach.js, ours.js and trigger.js into one script): follows every thread of the target with Stalker and a
- * CModule transform (recorder.h, emit.c, signals.c, recorder.c) that makes each block
+ * CModule transform (recorder.h, emit.c, lookups.c, thread.c, signals.c, xstate.c,
+ * recorder.c) that makes each block
  * append its id to the thread's region of the shared store. The host
  * (backends/stalker/host.py) drives it through rpc.exports and answers its slot
  * requests; bulk data never travels as messages.
@@ -56,7 +57,7 @@ const SA_SIGINFO = 4, SA_RESTART = 0x10000000, SIGINT = 2, SIGABRT = 6, SIGBUS =
 const TH = { cursor: 24, chunkEnd: 32, slow: 40, entry: 56, region: 64, capacity: 72,
              chunk: 80, inSlow: 104, nopend: 112, flush: 120, sinkEnd: 128, npending: 136,
              check: 272, retcache: 280, jslot: 304, sharesTls: 340 };
-/* the return cache (emit.c, "Returns"): 262144 entries of 16 bytes per thread */
+/* the return cache (lookups.c, "Returns"): 262144 entries of 16 bytes per thread */
 const RETCACHE_BYTES = 262144 * 16;
 /* and each thread's jump slot, 8 bytes below 2 GiB (MAP_32BIT), 64 bytes apart */
 const MAP_32BIT = 0x40;

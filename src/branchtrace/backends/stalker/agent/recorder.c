@@ -1,5 +1,5 @@
 /*
- * branchtrace Stalker recorder, part 4 of 4: the transform that makes every block
+ * branchtrace Stalker recorder, part 6 of 6: the transform that makes every block
  * record itself.
  *
  * Compiled inside the target by Frida's CModule (TinyCC). For each block Stalker
@@ -11,7 +11,7 @@
  *   3. keeps every instruction unchanged, and
  *   4. writes the block's table entry (start, last instruction, end, kind, flags),
  *   5. emits a lookup in the thread's cache of blocks before a `ret` and an indirect
- *      call or jump (emit.c, "Returns").
+ *      call or jump (lookups.c, "Returns").
  *
  * Per-thread memory (one reservation, mapped by the agent):
  *

@@ -1,5 +1,5 @@
 /*
- * branchtrace Stalker recorder, part 1 of 4: the types shared by the C code compiled in
+ * branchtrace Stalker recorder, part 1 of 6: the types shared by the C code compiled in
  * the target (the agent concatenates recorder.h, emit.c, signals.c and recorder.c into
  * one CModule: TinyCC compiles a single translation unit).
  */

@@ -1,5 +1,5 @@
 /*
- * branchtrace Stalker recorder, part 3 of 4: signal handlers (docs/stalker.md,
+ * branchtrace Stalker recorder, part 5 of 6: signal handlers (docs/stalker.md,
  * "Signal handlers").
  */
 
@@ -99,7 +99,7 @@ bt_leave_pending (BtThread * t, guint32 id)
 static void bt_cache_put (BtThread * t, guint64 real, guint64 code);
 
 /* Called from the first instructions of block `id`, whose code starts at `code`, when
- * nopend is 0: put the block in the cache if the last cache miss wanted it (emit.c,
+ * nopend is 0: put the block in the cache if the last cache miss wanted it (lookups.c,
  * "Returns"); append what signal handlers left, with signals blocked meanwhile. */
 void
 bt_flush_pending (BtThread * t, guint32 id, guint64 code)
