@@ -10,8 +10,9 @@ import numpy as np
 from branchtrace.model import Gap
 from branchtrace.store import Encoding, StoreMode
 from branchtrace.tracefile import TraceWriter, scan
-from branchtrace.tracefile.format import CHUNK_BYTES, FRAME, PREAMBLE, FileHeader, RecordType
+from branchtrace.tracefile.format import CHUNK_BYTES, FileHeader, RecordType
 from branchtrace.tracefile.writer import CARRY_NS
+from test_tracefile import records
 
 T0 = 10**18
 STEP = CHUNK_BYTES // 4                      # block ids in a whole file chunk
@@ -27,17 +28,6 @@ def _drains(seed: int) -> list[np.ndarray]:
     """What a consumer drains from a 16-chunk buffer: 1 to 6 chunks of 65536 at a time."""
     rng = np.random.default_rng(seed)
     return [rng.integers(0, 5000, 65536 * int(k), dtype="<u4") for k in rng.integers(1, 7, 40)]
-
-
-def records(path: Path) -> list[tuple[int, int, int]]:
-    """(offset, type, length) of every record."""
-    data = path.read_bytes()
-    out, pos = [], PREAMBLE.size
-    while pos < len(data):
-        _, rtype, _, length, _ = FRAME.unpack_from(data, pos)
-        out.append((pos, rtype, length))
-        pos += FRAME.size + length
-    return out
 
 
 def _ids(path: Path, tid: int) -> tuple[np.ndarray, list[int]]:

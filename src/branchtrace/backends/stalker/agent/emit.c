@@ -189,19 +189,13 @@ emit_store_id (BtCode * c, gint32 disp, guint32 id)
 
 static gboolean build_record (BtCode * out, BtThread * t, guint32 id);
 
-/* `48 op 0c 25 disp32`: rcx and an absolute address below 2 GiB (ModRM rm=100, SIB: no
- * base, no index) */
+/* `prefix op modrm sib disp32`: register `reg` and an absolute address below 2 GiB
+ * (ModRM mod=00 rm=100, SIB: no base, no index), e.g. `48 89 0c 25` mov [a], rcx */
 static void
-emit_rcx_abs (BtCode * c, guint8 prefix, guint8 op, guint64 address)
+emit_abs (BtCode * c, guint8 prefix, guint8 op, guint reg, guint64 address)
 {
-  e1 (c, prefix); e1 (c, op); e1 (c, 0x0c); e1 (c, 0x25); e4 (c, (guint32) address);
-}
-
-/* `48 op 14 25 disp32`: the same with rdx */
-static void
-emit_rdx_abs (BtCode * c, guint8 op, guint64 address)
-{
-  e1 (c, 0x48); e1 (c, op); e1 (c, 0x14); e1 (c, 0x25); e4 (c, (guint32) address);
+  e1 (c, prefix); e1 (c, op); e1 (c, 0x04 | (reg << 3)); e1 (c, 0x25);
+  e4 (c, (guint32) address);
 }
 
 /* BRANCHTRACE_STALKER_CHECK below 2 GiB: mov rcx, [check]; lea rcx, [rcx+1];
@@ -211,9 +205,28 @@ emit_check_low (BtCode * c, BtThread * t)
 {
   if (t->check == NULL)
     return;
-  emit_rcx_abs (c, 0x48, 0x8b, GPOINTER_TO_SIZE (t->check));
+  emit_abs (c, 0x48, 0x8b, RCX, GPOINTER_TO_SIZE (t->check));
   en (c, (const guint8 []) { 0x48, 0x8d, 0x49, 0x01 }, 4);             /* lea rcx, [rcx+1] */
-  emit_rcx_abs (c, 0x48, 0x89, GPOINTER_TO_SIZE (t->check));
+  emit_abs (c, 0x48, 0x89, RCX, GPOINTER_TO_SIZE (t->check));
+}
+
+/* The start of both variants below 2 GiB: save rcx (and rdx), `mov rcx, [T+nopend];
+ * jrcxz pend`, and the test counter. Returns where the jrcxz displacement goes; `back`:
+ * where the pend path comes back to (the start of [lo, hi) too). */
+static guint
+emit_enter_low (BtCode * c, BtThread * t, gboolean save_rdx, guint * back)
+{
+  guint64 T = GPOINTER_TO_SIZE (t);
+  guint pos;
+
+  emit_abs (c, 0x48, 0x89, RCX, T + OFF_SAVE_RCX);                      /* mov [T+8], rcx */
+  if (save_rdx)
+    emit_abs (c, 0x48, 0x89, RDX, T + OFF_SAVE_RDX);                   /* mov [T+16], rdx */
+  emit_abs (c, 0x48, 0x8b, RCX, T + OFF_NOPEND);                        /* mov rcx, [np] */
+  e1 (c, 0xe3); pos = c->n; e1 (c, 0);                                  /* jrcxz pend */
+  *back = c->lo = c->n;
+  emit_check_low (c, t);
+  return pos;
 }
 
 /* A call out of code that keeps rax out of T: save rax (`mov [T], rax` in its disp32
@@ -222,7 +235,7 @@ emit_check_low (BtCode * c, BtThread * t)
 static void
 emit_call_out_low (BtCode * c, guint64 T, guint8 fn, gboolean args, guint32 id, guint back)
 {
-  en (c, (const guint8 []) { 0x48, 0x89, 0x04, 0x25 }, 4); e4 (c, (guint32) T); /* mov [T], rax */
+  emit_abs (c, 0x48, 0x89, RAX, T);                                     /* mov [T], rax */
   e1 (c, 0xb8); e4 (c, (guint32) T);                                   /* mov eax, T */
   emit_call_out_args (c, T, fn, args, id);
   en (c, (const guint8 []) { 0x48, 0x8b, 0x00 }, 3);                   /* mov rax, [rax] */
@@ -257,20 +270,15 @@ build_record_low (BtCode * c, BtThread * t, guint32 id)
   guint64 T = GPOINTER_TO_SIZE (t), W = GPOINTER_TO_SIZE (t->entry) + 16;
   guint ppos, pback, spos;
 
-  emit_rcx_abs (c, 0x48, 0x89, T + OFF_SAVE_RCX);                      /* mov [T+8], rcx */
-  emit_rcx_abs (c, 0x48, 0x8b, T + OFF_NOPEND);                        /* mov rcx, [np] */
-  e1 (c, 0xe3); ppos = c->n; e1 (c, 0);                                 /* jrcxz pend */
-  pback = c->n;
-  c->lo = c->n;
-  emit_check_low (c, t);
-  emit_rcx_abs (c, 0x0f, 0xb7, W);                                     /* movzx ecx, w[W] */
+  ppos = emit_enter_low (c, t, FALSE, &pback);
+  emit_abs (c, 0x0f, 0xb7, RCX, W);                                     /* movzx ecx, w[W] */
   en (c, (const guint8 []) { 0xc7, 0x04, 0x8d }, 3);                   /* mov [rcx*4+R], id */
   e4 (c, (guint32) GPOINTER_TO_SIZE (t->region)); e4 (c, id);
-  emit_rcx_abs (c, 0x48, 0x8b, W);                                     /* mov rcx, [W] */
+  emit_abs (c, 0x48, 0x8b, RCX, W);                                     /* mov rcx, [W] */
   en (c, (const guint8 []) { 0x48, 0x8d, 0x49, 0x01 }, 4);             /* lea rcx, [rcx+1] */
-  emit_rcx_abs (c, 0x48, 0x89, W);                                     /* mov [W], rcx */
+  emit_abs (c, 0x48, 0x89, RCX, W);                                     /* mov [W], rcx */
   c->hi = c->n;
-  emit_rcx_abs (c, 0x48, 0x8b, T + OFF_SAVE_RCX);                      /* mov rcx, [T+8] */
+  emit_abs (c, 0x48, 0x8b, RCX, T + OFF_SAVE_RCX);                      /* mov rcx, [T+8] */
   e1 (c, 0xe9); spos = c->n; e4 (c, 0);                                 /* jmp body */
   c->jend = c->n;
   patch_here (c, ppos);
@@ -290,26 +298,20 @@ build_stream_low (BtCode * c, BtThread * t, guint32 id)
   guint64 T = GPOINTER_TO_SIZE (t), W = GPOINTER_TO_SIZE (t->entry) + 16;
   guint ppos, pback, jpos, bpos, spos;
 
-  emit_rcx_abs (c, 0x48, 0x89, T + OFF_SAVE_RCX);                      /* mov [T+8], rcx */
-  emit_rdx_abs (c, 0x89, T + OFF_SAVE_RDX);                            /* mov [T+16], rdx */
-  emit_rcx_abs (c, 0x48, 0x8b, T + OFF_NOPEND);                        /* mov rcx, [np] */
-  e1 (c, 0xe3); ppos = c->n; e1 (c, 0);                                 /* jrcxz pend */
-  pback = c->n;
-  c->lo = c->n;
-  emit_check_low (c, t);
-  emit_rcx_abs (c, 0x48, 0x8b, T + OFF_CURSOR);                        /* mov rcx, [cursor] */
-  emit_rdx_abs (c, 0x8b, T + OFF_CHUNK_END);                           /* mov rdx, [end] */
+  ppos = emit_enter_low (c, t, TRUE, &pback);
+  emit_abs (c, 0x48, 0x8b, RCX, T + OFF_CURSOR);                        /* mov rcx, [cursor] */
+  emit_abs (c, 0x48, 0x8b, RDX, T + OFF_CHUNK_END);                     /* mov rdx, [end] */
   e1 (c, 0xc7); e1 (c, 0x04); e1 (c, 0x8a); e4 (c, id);                /* mov [rdx+rcx*4], id */
   en (c, (const guint8 []) { 0x48, 0x8d, 0x49, 0x01 }, 4);             /* lea rcx, [rcx+1] */
-  emit_rcx_abs (c, 0x48, 0x89, T + OFF_CURSOR);                        /* mov [cursor], rcx */
-  emit_rdx_abs (c, 0x8b, W);                                           /* mov rdx, [W] */
+  emit_abs (c, 0x48, 0x89, RCX, T + OFF_CURSOR);                        /* mov [cursor], rcx */
+  emit_abs (c, 0x48, 0x8b, RDX, W);                                     /* mov rdx, [W] */
   en (c, (const guint8 []) { 0x48, 0x8d, 0x52, 0x01 }, 4);             /* lea rdx, [rdx+1] */
-  emit_rdx_abs (c, 0x89, W);                                           /* mov [W], rdx */
+  emit_abs (c, 0x48, 0x89, RDX, W);                                     /* mov [W], rdx */
   e1 (c, 0xe3); jpos = c->n; e1 (c, 0);                                 /* jrcxz slow */
   bpos = c->n;
   c->hi = c->n;
-  emit_rdx_abs (c, 0x8b, T + OFF_SAVE_RDX);                            /* mov rdx, [T+16] */
-  emit_rcx_abs (c, 0x48, 0x8b, T + OFF_SAVE_RCX);                      /* mov rcx, [T+8] */
+  emit_abs (c, 0x48, 0x8b, RDX, T + OFF_SAVE_RDX);                      /* mov rdx, [T+16] */
+  emit_abs (c, 0x48, 0x8b, RCX, T + OFF_SAVE_RCX);                      /* mov rcx, [T+8] */
   e1 (c, 0xe9); spos = c->n; e4 (c, 0);                                 /* jmp body */
   c->jend = c->n;
   patch_here (c, ppos);

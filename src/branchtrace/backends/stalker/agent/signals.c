@@ -151,6 +151,14 @@ bt_flush_pending (BtThread * t, guint32 id, guint64 code)
  * (`mov [T], rax; mov rax, T`), body end (`nop dword [rax+marker]`) or lookup
  * (`mov [T], rax; lahf`), within 8 KiB of mapped memory; nothing at or after `pc` is read
  * (it may be the end of the mapping). */
+/* `off` bytes into a block's start code: only saving or restoring registers there, or
+ * past it in the body? */
+static gboolean
+bt_safe_offset (BtThread * t, guint64 off)
+{
+  return off < t->seq_lo || (off >= t->seq_hi && off < t->seq_jend) || off >= t->record_len;
+}
+
 static gboolean
 bt_safe_point (BtThread * t, guint64 pc)
 {
@@ -174,21 +182,13 @@ bt_safe_point (BtThread * t, guint64 pc)
       return a + 7 == pc;             /* right after the body's end, or past it */
     if (a + 8 <= pc && p[0] == 0x48 && p[1] == 0x89 && p[2] == 0x0c && p[3] == 0x25 &&
         T < BT_LOW_LIMIT && *(const guint32 *) (p + 4) == (guint32) (T + OFF_SAVE_RCX))
-    {
-      guint64 off = pc - a;           /* a block start below 2 GiB (build_record_low) */
-
-      return off < t->seq_lo || (off >= t->seq_hi && off < t->seq_jend) ||
-          off >= t->record_len;
-    }
+      return bt_safe_offset (t, pc - a);   /* a block start below 2 GiB (emit_enter_low) */
     if (a + 20 <= pc && p[0] == 0x48 && p[1] == 0xa3 &&
         *(const guint64 *) (p + 2) == T + OFF_SAVE_RAX)
     {
-      guint64 off = pc - a;
-
       if (p[10] != 0x48 || p[11] != 0xb8 || *(const guint64 *) (p + 12) != T)
         return FALSE;                 /* in a cache lookup */
-      return off < t->seq_lo || (off >= t->seq_hi && off < t->seq_jend) ||
-          off >= t->record_len;
+      return bt_safe_offset (t, pc - a);
     }
   }
   return FALSE;
