@@ -481,7 +481,10 @@ RING_TARGETS = {"bzip2": 1.8, "cc1": 4.0, "python3-real": 4.0, "sqlite3-join": 4
 def render15(rows, fixed, fixed_times, fixed_bad, args) -> str:
     """Issue 15's table: native, follow, ring, stream side by side as ratios, and stream
     against ring."""
+    with_valgrind = any("valgrind" in n for _, _, _, n, _, _ in rows)
     cmd = f"python bench/stalker_bench.py --set {args.set} --runs {args.runs}"
+    if with_valgrind:
+        cmd += f" --valgrind-runs {args.valgrind_runs}"
     if args.quick:
         cmd += " --quick"
     if args.only:
@@ -501,8 +504,10 @@ def render15(rows, fixed, fixed_times, fixed_bad, args) -> str:
          f"(runs: {', '.join(f'{t:.3f}' for t in fixed_times)})"
          f"{'; FAILURES: ' + '; '.join(fixed_bad) if fixed_bad else ''}; target <= 0.15 s.\n",
          "| workload | native s | follow | ring | stream -o | stream / ring | ring target "
-         "| stream MB | stdout |",
-         "|---|---:|---:|---:|---:|---:|---|---:|---|"]
+         "| stream MB | stdout |" + (" valgrind lackey | lackey / ring | lackey / stream |"
+                                    if with_valgrind else ""),
+         "|---|---:|---:|---:|---:|---:|---|---:|---|" + ("---:|---:|---:|" if with_valgrind
+                                                          else "")]
     for name, desc, med, n, bad, extra in rows:
         nat = med["native"]
         ring, stream, follow = med.get("ring"), med.get("stream"), med.get("follow")
@@ -515,8 +520,16 @@ def render15(rows, fixed, fixed_times, fixed_bad, args) -> str:
         problems = [f"{c}: {'; '.join(b)}" for c, b in bad.items() if b]
         ok = ("**MISMATCH/FAIL: " + " / ".join(problems) + "**" if problems
               else "identical (all runs)")
+        vg = med.get("valgrind")
+        lackey = (f" {r(vg)} | {vg / ring:.0f}x | {vg / stream:.0f}x |"
+                  if vg and ring and stream else " - | - | - |") if with_valgrind else ""
         L.append(f"| {desc} | {nat:.3f} | {r(follow)} | {r(ring)} | {r(stream)} | {sr} | "
-                 f"{tgt} | {mb} | {ok} |")
+                 f"{tgt} | {mb} | {ok} |{lackey}")
+    if with_valgrind:
+        L.append("\n*valgrind lackey*: `valgrind --tool=lackey --trace-superblocks=yes "
+                 "--log-file=/dev/null`, the nearest thing valgrind has to a branch trace "
+                 "(one line per superblock, thrown away); target: ring and stream each "
+                 ">= 100x faster.")
     return "\n".join(L) + "\n"
 
 
