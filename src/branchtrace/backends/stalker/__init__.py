@@ -103,7 +103,7 @@ class StalkerBackend(Backend):
 
             load()  # ~25 ms (asyncio deferred), while the reaper starts the program
 
-            attaching = Attaching(launcher.ready())
+            attaching = Attaching(launcher.ready(), load_agent=True)
         except BaseException:
             launcher.abandon()
             raise

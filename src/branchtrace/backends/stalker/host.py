@@ -26,7 +26,7 @@ from ...errors import BranchtraceError, MemoryLimitError, TargetError, UsageErro
 from ...model import ExitInfo, Gap, ModuleMap, ProcessInfo, StackSnapshot
 from ...store import HEADER_SIZE, THREAD_ENTRY_SIZE, Store
 from ...symbols.maps import merge_modules, modules_from_maps, read_maps
-from .agent_code import agent_options, agent_source, has_avx512, has_bmi2
+from .agent_code import LoadedAgent, agent_options, agent_source, has_avx512, has_bmi2
 from .check import CheckCounters, enabled
 from .children import ChildFollowing, ForkCatcher
 from .ending import Ending, snapshot_of
@@ -134,6 +134,8 @@ class Host(Resuming, ExecFollowing, ChildFollowing, Ending, Triggering):
         self._exec: ExecCatcher | None = None
         self._carried: set[int] = set()
         self._old_detached = threading.Event()
+        #: the agent script the attach thread loaded (start), taken by _load_agent
+        self._loaded: LoadedAgent | None = None
         self.init_trigger()     # run --trigger (triggers.py)
 
     # -- starting ------------------------------------------------------------------------
@@ -188,6 +190,7 @@ class Host(Resuming, ExecFollowing, ChildFollowing, Ending, Triggering):
         try:
             if attaching is not None:
                 self._device, self._session = attaching.result()
+                self._loaded = attaching.agent
             else:
                 self._device = self._device or frida.get_local_device()
                 self._session = (hold.attach_parked(pid, lambda: attach(self._device, pid))
@@ -218,9 +221,13 @@ class Host(Resuming, ExecFollowing, ChildFollowing, Ending, Triggering):
 
         self._refresh_modules()
         script_source, c_source = agent_source()
-        self._script = self._session.create_script(script_source, name="branchtrace")
-        self._script.on("message", self._on_message)
-        self._script.load()
+        loaded, self._loaded = self._loaded, None
+        if loaded is not None:   # loaded by the attach thread (launch.Attaching)
+            self._script = loaded.take(self._on_message)
+        else:
+            self._script = self._session.create_script(script_source, name="branchtrace")
+            self._script.on("message", self._on_message)
+            self._script.load()
         slots = [self._slot_for(pid)] if entry is not None else []  # the main thread
         params = {
             "source": c_source, "storePath": str(self.store.path),

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...errors import TargetError
+from .agent_code import LoadedAgent
 
 if TYPE_CHECKING:
     from ...model import ExitInfo
@@ -197,12 +198,18 @@ class Attaching:
     """Frida's attach to ``pid``, on a thread of its own: ``device.attach`` waits about
     0.1 s while Frida's agent loads in the target, without holding the GIL, so the
     caller can go on meanwhile (``branchtrace run`` imports numpy and the store then).
-    :meth:`result` gives the device and the session, or raises what the attach raised."""
+    :meth:`result` gives the device and the session, or raises what the attach raised.
+    With ``load_agent`` the same thread then creates and loads the agent script
+    (:class:`agent_code.LoadedAgent`, :attr:`agent`), as slow and as free of the GIL."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, load_agent: bool = False) -> None:
         import frida
 
         self.pid = pid
+        self._load_agent = load_agent
+        #: the agent script, loaded after the attach (None: not asked for, or it failed:
+        #: the host then loads it itself and meets the error there)
+        self.agent: LoadedAgent | None = None
         #: the program's modules before Frida's agent is injected (host.Host.ours)
         self.before = mapped_paths(pid)
         self.device: Any = frida.get_local_device()
@@ -217,6 +224,12 @@ class Attaching:
             self._session = attach(self.device, self.pid)
         except BaseException as err:  # noqa: BLE001 - handed to result()
             self._error = err
+            return
+        if self._load_agent:
+            try:
+                self.agent = LoadedAgent(self._session)
+            except Exception:  # noqa: BLE001 - frida's errors have no common base class
+                self.agent = None
 
     def result(self) -> tuple[Any, Any]:
         self._thread.join()

@@ -85,6 +85,7 @@ let cfg = null;
 let tablePtr = null;
 let threadObserver = null;
 let moduleObserver = null;
+let earlyThreads = null;  // what the thread observer reported before init (prepare)
 let entryHook = null;
 let entryFollow = null;   // the main thread's follow from the entry, until it happens
 let parkedSlot = null;    // hold.py: the main thread's slot, until arm()
@@ -607,7 +608,42 @@ function followNow() {
   return true;
 }
 
+/* The thread observer: existing threads are reported from the thread that attaches
+ * it, new ones from themselves. Until init, what it is told is kept (prepare). */
+function threadAdded(thread) {
+  const mine = thread.id === Process.getCurrentThreadId();
+  if (earlyThreads !== null) {
+    earlyThreads.push({ id: thread.id, mine: mine, tool: mine && Cloak.hasCurrentThread() });
+    return;
+  }
+  if (mine && Cloak.hasCurrentThread()) {
+    noteTool(thread.id);
+    return;
+  }
+  if (mine)
+    cm.altstack();   // crash.js: the thread's own alternate signal stack
+  if (mine || params.entry === null)
+    followNew([thread.id]);
+}
+
+function threadRemoved(thread) {
+  if (followed.has(thread.id) && !inChild())
+    send({ type: 'gone', tid: thread.id });
+}
+
 rpc.exports = {
+  /* Before init, for a program we started (stopped at its entry, so no thread of its
+   * own can come): attach the thread observer now, while the host is still busy. Its
+   * attach enumerates the threads there, each through a ptrace helper of Frida's:
+   * 5-30 ms that init then need not wait for. */
+  prepare() {
+    if (threadObserver !== null || params !== null)
+      return;
+    earlyThreads = [];
+    threadObserver = Process.attachThreadObserver({ onAdded: threadAdded,
+                                                    onRemoved: threadRemoved });
+  },
+
   init(p) {
     params = p;
     if (p.trust !== null && p.trust !== undefined)
@@ -718,31 +754,35 @@ rpc.exports = {
           followAtEntry(p.entry, slot);
       }
     }
-    threadObserver = Process.attachThreadObserver({
-      onAdded(thread) {
-        /* existing threads are reported from this thread, new ones from themselves */
-        const mine = thread.id === Process.getCurrentThreadId();
-        if (mine && Cloak.hasCurrentThread()) {
-          noteTool(thread.id);
-          return;
-        }
-        if (mine)
-          cm.altstack();   // crash.js: the thread's own alternate signal stack
-        if (mine || p.entry === null)
-          followNew([thread.id]);
-      },
-      onRemoved(thread) {
-        if (followed.has(thread.id) && !inChild())
-          send({ type: 'gone', tid: thread.id });
-      },
-    });
+    if (threadObserver === null) {
+      threadObserver = Process.attachThreadObserver({ onAdded: threadAdded,
+                                                      onRemoved: threadRemoved });
+    } else {   // attached by prepare(): what it was told meanwhile
+      const early = earlyThreads;
+      earlyThreads = null;
+      for (const t of early) {
+        if (t.tool)
+          noteTool(t.id);
+        else if (t.mine || p.entry === null)   // (a started program runs no thread yet)
+          followNew([t.id]);
+      }
+    }
+    // the observer is told of every module already there, at once: one update and one
+    // message for all of them (the host reads the maps again for each: ~1 ms apiece)
+    let observing = false;
     moduleObserver = Process.attachModuleObserver({
       onAdded(module) {
+        if (!observing)
+          return;
         cm.updateModules();
         if (!inChild())
           send({ type: 'modules' });
       },
     });
+    observing = true;
+    cm.updateModules();
+    if (!inChild())
+      send({ type: 'modules' });
     if (!p.started)  // attached (also in an image an exec brought): no exit status for us
       hookExit();
     return {
