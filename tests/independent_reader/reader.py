@@ -29,7 +29,7 @@ import zstandard
 
 MAGIC = b"\x89BTR\r\n\x1a\n"
 SYNC = b"BTR\x1e"
-VERSION = 1
+VERSION, NARROW = 2, 1                   # 1.1: reads versions 1 and 2; 2.2: u16 block ids
 MAX_RECORD = 64 << 20                    # 1.2: largest payload
 MAX_CHUNK = 16 << 20                     # 2.2, 2.5: largest decompressed chunk or table part
 HEADER, CHUNK, GAP, MODULE, BLOCKS, NOTE, THREAD, END = range(1, 9)
@@ -61,9 +61,8 @@ class Fields:
         s = struct.Struct("<" + fmt)
         if self.pos + s.size > len(self.data):
             raise _Short
-        out = s.unpack_from(self.data, self.pos)
         self.pos += s.size
-        return out
+        return s.unpack_from(self.data, self.pos - s.size)
 
     def text(self) -> str:
         (n,) = self.get("I")
@@ -79,6 +78,7 @@ class Chunk:
     count: int
     first_index: int
     frame: memoryview        # the zstd frame (and whatever follows it)
+    narrow: bool = False     # 2.2: the frame holds u16 block ids
 
 
 @dataclass
@@ -96,6 +96,7 @@ class TraceFile:
     end_pid: int | None = None
     truncated: bool = False
     table: np.ndarray | None = None
+    flags: int = 0           # 1.2: of the last record read whole
 
     def __post_init__(self) -> None:
         fd = os.open(self.path, os.O_RDONLY)
@@ -113,7 +114,7 @@ class TraceFile:
         """The (type, payload) of a whole record with a good CRC at ``pos``, or why not."""
         if pos + 16 > len(self.data):
             return "short"
-        sync, rtype, _flags, length, crc = struct.unpack_from("<4sHHII", self.data, pos)
+        sync, rtype, self.flags, length, crc = struct.unpack_from("<4sHHII", self.data, pos)
         if sync != SYNC or length > MAX_RECORD:
             return "bad"
         if pos + 16 + length > len(self.data):
@@ -190,11 +191,12 @@ class TraceFile:
         if rtype == CHUNK:                                  # 2.2
             tid, count, first, _first_ns, _last_ns = f.get("IIQQQ")
             body = payload[32:]
-            size = count * self.record_size
+            narrow, size = self.flags == NARROW, count * self.record_size
             if not (0 < tid < 1 << 32 and 0 < size <= MAX_CHUNK and first < 1 << 62
-                    and zstandard.frame_content_size(body) == size):
+                    and self.flags in (0, NARROW) and (not narrow or self.encoding == BLOCKID)
+                    and zstandard.frame_content_size(body) == (count * 2 if narrow else size)):
                 raise ValueError("bad chunk")
-            self.chunks.setdefault(tid, []).append(Chunk(tid, count, first, body))
+            self.chunks.setdefault(tid, []).append(Chunk(tid, count, first, body, narrow))
         elif rtype == GAP:                                  # 2.3
             tid, _, index, count = f.get("IIQQ")
             self.gap_records.append((tid, index, count, f.text()))
@@ -258,7 +260,7 @@ class TraceFile:
                 yield (pos, c.first_index - pos)
                 carry = None
             pos = c.first_index + c.count
-            raw = _inflate(c.frame, c.count * self.record_size)
+            raw = _inflate(c.frame, c.count * (2 if c.narrow else self.record_size))
             if raw is None:
                 yield (c.first_index, c.count)
                 carry = None
@@ -268,7 +270,7 @@ class TraceFile:
                 out = np.empty(len(rec), BRANCH)
                 out["from"], out["to"], out["kind"] = rec["from"], rec["to"], rec["kind"]
             else:
-                ids = np.frombuffer(raw, "<u4")
+                ids = np.frombuffer(raw, "<u2" if c.narrow else "<u4").astype("<u4")
                 seq = ids if carry is None else np.concatenate([[carry], ids]).astype("<u4")
                 carry = int(ids[-1])
                 out = decode_ids(seq, self.columns)

@@ -149,18 +149,22 @@ def test_the_independent_reader_agrees_with_open(build, tmp_path, backend, mode,
         assert np.any(flags & reader.FOREIGN) == ("--only" in options)
 
 
-def _records(data: bytes) -> list[tuple[int, bytes]]:
-    out, pos = [], PREAMBLE.size
+def _records(data: bytes) -> tuple[list[tuple[int, bytes]], dict[int, int]]:
+    """The (type, payload) of every record, and the frame flags of those that have any
+    (by their place in the list: CHUNKs of 16-bit ids)."""
+    out, flags, pos = [], {}, PREAMBLE.size
     while pos < len(data):
-        _, rtype, _, length, _ = FRAME.unpack_from(data, pos)
+        _, rtype, bits, length, _ = FRAME.unpack_from(data, pos)
+        if bits:
+            flags[len(out)] = bits
         out.append((rtype, data[pos + FRAME.size:pos + FRAME.size + length]))
         pos += FRAME.size + length
-    return out
+    return out, flags
 
 
-def _frame(rtype: int, payload: bytes) -> bytes:
-    head = FRAME.pack(SYNC, rtype, 0, len(payload), 0)
-    return FRAME.pack(SYNC, rtype, 0, len(payload), frame_crc(head, payload)) + payload
+def _frame(rtype: int, payload: bytes, flags: int = 0) -> bytes:
+    head = FRAME.pack(SYNC, rtype, flags, len(payload), 0)
+    return FRAME.pack(SYNC, rtype, flags, len(payload), frame_crc(head, payload)) + payload
 
 
 def damage(src: Path, dst: Path, cut: bool) -> None:
@@ -169,7 +173,7 @@ def damage(src: Path, dst: Path, cut: bool) -> None:
     hole, after one, past the end, of no thread), a record of an unknown type and a
     damaged record; ``cut``: without THREAD and END records (cut short)."""
     data = src.read_bytes()
-    records = _records(data)
+    records, flags = _records(data)
     chunks = [k for k, (t, _) in enumerate(records) if t == RecordType.CHUNK]
     tids = [int.from_bytes(records[k][1][:4], "little") for k in chunks]
     busiest = max(set(tids), key=tids.count)
@@ -196,9 +200,9 @@ def damage(src: Path, dst: Path, cut: bool) -> None:
                 gap = GapInfo(tid, index, 5, "lost by the test")
                 out.append(_frame(RecordType.GAP, gap.encode()))
             out.append(b"BTR\x1e" + b"\x02\x00\x00\x00\x10\x00\x00\x00garbage!")
-        out.append(_frame(rtype, payload))
+        out.append(_frame(rtype, payload, flags.get(k, 0)))
         if k == mine[6]:
-            out.append(_frame(rtype, payload))              # again: overlaps, dropped
+            out.append(_frame(rtype, payload, flags.get(k, 0)))  # again: overlaps, dropped
     dst.write_bytes(b"".join(out))
 
 

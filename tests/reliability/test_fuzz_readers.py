@@ -93,10 +93,11 @@ def rebuild(data: bytes, changed: dict[int, bytes], extra_before_end: bytes = b"
     CRCs made right again."""
     out = bytearray(data[:PREAMBLE.size])
     recs = records(data)
-    for i, (_, rtype, payload) in enumerate(recs):
+    for i, (pos, rtype, payload) in enumerate(recs):
         if rtype == RecordType.END:
             out += extra_before_end
-        out += frame(RecordType(rtype), changed.get(i, payload))
+        flags = struct.unpack_from("<H", data, pos + 6)[0]   # (CHUNK: 16-bit ids)
+        out += frame(RecordType(rtype), changed.get(i, payload), flags)
     return bytes(out)
 
 

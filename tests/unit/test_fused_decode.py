@@ -27,6 +27,7 @@ from branchtrace.store.blocks import (
 )
 from branchtrace.trace import Trace
 from branchtrace.tracefile import open_trace
+from branchtrace.tracefile.chunkbody import NARROW
 from branchtrace.tracefile.format import (
     MAGIC,
     PREAMBLE,
@@ -67,16 +68,19 @@ def _table(rng: np.random.Generator, n: int = 40) -> np.ndarray:
     return t
 
 
-def _chunk(tid: int, first: int, ids: np.ndarray, how: str = "good") -> bytes:
-    body = ZSTD.compress(np.ascontiguousarray(ids, "<u4").tobytes())
+def _chunk(tid: int, first: int, ids: np.ndarray, how: str = "good",
+           narrow: bool = False) -> bytes:
+    """A CHUNK record of ``ids``; ``narrow``: stored as 16-bit ids (chunkbody.NARROW)."""
+    body = ZSTD.compress(np.ascontiguousarray(ids, "<u2" if narrow else "<u4").tobytes())
     count = len(ids)
     if how == "cut":               # declares its size, holds the first half of it
         body = body[:len(body) // 2]
     elif how == "forged":          # claims 16 MiB, holds nothing but the frame header
         whole = zstandard.ZstdCompressor().compress(b"\0" * (FORGED * 4))
         body, count = whole[:zstandard.frame_header_size(whole)] + b"\0\0\0", FORGED
+        narrow = False
     return frame(RecordType.CHUNK, ChunkHead(tid, count, first, 10 + first, 20 + first).encode()
-                 + body)
+                 + body, flags=NARROW if narrow else 0)
 
 
 def _write(path: Path, table: np.ndarray, records: list[bytes], kept: dict[int, int]) -> None:
@@ -145,9 +149,12 @@ def _expected_times(table: np.ndarray, runs: list[list[np.ndarray]]) -> list[tup
     return out
 
 
-@pytest.mark.parametrize("step", [fused.STEP_IDS, 700, 64])
+@pytest.mark.parametrize("step,narrow", [(fused.STEP_IDS, False), (700, False), (64, False),
+                                         (fused.STEP_IDS, True), (64, True)])
 def test_fused_agrees_with_the_two_pass_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                            step: int) -> None:
+                                            step: int, narrow: bool) -> None:
+    """Both paths, on chunks good, cut, forged and missing; ``narrow``: every other chunk
+    holds 16-bit ids (format version 2), read back as the same 32-bit ids."""
     monkeypatch.setattr(fused, "STEP_IDS", step)
     rng = np.random.default_rng(step)
     table = _table(rng)
@@ -180,7 +187,8 @@ def test_fused_agrees_with_the_two_pass_path(tmp_path: Path, monkeypatch: pytest
             if pending[tid]:
                 ids, how = pending[tid].pop(0)
                 if how != "missing":
-                    records.append(_chunk(tid, at[tid], ids, how))
+                    records.append(_chunk(tid, at[tid], ids, how,
+                                          narrow and len(records) % 2 == 0))
                 at[tid] += FORGED if how == "forged" else len(ids)
     kept = dict(at)
     path = tmp_path / "f.btrace"

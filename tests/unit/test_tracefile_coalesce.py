@@ -33,9 +33,10 @@ def _drains(seed: int) -> list[np.ndarray]:
 def _ids(path: Path, tid: int) -> tuple[np.ndarray, list[int]]:
     import zstandard
 
+    from branchtrace.tracefile.stream import read_chunk
+
     chunks = scan(path).chunks[tid]
-    ids = [np.frombuffer(zstandard.ZstdDecompressor().decompress(c.body), "<u4")
-           for c in chunks]
+    ids = [read_chunk(zstandard.ZstdDecompressor(), c, np.dtype("<u4")) for c in chunks]
     return np.concatenate(ids), [c.head.count for c in chunks]
 
 

@@ -34,6 +34,7 @@ from .. import progress
 from ..bigarrays import reserve
 from ..model import BRANCH_DTYPE
 from ..store import RECORD_DTYPES, Encoding
+from ..tracefile.chunkbody import open_records
 from . import JIT_MIN_IDS, jit, table_columns
 
 if TYPE_CHECKING:
@@ -219,7 +220,7 @@ class _Task:
             ids = np.empty(0, np.uint32)
         done = 0
         try:
-            with self.dctx.stream_reader(c.body, read_across_frames=False) as reader:
+            with open_records(self.dctx, c.body, c.narrow) as reader:
                 while done < size:
                     m = min(STEP_IDS, size - done)
                     if done == 0:                 # nothing read yet: what it claims

@@ -26,7 +26,9 @@ MAGIC = b"\x89BTR\r\n\x1a\n"
 #:   1 - first version: header, chunk, gap, module, blocks, note, thread and end records.
 #:       Later, compatibly (no version change): the PROCESS record, and ``pid`` appended
 #:       to THREAD and MODULE (a file without them holds one process).
-VERSION = 1
+#:   2 - a CHUNK record of block ids may hold them as 16-bit integers, flag 1 of its frame
+#:       (chunkbody.NARROW). Version 1 files are read as before.
+VERSION = 2
 
 PREAMBLE = struct.Struct("<8sII")      # magic, version, reserved (0)
 FRAME = struct.Struct("<4sHHII")       # sync, type, flags, length, crc32

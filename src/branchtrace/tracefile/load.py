@@ -30,6 +30,7 @@ from ..model import BRANCH_DTYPE, BranchKind, ExitInfo, Gap, Mapping, ModuleMap,
 from ..store import RECORD_DTYPES, Encoding, StoreMode
 from ..trace import CHUNK_TIMES_DTYPE, Trace
 from .format import GapInfo, ModuleInfo, ProcessRecord
+from .chunkbody import open_records, stored_size
 from .holes import Hole, Shifter, add_gap, items_of, select
 from .stacks import with_stack
 from .reader import Chunk, TraceFile, scan
@@ -253,7 +254,7 @@ def _decode_thread(tf: TraceFile, chunks: list[Chunk], holes: list[Hole],
         a, b = slots[k]
         progress.advance(chunks[k].size)
         return _fill(local, chunks[k].body, buffer[a:b], encoding if per_chunk else None,
-                     seen)
+                     seen, chunks[k].narrow)
 
     ok = _in_batches(pool, job, chunks, raw_dtype.itemsize)
     items = items_of(chunks, holes, ok)
@@ -335,9 +336,8 @@ def _verified(chunks: list[Chunk], holes: list[Hole], record_size: int,
     """The chunks, without those whose size is out of proportion to their compressed
     bytes and that do not decompress to it; those join the holes."""
     def job(c: Chunk) -> bool:
-        size = c.head.count * record_size
-        return size <= _TRUSTED_RATIO * c.size + _TRUSTED_BYTES \
-            or _probe(local, c.body, size)
+        return c.head.count * record_size <= _TRUSTED_RATIO * c.size + _TRUSTED_BYTES \
+            or _probe(local, c.body, stored_size(c.head.count, record_size, c.flags))
 
     if all(c.head.count * record_size <= _TRUSTED_RATIO * c.size + _TRUSTED_BYTES
            for c in chunks):
@@ -384,17 +384,19 @@ def _decode_run(tf: TraceFile, part: np.ndarray, per_chunk: bool,
 
 
 def _fill(local: threading.local, body: bytes, out: np.ndarray,
-          encoding: Encoding | None, seen: list[int] | None = None) -> bool:
+          encoding: Encoding | None, seen: list[int] | None = None,
+          narrow: bool = False) -> bool:
     """Decompress one chunk into ``out`` (decoded when ``encoding`` is given, else raw);
     False when the chunk is corrupt. Records to decode pass through a scratch buffer of
     at most _SCRATCH_BYTES, whatever size the chunk declares; kinds no
     :class:`BranchKind` names are counted there, while it is in the cache, into ``seen``
-    (then the caller finds and renames them: rare, a damaged or newer file)."""
+    (then the caller finds and renames them: rare, a damaged or newer file). ``narrow``:
+    the chunk holds 16-bit block ids (chunkbody.NARROW), widened into ``out``."""
     dctx: zstandard.ZstdDecompressor | None = getattr(local, "dctx", None)
     if dctx is None:
         dctx = local.dctx = zstandard.ZstdDecompressor()
     if encoding is None:
-        return _decompress_into(dctx, body, out.view(np.uint8).data)
+        return _decompress_into(dctx, body, out.view(np.uint8).data, narrow)
     raw_dtype = RECORD_DTYPES[encoding]
     step = max(1, _SCRATCH_BYTES // raw_dtype.itemsize)
     need = min(step, len(out)) * raw_dtype.itemsize
@@ -425,12 +427,13 @@ def _fill(local: threading.local, body: bytes, out: np.ndarray,
         return False
 
 
-def _decompress_into(dctx: zstandard.ZstdDecompressor, body: bytes, target: memoryview) -> bool:
+def _decompress_into(dctx: zstandard.ZstdDecompressor, body: bytes, target: memoryview,
+                     narrow: bool = False) -> bool:
     """Decompress the zstd frame at the start of ``body`` into exactly ``target`` (its
     declared content size, checked when the file was scanned; bytes after the frame are
-    for future fields)."""
+    for future fields); narrowed ids are widened on the way."""
     try:
-        with dctx.stream_reader(body, read_across_frames=False) as reader:
+        with open_records(dctx, body, narrow) as reader:
             got = 0
             while got < len(target):
                 n = reader.readinto(target[got:])

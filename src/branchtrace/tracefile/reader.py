@@ -29,6 +29,7 @@ from .. import progress
 from ..errors import TraceFormatError
 from ..model import StackSnapshot
 from ..store import RECORD_DTYPES, Encoding
+from .chunkbody import NARROW, stored_size, valid_flags
 from .stacks import decode_stack
 from .format import (
     CHUNK_HEAD,
@@ -105,6 +106,11 @@ class Chunk:
     size: int              # bytes of its body: the zstd frame of head.count raw records
     crc: int               # its record's frame CRC (checked again when the body is read)
     source: Bodies | bytes  # where the body is read from (or the body itself)
+    flags: int = 0         # its frame's flags: chunkbody.NARROW, ids stored as 16 bits
+
+    @property
+    def narrow(self) -> bool:
+        return bool(self.flags & NARROW)
 
     @property
     def body(self) -> bytes:
@@ -164,6 +170,7 @@ class _Scanner:
         self.damaged: list[tuple[int, int]] = []
         self.unknown = 0
         self.crc = 0                            # of the last record read whole
+        self.flags = 0                          # ... and its frame's flags
         self.bodies = Bodies(path, fd)          # owns fd from now on
 
     def read(self, offset: int, n: int) -> bytes:
@@ -188,7 +195,7 @@ class _Scanner:
         raw = self.read(pos, FRAME.size)
         if len(raw) < FRAME.size:
             return "short"
-        sync, rtype, _flags, length, crc = FRAME.unpack(raw)
+        sync, rtype, flags, length, crc = FRAME.unpack(raw)
         if sync != SYNC or length > MAX_RECORD_LENGTH:
             return "bad"
         if pos + FRAME.size + length > self.size:
@@ -196,7 +203,7 @@ class _Scanner:
         payload = self.read(pos + FRAME.size, length)
         if frame_crc(raw, payload) != crc:
             return "bad"
-        self.crc = crc
+        self.crc, self.flags = crc, flags
         return rtype, payload
 
     def resync(self, start: int) -> int | None:
@@ -317,12 +324,13 @@ def _take(tf: TraceFile, rtype: int, payload: bytes, pos: int,
           blocks: list[tuple[BlocksHead, np.ndarray]], s: _Scanner) -> None:
     if rtype == RecordType.CHUNK:
         head = ChunkHead.decode(payload)
-        size = head.count * tf.header.record_size
+        size = stored_size(head.count, tf.header.record_size, s.flags)
         body = payload[CHUNK_HEAD.size:]
         if not 0 < head.tid < 1 << 32 or not 0 < size <= MAX_CHUNK_BYTES \
-                or head.first_index >= 1 << 62 or zstandard.frame_content_size(body) != size:
+                or head.first_index >= 1 << 62 or zstandard.frame_content_size(body) != size \
+                or not valid_flags(s.flags, tf.header.record_size):
             raise Malformed("bad chunk")
-        tf.chunks[head.tid].append(Chunk(head, pos, len(body), s.crc, s.bodies))
+        tf.chunks[head.tid].append(Chunk(head, pos, len(body), s.crc, s.bodies, s.flags))
     elif rtype == RecordType.GAP:
         tf.gaps.append(GapInfo.decode(payload))
     elif rtype == RecordType.MODULE:

@@ -28,6 +28,7 @@ from .. import progress
 from ..decode import Carry, decode
 from ..model import BRANCH_DTYPE, BranchKind, Gap
 from ..store import RECORD_DTYPES, Encoding
+from .chunkbody import open_records
 from .holes import Hole, Shifter, select
 from .reader import Chunk, TraceFile
 
@@ -169,7 +170,7 @@ def read_chunk(dctx: zstandard.ZstdDecompressor, c: Chunk, dtype: np.dtype
     buf = np.empty(size, np.uint8)              # (a bytearray would be zeroed first)
     view = buf.data
     try:
-        with dctx.stream_reader(c.body, read_across_frames=False) as reader:
+        with open_records(dctx, c.body, c.narrow) as reader:
             got = 0
             while got < size:
                 k = reader.readinto(view[got:])

@@ -25,6 +25,7 @@ from ..errors import UsageError
 from ..model import ExitInfo, Gap, ModuleMap, ProcessInfo, StackSnapshot
 from ..store import FROMTO_DTYPE, Encoding, StoreMode
 from ..trace import Trace
+from .chunkbody import NARROW, narrowed
 from .stacks import encode_stack
 from .format import (
     CHUNK_BYTES,
@@ -183,8 +184,7 @@ class TraceWriter:
             with self._lock:
                 head = ChunkHead(tid, len(piece), self.kept[tid], first_ns, last_ns)
                 if self._pool is None:
-                    body = self._compressor.compress(piece.view(np.uint8).data)
-                    self._append(frame(RecordType.CHUNK, head.encode() + body))
+                    self._append(_chunk_record(self._compressor, head, piece))
                 else:
                     self._append_done()
                     self._pending.append(self._pool.submit(self._chunk_frame, head, piece))
@@ -209,8 +209,7 @@ class TraceWriter:
         if compressor is None:
             compressor = self._local.compressor = zstandard.ZstdCompressor(
                 level=self._level, write_checksum=False)
-        return frame(RecordType.CHUNK, head.encode() + compressor.compress(
-            piece.view(np.uint8).data))
+        return _chunk_record(compressor, head, piece)
 
     def _append_done(self, wait_over: int | None = None) -> None:
         """Append the pending chunks that are compressed, in order; with ``wait_over``,
@@ -311,6 +310,16 @@ class TraceWriter:
             n = os.write(self._fd, view)
             view = view[n:]
         self.size += len(data)
+
+
+def _chunk_record(compressor: zstandard.ZstdCompressor, head: ChunkHead,
+                  piece: np.ndarray) -> bytes:
+    """The CHUNK record of ``piece``: block ids that all fit in 16 bits are stored so
+    (chunkbody.py), anything else as it is."""
+    narrow = narrowed(piece)
+    data = piece if narrow is None else narrow
+    return frame(RecordType.CHUNK, head.encode() + compressor.compress(
+        data.view(np.uint8).data), flags=0 if narrow is None else NARROW)
 
 
 def process_record(p: ProcessInfo) -> ProcessRecord:
