@@ -35,7 +35,7 @@ LAST_KIND = max(BranchKind)
 
 
 def in_batches(pool: ThreadPoolExecutor, job: Callable[[int], bool], chunks: list[Chunk],
-                record_size: int) -> list[bool]:
+               record_size: int) -> list[bool]:
     """``job(k)`` for every chunk index, on the pool in batches of about 1 MiB of records:
     one task per tiny chunk would cost more memory (and time) than the chunk itself."""
     batches, begin, size = [], 0, 0
@@ -60,8 +60,8 @@ def trusted(c: Chunk, record_size: int) -> bool:
 
 
 def verified(chunks: list[Chunk], holes: list[Hole], record_size: int,
-              pool: ThreadPoolExecutor, local: threading.local
-              ) -> tuple[list[Chunk], list[Hole]]:
+             pool: ThreadPoolExecutor, local: threading.local
+             ) -> tuple[list[Chunk], list[Hole]]:
     """The chunks, without those whose size is out of proportion to their compressed
     bytes and that do not decompress to it; those join the holes."""
     def job(c: Chunk) -> bool:
@@ -101,8 +101,8 @@ def probe(local: threading.local, body: bytes, size: int) -> bool:
 
 
 def fill(local: threading.local, body: bytes, out: np.ndarray,
-          encoding: Encoding | None, seen: list[int] | None = None,
-          narrow: bool = False) -> bool:
+         encoding: Encoding | None, seen: list[int] | None = None,
+         narrow: bool = False) -> bool:
     """Decompress one chunk into ``out`` (decoded when ``encoding`` is given, else raw);
     False when the chunk is corrupt. Records to decode pass through a scratch buffer of
     at most SCRATCH_BYTES, whatever size the chunk declares; kinds no
@@ -145,7 +145,7 @@ def fill(local: threading.local, body: bytes, out: np.ndarray,
 
 
 def decompress_into(dctx: zstandard.ZstdDecompressor, body: bytes, target: memoryview,
-                     narrow: bool = False) -> bool:
+                    narrow: bool = False) -> bool:
     """Decompress the zstd frame at the start of ``body`` into exactly ``target`` (its
     declared content size, checked when the file was scanned; bytes after the frame are
     for future fields); narrowed ids are widened on the way."""
