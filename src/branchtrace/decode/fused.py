@@ -34,7 +34,7 @@ from .. import progress
 from ..bigarrays import reserve
 from ..model import BRANCH_DTYPE
 from ..store import RECORD_DTYPES, Encoding
-from ..tracefile.chunkbody import open_records
+from ..tracefile.chunkbody import open_records, read_full
 from . import JIT_MIN_IDS, jit, table_columns
 
 if TYPE_CHECKING:
@@ -228,12 +228,8 @@ class _Task:
                     if len(ids) < m + 1:
                         grow = min(STEP_IDS, _FIRST_IDS) if done == 0 else STEP_IDS
                         ids = self.job.local.fused_ids = np.empty(grow + 1, np.uint32)
-                    view, got = ids.view(np.uint8).data[4:4 + 4 * m], 0
-                    while got < len(view):
-                        n = reader.readinto(view[got:])
-                        if not n:
-                            return -1
-                        got += n
+                    if not read_full(reader, ids.view(np.uint8).data[4:4 + 4 * m]):
+                        return -1
                     if first and done == 0:
                         self.first_id = int(ids[1])
                     if prev >= 0:

@@ -60,6 +60,17 @@ def open_records(dctx: zstandard.ZstdDecompressor, body: bytes | memoryview,
         yield _Widening(reader) if narrow else reader
 
 
+def read_full(reader: Readable, view: Any) -> bool:
+    """Fill ``view`` from ``reader``; False when the frame ends first."""
+    got, size = 0, len(view)
+    while got < size:
+        n = reader.readinto(view[got:])
+        if not n:
+            return False
+        got += n
+    return True
+
+
 class _Widening:
     """``readinto`` of 32-bit ids from a reader of 16-bit ones."""
 

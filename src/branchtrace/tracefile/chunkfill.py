@@ -14,7 +14,7 @@ import zstandard
 
 from ..model import BRANCH_DTYPE, BranchKind
 from ..store import RECORD_DTYPES, Encoding
-from .chunkbody import open_records, stored_size
+from .chunkbody import open_records, read_full, stored_size
 from .holes import Hole
 from .reader import Chunk
 
@@ -125,12 +125,8 @@ def fill(local: threading.local, body: bytes, out: np.ndarray,
             for at in range(0, len(out), step):
                 n = min(step, len(out) - at)
                 view = memoryview(scratch)[:n * raw_dtype.itemsize]
-                got = 0
-                while got < len(view):
-                    k = reader.readinto(view[got:])
-                    if not k:
-                        return False
-                    got += k
+                if not read_full(reader, view):
+                    return False
                 raw = np.frombuffer(view, raw_dtype)
                 part = out[at:at + n]
                 for name in BRANCH_DTYPE.names or ():
@@ -151,12 +147,6 @@ def decompress_into(dctx: zstandard.ZstdDecompressor, body: bytes, target: memor
     for future fields); narrowed ids are widened on the way."""
     try:
         with open_records(dctx, body, narrow) as reader:
-            got = 0
-            while got < len(target):
-                n = reader.readinto(target[got:])
-                if not n:
-                    return False
-                got += n
-            return True
+            return read_full(reader, target)
     except zstandard.ZstdError:
         return False

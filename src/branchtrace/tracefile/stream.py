@@ -28,7 +28,7 @@ from .. import progress
 from ..decode import Carry, decode
 from ..model import BRANCH_DTYPE, BranchKind, Gap
 from ..store import RECORD_DTYPES, Encoding
-from .chunkbody import open_records
+from .chunkbody import open_records, read_full
 from .holes import Hole, Shifter, select
 from .reader import Chunk, TraceFile
 
@@ -171,12 +171,8 @@ def read_chunk(dctx: zstandard.ZstdDecompressor, c: Chunk, dtype: np.dtype
     view = buf.data
     try:
         with open_records(dctx, c.body, c.narrow) as reader:
-            got = 0
-            while got < size:
-                k = reader.readinto(view[got:])
-                if not k:
-                    return None
-                got += k
+            if not read_full(reader, view):
+                return None
     except zstandard.ZstdError:
         return None
     return buf.view(dtype)
