@@ -15,6 +15,7 @@ CAP_NET_ADMIN, in the initial network namespace; where it cannot be opened,
 from __future__ import annotations
 
 import os
+import select
 import socket
 import struct
 import threading
@@ -61,7 +62,11 @@ class ExitWatcher:
                            "it needs CAP_NET_ADMIN in the initial network namespace)")
             return
         self._sock = sock
-        threading.Thread(target=self._run, name="branchtrace-exits", daemon=True).start()
+        # close() writes here: a recv blocked on the socket would not notice its close
+        # (every watcher's thread stayed, until some process exited)
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC)
+        self._thread = threading.Thread(target=self._run, name="branchtrace-exits", daemon=True)
+        self._thread.start()
 
     @property
     def available(self) -> bool:
@@ -86,16 +91,21 @@ class ExitWatcher:
                 sock.send(_listen(PROC_CN_MCAST_IGNORE))
             except OSError:
                 pass
+            os.write(self._wake_w, b"x")
+            self._thread.join(5.0)
             sock.close()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
 
     def _run(self) -> None:
         sock = self._sock
         while sock is not None and self._sock is sock:
+            ready, _, _ = select.select([sock.fileno(), self._wake_r], [], [])
+            if self._wake_r in ready:
+                return
             try:
                 data = sock.recv(4096)
-            except OSError:   # closed, or events dropped (ENOBUFS): go on while open
-                if self._sock is not sock:
-                    return
+            except OSError:   # events dropped (ENOBUFS): go on while open
                 continue
             self._take(data)
 
