@@ -178,3 +178,27 @@ def test_attach_and_detach_fifty_times(build, backend, via, soak):
     assert program.returncode == -15, "the program did not live until we ended it"
     printed = len(out.splitlines())
     assert printed > 10 and out == counter_lines(printed)   # every line as it should be
+
+
+def test_attach_to_a_program_hung_in_a_loop_lets_go_of_it(build):
+    """A thread that only takes direct jumps never comes back to Stalker's code, where
+    Stalker lets a thread go: the detach waited for ever (a program stuck at 100% CPU is
+    what one attaches to at 2 a.m.). The agent invalidates the thread's newest block at
+    the stop, so the detach ends and the agent leaves the program, which spins on."""
+    from branchtrace.backends.stalker.unload import agent_mapped
+
+    exe = build("rel_spin")
+    program = subprocess.Popen([str(exe)], stdout=subprocess.PIPE)
+    try:
+        assert program.stdout.readline() == b"ready\n"   # type: ignore[union-attr]
+        trace = record(Target(pid=program.pid), RecordConfig(backend="stalker", duration=0.1))
+        assert trace.exit.status == "detached"
+        assert not [n for n in trace.notes if "system call" in n or "still leaving" in n], trace.notes
+        assert not agent_mapped(program.pid), "Frida's agent is still in the program"
+        assert len(trace.branches(program.pid)) > 0
+        with open(f"/proc/{program.pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        assert program.poll() is None and state == "R", state   # spinning, not stopped
+    finally:
+        program.kill()
+        program.wait(timeout=60)

@@ -19,6 +19,7 @@ function stopRecording() {
   /* returns go back through Stalker's code, where it lets a thread go */
   for (const t of followed.values())
     cm.cacheClear(t.ctx);
+  unstickLoops();
   restoreSignalHandlers();
   const stubs = leftoverStubs();
   const anon = MAP_PRIVATE | MAP_ANON | MAP_FIXED | MAP_NORESERVE;
@@ -45,6 +46,43 @@ function stopRecording() {
   }
   Stalker.garbageCollect();
   return { busy: busy };
+}
+
+/* A thread that only takes direct jumps (a spin loop, a program hung in a loop) never
+ * comes back to Stalker's code, where Stalker lets a thread go: the detach would wait
+ * for ever. A thread still recording 2 ms after the unfollow is in such a loop, or on
+ * its way to the next return: its newest block is invalidated, which sends the next
+ * pass through it into Stalker, and out (Stalker.unfollow was asked first). Before the
+ * store and the block table go: they name the block. */
+function unstickLoops() {
+  const blocks = cfg.add(CFG.blocks).readPointer();
+  const capacity = params.tableCapacity;
+  const before = new Map();
+  for (const [tid, t] of followed)
+    before.set(tid, written(t));
+  Thread.sleep(0.002);
+  for (const [tid, t] of followed) {
+    const w = written(t);
+    if (w === 0 || w === before.get(tid))
+      continue;   // never ran, asleep in a system call, or out already
+    const ring = t.ctx.add(TH.capacity).readU64().toNumber();
+    const id = t.ctx.add(TH.region).readPointer().add(4 * ((w - 1) % ring)).readU32();
+    if (id >= capacity)
+      continue;
+    const start = blocks.add(32 * id).readPointer();
+    if (start.isNull())
+      continue;
+    try {
+      Stalker.invalidate(tid, start);
+    } catch (e) {
+      /* the thread is gone */
+    }
+  }
+}
+
+/* The records a thread's block-start code wrote (its entry's third word). */
+function written(t) {
+  return t.ctx.add(TH.entry).readPointer().add(16).readU64().toNumber();
 }
 
 /* The store, the block table and the check file of a tracer that died (they live in
