@@ -21,6 +21,10 @@ if TYPE_CHECKING:
 
 #: After a Ctrl-C, how long stop() waits for Frida to unload its agent (see stop()).
 _DETACH_WAIT = 0.25
+#: Otherwise (the run's end, --duration): a detach takes milliseconds, unless a thread
+#: sleeps in a system call it entered under Stalker (a server back in epoll_wait): it
+#: lets go only when the call returns, which may be never. Then the run ends anyway.
+_END_DETACH_WAIT = 10.0
 #: run --gdb, the crashing thread parked: the same wait, longer (the unload usually ends
 #: in it; another thread asleep in a system call, a pthread_join of the crashed thread,
 #: would keep it waiting for ever: Frida's agent then stays in the program, idle)
@@ -79,16 +83,18 @@ class Ending:
     _launcher: Any
     _ended: threading.Event
     _agent_errors: list[str]
+    detached: bool
 
     def stop(self) -> None:
         """Stop following every thread and detach; the target goes on at native speed.
 
         Recording stops at once (the agent's ``stop``), but Frida's script unload and
         detach wait until every thread has passed through Stalker once more, and a
-        thread asleep in a system call (``read`` of a terminal, ``nanosleep``) does so
-        only when the call returns, however long that takes. After a Ctrl-C we wait
-        for that at most :data:`_DETACH_WAIT` seconds and leave the rest to the agent:
-        it unloads itself when the thread wakes, the program sees nothing of it."""
+        thread asleep in a system call (``read`` of a terminal, ``epoll_wait``) does so
+        only when the call returns, however long that takes. We wait for that at most
+        :data:`_END_DETACH_WAIT` seconds (:data:`_DETACH_WAIT` after a Ctrl-C) and leave
+        the rest to the agent: it unloads itself when the thread wakes, the program sees
+        nothing of it. ``detached`` says whether the detach ended in time."""
         import frida
 
         script, session = self._script, self._session
@@ -119,14 +125,16 @@ class Ending:
         if script is None and session is None:
             return
         if not self._interrupted and self.parent is None and self.parked is None:
-            unload()
-            return
-        # after a Ctrl-C, or a child still running at the end of the run (it may sit in
-        # a system call for ever: a daemon): wait a little, leave the rest to the agent
+            wait = _END_DETACH_WAIT
+        else:
+            # after a Ctrl-C, or a child still running at the end of the run (it may sit
+            # in a system call for ever: a daemon): wait a little
+            wait = _DETACH_WAIT if self.parked is None else _HOLD_DETACH_WAIT
         worker = threading.Thread(target=unload, name="branchtrace-unload", daemon=True)
         worker.start()
-        worker.join(_DETACH_WAIT if self.parked is None else _HOLD_DETACH_WAIT)
+        worker.join(wait)
         if worker.is_alive():
+            self.detached = False
             self.notes.append(
                 "a thread of the program was in a system call when we detached: Frida's "
                 "agent unloads itself from the program when the call returns"

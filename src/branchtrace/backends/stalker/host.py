@@ -128,6 +128,7 @@ class Host(Resuming, ExecFollowing, ChildFollowing, Ending, Triggering):
         self._device: Any = parent._device if parent is not None else None
         self._launcher: Launcher | None = None
         self._agent_errors: list[str] = []
+        self.detached = True   # stop(): False if Frida's detach did not end in time
         #: exec (execs.py): the sessions so far (one per image), the catcher of an exec
         #: under way, and the thread that goes on in the same store slot in the new image
         self._generation = 0
