@@ -28,8 +28,10 @@ if TYPE_CHECKING:
     from .host import Host
     from .launch import Attaching, Launcher
 
-#: How long an attached program is left alone after we detach (see record()).
+#: How long an attached program is left alone after Frida's agent left it (record()).
 ATTACH_SETTLE_S = 0.25
+#: How long record() waits for the agent to leave an attached program after the detach.
+UNLOAD_WAIT_S = 5.0
 
 #: The most records a thread's buffer may hold: the emitted code addresses it with
 #: 32-bit displacements.
@@ -127,6 +129,7 @@ class StalkerBackend(Backend):
         from ..linux.program import find_program, start_vaddr
         from .host import Host
         from .launch import Launcher
+        from .unload import agent_mapped, task_ids, wait_unloaded
 
         if store.capacity > MAX_CAPACITY:
             raise UsageError(
@@ -151,8 +154,11 @@ class StalkerBackend(Backend):
         self._host = host
         if self._interrupted:
             host.interrupt()
+        before: set[int] = set()
+        mapped = False
         try:
             if target.pid is not None:
+                before, mapped = task_ids(target.pid), agent_mapped(target.pid)
                 host.start(target.pid)
             else:
                 early = self._take_early(target)
@@ -178,12 +184,17 @@ class StalkerBackend(Backend):
             self._host = None
             host.stop()
             host.close()
-            if target.pid is not None:
-                # Frida finishes unloading its agent from the program a little after
-                # detach returns; attaching again before that (record() called back to
-                # back in one process) killed the program within a few cycles (SIGSEGV
-                # or SIGTRAP), while 0.1 s between cycles survived every time. Leave the
-                # program that time, so that a next attach meets a clean process.
+            if target.pid is not None and host.detached:
+                # Frida finishes unloading its agent from the program after detach
+                # returns; attaching again before that (record() called back to back in
+                # one process) killed the program within a few cycles (SIGSEGV or
+                # SIGTRAP), or never came back. Wait until the agent is gone (unload.py),
+                # then leave the program a moment more, so that a next attach meets a
+                # clean process.
+                if not wait_unloaded(target.pid, before | set(host.threads), UNLOAD_WAIT_S,
+                                     mapping=not mapped):
+                    notes.append("Frida's agent was still leaving the program "
+                                 f"{UNLOAD_WAIT_S:g} s after the detach")
                 time.sleep(ATTACH_SETTLE_S)
         return RunResult(result.exit, result.modules, result.threads, result.gaps,
                          notes + result.notes, pid=host.pid, blocks=result.blocks,
