@@ -24,7 +24,7 @@ def task_ids(pid: int) -> set[int]:
     """The thread ids of ``pid`` (empty once it is gone)."""
     try:
         return {int(t) for t in os.listdir(f"/proc/{pid}/task")}
-    except (FileNotFoundError, ProcessLookupError, NotADirectoryError):
+    except OSError:   # gone, or not ours to read (attach then says why)
         return set()
 
 
@@ -33,7 +33,7 @@ def agent_mapped(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/maps", encoding="utf-8", errors="replace") as f:
             return any(AGENT_MAPPING in line for line in f)
-    except (FileNotFoundError, ProcessLookupError):
+    except OSError:   # gone, or not ours to read (attach then says why)
         return False
 
 
