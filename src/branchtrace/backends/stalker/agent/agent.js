@@ -584,17 +584,21 @@ function handlerEntry() {
 }
 
 /* Attached (not our child): the tracer cannot wait for the exit status, so the agent
- * reports the code passed to _exit, synchronously, before the process is gone. */
+ * reports the code passed to _exit, synchronously, before the process is gone. The hook
+ * is a C listener (signals.c, bt_exit_on_enter) that calls exitEnter only in the traced
+ * process: a forked child (a subshell of bash, every `( )`) ends in _exit too, and JS in
+ * a child deadlocked it on a lock a thread of Frida's held at the fork, and its parent
+ * with it (the hook was JS until 2026-12-07). */
+function exitEnter(code) {
+  send({ type: 'exit', code: code & 0xff });
+  recv('exit-ack', () => {}).wait();
+}
+
 function hookExit() {
   const address = Module.findGlobalExportByName('_exit');
   if (address === null)
     return;
-  Interceptor.attach(address, function (args) {   // a probe: the stack is left alone
-    if (inChild())
-      return;
-    send({ type: 'exit', code: args[0].toInt32() & 0xff });
-    recv('exit-ack', () => {}).wait();
-  });
+  Interceptor.attach(address, { onEnter: cm.bt_exit_on_enter });
 }
 
 /* The main thread's follow from its entry probe, at once, from where it is (false: the
@@ -667,9 +671,10 @@ rpc.exports = {
     keep.push(forkParentCallback);
     const execEnterCallback = new NativeCallback(execEnter, 'void', ['pointer']);
     const execFailedCallback = new NativeCallback(execFailed, 'void', ['int']);
+    const exitEnterCallback = new NativeCallback(exitEnter, 'void', ['int']);
     const agentPid = Memory.alloc(4);
     agentPid.writeS32(params.pid);
-    keep.push(execEnterCallback, execFailedCallback, agentPid);
+    keep.push(execEnterCallback, execFailedCallback, exitEnterCallback, agentPid);
     cm = new CModule(p.source, {
       bt_config: cfg,
       bt_xstate: xstate,
@@ -677,6 +682,7 @@ rpc.exports = {
       bt_fork_parent: forkParentCallback,
       bt_exec_enter: execEnterCallback,
       bt_exec_failed: execFailedCallback,
+      bt_exit_enter: exitEnterCallback,
       bt_agent_pid: agentPid,
       __errno_location: Module.getGlobalExportByName('__errno_location'),
       syscall: Module.getGlobalExportByName('syscall'),

@@ -504,6 +504,17 @@ bt_exec_on_leave (GumInvocationContext * ic)
     bt_exec_failed (ic->system_error);
 }
 
+/* _exit's entry (attach: agent.js, hookExit): the code reported, in the traced process
+ * only; a forked child runs no JS. */
+extern void bt_exit_enter (gint code);
+
+void
+bt_exit_on_enter (GumInvocationContext * ic)
+{
+  if (bt_in_traced_process ())
+    bt_exit_enter ((gint) GPOINTER_TO_SIZE (gum_invocation_context_get_nth_argument (ic, 0)));
+}
+
 /* Crash facts (docs/stalker.md, "Where the fault really was"). Frida's handler for
  * SIGSEGV and SIGBUS (its exceptor, which calls the agent's onException) runs on the
  * faulting thread's stack: after a stack overflow the kernel cannot deliver it and the
