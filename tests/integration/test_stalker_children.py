@@ -189,3 +189,17 @@ def test_restore_code_puts_the_files_bytes_back():
     finally:
         child.kill()
         child.wait()
+
+
+def test_a_child_not_followed_runs_none_of_the_hooks(build):
+    """A forked child the backend does not follow finds the functions the parent's hooks
+    patched as the library has them (agent/forkchild.c): a hook left in a child ran
+    Frida's code there, which could wait for ever on a lock one of Frida's threads held
+    at the fork (the child hung, and its parent in waitpid). (A followed child has hooks
+    again: those of the agent that traces it.)"""
+    exe = build("proc_fork_peek")
+    native = subprocess.run([str(exe)], capture_output=True, timeout=60)
+    assert native.returncode == 0 and native.stdout.endswith(b"child ok\n")
+    done = cli("run", "--report", "never", "--no-follow-children", "--", str(exe), timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.encode() == native.stdout

@@ -14,14 +14,14 @@ from ...errors import UsageError
 
 #: The C code compiled in the target, in this order into one CModule (one translation
 #: unit: TinyCC compiles a single source).
-C_SOURCES = ("recorder.h", "emit.c", "lookups.c", "thread.c", "signals.c", "xstate.c",
-             "recorder.c")
+C_SOURCES = ("recorder.h", "emit.c", "lookups.c", "thread.c", "signals.c", "forkchild.c",
+             "xstate.c", "recorder.c")
 
 
 #: The agent script, in this order into one script (Frida loads one source; line numbers
 #: in its error messages count from the start of agent.js).
 JS_SOURCES = ("agent.js", "signals.js", "crash.js", "detach.js", "ours.js", "trigger.js",
-              "fill.js", "capcache.js")
+              "forkchild.js", "fill.js", "capcache.js")
 
 
 def agent_source() -> tuple[str, str]:

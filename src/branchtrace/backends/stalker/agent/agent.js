@@ -336,19 +336,23 @@ function restrictTo(only) {
 
 /* Stalker stops following a thread when it calls glibc's __call_tls_dtors (its idea of
  * "the thread is exiting"), but exit() calls it too, before the program's destructors
- * and atexit handlers run. Follow the thread again when it returns from there. */
+ * and atexit handlers run. Follow the thread again when it returns from there. The
+ * hook is a C listener (signals.c, bt_tls_dtors_on_leave) that calls tlsDtorsLeft only
+ * in the traced process: every forked child that exits passes here, and a JS listener
+ * in a child deadlocked it on a lock a thread of Frida's held at the fork (a bash loop
+ * of subshells, attached: its child stuck in exit(), its parent in waitpid). */
+function tlsDtorsLeft() {
+  const tid = Process.getCurrentThreadId();
+  const t = followed.get(tid);
+  if (t !== undefined && !stopping)
+    Stalker.follow(tid, followOptions(t.ctx));
+}
+
 function refollowAfterTlsDtors() {
   const address = Module.findGlobalExportByName('__call_tls_dtors');
   if (address === null)
     return;
-  Interceptor.attach(address, {
-    onLeave() {
-      const tid = Process.getCurrentThreadId();
-      const t = followed.get(tid);
-      if (t !== undefined && !stopping)
-        Stalker.follow(tid, followOptions(t.ctx));
-    },
-  });
+  Interceptor.attach(address, { onLeave: cm.bt_tls_dtors_on_leave });
 }
 
 /* A thread that forks while Stalker follows it leaves a child that crashes at once
@@ -662,6 +666,7 @@ rpc.exports = {
     libc.munmap = fn('munmap', 'int', ['pointer', 'size_t']);
     libc.mprotect = fn('mprotect', 'int', ['pointer', 'size_t', 'int']);
     libc.getpid = fn('getpid', 'int', []);
+    libc.pread = fn('pread', 'int64', ['int', 'pointer', 'size_t', 'int64']);
     params.pid = libc.getpid();
 
     cfg = Memory.alloc(CFG.size);   // CModule data is read-only: the config lives here
@@ -672,10 +677,12 @@ rpc.exports = {
     const execEnterCallback = new NativeCallback(execEnter, 'void', ['pointer']);
     const execFailedCallback = new NativeCallback(execFailed, 'void', ['int']);
     const exitEnterCallback = new NativeCallback(exitEnter, 'void', ['int']);
+    const tlsDtorsCallback = new NativeCallback(tlsDtorsLeft, 'void', []);
     const agentPid = Memory.alloc(4);
     agentPid.writeS32(params.pid);
-    keep.push(execEnterCallback, execFailedCallback, exitEnterCallback, agentPid);
-    cm = new CModule(p.source, {
+    keep.push(execEnterCallback, execFailedCallback, exitEnterCallback, tlsDtorsCallback,
+              agentPid);
+    cm = new CModule(p.source, Object.assign(unhookSymbols(), {   // forkchild.js
       bt_config: cfg,
       bt_xstate: xstate,
       kill: Module.getGlobalExportByName('kill'),
@@ -683,12 +690,17 @@ rpc.exports = {
       bt_exec_enter: execEnterCallback,
       bt_exec_failed: execFailedCallback,
       bt_exit_enter: exitEnterCallback,
+      bt_tls_dtors_left: tlsDtorsCallback,
       bt_agent_pid: agentPid,
       __errno_location: Module.getGlobalExportByName('__errno_location'),
       syscall: Module.getGlobalExportByName('syscall'),
       pthread_getspecific: Module.getGlobalExportByName('pthread_getspecific'),
       pthread_setspecific: Module.getGlobalExportByName('pthread_setspecific'),
-    });
+    }));
+    // first of our hooks: from here on a forked child puts back what hooks patched
+    // (forkchild.js), those of Frida's made before us at once
+    unfollowAroundFork();
+    noteHookedFunctions([]);
     cm.threadInit = new NativeFunction(cm.bt_thread_init, 'void',
         ['pointer', 'pointer', 'pointer', 'uint64', 'uint64', 'uint', 'uint', 'uint64']);
     if (p.avx512)
@@ -741,7 +753,6 @@ rpc.exports = {
     refollowAfterTlsDtors();
     const dlopenHooked = oursRanges !== null && oursRanges.length > 0;   // ours.js
     watchHookedReturns(dlopenHooked ? ['dlopen', 'dlmopen'] : []);   // crash.js
-    unfollowAroundFork();
     followChildren();
     followCloneChildren();
     followExec();
@@ -791,6 +802,7 @@ rpc.exports = {
       send({ type: 'modules' });
     if (!p.started)  // attached (also in an image an exec brought): no exit status for us
       hookExit();
+    noteHookedFunctions(p.trigger ? [ptr(p.trigger.address)] : []);   // forkchild.js
     return {
       followed: Array.from(followed.keys()),
       onlyMatched: matched,

@@ -463,21 +463,6 @@ bt_sigint (int sig, gpointer info, gpointer uctx)
   g_atomic_int_add (&bt_config.in_sigint, -1);
 }
 
-/* fork()'s exit, a C listener (agent.js, unfollowAroundFork). In the child no JS may
- * run: a lock that one of Frida's threads held at the moment of the fork stays held for
- * ever there (a JS onLeave hung 1 child in ~60 under load). So the child returns at
- * once, natively; the parent (or a failed fork) asks the agent to follow the thread
- * again. */
-extern void bt_fork_parent (void);
-
-void
-bt_fork_leave (GumInvocationContext * ic)
-{
-  if ((gint) GPOINTER_TO_SIZE (gum_invocation_context_get_return_value (ic)) == 0)
-    return;
-  bt_fork_parent ();
-}
-
 /* execve's entry and (failed) exit, C listeners (agent.js, followExec): the agent is
  * called only in the traced process; in a forked child about to exec, no JS. */
 extern volatile gint bt_agent_pid;          /* the traced process (agent.js writes it) */
@@ -513,6 +498,17 @@ bt_exit_on_enter (GumInvocationContext * ic)
 {
   if (bt_in_traced_process ())
     bt_exit_enter ((gint) GPOINTER_TO_SIZE (gum_invocation_context_get_nth_argument (ic, 0)));
+}
+
+/* __call_tls_dtors' exit (agent.js, refollowAfterTlsDtors): the agent is called only in
+ * the traced process; a forked child runs no JS. */
+extern void bt_tls_dtors_left (void);
+
+void
+bt_tls_dtors_on_leave (GumInvocationContext * ic)
+{
+  if (bt_in_traced_process ())
+    bt_tls_dtors_left ();
 }
 
 /* Crash facts (docs/stalker.md, "Where the fault really was"). Frida's handler for
