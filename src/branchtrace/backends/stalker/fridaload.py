@@ -27,6 +27,11 @@ def load() -> ModuleType:
     loaded = sys.modules.get("frida")
     if loaded is not None:
         return loaded
+    # numpy first, whole: its OpenBLAS starts a thread server at import, under a lock
+    # that its fork handler takes too. Frida forks (its helper) on threads of its own;
+    # a fork while another of our threads was importing numpy left a child stuck in
+    # OpenBLAS's fork handler, holding our output pipes (a CI run hung on it).
+    import numpy  # noqa: F401
     if defer_asyncio and "asyncio" not in sys.modules and importlib.util.find_spec("frida") is not None:
         _lazy("asyncio")
     import frida
