@@ -48,8 +48,11 @@ from .format import (
 
 #: zstd level of the chunks: 0.3-1.8 GB/s to write, 25-80x on branch records (measured).
 #: Level 2 rather than 3: on the block ids of bzip2, cc1 and jq runs it compresses
-#: 15-35% faster (CPU time) for files 0-3% larger (docs/benchmarks.md, issue 15).
-LEVEL = 2
+#: 15-35% faster (CPU time) for files 0-3% larger. Level 1 rather than 2 since the ids
+#: are stored as 16 bits: as fast (single thread, idle: 652 against 640 MB/s on
+#: bzip2's ids, within 7% either way on python3, sqlite3, jq) for files 0-9% smaller;
+#: paired stream runs the same speed (docs/benchmarks.md, issue 15).
+LEVEL = 1
 
 #: Longest a tail shorter than a chunk waits for more records of its thread (ns)
 CARRY_NS = 20_000_000
