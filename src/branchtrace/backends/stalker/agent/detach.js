@@ -50,32 +50,30 @@ function stopRecording() {
 
 /* A thread that only takes direct jumps (a spin loop, a program hung in a loop) never
  * comes back to Stalker's code, where Stalker lets a thread go: the detach would wait
- * for ever. A thread still recording 2 ms after the unfollow is in such a loop, or on
- * its way to the next return: its newest block is invalidated, which sends the next
- * pass through it into Stalker, and out (Stalker.unfollow was asked first). Before the
- * store and the block table go: they name the block. */
+ * for ever. A thread still recording after the unfollow is in such a loop, or on its
+ * way to the next return: its newest block is invalidated, which sends the next pass
+ * through it into Stalker, and out (Stalker.unfollow was asked first). Looked for every
+ * 2 ms for up to 30 ms: on a loaded machine a spinning thread may not run for a few
+ * milliseconds. Before the store and the block table go: they name the block. */
 function unstickLoops() {
-  const blocks = cfg.add(CFG.blocks).readPointer();
-  const capacity = params.tableCapacity;
-  const before = new Map();
+  const newest = new NativeFunction(cm.bt_newest_block, 'uint64', ['pointer']);
+  const seen = new Map(), done = new Set();
   for (const [tid, t] of followed)
-    before.set(tid, written(t));
-  Thread.sleep(0.002);
-  for (const [tid, t] of followed) {
-    const w = written(t);
-    if (w === 0 || w === before.get(tid))
-      continue;   // never ran, asleep in a system call, or out already
-    const ring = t.ctx.add(TH.capacity).readU64().toNumber();
-    const id = t.ctx.add(TH.region).readPointer().add(4 * ((w - 1) % ring)).readU32();
-    if (id >= capacity)
-      continue;
-    const start = blocks.add(32 * id).readPointer();
-    if (start.isNull())
-      continue;
-    try {
-      Stalker.invalidate(tid, start);
-    } catch (e) {
-      /* the thread is gone */
+    seen.set(tid, written(t));
+  for (let round = 0; round < 15 && done.size < followed.size; round++) {
+    Thread.sleep(0.002);
+    for (const [tid, t] of followed) {
+      if (done.has(tid) || written(t) === seen.get(tid))
+        continue;   // never ran, asleep in a system call, or out already (so far)
+      done.add(tid);
+      const start = newest(t.ctx);
+      if (start.equals(0))
+        continue;
+      try {
+        Stalker.invalidate(tid, ptr(start.toString()));
+      } catch (e) {
+        /* the thread is gone */
+      }
     }
   }
 }

@@ -81,6 +81,16 @@ bt_last_id (BtThread * t)
   return (w == 0) ? BT_NO_ID : t->region[(w - 1) % t->capacity];
 }
 
+/* The start address of the block the thread recorded last (0: none, or not known yet):
+ * detach.js, unstickLoops. */
+guint64
+bt_newest_block (BtThread * t)
+{
+  guint32 id = bt_last_id (t);
+
+  return (id >= bt_config.table_capacity) ? 0 : bt_config.blocks[id].start;
+}
+
 /* Leave `id` for the thread's next block to append (a handler must not touch the
  * buffer: the thread may be in the middle of the emitted code). */
 static void
