@@ -180,6 +180,50 @@ def test_attach_and_detach_fifty_times(build, backend, via, soak):
     assert printed > 10 and out == counter_lines(printed)   # every line as it should be
 
 
+def _children(pid: int) -> set[int]:
+    import os
+
+    kids: set[int] = set()
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                kids.update(int(k) for k in f.read().split())
+    except OSError:
+        pass
+    return kids
+
+
+@pytest.mark.parametrize("follow", [True, False], ids=["children-followed", "not-followed"])
+def test_attach_to_a_shell_that_forks_all_the_time_leaves_no_child_stuck(follow):
+    """bash forks a subshell every millisecond or so. A child forked after some of our
+    hooks were made but before the agent had noted them kept them, ran one as it exited,
+    and waited for ever on a lock a thread of Frida's held at the fork, with bash in
+    waitpid: every try (3 of 3) left bash stuck. The agent now notes each function before
+    it hooks it, so a forked child always puts every hook back."""
+    import shutil
+    import time
+
+    program = subprocess.Popen([shutil.which("bash") or "bash", "-c", "while true; do (:); done"])
+    try:
+        time.sleep(0.2)
+        trace = record(Target(pid=program.pid),
+                       RecordConfig(backend="stalker", duration=0.5, follow_children=follow))
+        assert trace.exit.status == "detached"
+        # bash goes on forking: no child of it lives through 3 s of looking
+        alive = _children(program.pid)
+        for _ in range(12):
+            time.sleep(0.25)
+            alive &= _children(program.pid)
+        assert not alive, f"child {sorted(alive)} of bash is stuck"
+        assert program.poll() is None
+    finally:
+        kids = _children(program.pid)
+        program.kill()
+        program.wait(timeout=60)
+        for kid in kids:   # a stuck one would outlive bash
+            subprocess.run(["kill", "-9", str(kid)], check=False)
+
+
 def test_attach_to_a_program_hung_in_a_loop_lets_go_of_it(build):
     """A thread that only takes direct jumps never comes back to Stalker's code, where
     Stalker lets a thread go: the detach waited for ever (a program stuck at 100% CPU is

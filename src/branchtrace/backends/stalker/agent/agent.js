@@ -352,7 +352,7 @@ function refollowAfterTlsDtors() {
   const address = Module.findGlobalExportByName('__call_tls_dtors');
   if (address === null)
     return;
-  Interceptor.attach(address, { onLeave: cm.bt_tls_dtors_on_leave });
+  hook(address, { onLeave: cm.bt_tls_dtors_on_leave });
 }
 
 /* A thread that forks while Stalker follows it leaves a child that crashes at once
@@ -400,14 +400,14 @@ function followChildren() {
   for (const name of ['posix_spawn', 'posix_spawnp']) {
     const address = Module.findGlobalExportByName(name);
     if (address !== null)
-      Interceptor.attach(address, {
+      hook(address, {
         onEnter() { childStart(Process.getCurrentThreadId(), null); },
         onLeave() { if (!inChild()) childDone(Process.getCurrentThreadId()); },
       });
   }
   const vfork = Module.findGlobalExportByName('vfork');
   if (vfork !== null)   // a probe: the stack is shared with the child, left alone
-    Interceptor.attach(vfork, function () {
+    hook(vfork, function () {
       childStart(Process.getCurrentThreadId(), null);
       childAsked.delete(Process.getCurrentThreadId());   // no exit hook: nothing to say
     });
@@ -417,7 +417,7 @@ function unfollowAroundFork() {
   const address = Module.findGlobalExportByName('fork');
   if (address === null)
     return;
-  Interceptor.attach(address, function () {
+  hook(address, function () {
     const tid = Process.getCurrentThreadId();
     const t = followed.get(tid);
     if (t !== undefined && !stopping) {
@@ -426,7 +426,7 @@ function unfollowAroundFork() {
       childStart(tid, this.returnAddress);
     }
   });
-  Interceptor.attach(address, { onLeave: cm.bt_fork_leave });
+  hook(address, { onLeave: cm.bt_fork_leave });
 }
 
 /* exec: the new image replaces this agent, so the tracer follows it from outside
@@ -479,7 +479,7 @@ function followExec() {
   const address = Module.findGlobalExportByName('execve');
   if (address === null)
     return;
-  Interceptor.attach(address, { onEnter: cm.bt_exec_on_enter, onLeave: cm.bt_exec_on_leave });
+  hook(address, { onEnter: cm.bt_exec_on_enter, onLeave: cm.bt_exec_on_leave });
 }
 
 /* Threads made with glibc's clone() rather than pthread_create: Stalker sends a clone's
@@ -518,7 +518,7 @@ function followCloneChildren() {
   cm.keysSave = new NativeFunction(cm.bt_clone_keys_save, 'void', ['pointer']);
   cm.keysRestore = new NativeFunction(cm.bt_clone_keys_restore, 'void', ['pointer']);
   cm.cloneWait = new NativeFunction(cm.bt_clone_wait_entered, 'int', ['pointer']);
-  Interceptor.attach(address, {
+  hook(address, {
     onEnter(args) {
       this.gate = null;
       const flags = args[2].toUInt32();
@@ -602,7 +602,7 @@ function hookExit() {
   const address = Module.findGlobalExportByName('_exit');
   if (address === null)
     return;
-  Interceptor.attach(address, { onEnter: cm.bt_exit_on_enter });
+  hook(address, { onEnter: cm.bt_exit_on_enter });
 }
 
 /* The main thread's follow from its entry probe, at once, from where it is (false: the
@@ -698,9 +698,9 @@ rpc.exports = {
       pthread_setspecific: Module.getGlobalExportByName('pthread_setspecific'),
     }));
     // first of our hooks: from here on a forked child puts back what hooks patched
-    // (forkchild.js), those of Frida's made before us at once
+    // (forkchild.js): ours as hook() makes them, Frida's (made before us) at once
     unfollowAroundFork();
-    noteHookedFunctions([]);
+    noteFridaHooks();
     cm.threadInit = new NativeFunction(cm.bt_thread_init, 'void',
         ['pointer', 'pointer', 'pointer', 'uint64', 'uint64', 'uint', 'uint', 'uint64']);
     if (p.avx512)
@@ -802,7 +802,6 @@ rpc.exports = {
       send({ type: 'modules' });
     if (!p.started)  // attached (also in an image an exec brought): no exit status for us
       hookExit();
-    noteHookedFunctions(p.trigger ? [ptr(p.trigger.address)] : []);   // forkchild.js
     return {
       followed: Array.from(followed.keys()),
       onlyMatched: matched,

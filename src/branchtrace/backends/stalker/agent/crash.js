@@ -200,7 +200,7 @@ function watchHookedReturns(also) {
   for (const name of HOOKED_RETURNS.concat(also)) {
     const address = Module.findGlobalExportByName(name);
     if (address !== null)
-      Interceptor.attach(address, probe.bt_hooked_probe);   // a probe: the stack is left alone
+      hook(address, probe.bt_hooked_probe);   // a probe: the stack is left alone
   }
 }
 

@@ -5,11 +5,10 @@
 
 const UNHOOK_MAX = 64, UNHOOK_SIZE = 24;   // BT_UNHOOK_MAX, sizeof (BtUnhook)
 const O_RDONLY = 0;
-/* Functions hooked in the program: by Frida before us (its exit monitor; its exceptor's
- * replacements of signal and sigaction) and by us (agent.js, crash.js, ours.js). */
-const HOOKED_NAMES = ['exit', '_exit', 'abort', 'signal', 'sigaction', '__call_tls_dtors',
-  'fork', 'vfork', 'clone', 'posix_spawn', 'posix_spawnp', 'execve', 'execv', 'execvp',
-  'execvpe', 'execl', 'execlp', 'execle', 'fexecve', 'execveat', 'dlopen', 'dlmopen'];
+/* Functions Frida hooks in the program before our script runs: its exit monitor's
+ * (exit, _exit, abort) and its exceptor's replacements of signal and sigaction. Ours
+ * are noted by hook() as they are made. */
+const FRIDA_HOOKED = ['exit', '_exit', 'abort', 'signal', 'sigaction'];
 const unhooks = Memory.alloc(UNHOOK_MAX * UNHOOK_SIZE);
 const unhooksN = Memory.alloc(4);
 const unhooked = new Set();
@@ -19,21 +18,29 @@ function unhookSymbols() {
   return { bt_unhooks: unhooks, bt_unhooks_n: unhooksN };
 }
 
-/* Every function of HOOKED_NAMES a hook has patched, and `more` (the trigger's). */
-function noteHookedFunctions(more) {
-  for (const name of HOOKED_NAMES) {
-    const address = Module.findGlobalExportByName(name);
-    if (address !== null)
-      noteHooked(address);
-  }
-  for (const address of more)
-    noteHooked(address);
+/* Interceptor.attach, with the function noted first: a child forked at any moment
+ * after the note, the hook made or not yet, puts the file's bytes back (the same bytes
+ * when the hook was not made yet). Every hook of ours goes through here. */
+function hook(address, listener) {
+  noteHooked(address, false);
+  return Interceptor.attach(address, listener);
 }
 
-/* Note a function a hook patched (it starts with a jump: e9 rel32, or ff 25 for one that
- * is far) with its first 16 bytes as its file has them; a file whose bytes are the same
- * (no hook there), or that cannot be read, adds nothing. */
-function noteHooked(address) {
+/* Frida's hooks, made before ours (after the fork hook: children forked from then on
+ * put them back). */
+function noteFridaHooks() {
+  for (const name of FRIDA_HOOKED) {
+    const address = Module.findGlobalExportByName(name);
+    if (address !== null)
+      noteHooked(address, true);
+  }
+}
+
+/* Note a function with its first 16 bytes as its file has them. `patched`: only if it
+ * starts with a jump now (e9 rel32, or ff 25 for one that is far) and differs from the
+ * file (Frida's, already made); else before a hook of ours is made. A file that cannot
+ * be read adds nothing. */
+function noteHooked(address, patched) {
   const key = address.toString();
   const n = unhooksN.readU32();
   if (unhooked.has(key) || n >= UNHOOK_MAX)
@@ -41,13 +48,17 @@ function noteHooked(address) {
   const range = Process.findRangeByAddress(address);
   if (range === null || range.file === undefined)
     return;
-  const now = new Uint8Array(address.readByteArray(16));
-  if (now[0] !== 0xe9 && !(now[0] === 0xff && now[1] === 0x25))
-    return;
   const offset = range.file.offset + address.sub(range.base).toUInt32();
   const original = fileBytes(range.file.path, offset, 16);
-  if (original === null || original.every((b, i) => b === now[i]))
+  if (original === null)
     return;
+  if (patched) {
+    const now = new Uint8Array(address.readByteArray(16));
+    if (now[0] !== 0xe9 && !(now[0] === 0xff && now[1] === 0x25))
+      return;
+    if (original.every((b, i) => b === now[i]))
+      return;
+  }
   const entry = unhooks.add(n * UNHOOK_SIZE);
   entry.writePointer(address);
   entry.add(8).writeByteArray(original);

@@ -37,7 +37,7 @@ function watchProgramDlopen() {
     if (address === null)
       continue;
     const pathArg = name === 'dlopen' ? 0 : 1;
-    Interceptor.attach(address, {
+    hook(address, {
       onEnter(args) {
         this.path = null;
         if (stopping || Cloak.hasCurrentThread() || inChild())

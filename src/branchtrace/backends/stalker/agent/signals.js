@@ -16,7 +16,7 @@ function wrapSignalHandlers(table) {
     return;
   libc.sigaction = new NativeFunction(sigaction, 'int', ['int', 'pointer', 'pointer']);
   const wrapper = cm.bt_signal_entry;
-  Interceptor.attach(sigaction, {
+  hook(sigaction, {
     onEnter(args) {
       const sig = args[0].toInt32();
       this.sig = -1;

@@ -68,5 +68,5 @@ function armTrigger(t) {
   }, 'void', ['pointer', 'int']);
   const probe = new CModule(TRIGGER_C, { bt_trigger_state: state, bt_trigger_fire: fire });
   keep.push(state, fire, probe);
-  Interceptor.attach(address, probe.bt_trigger_probe);   // a probe: the stack is left alone
+  hook(address, probe.bt_trigger_probe);   // a probe: the stack is left alone
 }
