@@ -36,10 +36,10 @@ from branchtrace.store import Encoding, StoreMode
 from branchtrace.store.blocks import BLOCK_DTYPE
 from branchtrace.trace import Trace
 from branchtrace.tracefile import TraceWriter, open_trace
+from branchtrace.tracefile.blocksrec import BlocksHead
 from branchtrace.tracefile.format import (
     FRAME,
     PREAMBLE,
-    BlocksHead,
     ChunkHead,
     EndInfo,
     FileHeader,

@@ -28,17 +28,16 @@ from branchtrace.store.blocks import (
 from branchtrace.trace import Trace
 from branchtrace.tracefile import open_trace
 from branchtrace.tracefile.chunkbody import NARROW
+from branchtrace.tracefile.blocksrec import BlocksHead, dtype_fields
 from branchtrace.tracefile.format import (
     MAGIC,
     PREAMBLE,
     VERSION,
-    BlocksHead,
     ChunkHead,
     EndInfo,
     FileHeader,
     RecordType,
     ThreadInfo,
-    dtype_fields,
     frame,
 )
 

@@ -17,6 +17,7 @@ from branchtrace.model import BRANCH_DTYPE, BranchKind, ExitInfo, Gap, Mapping, 
 from branchtrace.store import FROMTO_DTYPE, Encoding, StoreMode
 from branchtrace.trace import CHUNK_TIMES_DTYPE, Trace
 from branchtrace.tracefile import CORRUPT, VERSION, TraceWriter, open_trace, save, scan
+from branchtrace.tracefile.blocksrec import dtype_fields, dtype_from_fields
 from branchtrace.tracefile.format import (
     FRAME,
     PREAMBLE,
@@ -25,8 +26,6 @@ from branchtrace.tracefile.format import (
     FileHeader,
     RecordType,
     ThreadInfo,
-    dtype_fields,
-    dtype_from_fields,
     frame,
 )
 

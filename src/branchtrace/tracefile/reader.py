@@ -31,6 +31,7 @@ from ..model import StackSnapshot
 from ..store import RECORD_DTYPES, Encoding
 from .chunkbody import NARROW, stored_size, valid_flags
 from .stacks import decode_stack
+from .blocksrec import BlocksHead, dtype_from_fields
 from .format import (
     CHUNK_HEAD,
     FRAME,
@@ -40,7 +41,6 @@ from .format import (
     PREAMBLE,
     SYNC,
     VERSION,
-    BlocksHead,
     ChunkHead,
     EndInfo,
     FileHeader,
@@ -50,7 +50,6 @@ from .format import (
     ProcessRecord,
     RecordType,
     ThreadInfo,
-    dtype_from_fields,
     frame_crc,
 )
 

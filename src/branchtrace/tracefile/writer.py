@@ -27,12 +27,12 @@ from ..store import FROMTO_DTYPE, Encoding, StoreMode
 from ..trace import Trace
 from .chunkbody import NARROW, narrowed
 from .stacks import encode_stack
+from .blocksrec import BlocksHead, dtype_fields
 from .format import (
     CHUNK_BYTES,
     MAGIC,
     PREAMBLE,
     VERSION,
-    BlocksHead,
     ChunkHead,
     EndInfo,
     FileHeader,
@@ -42,7 +42,6 @@ from .format import (
     ProcessRecord,
     RecordType,
     ThreadInfo,
-    dtype_fields,
     frame,
 )
 

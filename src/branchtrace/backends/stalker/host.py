@@ -21,42 +21,26 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...store.blocks import DEFAULT_TABLE_CAPACITY, create_table, read_table, table_bytes
+from ...store.blocks import DEFAULT_TABLE_CAPACITY, create_table, table_bytes
 from ...errors import BranchtraceError, MemoryLimitError, TargetError, UsageError
-from ...model import ExitInfo, Gap, ModuleMap, ProcessInfo, StackSnapshot
+from ...model import ExitInfo, Gap, ModuleMap, ProcessInfo
 from ...store import HEADER_SIZE, THREAD_ENTRY_SIZE, Store
 from ...symbols.maps import merge_modules, modules_from_maps, read_maps
 from .agent_code import LoadedAgent, agent_options, agent_source, has_avx512, has_bmi2
 from .check import CheckCounters, enabled
 from .children import ChildFollowing, ForkCatcher
-from .ending import Ending, snapshot_of
+from .ending import Ending
 from ..linux.exits import ExitWatcher
 from ..linux.program import read_argv
 from .execs import ExecCatcher, ExecFollowing
 from . import fillcache, hold
+from .messages import Crash, Messages
 from .resume import Resuming
 from .launch import Attaching, Launcher, attach, check_attachable, mapped_paths
 from .triggers import Triggering
 
-#: Signals that Frida's exception types stand for.
-_SIGNAL_OF_EXCEPTION = {
-    "abort": 6, "access-violation": 11, "guard-page": 11, "illegal-instruction": 4,
-    "stack-overflow": 11, "arithmetic": 8, "breakpoint": 5, "single-step": 5, "system": 31,
-}
 _POLL = 0.02  # seconds between checks of the end conditions
 _STOP_TIMEOUT = 10.0
-
-
-@dataclass
-class Crash:
-    """What the agent saw of a fatal exception, before the program died of it."""
-
-    tid: int
-    signal: int
-    fault_address: int | None
-    fault_pc: int | None
-    exact_pc: bool
-    stack: StackSnapshot | None = None
 
 
 @dataclass
@@ -73,7 +57,7 @@ class HostResult:
     processes: list[ProcessInfo] = field(default_factory=list)
 
 
-class Host(Resuming, ExecFollowing, ChildFollowing, Ending, Triggering):
+class Host(Messages, Resuming, ExecFollowing, ChildFollowing, Ending, Triggering):
     """One Frida session recording one target into ``store``."""
 
     def __init__(self, store: Store, only: tuple[str, ...] = (),
@@ -291,112 +275,6 @@ class Host(Resuming, ExecFollowing, ChildFollowing, Ending, Triggering):
             slot, region_offset = self.store.placement(tid)
             return {"tid": tid, "index": slot, "regionOffset": region_offset,
                     "checkIndex": self.check.assign(tid) if self.check is not None else None}
-
-    # -- messages from the agent (on Frida's thread) ----------------------------------------
-
-    def _on_message(self, message: dict[str, Any], data: bytes | None) -> None:
-        if message.get("type") == "error":
-            self._agent_errors.append(str(message.get("description", message)))
-            return
-        payload = message.get("payload") or {}
-        kind = payload.get("type")
-        if kind == "slots":  # the thread waits for the answer: always give one
-            slots: list[dict[str, Any]] = []
-            try:
-                slots = [self._slot_for(int(tid)) for tid in payload["tids"]]
-            finally:
-                self._post({"type": payload["key"], "slots": slots})
-        elif kind == "gone":
-            if self._exec is not None and int(payload["tid"]) == self.pid:
-                return   # the main thread goes on in the new image, in the same slot
-            with self._lock:
-                try:
-                    self.store.mark_exited(int(payload["tid"]))
-                except BranchtraceError:
-                    pass
-        elif kind == "modules":
-            self._refresh_modules()
-        elif kind == "claim":  # the program dlopened a library Frida's agent had loaded
-            with self._lock:
-                self._claimed.add(str(payload.get("path", "")))
-            self._refresh_modules()
-        elif kind == "note":  # the agent's warning (the AVX-512 fix could not be applied)
-            self.notes.append(str(payload.get("text", "")))
-        elif kind == "exec":
-            ok = False
-            try:
-                ok = self._on_exec(int(payload["tid"]), payload.get("path"))
-            finally:
-                self._post({"type": payload["key"], "ok": ok})
-        elif kind == "fork":
-            ok = False
-            try:
-                ok = self._on_fork(int(payload["tid"]), payload.get("ret"))
-            finally:
-                self._post({"type": payload["key"], "ok": ok})
-        elif kind == "fork-done":
-            try:
-                self._on_fork_done(int(payload["tid"]))
-            finally:
-                self._post({"type": payload["key"]})
-        elif kind == "child":   # not following children: count them
-            self.untraced_children += 1
-        elif kind == "exec-failed":
-            try:
-                self._on_exec_failed(payload.get("errno"))
-            finally:
-                self._post({"type": payload["key"]})
-        elif kind == "crash":
-            hold = False
-            try:
-                self._on_crash(payload, data)
-                hold = (bool(payload.get("hold")) and self.hold_on_crash and not self.holding
-                        and self.crash is not None and self.crash.fault_pc is not None)
-                self.holding = self.holding or hold
-            finally:
-                self._post({"type": "crash-ack", "hold": hold})
-        elif kind == "parked":
-            self.parked = (int(payload["tid"]), int(payload["page"], 0))
-        elif kind == "snapshot":
-            try:
-                self._on_snapshot(payload, data)
-            finally:
-                self._post({"type": "snapshot-ack"})
-        elif kind == "exit":
-            try:
-                self.exit_code = int(payload["code"])
-                self._refresh_modules()
-            finally:
-                self._post({"type": "exit-ack"})
-
-    def _post(self, message: dict[str, Any]) -> None:
-        script = self._script
-        if script is not None:
-            with contextlib.suppress(Exception):  # the session is going away: nobody waits
-                script.post(message)
-
-    def _on_crash(self, p: dict[str, Any], stack: bytes | None = None) -> None:
-        try:
-            self._refresh_modules()
-            real, block, memory = p.get("realPc"), p.get("block"), p.get("memory")
-            # the agent's realPc is the program's instruction (crash.js, realFault); without
-            # one, the start of the last block the thread recorded (the fault is in it)
-            pc = int(real, 0) if real else int(block["start"], 0) if block else None
-            self.crash = Crash(
-                tid=int(p["tid"]),
-                signal=int(p.get("signal") or _SIGNAL_OF_EXCEPTION.get(p.get("kind", ""), 0)),
-                fault_address=int(memory, 0) if memory is not None else None,
-                fault_pc=pc, exact_pc=bool(real),
-                stack=snapshot_of(int(p["tid"]), p.get("registers"), stack,
-                                  p.get("stackBase")),
-            )
-            if p.get("error"):
-                self._agent_errors.append(f"crash report: {p['error']}")
-            if p.get("stackError"):
-                self.notes.append(f"pid {self.pid}: no copy of the crashed thread's stack: "
-                                  f"{p['stackError']}")
-        except (KeyError, TypeError, ValueError) as err:
-            self._agent_errors.append(f"bad crash report {p!r}: {err}")
 
     def _on_detached(self, reason: str, crash: Any, generation: int = 0) -> None:
         if generation != self._generation:
