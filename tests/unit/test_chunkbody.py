@@ -14,7 +14,7 @@ import zstandard
 
 from branchtrace.model import BranchKind
 from branchtrace.tracefile import VERSION, open_trace, scan
-from branchtrace.tracefile import writer as writer_module
+from branchtrace.tracefile import chunkbody as chunkbody_module
 from branchtrace.tracefile.chunkbody import (
     NARROW,
     narrowed,
@@ -77,7 +77,7 @@ def test_every_reader_reads_narrow_chunks_as_wide_ones(tmp_path: Path,
     ids = {4242: small, 4243: mixed}
     narrow, wide = tmp_path / "narrow.btrace", tmp_path / "wide.btrace"
     blockid_file(narrow, table, ids)
-    monkeypatch.setattr(writer_module, "narrowed", lambda records: None)
+    monkeypatch.setattr(chunkbody_module, "narrowed", lambda records: None)
     blockid_file(wide, table, ids)
     assert _chunk_flags(narrow) == [NARROW] * 4 + [0, NARROW]
     assert set(_chunk_flags(wide)) == {0}

@@ -78,3 +78,19 @@ def test_an_old_tail_is_not_held_longer(tmp_path: Path) -> None:
     w.close()
     ids, counts = _ids(path, 7)
     assert counts == [20] and np.array_equal(ids, np.arange(20, dtype="<u4"))
+
+
+def test_drains_of_any_size_keep_every_record_in_order(tmp_path: Path) -> None:
+    """Drains that are no multiple of a chunk (a carried tail then fills the first
+    piece of the next drain; a drain too small to fill it is carried whole)."""
+    rng = np.random.default_rng(3)
+    sizes = [int(n) for n in rng.integers(1, 3 * STEP, 30)] + [5, 7, STEP - 1, 1, STEP + 1]
+    drains = [rng.integers(0, 5000, n, dtype="<u4") for n in sizes]
+    path = tmp_path / "any.btrace"
+    w = _writer(path, coalesce=True)
+    for k, d in enumerate(drains):
+        w.write_chunk(7, d, T0 + k, T0 + k + 1)
+    w.close()
+    ids, counts = _ids(path, 7)
+    assert np.array_equal(ids, np.concatenate(drains))
+    assert all(n == STEP for n in counts[:-1]) and 0 < counts[-1] <= STEP

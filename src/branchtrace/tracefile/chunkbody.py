@@ -19,6 +19,8 @@ from typing import Any, Protocol
 import numpy as np
 import zstandard
 
+from .format import ChunkHead, RecordType, frame
+
 #: CHUNK frame flag: the zstd frame holds the block ids as little-endian uint16.
 NARROW = 1
 
@@ -106,3 +108,27 @@ class _Widening:
         if n < len(wide):
             self._odd = wide[n:].tobytes()
         return n
+
+
+def pieces(prefix: np.ndarray | None, records: np.ndarray, step: int,
+            end: int) -> Iterator[np.ndarray]:
+    """Rows [0, end) of ``prefix`` then ``records``, ``step`` at a time, without copying
+    the two into one array: only the piece that spans both is put together."""
+    p = 0 if prefix is None else len(prefix)
+    start = 0
+    if prefix is not None and p and end > 0:
+        n = min(step, end)
+        yield prefix[:n] if n <= p else np.concatenate((prefix, records[:n - p]))
+        start = n
+    for s in range(start, end, step):
+        yield records[s - p:min(s + step, end) - p]
+
+
+def chunk_record(compressor: zstandard.ZstdCompressor, head: ChunkHead,
+                  piece: np.ndarray) -> bytes:
+    """The CHUNK record of ``piece``: block ids that all fit in 16 bits are stored so
+    (chunkbody.py), anything else as it is."""
+    narrow = narrowed(piece)
+    data = piece if narrow is None else narrow
+    return frame(RecordType.CHUNK, head.encode() + compressor.compress(
+        data.view(np.uint8).data), flags=0 if narrow is None else NARROW)

@@ -14,6 +14,7 @@ import stat
 import threading
 import time
 from collections import defaultdict, deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from ..errors import UsageError
 from ..model import ExitInfo, Gap, ModuleMap, ProcessInfo, StackSnapshot
 from ..store import FROMTO_DTYPE, Encoding, StoreMode
 from ..trace import Trace
-from .chunkbody import NARROW, narrowed
+from .chunkbody import chunk_record, pieces
 from .stacks import encode_stack
 from .blocksrec import BlocksHead, dtype_fields
 from .format import (
@@ -165,28 +166,34 @@ class TraceWriter:
         worse (jq's trace was 46% larger with drains of 1-6 buffer chunks)."""
         step = max(1, CHUNK_BYTES // max(1, records.dtype.itemsize))
         if not self._coalesce:
-            self._write_pieces(tid, records, step, first_ns, last_ns)
+            self._write_pieces(tid, pieces(None, records, step, len(records)), first_ns,
+                               last_ns)
             return
         with self._lock:
             carry = self._carry.pop(tid, None)
-        if carry is not None:
-            records = np.concatenate((carry[0], records))
-            first_ns = carry[1]
-        whole = len(records) - len(records) % step
-        if whole < len(records) and last_ns - first_ns < CARRY_NS:
+        prefix = None
+        if carry is not None:   # shorter than a chunk: only the first piece copies it
+            prefix, first_ns = carry
+        p = 0 if prefix is None else len(prefix)
+        total = p + len(records)
+        end = total - total % step
+        if end < total and last_ns - first_ns < CARRY_NS:
+            tail = (records[end - p:].copy() if end >= p or prefix is None
+                    else np.concatenate((prefix[end:], records)))
             with self._lock:
-                self._carry[tid] = (records[whole:].copy(), first_ns)
-            records = records[:whole]
-        self._write_pieces(tid, records, step, first_ns, last_ns)
+                self._carry[tid] = (tail, first_ns)
+        else:
+            end = total
+        self._write_pieces(tid, pieces(prefix, records, step, end), first_ns, last_ns)
 
-    def _write_pieces(self, tid: int, records: np.ndarray, step: int, first_ns: int,
+    def _write_pieces(self, tid: int, pieces: Iterator[np.ndarray], first_ns: int,
                       last_ns: int) -> None:
-        for start in range(0, len(records), step):
-            piece = np.ascontiguousarray(records[start:start + step])
+        for piece in pieces:
+            piece = np.ascontiguousarray(piece)
             with self._lock:
                 head = ChunkHead(tid, len(piece), self.kept[tid], first_ns, last_ns)
                 if self._pool is None:
-                    self._append(_chunk_record(self._compressor, head, piece))
+                    self._append(chunk_record(self._compressor, head, piece))
                 else:
                     self._append_done()
                     self._pending.append(self._pool.submit(self._chunk_frame, head, piece))
@@ -203,7 +210,8 @@ class TraceWriter:
             carried, self._carry = self._carry, {}
         for tid, (records, first_ns) in carried.items():
             step = max(1, CHUNK_BYTES // max(1, records.dtype.itemsize))
-            self._write_pieces(tid, records, step, first_ns, time.time_ns())
+            self._write_pieces(tid, pieces(None, records, step, len(records)), first_ns,
+                               time.time_ns())
 
     def _chunk_frame(self, head: ChunkHead, piece: np.ndarray) -> bytes:
         """The CHUNK record of ``piece`` (on a pool thread, with its own compressor)."""
@@ -211,7 +219,7 @@ class TraceWriter:
         if compressor is None:
             compressor = self._local.compressor = zstandard.ZstdCompressor(
                 level=self._level, write_checksum=False)
-        return _chunk_record(compressor, head, piece)
+        return chunk_record(compressor, head, piece)
 
     def _append_done(self, wait_over: int | None = None) -> None:
         """Append the pending chunks that are compressed, in order; with ``wait_over``,
@@ -312,16 +320,6 @@ class TraceWriter:
             n = os.write(self._fd, view)
             view = view[n:]
         self.size += len(data)
-
-
-def _chunk_record(compressor: zstandard.ZstdCompressor, head: ChunkHead,
-                  piece: np.ndarray) -> bytes:
-    """The CHUNK record of ``piece``: block ids that all fit in 16 bits are stored so
-    (chunkbody.py), anything else as it is."""
-    narrow = narrowed(piece)
-    data = piece if narrow is None else narrow
-    return frame(RecordType.CHUNK, head.encode() + compressor.compress(
-        data.view(np.uint8).data), flags=0 if narrow is None else NARROW)
 
 
 def process_record(p: ProcessInfo) -> ProcessRecord:
