@@ -95,10 +95,13 @@ COMPRESS_THREADS_ENV = "BRANCHTRACE_COMPRESS_THREADS"
 
 def compress_workers() -> int:
     """Threads that compress the chunks of a trace file being written, beside the
-    thread that drains the store: the cores this process may run on less one (the
-    program's), at least 1, at most 4. Compression is most of the consumer's work
-    (zstd ~1 GB/s a core, the copy out of the store ~3 GB/s), so the drain goes on
-    while the previous chunks compress."""
+    thread that drains the store: the cores this process may run on less two (the
+    program's and the drain's), at most 4; ``0`` (the drain compresses itself) on a
+    machine of 1 or 2 cores. There a pool thread only competes with the drain for the
+    one core the program leaves: on 2 cores, `bzip2 -9` of 12 MB in stream mode ran
+    ~15% faster without it and no workload ran slower (docs/benchmarks.md, issue 15).
+    With more cores the drain goes on while earlier chunks compress (zstd ~1 GB/s a
+    core, the copy out of the store ~3 GB/s)."""
     value = os.environ.get(COMPRESS_THREADS_ENV, "")
     if value.isdigit():
         return min(int(value), 16)
@@ -106,7 +109,7 @@ def compress_workers() -> int:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
-    return max(1, min(4, cores - 1))
+    return max(0, min(4, cores - 2))
 
 
 #: How often (at most) a file being written gets the block table and modules so far.

@@ -376,6 +376,20 @@ def test_progress_line_is_throttled_and_erased(monkeypatch: pytest.MonkeyPatch) 
     assert out.getvalue().endswith("\r\x1b[K")
 
 
+@pytest.mark.parametrize("cores, workers", [(1, 0), (2, 0), (3, 1), (4, 2), (6, 4), (64, 4)])
+def test_compress_workers_leave_the_program_and_the_drain_a_core_each(
+        monkeypatch: pytest.MonkeyPatch, cores: int, workers: int) -> None:
+    # on 2 cores a pool thread only competed with the drain for the one core the program
+    # leaves (bzip2 -9 stream ~15% slower, docs/benchmarks.md): the drain compresses
+    from branchtrace import recorder
+
+    monkeypatch.delenv(recorder.COMPRESS_THREADS_ENV, raising=False)
+    monkeypatch.setattr(recorder.os, "sched_getaffinity", lambda pid: set(range(cores)))
+    assert recorder.compress_workers() == workers
+    monkeypatch.setenv(recorder.COMPRESS_THREADS_ENV, "3")
+    assert recorder.compress_workers() == 3
+
+
 @pytest.mark.parametrize("workers", [1, 3])
 def test_chunks_compressed_on_a_pool_make_the_same_file(tmp_path: Path, workers: int) -> None:
     # the stream's writer compresses on pool threads (recorder.compress_workers): the
