@@ -10,6 +10,7 @@ the program unchanged and record nothing."""
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 
 import numpy as np
@@ -102,6 +103,39 @@ def test_every_thread_is_counted_apart(build, monkeypatch):
     assert len(result.threads) == 5
     assert_exact(result, drained, counted, status)
     assert len(set(counted.values())) == 5    # the threads did different amounts of work
+
+
+def test_threads_storing_through_gs_are_counted_apart(build, monkeypatch):
+    # chunks of 65536 records: each thread's block-start code stores through gs
+    # (thread.c, "gs"); a new thread inherits its maker's gs base and takes its own
+    monkeypatch.setenv(ENV, "1")
+    config = StoreConfig(StoreMode.STREAM, Encoding.BLOCKID, 4 * 65536, 65536)
+    result, drained, counted, status = run_checked((str(build("threads")),), config)
+    assert len(result.threads) == 5
+    assert_exact(result, drained, counted, status)
+    assert len(set(counted.values())) == 5
+
+
+def test_a_program_that_takes_gs_for_itself_gets_it_and_nothing_is_lost(build, monkeypatch,
+                                                                        tmp_path):
+    """rel_gsbase sets its gs base (arch_prctl) halfway and reads through it, also in a
+    thread made afterwards. Its records went through gs until then: the program must get
+    its gs (same output as natively), and every block is recorded before and after."""
+    exe = str(build("rel_gsbase"))
+    native = subprocess.run([exe, "300000"], capture_output=True, text=True, check=True)
+    monkeypatch.setenv(ENV, "1")
+    config = StoreConfig(StoreMode.STREAM, Encoding.BLOCKID, 4 * 65536, 65536)
+    result, drained, counted, status = run_checked((exe, "300000"), config)
+    assert_exact(result, drained, counted, status)
+    assert counted[result.pid] > 2 * 600_000        # both loops: before and after
+    assert any("own gs base" in note for note in result.notes), result.notes
+    out = tmp_path / "gs.btrace"
+    traced = cli("run", "--backend", "stalker", "--mode", "stream", "--report", "never",
+                 "-o", str(out), "--", exe, "300000")
+    assert traced.returncode == 0, traced.stderr
+    assert traced.stdout == native.stdout
+    stats = cli("stats", str(out))
+    assert stats.returncode == 0 and "own gs base" in stats.stdout, stats.stdout
 
 
 def test_no_counter_without_the_switch(build, monkeypatch):

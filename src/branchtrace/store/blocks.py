@@ -37,11 +37,15 @@ TABLE_HEADER_SIZE = 64
 DEFAULT_TABLE_CAPACITY = 1 << 22
 
 TABLE_HEADER_DTYPE = np.dtype({
-    "names": ["magic", "version", "entry_size", "capacity", "count"],
-    "formats": ["S8", "<u4", "<u4", "<u8", "<u4"],
-    "offsets": [0, 8, 12, 16, 24],
+    "names": ["magic", "version", "entry_size", "capacity", "count", "events"],
+    "formats": ["S8", "<u4", "<u4", "<u8", "<u4", "<u4"],
+    "offsets": [0, 8, 12, 16, 24, 28],
     "itemsize": TABLE_HEADER_SIZE,
 })
+#: ``events`` bits: what the target saw that the tracer notes (recorder.h BT_EVENT_*).
+#: A thread of the program set its own gs base while its records went through gs
+#: (stalker agent, thread.c): they went through a slower path from then on.
+EVENT_GS_LOST = 1
 
 #: One translated block. ``kind`` is the :class:`~branchtrace.model.BranchKind` of its
 #: last instruction; ``end`` is the address after it (where the block falls through).
@@ -137,6 +141,14 @@ def read_table(path: Path) -> tuple[np.ndarray, int]:
     if len(raw) < n * BLOCK_DTYPE.itemsize:
         raise TraceFormatError(f"{path}: block table is truncated")
     return np.frombuffer(raw, BLOCK_DTYPE).copy(), max(0, count - capacity)
+
+
+def table_events(path: Path) -> int:
+    """The ``events`` bits of the table at ``path`` (0 when it cannot be read)."""
+    try:
+        return int(read_header(path)["events"])
+    except TraceFormatError:
+        return 0
 
 
 def read_complete_rows(path: Path, first_id: int) -> np.ndarray:

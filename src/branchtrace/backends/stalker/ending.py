@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import BranchtraceError
 from ...model import ExitInfo, ProcessInfo, StackSnapshot
-from ...store.blocks import read_table
+from ...store.blocks import EVENT_GS_LOST, read_table, table_events
 
 if TYPE_CHECKING:
     from .host import HostResult
@@ -158,10 +158,14 @@ class Ending:
         hosts = self.all_hosts()   # type: ignore[attr-defined]
         processes = [h.process_info(exit_info if h is self else None) for h in hosts]
         blocks, overflow = read_table(self.table_path)
+        events = table_events(self.table_path)
         self.table_path.unlink(missing_ok=True)
         notes: list[str] = []
         for host in hosts:
             notes.extend(n for n in host.notes if n not in notes)
+        if events & EVENT_GS_LOST:
+            notes.append("a thread of the program set its own gs base (arch_prctl or "
+                         "wrgsbase): its records went through a slower path from then on")
         if overflow:
             notes.append(f"the block table was full: {overflow} blocks ran unrecorded")
         if self.crash is not None and not self.crash.exact_pc and exit_info.fault_pc:

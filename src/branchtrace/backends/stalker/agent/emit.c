@@ -47,6 +47,7 @@ static void en (BtCode * c, const guint8 * bytes, guint n)
 #define OFF_SAVE_FLAGS 288
 #define OFF_WANT 296
 #define OFF_SAVE_TARGET 312
+#define OFF_GS_SKIP 4064
 
 /* mov [T], rax (moffs64: needs no register); mov rax, T; save rcx (and rdx); then
  * `mov rcx, [rax+nopend]; jrcxz pend`: records a signal handler left are appended
@@ -188,6 +189,8 @@ emit_store_id (BtCode * c, gint32 disp, guint32 id)
 }
 
 static gboolean build_record (BtCode * out, BtThread * t, guint32 id);
+void bt_gs_decide (BtThread * t);   /* gs.c */
+static void build_stream_gs (BtCode * c, BtThread * t, guint32 id);   /* gs.c */
 
 /* `prefix op modrm sib disp32`: register `reg` and an absolute address below 2 GiB
  * (ModRM mod=00 rm=100, SIB: no base, no index), e.g. `48 89 0c 25` mov [a], rcx */
@@ -326,6 +329,8 @@ emit_record (GumX86Writer * cw, BtThread * t, guint32 id)
 {
   BtCode c;
 
+  if (t->gs == 0)
+    bt_gs_decide (t);                 /* on the thread, before its first block (thread.c) */
   if (!build_record (&c, t, id))
     return FALSE;
   t->record_len = c.n;                /* the same for every block of the thread */
@@ -381,6 +386,8 @@ build_record (BtCode * out, BtThread * t, guint32 id)
 
   if (t->mode == 1 && t->ring_pow2 == 16 && bt_is_low (t))
     build_record_low (&c, t, id);
+  else if (t->mode == 2 && (t->gs == 1 || t->gs == 4) && bt_is_low (t))
+    build_stream_gs (&c, t, id);
   else if (t->mode == 2 && bt_is_low (t))
     build_stream_low (&c, t, id);
   else if (t->mode == 1 && t->ring_pow2 == 16)

@@ -54,7 +54,14 @@ bt_fork_leave (GumInvocationContext * ic)
 {
   if ((gint) GPOINTER_TO_SIZE (gum_invocation_context_get_return_value (ic)) == 0)
   {
+    guint64 base = 0;
+
     bt_unhook_child ();
+    /* the forking thread's gs base, if ours (thread.c, "gs"), is nothing to the child: 0
+     * again, so that the child's agent takes gs for its own records */
+    if (bt_raw_syscall (158, 0x1004, (glong) &base, 0, 0, 0, 0) == 0 && base != 0 &&
+        bt_gs_free (base))
+      bt_raw_syscall (158, 0x1001, 0, 0, 0, 0, 0);
     return;
   }
   bt_fork_parent ();

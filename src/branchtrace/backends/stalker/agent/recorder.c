@@ -106,6 +106,29 @@ bt_update_modules (void)
     gum_module_map_update (bt_config.modules);
 }
 
+void bt_gs_guard (GumX86Writer * cw, BtThread * t, gboolean unconditional);   /* emit.c */
+
+/* Could `insn` set the thread's gs base? 1: a system call (arch_prctl, when rax and rdi
+ * say so); 2: always (wrgsbase, a load of the gs selector); 0: no. */
+static gint
+bt_sets_gs (const cs_insn * insn)
+{
+  const cs_x86 * x = &insn->detail->x86;
+
+  switch (insn->id)
+  {
+    case X86_INS_SYSCALL:
+      return 1;
+    case X86_INS_WRGSBASE: case X86_INS_LGS:
+      return 2;
+    case X86_INS_MOV: case X86_INS_POP:
+      return (x->op_count >= 1 && x->operands[0].type == X86_OP_REG &&
+              x->operands[0].reg == X86_REG_GS) ? 2 : 0;
+    default:
+      return 0;
+  }
+}
+
 void
 transform (GumStalkerIterator * iterator, GumStalkerOutput * output, gpointer user_data)
 {
@@ -158,6 +181,9 @@ transform (GumStalkerIterator * iterator, GumStalkerOutput * output, gpointer us
     {
       emit_indirect (output->writer.x86, t, insn, insn->id == X86_INS_CALL);
     }
+    if (t != NULL && (t->gs == 1 || t->gs == 4) && (flags & BT_FLAG_TOOL) == 0 &&
+        bt_sets_gs (insn) != 0)
+      bt_gs_guard (output->writer.x86, t, bt_sets_gs (insn) == 2);   /* emit.c */
     site = (insn->id == X86_INS_SYSCALL && t != NULL)
         ? bt_syscall_note (output->writer.x86, t) : NULL;   /* signals.c: Ctrl-C */
     gum_stalker_iterator_keep (iterator);

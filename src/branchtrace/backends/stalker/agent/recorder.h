@@ -8,7 +8,7 @@
 #include <gum/gummodulemap.h>
 #include <gum/guminterceptor.h>
 
-#define BT_SITES 448          /* BtThread fills its page: 480 + 8 * 448 = 4064 */
+#define BT_SITES 448          /* BtThread fills its page: 480 + 8 * 448 + 8 = 4072 */
 
 typedef struct _BtThread BtThread;
 typedef struct _BtConfig BtConfig;
@@ -27,6 +27,7 @@ struct _BtSignal
 #define BT_THREAD_SLOTS 4096
 #define BT_NSIG 65
 #define BT_NO_ID 0xffffffffU
+#define BT_GS_TAKEN 0xfffffffeU   /* bt_flush_pending's id: the program sets its gs base */
 
 /* The per-thread context. The emitted code uses the first fields, at fixed offsets
  * (agent.js has the same offsets). */
@@ -74,9 +75,14 @@ struct _BtThread
                               *     no code of Frida's JS runtime may run in it */
   guint32 pending_reps[32];  /* 344 pending[k-1], pending[k] happened this many times more */
   guint32 nsites;            /* 472 system call sites compiled for this thread (signals.c) */
-  guint32 reserved2;         /* 476 */
+  guint32 gs;                /* 476 stream: its block-start code stores through gs (thread.c,
+                              *     "gs"): 1; with a cursor: 2; not decided: 0; through gs,
+                              *     not pointed yet: 4; through C, the program took gs: 3 */
   guint64 sites[BT_SITES];   /* 480 per site, the number its last system call had: a call
                               *     that a swallowed Ctrl-C cut short is issued again */
+  guint64 gs_skip;           /* 4064 gs code: 1 while its pend path must jump past the
+                              *     inline store: gs not pointed yet (gs 4), or the program
+                              *     took gs (3: bt_flush_pending stores the record) */
 };
 
 /* The return cache: direct-mapped by a hash of the return address, 262144 entries of
@@ -111,7 +117,11 @@ struct _BtTableHeader
   guint32 entry_size;
   guint64 capacity;          /* entries the file holds */
   volatile gint count;       /* ids handed out so far (may pass capacity: overflow) */
+  volatile gint events;      /* 28: BT_EVENT_* bits, for the tracer's notes (blocks.py) */
 };
+
+#define BT_EVENT_GS_LOST 1   /* a thread set its own gs base while its records went
+                              * through gs: they went through C from then on (thread.c) */
 
 #define BT_FLAG_VALID 1
 #define BT_FLAG_FOREIGN 2

@@ -64,6 +64,14 @@ bt_append (BtThread * t, guint32 id)
     e[2] = w + 1;
     return;
   }
+  if (t->gs == 1 || t->gs == 3 || t->gs == 4)   /* emit.c, build_stream_gs */
+  {
+    if (w % 65536 == 0)
+      ((void (*) (BtThread *)) t->slow) (t);
+    t->region[(w - w % 65536) % t->capacity + w % 65536] = id;
+    e[2] = w + 1;
+    return;
+  }
   if (t->cursor == 0)
     ((void (*) (BtThread *)) t->slow) (t);
   ((guint32 *) GSIZE_TO_POINTER (t->chunk_end))[t->cursor] = id;
@@ -107,6 +115,8 @@ bt_leave_pending (BtThread * t, guint32 id)
 }
 
 static void bt_cache_put (BtThread * t, guint64 real, guint64 code);
+void bt_gs_taken (BtThread * t);   /* thread.c */
+void bt_gs_first (BtThread * t);   /* thread.c */
 
 /* Called from the first instructions of block `id`, whose code starts at `code`, when
  * nopend is 0: put the block in the cache if the last cache miss wanted it (lookups.c,
@@ -117,6 +127,13 @@ bt_flush_pending (BtThread * t, guint32 id, guint64 code)
   guint64 all = ~(guint64) 0, old = 0, want = t->want;
   gint i;
 
+  if (id == BT_GS_TAKEN)              /* emit.c, bt_gs_guard: not a block */
+  {
+    bt_gs_taken (t);
+    return;
+  }
+  if (t->gs == 4)                     /* thread.c, bt_gs_decide: on the thread at last */
+    bt_gs_first (t);
   if (want != BT_RC_EMPTY)
   {
     t->want = BT_RC_EMPTY;
@@ -124,7 +141,7 @@ bt_flush_pending (BtThread * t, guint32 id, guint64 code)
         bt_config.blocks[id].start == want)
       bt_cache_put (t, want, code);
   }
-  if (t->npending == 0)
+  if (t->npending == 0 && t->gs != 3)
   {
     t->nopend = 1;
     if (t->npending != 0)           /* a handler left records meanwhile: see them next */
@@ -146,6 +163,13 @@ bt_flush_pending (BtThread * t, guint32 id, guint64 code)
   }
   t->npending = 0;
   t->nopend = 1;
+  if (t->gs == 3)                     /* the program took gs (thread.c, bt_gs_taken) */
+  {
+    if (t->check != NULL)
+      (*t->check)++;                  /* the block-start code's test counter, skipped too */
+    bt_append (t, id);                /* what the block-start code would store (emit.c) */
+    t->nopend = 0;                    /* and so for every block from now on */
+  }
   syscall (14, 2, &old, NULL, 8);       /* rt_sigprocmask (SIG_SETMASK) */
 }
 
