@@ -10,6 +10,7 @@ the program unchanged and record nothing."""
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import time
 
@@ -30,6 +31,16 @@ pytestmark = pytest.mark.backend("stalker")
 #: loop.c runs ~4.5 blocks per iteration under Stalker: 23M iterations are ~100M blocks
 ITERATIONS = 23_000_000
 MIN_BLOCKS = 100_000_000
+
+
+def fsgsbase() -> bool:
+    """Does the kernel let programs use rdgsbase/wrgsbase (AT_HWCAP2 has
+    HWCAP2_FSGSBASE)? Stream mode stores records through gs only then (gs.c)."""
+    with open("/proc/self/auxv", "rb") as f:
+        data = f.read()
+    words = struct.unpack(f"<{len(data) // 8}Q", data)
+    pairs = dict(zip(words[::2], words[1::2]))
+    return bool(pairs.get(26, 0) & 2)
 
 
 def run_checked(argv: tuple[str, ...], config: StoreConfig, delay: float = 0.0):
@@ -128,14 +139,19 @@ def test_a_program_that_takes_gs_for_itself_gets_it_and_nothing_is_lost(build, m
     result, drained, counted, status = run_checked((exe, "300000"), config)
     assert_exact(result, drained, counted, status)
     assert counted[result.pid] > 2 * 600_000        # both loops: before and after
-    assert any("own gs base" in note for note in result.notes), result.notes
+    if fsgsbase():   # else stream mode never uses gs here (gs.c), and there is no note
+        assert any("own gs base" in note for note in result.notes), result.notes
     out = tmp_path / "gs.btrace"
     traced = cli("run", "--backend", "stalker", "--mode", "stream", "--report", "never",
                  "-o", str(out), "--", exe, "300000")
     assert traced.returncode == 0, traced.stderr
     assert traced.stdout == native.stdout
     stats = cli("stats", str(out))
-    assert stats.returncode == 0 and "own gs base" in stats.stdout, stats.stdout
+    assert stats.returncode == 0, stats.stderr
+    if not fsgsbase():
+        pytest.skip("the kernel does not let programs use wrgsbase (AT_HWCAP2): stream mode "
+                    "keeps its cursor here, so the program's gs was never in its way")
+    assert "own gs base" in stats.stdout, stats.stdout
 
 
 def test_no_counter_without_the_switch(build, monkeypatch):

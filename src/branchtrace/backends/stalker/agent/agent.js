@@ -29,7 +29,7 @@ const CFG = { table: 0, blocks: 8, capacity: 16, ranges: 24, nranges: 32, bmi2: 
               abort: 40, hostPid: 44, modules: 48, isTool: 56, threads: 64,
               signals: 72, hostStat: 80, interrupted: 88, inSigint: 92, enter: 96,
               restorer: 104, marker: 112, ntools: 116, tools: 120, ours: 128, nours: 136,
-              size: 144 };
+              rdgs: 144, wrgs: 152, size: 160 };
 const TOOL_SLOTS = 256;
 /* BtXstate field offsets (xstate.c: the AVX-512 fix of Frida's epilog helpers) */
 const XS = { avx512: 0, learned: 4, patched: 24, failed: 28, size: 48 };
@@ -93,6 +93,23 @@ let stopping = false;
 const followed = new Map();     // tid -> { ctx: NativePointer, base, size }
 const refused = new Set();      // tids that got no slot
 const keep = [];                // objects the C side points to
+
+/* Stream mode stores records through gs (gs.c): `rdgsbase rax; ret` and `wrgsbase rdi;
+ * ret`, when the kernel lets programs use them (AT_HWCAP2 has HWCAP2_FSGSBASE): plain
+ * instructions, which no seccomp filter of the program can refuse, as it could
+ * arch_prctl. Without them (older kernels and CPUs), stream mode keeps its cursor. */
+function gsStubs() {
+  const getauxval = Module.findGlobalExportByName('getauxval');
+  if (getauxval === null ||
+      (new NativeFunction(getauxval, 'ulong', ['ulong'])(26).toNumber() & 2) === 0)
+    return;
+  const page = mmap(NULL, PAGE, PROT_RW, MAP_PRIVATE | MAP_ANON, -1, 0);
+  page.writeByteArray([0xf3, 0x48, 0x0f, 0xae, 0xc8, 0xc3]);          // rdgsbase rax; ret
+  page.add(16).writeByteArray([0xf3, 0x48, 0x0f, 0xae, 0xdf, 0xc3]);  // wrgsbase rdi; ret
+  libc.mprotect(page, PAGE, PROT_RX);
+  cfg.add(CFG.rdgs).writePointer(page);
+  cfg.add(CFG.wrgs).writePointer(page.add(16));
+}
 
 function fn(name, ret, args) {
   return new NativeFunction(Module.getGlobalExportByName(name), ret, args);
@@ -719,6 +736,7 @@ rpc.exports = {
     cfg.add(CFG.blocks).writePointer(tablePtr.add(64));
     cfg.add(CFG.capacity).writeU64(uint64(p.tableCapacity));
     cfg.add(CFG.bmi2).writeU32(p.bmi2 ? 1 : 0);
+    gsStubs();
     cfg.add(CFG.hostPid).writeU32(p.hostPid);
     const hostStat = Memory.allocUtf8String(`/proc/${p.hostPid}/stat`);
     keep.push(hostStat);

@@ -59,9 +59,8 @@ bt_fork_leave (GumInvocationContext * ic)
     bt_unhook_child ();
     /* the forking thread's gs base, if ours (thread.c, "gs"), is nothing to the child: 0
      * again, so that the child's agent takes gs for its own records */
-    if (bt_raw_syscall (158, 0x1004, (glong) &base, 0, 0, 0, 0) == 0 && base != 0 &&
-        bt_gs_free (base))
-      bt_raw_syscall (158, 0x1001, 0, 0, 0, 0, 0);
+    if (bt_config.wrgs != NULL && (base = bt_config.rdgs ()) != 0 && bt_gs_free (base))
+      bt_config.wrgs (0);
     return;
   }
   bt_fork_parent ();

@@ -113,29 +113,29 @@ bt_gs_guard (GumX86Writer * cw, BtThread * t, gboolean unconditional)
     gum_x86_writer_put_bytes (cw, c.b, c.n);
 }
 
-/* The thread side. Stream mode, chunks of 65536 records. The block-start code stores a record as
- * `mov dword gs:[rcx*4], id` with rcx = written % 65536 (one `movzx`, as the ring's code)
- * and the thread's gs base at the reserved chunk: it needs no base register saved and
- * loaded again and no cursor of its own (emit.c, build_stream_gs); written % 65536 == 0
+/* The thread side. The block-start code above stores a record through gs with rcx =
+ * written % 65536 and the thread's gs base at the reserved chunk; written % 65536 == 0
  * is the chunk boundary, where bt_gs_slow reserves the next chunk and moves gs there
- * (arch_prctl, once per 65536 records). x86-64 Linux programs leave gs alone (glibc,
- * Go and Rust use fs); a thread whose gs base is set to anything but a region of ours
- * keeps the code with a cursor (build_stream_low). */
-#define BT_ARCH_SET_GS 0x1001
-#define BT_ARCH_GET_GS 0x1004
+ * (`wrgsbase`, once per 65536 records: agent.js gsStubs; a plain instruction, which no
+ * seccomp filter of the program can refuse as it could arch_prctl). x86-64 Linux
+ * programs leave gs alone (glibc, musl, Go and Rust keep their thread pointer in fs); a
+ * thread whose gs base is anything but 0 or a region of ours keeps the code with a
+ * cursor (emit.c, build_stream_low), and so does every thread when the kernel does not
+ * let programs use wrgsbase. */
 
 void bt_gs_slow (BtThread * t);
 void bt_gs_taken (BtThread * t);
 
-/* Point gs at the chunk reserved last, [reserved_end - chunk, reserved_end). On the
- * thread itself (gs is per thread). */
-static void
+/* Point gs at the chunk reserved last, [reserved_end - chunk, reserved_end), on the
+ * thread itself (gs is per thread); read back. */
+static gboolean
 bt_gs_point (BtThread * t)
 {
   guint64 start = t->reserved_end - t->chunk;
-  guint8 * base = (guint8 *) t->region + (start % t->capacity) * 4;
+  guint64 want = GPOINTER_TO_SIZE (t->region) + (start % t->capacity) * 4;
 
-  syscall (158, BT_ARCH_SET_GS, base);                              /* arch_prctl */
+  bt_config.wrgs (want);
+  return bt_config.rdgs () == want;
 }
 
 /* Whether `base` (a thread's gs base) is 0 or in a region of ours: a thread inherits
@@ -167,11 +167,9 @@ bt_gs_free (guint64 base)
 void
 bt_gs_decide (BtThread * t)
 {
-  guint64 base = 0;
-
   t->gs = 2;
-  if (t->mode != 2 || t->chunk != 65536 || t->capacity % t->chunk != 0 ||
-      t->reserved_end < t->chunk || !bt_is_low (t))
+  if (bt_config.wrgs == NULL || t->mode != 2 || t->chunk != 65536 ||
+      t->capacity % t->chunk != 0 || t->reserved_end < t->chunk || !bt_is_low (t))
     return;                           /* (emit.c: the code with a cursor is made then) */
   t->slow = bt_gs_slow;
   if ((guint32) syscall (186) != t->tid)                            /* gettid */
@@ -181,12 +179,11 @@ bt_gs_decide (BtThread * t)
     t->nopend = 0;
     return;
   }
-  if (syscall (158, BT_ARCH_GET_GS, &base) != 0 || !bt_gs_free (base))
+  if (!bt_gs_free (bt_config.rdgs ()) || !bt_gs_point (t))
   {
     t->slow = bt_stream_slow;
     return;
   }
-  bt_gs_point (t);
   t->gs = 1;
 }
 
@@ -195,11 +192,8 @@ bt_gs_decide (BtThread * t)
 void
 bt_gs_first (BtThread * t)
 {
-  guint64 base = 0;
-
-  if (syscall (158, BT_ARCH_GET_GS, &base) == 0 && bt_gs_free (base))
+  if (bt_gs_free (bt_config.rdgs ()) && bt_gs_point (t))
   {
-    bt_gs_point (t);
     t->gs = 1;
     t->gs_skip = 0;
     return;
@@ -226,8 +220,8 @@ bt_gs_slow (BtThread * t)
     t->reserved_end = end - t->chunk;
     bt_stream_slow (t);
   }
-  if (t->gs == 1)                     /* not once the program has its own (3) */
-    bt_gs_point (t);
+  if (t->gs == 1 && !bt_gs_point (t))   /* not once the program has its own (3) */
+    bt_gs_taken (t);                  /* not seen: the same call worked at the start */
   g_atomic_int_add (&t->in_slow, -1);
 }
 

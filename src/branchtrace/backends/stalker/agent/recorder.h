@@ -165,6 +165,8 @@ struct _BtConfig
                               *     (agent.js, excludeOurModules); [0, 0): given back */
   volatile guint32 nours;    /* 136 */
   guint32 reserved3;         /* 140 */
+  guint64 (* rdgs) (void);   /* 144 rdgsbase, wrgsbase (agent.js, gsStubs); NULL: the */
+  void (* wrgs) (guint64);   /* 152 kernel does not let programs use them (gs.c) */
 };
 
 #define BT_TOOL_SLOTS 256
