@@ -154,6 +154,36 @@ def test_a_program_that_takes_gs_for_itself_gets_it_and_nothing_is_lost(build, m
     assert "own gs base" in stats.stdout, stats.stdout
 
 
+def test_attached_in_stream_mode_through_gs_every_block_is_recorded(build, monkeypatch):
+    """Attached to a running loop, in stream mode through gs: Stalker makes the thread's
+    first block on the agent's thread, where the loop's gs cannot be set (gs.c: its
+    first block points gs on the thread itself). The program ends while attached: the
+    records equal the independent block counter."""
+    monkeypatch.setenv(ENV, "1")
+    program = subprocess.Popen([str(build("loop")), "400000000"])
+    try:
+        time.sleep(0.2)                     # running natively (~1 s of work in all)
+        drained: dict[int, int] = {}
+        backend = StalkerBackend()
+        config = StoreConfig(StoreMode.STREAM, Encoding.BLOCKID, 4 * 65536, 65536)
+        with Store.create(config) as store:
+            consumer = StreamConsumer(
+                store, lambda tid, r: drained.__setitem__(tid, drained.get(tid, 0) + len(r)))
+            consumer.start()
+            try:
+                result = backend.record(Target(pid=program.pid), store, RecordOptions())
+            finally:
+                consumer.stop()
+        assert program.wait(timeout=60) == 0
+    finally:
+        if program.poll() is None:
+            program.kill()
+            program.wait()
+    assert result.exit.status == "exited" and result.exit.code == 0, result.exit
+    assert backend.check_counts is not None and backend.check_counts[program.pid] > 10**7
+    assert drained == backend.check_counts
+
+
 def test_no_counter_without_the_switch(build, monkeypatch):
     monkeypatch.delenv(ENV, raising=False)
     config = StoreConfig(StoreMode.STREAM, Encoding.BLOCKID, 2 * 1024, 1024)
