@@ -313,11 +313,53 @@ const SIGNAL_OF_KIND = { 'access-violation': null, 'illegal-instruction': 4, 'ar
 
 let parkedTid = null;   // run --gdb: the crashing thread, parked (the host holds it)
 
+/* The fault signal `details` is, when the program has a handler of its own for it (it
+ * may handle the fault and go on), else null. */
+function handledSignal(details) {
+  if (details.type === 'illegal-instruction' || details.type === 'arithmetic') {
+    const sig = SIGNAL_OF_KIND[details.type];
+    return originalActions.has(sig) ? sig : null;
+  }
+  if (details.type !== 'access-violation')
+    return null;
+  for (const sig of [SIGSEGV, SIGBUS]) {
+    if (originalActions.has(sig) && siginfoOf(details, sig) !== null)
+      return sig;
+  }
+  return null;
+}
+
+/* The program handles this fault itself (the JVM faults on purpose at start-up, for its
+ * null checks and safepoints): no crash report (a fault that kills it comes again with
+ * the program's handler gone, or as the signal its handler raises); bt_fault_entry
+ * (signals.c) gives the handler the program's pc when it is known for certain (an
+ * instruction Stalker copied as it was). */
+function toProgramsHandler(details, tid) {
+  const t = followed.get(tid);
+  if (t === undefined)
+    return;
+  const pc = details.address;
+  const memory = details.memory ? details.memory.address : null;
+  let real = null;
+  try {
+    const [address, how] = realFault(tid, pc, memory, {});
+    if (how === 'copied')
+      real = address;
+  } catch (e) {
+  }
+  t.ctx.add(TH.faultReal).writeU64(real !== null ? uint64(real.toString()) : 0);
+  t.ctx.add(TH.faultStalker).writeU64(uint64(pc.toString()));
+}
+
 function onException(details) {
   if (inChild() || parkedTid !== null)
     return false;   // after run --gdb's hold (Frida still here): it dies of its crash
-  noteXstate();   // agent.js: the note reaches the tracer before the crash report
   const tid = Process.getCurrentThreadId();
+  if (handledSignal(details) !== null) {
+    toProgramsHandler(details, tid);
+    return false;
+  }
+  noteXstate();   // agent.js: the note reaches the tracer before the crash report
   const pc = details.address;
   const memory = details.memory ? details.memory.address : null;
   const info = {

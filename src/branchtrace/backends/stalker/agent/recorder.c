@@ -189,6 +189,8 @@ transform (GumStalkerIterator * iterator, GumStalkerOutput * output, gpointer us
     gum_stalker_iterator_keep (iterator);
     if (site != NULL)
       bt_syscall_mark (output->writer.x86, site);
+    if (t != NULL && (flags & BT_FLAG_TOOL) == 0)
+      bt_emit_acflag (output->writer.x86, t, insn);   /* acflag.c: after popfq, pushfq */
   }
   if (ninsn != 0 && (kind == BT_OTHER || kind == BT_SYSCALL) &&
       (flags & BT_FLAG_UNRECORDED) == 0)

@@ -8,7 +8,7 @@
 #include <gum/gummodulemap.h>
 #include <gum/guminterceptor.h>
 
-#define BT_SITES 448          /* BtThread fills its page: 480 + 8 * 448 + 8 = 4072 */
+#define BT_SITES 443          /* BtThread fills its page: 480 + 8 * 443 + 40 + 8 = 4072 */
 
 typedef struct _BtThread BtThread;
 typedef struct _BtConfig BtConfig;
@@ -80,6 +80,12 @@ struct _BtThread
                               *     not pointed yet: 4; through C, the program took gs: 3 */
   guint64 sites[BT_SITES];   /* 480 per site, the number its last system call had: a call
                               *     that a swallowed Ctrl-C cut short is issued again */
+  guint64 vac;               /* 4024 the program's alignment-check flag (acflag.c): 0 or
+                              *      0x40000, never left set in the real flags */
+  guint64 fault_real;        /* 4032 a fault the program handles (crash.js, signals.c */
+  guint64 fault_stalker;     /* 4040 bt_fault_entry): where it really was, and the pc */
+  guint64 rz_addr;           /* 4048 re-entered after a handler moved the pc: the stack */
+  guint64 rz_saved;          /* 4056 word the re-entry borrowed, put back by the next block */
   guint64 gs_skip;           /* 4064 gs code: 1 while its pend path must jump past the
                               *     inline store: gs not pointed yet (gs 4), or the program
                               *     took gs (3: bt_flush_pending stores the record) */

@@ -127,6 +127,11 @@ bt_flush_pending (BtThread * t, guint32 id, guint64 code)
   guint64 all = ~(guint64) 0, old = 0, want = t->want;
   gint i;
 
+  if (t->rz_addr != 0)                /* bt_fault_entry's way back into Stalker */
+  {
+    *(guint64 *) GSIZE_TO_POINTER (t->rz_addr) = t->rz_saved;
+    t->rz_addr = 0;
+  }
   if (id == BT_GS_TAKEN)              /* emit.c, bt_gs_guard: not a block */
   {
     bt_gs_taken (t);
@@ -337,6 +342,72 @@ bt_signal_entry (int sig, gpointer info, gpointer uctx)
   bt_call_handler (s, sig, info, uctx);
   if (t != NULL && interrupted != BT_NO_ID)
     bt_leave_pending (t, interrupted);
+}
+
+/* The handler the kernel's fault signals (SIGSEGV, SIGBUS, SIGILL, SIGFPE) reach when the
+ * program has its own: Frida's exceptor calls it after the agent's exception handler
+ * (crash.js), which put where the thread really was in T (fault_real: the program's
+ * instruction whose copy in Stalker's code faulted at fault_stalker). A handler that
+ * reads the pc (the JVM's, which knows where its own faults are and moves the pc on)
+ * sees the program's: the real pc goes into the context for it (docs/stalker.md,
+ * "Faults the program handles"). After it:
+ * - the pc unchanged: the thread goes on at the copy in Stalker's code (the
+ *   instruction again, as natively: a handler that made the page readable);
+ * - the pc moved (to X): into Stalker at X through one of the thread's `ret` lookups,
+ *   with X pushed where the stack's next word goes (the red zone: the word is kept in
+ *   T and put back by the next block, X's, before anything of the program runs);
+ * - no real pc known: the context is left alone, as before.
+ * Recorded as a signal at an unsafe point: the handler's synthetic block, then the
+ * block the thread was in again (or, the pc moved, X's block next). */
+void
+bt_fault_entry (int sig, gpointer info, gpointer uctx)
+{
+  BtSignal * s;
+  BtThread * t;
+  guint64 * g = (uctx != NULL) ? (guint64 *) uctx + 5 : NULL;   /* uc_mcontext.gregs */
+  guint64 real = 0, copy = 0, slot;
+  guint32 interrupted = BT_NO_ID;
+
+  if (sig <= 0 || sig >= BT_NSIG)
+    return;
+  s = &bt_config.signals[sig];
+  t = bt_current_thread ();
+  if (t != NULL)
+  {
+    if (g != NULL && t->fault_real != 0 && t->fault_stalker == g[16])   /* REG_RIP */
+    {
+      real = t->fault_real;
+      copy = t->fault_stalker;
+      g[16] = real;
+    }
+    t->fault_real = 0;
+    t->fault_stalker = 0;
+    if (s->block != 0)
+    {
+      interrupted = (t->npending > 0) ? t->pending[t->npending - 1] : bt_last_id (t);
+      bt_leave_pending (t, s->block);
+    }
+  }
+  bt_call_handler (s, sig, info, uctx);
+  if (t == NULL)
+    return;
+  if (real == 0 || g[16] == real)
+  {
+    if (real != 0)
+      g[16] = copy;
+    if (interrupted != BT_NO_ID)
+      bt_leave_pending (t, interrupted);
+    return;
+  }
+  if (t->any_ret_code == 0)
+    return;                           /* it leaves Stalker at X: untraced from there */
+  slot = g[15] - 8;                   /* REG_RSP */
+  t->rz_saved = *(guint64 *) GSIZE_TO_POINTER (slot);
+  *(guint64 *) GSIZE_TO_POINTER (slot) = g[16];
+  t->rz_addr = slot;
+  t->nopend = 0;
+  g[15] = slot;
+  g[16] = t->any_ret_code;
 }
 
 static void

@@ -7,22 +7,28 @@
 
 /* Signal handlers run where the kernel sends them, outside Stalker's code: the program's
  * handlers are installed wrapped in bt_signal_entry, which records the entry into the
- * handler and the return from it (recorder.c). sigaction's own caller sees its handler. */
+ * handler and the return from it (recorder.c). sigaction's own caller sees its handler.
+ * The fault signals are Frida's (its exceptor keeps the program's action and calls it
+ * after the agent's exception handler): their handlers are wrapped in bt_fault_entry,
+ * which also gives the handler the program's pc (signals.c, crash.js). */
 const originalActions = new Map();   // signal -> the program's struct sigaction (a copy)
+const FAULT_SIGNALS = new Set([4, 7, 8, 11]);   // SIGILL, SIGBUS, SIGFPE, SIGSEGV
 
 function wrapSignalHandlers(table) {
   const sigaction = Module.findGlobalExportByName('sigaction');
   if (sigaction === null)
     return;
   libc.sigaction = new NativeFunction(sigaction, 'int', ['int', 'pointer', 'pointer']);
-  const wrapper = cm.bt_signal_entry;
   hook(sigaction, {
     onEnter(args) {
       const sig = args[0].toInt32();
       this.sig = -1;
-      if (sig <= 0 || sig >= NSIG || FRIDA_SIGNALS.has(sig) || stopping)
+      if (sig <= 0 || sig >= NSIG || (FRIDA_SIGNALS.has(sig) && !FAULT_SIGNALS.has(sig)) ||
+          stopping)
         return;
       this.sig = sig;
+      const wrapper = FAULT_SIGNALS.has(sig) ? cm.bt_fault_entry : cm.bt_signal_entry;
+      this.wrapper = wrapper;
       this.oldact = args[2];
       const entry = table.add(16 * sig);
       this.previous = { handler: entry.readPointer(), siginfo: entry.add(8).readU32() };
@@ -63,7 +69,7 @@ function wrapSignalHandlers(table) {
         this.oldact.add(136).writeS32(0);
         return;
       }
-      if (this.oldact.readPointer().equals(wrapper) && !this.previous.handler.isNull()) {
+      if (this.oldact.readPointer().equals(this.wrapper) && !this.previous.handler.isNull()) {
         this.oldact.writePointer(this.previous.handler);
         if (!this.previous.siginfo) {
           const flags = this.oldact.add(136).readS32();

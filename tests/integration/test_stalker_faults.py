@@ -1,0 +1,47 @@
+"""Faults the program handles itself, and the alignment-check flag, under Stalker
+(docs/stalker.md, "Faults the program handles" and "The alignment-check flag"): the
+program must behave as it does natively. Both killed every `java` before."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from conftest import cli
+
+pytestmark = pytest.mark.backend("stalker")
+
+
+@pytest.mark.parametrize("mode", ["ring", "stream"])
+@pytest.mark.parametrize("where", ["main", "thread"])
+def test_a_handler_that_reads_and_moves_the_pc_sees_the_programs(build, tmp_path, mode, where):
+    """rel_faultpc's handler moves the pc past its probe's load only when the pc is that
+    load (as the JVM's does), and makes guard pages accessible and returns (the store runs
+    again). Natively and traced: the same output; the trace enters the handler once per
+    fault (3 moved, 4 retried)."""
+    exe = str(build("rel_faultpc"))
+    args = [exe] + (["thread"] if where == "thread" else [])
+    native = subprocess.run(args, capture_output=True, text=True, check=True)
+    assert native.stdout == "moved 3, sum 3, retried 4, total 10\n"
+    out = tmp_path / "faults.btrace"
+    traced = cli("run", "--backend", "stalker", "--mode", mode, "--report", "never",
+                 "-o", str(out), "--", *args)
+    assert traced.returncode == 0, traced.stderr
+    assert traced.stdout == native.stdout, traced.stderr
+    history = cli("history", str(out))
+    assert history.returncode == 0, history.stderr
+    entries = [line for line in history.stdout.splitlines() if line.split()[-1:] == ["on_segv"]]
+    assert len(entries) == 7, history.stdout[-3000:]
+
+
+@pytest.mark.parametrize("mode", ["ring", "stream"])
+def test_a_program_that_flips_the_alignment_check_flag_runs_as_natively(build, mode):
+    """rel_acflag sets EFLAGS.AC, reads it back, branches on it and puts it back (the
+    JVM's CPU probe): under Stalker its code ran with AC set and the program died of
+    SIGSEGV. It must see AC change, and end with it clear, as natively."""
+    exe = str(build("rel_acflag"))
+    native = subprocess.run([exe], capture_output=True, text=True, check=True)
+    assert native.stdout == "AC changeable 3 of 3, flipped bit 0x40000, AC now 0\n"
+    traced = cli("run", "--backend", "stalker", "--mode", mode, "--report", "never", "--", exe)
+    assert traced.returncode == 0, traced.stderr
+    assert traced.stdout == native.stdout
