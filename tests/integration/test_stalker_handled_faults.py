@@ -45,3 +45,27 @@ def test_a_program_that_flips_the_alignment_check_flag_runs_as_natively(build, m
     traced = cli("run", "--backend", "stalker", "--mode", mode, "--report", "never", "--", exe)
     assert traced.returncode == 0, traced.stderr
     assert traced.stdout == native.stdout
+
+
+def test_a_fault_that_the_programs_handler_raises_again_is_reported_where_it_was(tmp_path):
+    """Python's faulthandler takes SIGSEGV, prints the Python stack, restores the default
+    action and raises the signal again: the program dies of the raise, in `raise`. The
+    crash report shows the fault the handler took (strlen reading address 0), with a note
+    saying so; before, it showed `__pthread_kill_implementation`."""
+    import sys
+
+    code = "import ctypes; ctypes.string_at(0)"
+    native = subprocess.run([sys.executable, "-X", "faulthandler", "-c", code],
+                            capture_output=True, text=True)
+    assert native.returncode == -11
+    assert "Fatal Python error: Segmentation fault" in native.stderr
+    out = tmp_path / "fh.btrace"
+    traced = cli("run", "--backend", "stalker", "-o", str(out), "--",
+                 sys.executable, "-X", "faulthandler", "-c", code)
+    assert traced.returncode == 128 + 11, traced.stderr
+    assert "Fatal Python error: Segmentation fault" in traced.stderr
+    faulted = [line for line in traced.stderr.splitlines() if "faulted at:" in line]
+    assert len(faulted) == 1 and "strlen" in faulted[0], traced.stderr[-3000:]
+    assert "fault address: 0x0" in traced.stderr
+    stats = cli("stats", str(out))
+    assert "raised it again" in stats.stdout, stats.stdout[-2000:]

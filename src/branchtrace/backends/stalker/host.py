@@ -102,6 +102,8 @@ class Host(Messages, Resuming, ExecFollowing, ChildFollowing, Ending, Triggering
         self.ours: set[str] = set()
         self._claimed: set[str] = set()
         self.crash: Crash | None = None
+        #: the last fault the program's own handler took (messages.py, _take_crash)
+        self.handled_crash: Crash | None = None
         self.exit_code: int | None = None     # reported by the agent (attach mode)
         self._lock = parent._lock if parent is not None else threading.Lock()
         self._ended = threading.Event()

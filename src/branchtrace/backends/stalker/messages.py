@@ -38,6 +38,7 @@ class Messages:
     store: Store
     notes: list[str]
     crash: Crash | None
+    handled_crash: Crash | None
     exit_code: int | None
     untraced_children: int
     holding: bool
@@ -137,7 +138,7 @@ class Messages:
             # the agent's realPc is the program's instruction (crash.js, realFault); without
             # one, the start of the last block the thread recorded (the fault is in it)
             pc = int(real, 0) if real else int(block["start"], 0) if block else None
-            self.crash = Crash(
+            crash = Crash(
                 tid=int(p["tid"]),
                 signal=int(p.get("signal") or _SIGNAL_OF_EXCEPTION.get(p.get("kind", ""), 0)),
                 fault_address=int(memory, 0) if memory is not None else None,
@@ -145,6 +146,7 @@ class Messages:
                 stack=snapshot_of(int(p["tid"]), p.get("registers"), stack,
                                   p.get("stackBase")),
             )
+            self._take_crash(crash, bool(p.get("handled")), bool(p.get("sent")))
             if p.get("error"):
                 self._agent_errors.append(f"crash report: {p['error']}")
             if p.get("stackError"):
@@ -152,6 +154,25 @@ class Messages:
                                   f"{p['stackError']}")
         except (KeyError, TypeError, ValueError) as err:
             self._agent_errors.append(f"bad crash report {p!r}: {err}")
+
+    def _take_crash(self, crash: Crash, handled: bool, sent: bool) -> None:
+        """A fault the program's own handler took (``handled``) is kept aside: if the
+        handler gives up and raises the signal again in the same thread (``sent``:
+        Python's faulthandler, a crash reporter), the program dies of the raise, whose
+        pc is in ``raise``; the fault it reported is the one to show."""
+        if handled:
+            self.handled_crash = crash
+            return
+        earlier = self.handled_crash
+        if (sent and earlier is not None and earlier.tid == crash.tid
+                and earlier.signal == crash.signal):
+            self.crash = earlier
+            self.notes.append(
+                f"pid {self.pid}: the program's own handler took signal {crash.signal} "
+                f"first, in thread {crash.tid}, and raised it again: the fault shown is the "
+                "one it took, not the raise")
+            return
+        self.crash = crash
 
     # -- the host's and the other mixins', for the type checker only: a stub here would
     # come before theirs in the host's method order

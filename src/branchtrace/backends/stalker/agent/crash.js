@@ -330,23 +330,13 @@ function handledSignal(details) {
 }
 
 /* The program handles this fault itself (the JVM faults on purpose at start-up, for its
- * null checks and safepoints): no crash report (a fault that kills it comes again with
- * the program's handler gone, or as the signal its handler raises); bt_fault_entry
- * (signals.c) gives the handler the program's pc when it is known for certain (an
- * instruction Stalker copied as it was). */
-function toProgramsHandler(details, tid) {
+ * null checks and safepoints): bt_fault_entry (signals.c) gives the handler the
+ * program's pc when it is known for certain (`real`: an instruction Stalker copied as it
+ * was). */
+function toProgramsHandler(tid, pc, real) {
   const t = followed.get(tid);
   if (t === undefined)
     return;
-  const pc = details.address;
-  const memory = details.memory ? details.memory.address : null;
-  let real = null;
-  try {
-    const [address, how] = realFault(tid, pc, memory, {});
-    if (how === 'copied')
-      real = address;
-  } catch (e) {
-  }
   t.ctx.add(TH.faultReal).writeU64(real !== null ? uint64(real.toString()) : 0);
   t.ctx.add(TH.faultStalker).writeU64(uint64(pc.toString()));
 }
@@ -355,17 +345,16 @@ function onException(details) {
   if (inChild() || parkedTid !== null)
     return false;   // after run --gdb's hold (Frida still here): it dies of its crash
   const tid = Process.getCurrentThreadId();
-  if (handledSignal(details) !== null) {
-    toProgramsHandler(details, tid);
-    return false;
-  }
-  noteXstate();   // agent.js: the note reaches the tracer before the crash report
+  const handled = handledSignal(details);
+  if (handled === null)
+    noteXstate();   // agent.js: the note reaches the tracer before the crash report
   const pc = details.address;
   const memory = details.memory ? details.memory.address : null;
   const info = {
     type: 'crash', tid: tid, kind: details.type, pc: pc.toString(),
     memory: memory !== null ? memory.toString() : null, block: null, realPc: null, how: null,
   };
+  let si = null;
   try {
     const [real, how] = followed.has(tid) ? realFault(tid, pc, memory, info) : [pc, 'unfollowed'];
     info.realPc = real !== null ? real.toString() : null;
@@ -374,7 +363,6 @@ function onException(details) {
     if ((details.type === 'illegal-instruction' || details.type === 'arithmetic') && real !== null)
       info.memory = info.realPc;
     let sig = SIGNAL_OF_KIND[details.type];
-    let si = null;
     if (sig === null) {               // SIGSEGV or SIGBUS
       si = siginfoOf(details, SIGSEGV);
       if (si !== null)
@@ -385,10 +373,20 @@ function onException(details) {
       si = siginfoOf(details, sig);
     }
     info.signal = si !== null ? sig : null;
-    if (si !== null && si.code <= 0 && details.type !== 'abort')
-      info.memory = null;             // sent by kill or tgkill: si_addr means nothing
+    info.sent = si !== null && si.code <= 0;   // by kill or tgkill (raise)
+    if (info.sent && details.type !== 'abort')
+      info.memory = null;             // si_addr means nothing then
   } catch (e) {
     info.error = String(e);
+  }
+  if (handled !== null) {
+    toProgramsHandler(tid, pc, info.how === 'copied' ? ptr(info.realPc) : null);
+    /* A real fault is reported all the same, marked handled: if the program's handler
+     * gives up and raises it again (Python's faulthandler, a crash reporter), the host
+     * shows this fault, not the raise (messages.py). */
+    if (si === null || info.sent)
+      return false;
+    info.handled = true;
   }
   let stack = null;
   try {
@@ -408,6 +406,8 @@ function onException(details) {
   send(info, stack);
   let ack = null;
   recv('crash-ack', (m) => { ack = m; }).wait();
+  if (handled !== null)
+    return false;                     // the program's handler runs (bt_fault_entry)
   if (info.hold && ack !== null && ack.hold === true) {
     /* park the thread (holding.py): out of the handler, out of Stalker (as the handler
      * returns: it never comes back to Stalker's code, which Frida's unload would wait
