@@ -1,6 +1,7 @@
-"""Faults the program handles itself, and the alignment-check flag, under Stalker
-(docs/stalker.md, "Faults the program handles" and "The alignment-check flag"): the
-program must behave as it does natively. Both killed every `java` before."""
+"""Faults the program handles itself, the alignment-check flag and vfork children under
+Stalker (docs/stalker.md, "Faults the program handles", "The alignment-check flag",
+"vfork"): the program must behave, and be recorded, as it does natively. The first two
+killed every `java` before."""
 
 from __future__ import annotations
 
@@ -69,3 +70,25 @@ def test_a_fault_that_the_programs_handler_raises_again_is_reported_where_it_was
     assert "fault address: 0x0" in traced.stderr
     stats = cli("stats", str(out))
     assert "raised it again" in stats.stdout, stats.stdout[-2000:]
+
+
+@pytest.mark.parametrize("follow", [True, False])
+def test_a_vfork_child_leaves_nothing_in_its_parents_records(build, tmp_path, follow):
+    """rel_vfork's children call child_only() before they exec, in their parent's memory
+    (docs/stalker.md, "vfork"): the child leaves Stalker right after its system call, so
+    the parent's records hold none of it (before, child_only was in the parent's thread,
+    3 times 21 calls). The output is native's, children followed or not."""
+    exe = str(build("rel_vfork"))
+    native = subprocess.run([exe], capture_output=True, text=True, check=True)
+    assert native.stdout == "children exited 0\n"
+    out = tmp_path / "vfork.btrace"
+    flags = [] if follow else ["--no-follow-children"]
+    traced = cli("run", "--backend", "stalker", "--report", "never", *flags, "-o", str(out),
+                 "--", exe)
+    assert traced.returncode == 0, traced.stderr
+    assert traced.stdout == native.stdout
+    history = cli("history", str(out))
+    assert history.returncode == 0, history.stderr
+    lines = history.stdout.splitlines()
+    assert any(line.split()[-1:] == ["waitpid"] for line in lines), history.stdout[-2000:]
+    assert not any("child_only" in line for line in lines), history.stdout[-2000:]

@@ -56,8 +56,8 @@ const SA_SIGINFO = 4, SA_RESTART = 0x10000000, SIGINT = 2, SIGABRT = 6, SIGBUS =
 /* BtThread field offsets (recorder.c) */
 const TH = { cursor: 24, chunkEnd: 32, slow: 40, entry: 56, region: 64, capacity: 72,
              chunk: 80, inSlow: 104, nopend: 112, flush: 120, sinkEnd: 128, npending: 136,
-             check: 272, retcache: 280, jslot: 304, sharesTls: 340, faultReal: 4032,
-             faultStalker: 4040 };
+             check: 272, retcache: 280, jslot: 304, sharesTls: 340, vforkArmed: 4008,
+             faultReal: 4032, faultStalker: 4040 };
 /* the return cache (lookups.c, "Returns"): 262144 entries of 16 bytes per thread */
 const RETCACHE_BYTES = 262144 * 16;
 /* and each thread's jump slot, 8 bytes below 2 GiB (MAP_32BIT), 64 bytes apart */
@@ -426,8 +426,12 @@ function followChildren() {
   const vfork = Module.findGlobalExportByName('vfork');
   if (vfork !== null)   // a probe: the stack is shared with the child, left alone
     hook(vfork, function () {
-      childStart(Process.getCurrentThreadId(), null);
-      childAsked.delete(Process.getCurrentThreadId());   // no exit hook: nothing to say
+      const tid = Process.getCurrentThreadId();
+      const t = followed.get(tid);
+      if (t !== undefined && !inChild())
+        t.ctx.add(TH.vforkArmed).writeU64(1);   // vfork.c: the child leaves Stalker
+      childStart(tid, null);
+      childAsked.delete(tid);   // no exit hook: nothing to say
     });
 }
 

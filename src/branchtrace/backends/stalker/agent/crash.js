@@ -90,13 +90,19 @@ function ripRelative(block, memory) {
 const BRANCH_KINDS = new Set([1, 2, 3, 4, 5, 6]);   // call, return, jump, cond, indirect ones
 
 /* After Stalker's `syscall` a followed thread's code has a marker (signals.c,
- * bt_syscall_mark: `jmp +12; marker32; slot64`): a signal delivered as the call returns
- * (abort's tgkill) leaves the pc on it. The program's next instruction follows it. */
+ * bt_syscall_mark: `jmp +12; marker32; slot64`), then the vfork check (vfork.c: 76 bytes
+ * from `mov rcx, [armed]; jrcxz +66`): a signal delivered as the call returns (abort's
+ * tgkill) leaves the pc on them. The program's next instruction follows. */
+const VFORK_CHECK_BYTES = 76;
+
 function pastSyscallMarker(pc) {
   try {
     if (pc.readU8() === 0xeb && pc.add(1).readU8() === 12 &&
         pc.add(2).readU32() === cfg.add(CFG.marker).readU32())
-      return pc.add(14);
+      pc = pc.add(14);
+    if (pc.readU32() === 0x250c8b48 && pc.add(8).readU8() === 0xe3 &&
+        pc.add(9).readU8() === VFORK_CHECK_BYTES - 10)
+      pc = pc.add(VFORK_CHECK_BYTES);
   } catch (e) {
   }
   return pc;

@@ -189,6 +189,8 @@ transform (GumStalkerIterator * iterator, GumStalkerOutput * output, gpointer us
     gum_stalker_iterator_keep (iterator);
     if (site != NULL)
       bt_syscall_mark (output->writer.x86, site);
+    if (insn->id == X86_INS_SYSCALL && t != NULL && (flags & BT_FLAG_TOOL) == 0)
+      bt_emit_vfork_check (output->writer.x86, t, insn);   /* vfork.c */
     if (t != NULL && (flags & BT_FLAG_TOOL) == 0)
       bt_emit_acflag (output->writer.x86, t, insn);   /* acflag.c: after popfq, pushfq */
   }

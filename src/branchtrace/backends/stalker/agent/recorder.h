@@ -8,7 +8,7 @@
 #include <gum/gummodulemap.h>
 #include <gum/guminterceptor.h>
 
-#define BT_SITES 443          /* BtThread fills its page: 480 + 8 * 443 + 40 + 8 = 4072 */
+#define BT_SITES 441          /* BtThread fills its page: 480 + 8 * 441 + 56 + 8 = 4072 */
 
 typedef struct _BtThread BtThread;
 typedef struct _BtConfig BtConfig;
@@ -80,6 +80,8 @@ struct _BtThread
                               *     not pointed yet: 4; through C, the program took gs: 3 */
   guint64 sites[BT_SITES];   /* 480 per site, the number its last system call had: a call
                               *     that a swallowed Ctrl-C cut short is issued again */
+  guint64 vfork_armed;       /* 4008 1 from vfork's entry to its return in the parent */
+  guint64 vfork_rax;         /* 4016 (vfork.c: the check after each system call) */
   guint64 vac;               /* 4024 the program's alignment-check flag (acflag.c): 0 or
                               *      0x40000, never left set in the real flags */
   guint64 fault_real;        /* 4032 a fault the program handles (crash.js, signals.c */
