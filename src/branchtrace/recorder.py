@@ -64,6 +64,7 @@ class RecordConfig:
     only: tuple[str, ...] = ()       # stalker: report only branches from or into these modules
     follow_children: bool = True    # trace every process the target starts
     hold_on_crash: bool = False     # run --gdb: leave the program stopped at a crash
+    smc_check: bool = False         # stalker: run rewritten code as rewritten (--smc-check)
     trigger: Trigger | None = None   # snapshots on calls of a function (ring mode)
 
 
@@ -307,7 +308,7 @@ def _record(target: Target, config: RecordConfig, choice: Choice,
                 result = backend.record(target, store, RecordOptions(
                     config.start, config.duration, config.only, config.follow_children,
                     config.trigger if on_snapshot is not None else None, on_snapshot,
-                    hold_on_crash=config.hold_on_crash))
+                    hold_on_crash=config.hold_on_crash, smc_check=config.smc_check))
             finally:
                 backend.release()
                 if consumer is not None:

@@ -92,3 +92,27 @@ def test_a_vfork_child_leaves_nothing_in_its_parents_records(build, tmp_path, fo
     lines = history.stdout.splitlines()
     assert any(line.split()[-1:] == ["waitpid"] for line in lines), history.stdout[-2000:]
     assert not any("child_only" in line for line in lines), history.stdout[-2000:]
+
+
+def test_code_rewritten_after_it_ran_runs_as_rewritten_with_smc_check(build, tmp_path):
+    """rel_smc writes a function into a page, runs it 8 times, changes a constant in it
+    (as a JIT patches code it already ran) and runs it 8 times more. Stalker trusts code
+    that ran unchanged and links to it directly, so by default the old code may run on:
+    the trace says the program ran code from no file. `--smc-check all` runs it as
+    rewritten: the output is native's."""
+    exe = str(build("rel_smc"))
+    native = subprocess.run([exe], capture_output=True, text=True, check=True)
+    assert native.stdout == "sum 1624\n"
+    plain = tmp_path / "plain.btrace"
+    traced = cli("run", "--backend", "stalker", "--report", "never", "-o", str(plain), "--", exe)
+    assert traced.returncode == 0, traced.stderr
+    stats = cli("stats", str(plain))
+    assert "memory that is no file's" in stats.stdout, stats.stdout[-2000:]
+    checked = tmp_path / "checked.btrace"
+    for mode in ("ring", "stream"):
+        traced = cli("run", "--backend", "stalker", "--mode", mode, "--report", "never",
+                     "--smc-check", "all", "-o", str(checked), "--", exe)
+        assert traced.returncode == 0, traced.stderr
+        assert traced.stdout == native.stdout
+    stats = cli("stats", str(checked))
+    assert "--smc-check all" in stats.stdout and "no file's" not in stats.stdout

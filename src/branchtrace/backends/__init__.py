@@ -88,6 +88,10 @@ class RecordOptions:
     #: handler, stop recording and leave the program stopped before the signal is
     #: delivered (group-stop, no tracer), with ``ExitInfo.held`` set
     hold_on_crash: bool = False
+    #: stalker: code the program rewrites after it ran (a JIT's) runs as rewritten: no
+    #: block is trusted, every jump goes through Stalker's check (docs/stalker.md, "Code
+    #: that changes"); slower
+    smc_check: bool = False
 
 
 #: The signals ``hold_on_crash`` stops at: those whose default action dumps core.

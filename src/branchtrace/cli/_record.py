@@ -127,6 +127,12 @@ def add_record_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-follow-children", dest="follow_children", action="store_false",
                    help="trace only the program, not the processes it starts (fork, vfork, "
                         "posix_spawn, ...): they run untraced, and a note says how many")
+    g.add_argument("--smc-check", choices=("none", "all"), default="none",
+                   help="stalker: 'all' checks every block's code before it runs, so code the "
+                        "program rewrites after running it (a JIT's, java's) runs as "
+                        "rewritten; slower (no block trusted, no cache of blocks). Default "
+                        "'none': such code may run as first compiled (valgrind's option of "
+                        "the same name)")
     add_snapshot_arguments(p.add_argument_group("snapshots (ring mode)"))
     r = p.add_argument_group("report")
     r.add_argument("--last", type=positive_int, default=16, metavar="N",
@@ -228,6 +234,7 @@ def record_and_report(args: argparse.Namespace, target: Target, duration: float 
                               memory_limit=args.memory_limit, start=args.start,
                               duration=duration, only=only,
                               follow_children=args.follow_children,
+                              smc_check=args.smc_check == "all",
                               hold_on_crash=bool(getattr(args, "gdb", False)),
                               trigger=trigger)
         return _record_and_report(args, target, config, choice)

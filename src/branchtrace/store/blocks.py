@@ -42,10 +42,14 @@ TABLE_HEADER_DTYPE = np.dtype({
     "offsets": [0, 8, 12, 16, 24, 28],
     "itemsize": TABLE_HEADER_SIZE,
 })
-#: ``events`` bits: what the target saw that the tracer notes (recorder.h BT_EVENT_*).
+#: ``events`` bits (the u32 at 28 is one byte per event, 0 or 1: recorder.h BT_EVENT_*):
+#: what the target saw that the tracer notes.
 #: A thread of the program set its own gs base while its records went through gs
 #: (stalker agent, thread.c): they went through a slower path from then on.
 EVENT_GS_LOST = 1
+#: Code ran from memory that is no file's (a JIT's), without ``--smc-check all``: code
+#: rewritten after it ran may have run as Stalker first compiled it.
+EVENT_ANON_CODE = 0x100
 
 #: One translated block. ``kind`` is the :class:`~branchtrace.model.BranchKind` of its
 #: last instruction; ``end`` is the address after it (where the block falls through).

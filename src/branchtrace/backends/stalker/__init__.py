@@ -149,7 +149,7 @@ class StalkerBackend(Backend):
             notes.append("--start only applies to programs we start; attached from now on")
         only = self.only or options.only  # the constructor's, else --only
         host = Host(store, only, follow_children=options.follow_children,
-                    hold_on_crash=options.hold_on_crash)
+                    hold_on_crash=options.hold_on_crash, smc_check=options.smc_check)
         host.trigger, host.on_snapshot = options.trigger, options.on_snapshot
         self._host = host
         if self._interrupted:

@@ -135,9 +135,11 @@ def trust_threshold() -> int | None:
     return threshold
 
 
-def agent_options() -> tuple[dict[str, Any], list[str]]:
-    """The agent's parameters set from the environment (benchmarking and test aids),
-    and the notes a trace gets for those that are not the default."""
+def agent_options(smc_check: bool = False) -> tuple[dict[str, Any], list[str]]:
+    """The agent's parameters set from the environment (benchmarking and test aids)
+    and ``smc_check`` (``run --smc-check all``: Stalker trusts no block, and the cache of
+    blocks is off, so every jump goes through Stalker's check of the code; docs/stalker.md,
+    "Code that changes"), and the notes a trace gets for those that are not the default."""
     options = {"variant": benchmark_variant(), "retcache": return_cache(),
                "handlers": handler_insides(), "fastFill": fast_fill(),
                "trust": trust_threshold()}
@@ -145,10 +147,15 @@ def agent_options() -> tuple[dict[str, Any], list[str]]:
     if options["variant"]:
         notes.append(f"{VARIANT_ENV}={options['variant']}: a benchmarking variant, "
                      "nothing was recorded")
-    if not options["retcache"]:
+    if smc_check:
+        options["trust"], options["retcache"] = -1, False
+        notes.append("--smc-check all: Stalker checked every block's code before it ran "
+                     "(no block trusted, no cache of blocks): code the program rewrote "
+                     "ran as rewritten, slower")
+    if not options["retcache"] and not smc_check:
         notes.append(f"{RETCACHE_ENV}=0: returns and indirect branches went through "
                      "Stalker's own caches (and every signal handler ran natively)")
-    if options["trust"] is not None:
+    if options["trust"] is not None and not smc_check:
         notes.append(f"{TRUST_ENV}={options['trust']}: Stalker's trust threshold was set")
     if not options["handlers"]:
         notes.append(f"{HANDLERS_ENV}=entry: signal handlers ran natively")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import BranchtraceError
 from ...model import ExitInfo, ProcessInfo, StackSnapshot
-from ...store.blocks import EVENT_GS_LOST, read_table, table_events
+from ...store.blocks import EVENT_ANON_CODE, EVENT_GS_LOST, read_table, table_events
 
 if TYPE_CHECKING:
     from .host import HostResult
@@ -166,6 +166,10 @@ class Ending:
         if events & EVENT_GS_LOST:
             notes.append("a thread of the program set its own gs base (arch_prctl or "
                          "wrgsbase): its records went through a slower path from then on")
+        if events & EVENT_ANON_CODE:
+            notes.append("the program ran code from memory that is no file's (a JIT's?): "
+                         "code it rewrites after running it may have run as first compiled "
+                         "(java fails so); run --smc-check all makes it run as rewritten")
         if overflow:
             notes.append(f"the block table was full: {overflow} blocks ran unrecorded")
         if self.crash is not None and not self.crash.exact_pc and exit_info.fault_pc:

@@ -62,8 +62,11 @@ class Host(Messages, Resuming, ExecFollowing, ChildFollowing, Ending, Triggering
 
     def __init__(self, store: Store, only: tuple[str, ...] = (),
                  table_capacity: int = DEFAULT_TABLE_CAPACITY, parent: Host | None = None,
-                 follow_children: bool = True, hold_on_crash: bool = False) -> None:
-        self.options, option_notes = agent_options()
+                 follow_children: bool = True, hold_on_crash: bool = False,
+                 smc_check: bool = False) -> None:
+        #: --smc-check: a child's host does as its parent's
+        self.smc_check: bool = parent.smc_check if parent is not None else smc_check
+        self.options, option_notes = agent_options(self.smc_check)
         #: run --gdb: hold the program stopped at its crash (holding.py), the first only
         self.hold_on_crash = hold_on_crash and parent is None
         self.holding = False                    # the agent may park the crashing thread

@@ -239,6 +239,6 @@ bt_gs_taken (BtThread * t)
   t->gs = 3;
   t->gs_skip = 1;
   t->nopend = 0;
-  bt_config.table->events |= BT_EVENT_GS_LOST;   /* the only bit: no race loses it */
+  bt_config.table->events[BT_EVENT_GS_LOST] = 1;
 }
 

@@ -151,6 +151,10 @@ transform (GumStalkerIterator * iterator, GumStalkerOutput * output, gpointer us
       if (bt_is_tool (t, start) || (start == bt_config.restorer && start != 0))
         flags |= BT_FLAG_TOOL;        /* Frida's own code: never in the trace; nor is the
                                        * signal return trampoline (signals.c) */
+      else if (bt_config.table->events[BT_EVENT_ANON_CODE] == 0 && bt_config.smc == 0 &&
+               bt_config.modules != NULL &&
+               gum_module_map_find (bt_config.modules, start) == NULL)
+        bt_config.table->events[BT_EVENT_ANON_CODE] = 1;
       if (insn->id == X86_INS_JMP && insn->detail->x86.op_count == 1 &&
           insn->detail->x86.operands[0].type == X86_OP_IMM &&
           bt_is_tool (t, (guint64) insn->detail->x86.operands[0].imm))

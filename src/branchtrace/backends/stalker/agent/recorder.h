@@ -125,11 +125,15 @@ struct _BtTableHeader
   guint32 entry_size;
   guint64 capacity;          /* entries the file holds */
   volatile gint count;       /* ids handed out so far (may pass capacity: overflow) */
-  volatile gint events;      /* 28: BT_EVENT_* bits, for the tracer's notes (blocks.py) */
+  volatile guint8 events[4]; /* 28: events[BT_EVENT_*] = 1, for the tracer's notes
+                              * (blocks.py): a byte each, set by a plain store (no race) */
 };
 
-#define BT_EVENT_GS_LOST 1   /* a thread set its own gs base while its records went
+#define BT_EVENT_GS_LOST 0   /* a thread set its own gs base while its records went
                               * through gs: they went through C from then on (thread.c) */
+#define BT_EVENT_ANON_CODE 1 /* code the program runs from memory that is no file's (a
+                              * JIT's), without --smc-check: it may be rewritten after it
+                              * ran (recorder.c) */
 
 #define BT_FLAG_VALID 1
 #define BT_FLAG_FOREIGN 2
@@ -175,6 +179,8 @@ struct _BtConfig
   guint32 reserved3;         /* 140 */
   guint64 (* rdgs) (void);   /* 144 rdgsbase, wrgsbase (agent.js, gsStubs); NULL: the */
   void (* wrgs) (guint64);   /* 152 kernel does not let programs use them (gs.c) */
+  guint32 smc;               /* 160 run --smc-check all: every block checked (no note of
+                              *     code from no file, BT_EVENT_ANON_CODE) */
 };
 
 #define BT_TOOL_SLOTS 256
