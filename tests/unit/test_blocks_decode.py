@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -216,3 +218,20 @@ def test_a_table_written_in_pieces_reads_back_whole(tmp_path):
     t = open_trace(tmp_path / "t.btrace")
     assert t.notes == []
     assert t.branches(7)["to_ip"].tolist() == [0x200, 0x300, 0x100]
+
+
+def test_addresses_above_2_to_the_53_come_out_exact_and_without_a_warning():
+    """The kernel's vsyscall page is at 0xffffffffff600000: np.append(uint64 column, 0)
+    went through float64, which rounded 0xffffffffff600007 to ...600000, made
+    0xfffffffffffffff0 into 0, and warned ("invalid value encountered in cast") on the
+    user's terminal."""
+    table = make_table([
+        (0x1000, 0x1004, 0x1008, K.CALL),
+        (0xffffffffff600007, 0xffffffffff600009, 0xfffffffffffffff0, K.RETURN),
+        (0x1008, 0x100C, 0x1010, K.RETURN),
+    ])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = decode(Encoding.BLOCKID, np.array([0, 1, 2], dtype="<u4"), table)
+    assert out["from_ip"].tolist() == [0x1004, 0xffffffffff600009]
+    assert out["to_ip"].tolist() == [0xffffffffff600007, 0x1008]

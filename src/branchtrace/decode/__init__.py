@@ -149,11 +149,14 @@ class _Table:
 
     def __init__(self, blocks: np.ndarray) -> None:
         self.n = n = len(blocks)
-        self.flags = np.append(blocks["flags"], 0).astype(np.uint8)
-        self.start = np.append(blocks["start"], 0).astype(np.uint64)
-        self.end = np.append(blocks["end"], 0).astype(np.uint64)
-        self.last = np.append(blocks["last"], 0).astype(np.uint64)
-        self.kind = np.append(blocks["kind"], 0).astype(np.uint8)
+        # the sentinel in each column's own type: np.append(uint64 column, 0) goes
+        # through float64 (uint64 and int64 meet there), which rounds addresses above
+        # 2**53 (the vsyscall page's, 0xffffffffff600000) and warns near 2**64
+        self.flags = np.append(blocks["flags"].astype(np.uint8), np.uint8(0))
+        self.start = np.append(blocks["start"].astype(np.uint64), np.uint64(0))
+        self.end = np.append(blocks["end"].astype(np.uint64), np.uint64(0))
+        self.last = np.append(blocks["last"].astype(np.uint64), np.uint64(0))
+        self.kind = np.append(blocks["kind"].astype(np.uint8), np.uint8(0))
         self.hooked = bool(np.any(self.flags[:n] & FLAG_HOOKED))
         self.interrupts = bool(np.any(self.flags[:n] & FLAG_ASYNC))
 
