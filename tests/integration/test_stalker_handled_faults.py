@@ -97,15 +97,19 @@ def test_a_vfork_child_leaves_nothing_in_its_parents_records(build, tmp_path, fo
 def test_code_rewritten_after_it_ran_runs_as_rewritten_with_smc_check(build, tmp_path):
     """rel_smc writes a function into a page, runs it 8 times, changes a constant in it
     (as a JIT patches code it already ran) and runs it 8 times more. Stalker trusts code
-    that ran unchanged and links to it directly, so by default the old code may run on:
-    the trace says the program ran code from no file. `--smc-check all` runs it as
+    that ran unchanged and links to it directly, so by default the old code runs on: the
+    program sees the wrong sum and ends with status 1, and `run` repeats the trace's
+    note (code from no file's memory, and the option). `--smc-check all` runs it as
     rewritten: the output is native's."""
     exe = str(build("rel_smc"))
     native = subprocess.run([exe], capture_output=True, text=True, check=True)
     assert native.stdout == "sum 1624\n"
     plain = tmp_path / "plain.btrace"
-    traced = cli("run", "--backend", "stalker", "--report", "never", "-o", str(plain), "--", exe)
-    assert traced.returncode == 0, traced.stderr
+    traced = cli("run", "--backend", "stalker", "-o", str(plain), "--", exe)
+    # the old constant ran on (Stalker trusted the code after its second run): the
+    # program sees the wrong sum and ends with status 1, and `run` says why it may have
+    assert traced.stdout == "sum 1616\n" and traced.returncode == 1, traced.stderr
+    assert "--smc-check all makes it run as rewritten" in traced.stderr, traced.stderr
     stats = cli("stats", str(plain))
     assert "memory that is no file's" in stats.stdout, stats.stdout[-2000:]
     checked = tmp_path / "checked.btrace"

@@ -313,6 +313,11 @@ def _record_and_report(args: argparse.Namespace, target: Target, config: RecordC
         signal.signal(signal.SIGUSR2, previous_usr2)
     for error in snapshots.errors:
         print(f"branchtrace: {error}", file=sys.stderr)
+    if args.report != "never" and ex.shell_status != 0:
+        from ..store.blocks import ANON_CODE_NOTE
+
+        if ANON_CODE_NOTE in trace.notes:   # it may have failed because of us: say so
+            print(f"branchtrace: note: {ANON_CODE_NOTE}", file=sys.stderr)
     if temporary is not None and not ex.held:
         os.unlink(temporary)
     if ex.held:

@@ -50,6 +50,11 @@ EVENT_GS_LOST = 1
 #: Code ran from memory that is no file's (a JIT's), without ``--smc-check all``: code
 #: rewritten after it ran may have run as Stalker first compiled it.
 EVENT_ANON_CODE = 0x100
+#: The trace's note for it (backends/stalker/ending.py; `run` repeats it when the
+#: program ends badly, cli/_record.py).
+ANON_CODE_NOTE = ("the program ran code from memory that is no file's (a JIT's?): code it "
+                  "rewrites after running it may have run as first compiled (java fails "
+                  "so); run --smc-check all makes it run as rewritten")
 
 #: One translated block. ``kind`` is the :class:`~branchtrace.model.BranchKind` of its
 #: last instruction; ``end`` is the address after it (where the block falls through).

@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import BranchtraceError
 from ...model import ExitInfo, ProcessInfo, StackSnapshot
-from ...store.blocks import EVENT_ANON_CODE, EVENT_GS_LOST, read_table, table_events
+from ...store.blocks import (
+    ANON_CODE_NOTE,
+    EVENT_ANON_CODE,
+    EVENT_GS_LOST,
+    read_table,
+    table_events,
+)
 
 if TYPE_CHECKING:
     from .host import HostResult
@@ -167,9 +173,7 @@ class Ending:
             notes.append("a thread of the program set its own gs base (arch_prctl or "
                          "wrgsbase): its records went through a slower path from then on")
         if events & EVENT_ANON_CODE:
-            notes.append("the program ran code from memory that is no file's (a JIT's?): "
-                         "code it rewrites after running it may have run as first compiled "
-                         "(java fails so); run --smc-check all makes it run as rewritten")
+            notes.append(ANON_CODE_NOTE)
         if overflow:
             notes.append(f"the block table was full: {overflow} blocks ran unrecorded")
         if self.crash is not None and not self.crash.exact_pc and exit_info.fault_pc:
