@@ -319,22 +319,6 @@ const SIGNAL_OF_KIND = { 'access-violation': null, 'illegal-instruction': 4, 'ar
 
 let parkedTid = null;   // run --gdb: the crashing thread, parked (the host holds it)
 
-/* The fault signal `details` is, when the program has a handler of its own for it (it
- * may handle the fault and go on), else null. */
-function handledSignal(details) {
-  if (details.type === 'illegal-instruction' || details.type === 'arithmetic') {
-    const sig = SIGNAL_OF_KIND[details.type];
-    return originalActions.has(sig) ? sig : null;
-  }
-  if (details.type !== 'access-violation')
-    return null;
-  for (const sig of [SIGSEGV, SIGBUS]) {
-    if (originalActions.has(sig) && siginfoOf(details, sig) !== null)
-      return sig;
-  }
-  return null;
-}
-
 /* The program handles this fault itself (the JVM faults on purpose at start-up, for its
  * null checks and safepoints): bt_fault_entry (signals.c) gives the handler the
  * program's pc when it is known for certain (`real`: an instruction Stalker copied as it
@@ -351,9 +335,6 @@ function onException(details) {
   if (inChild() || parkedTid !== null)
     return false;   // after run --gdb's hold (Frida still here): it dies of its crash
   const tid = Process.getCurrentThreadId();
-  const handled = handledSignal(details);
-  if (handled === null)
-    noteXstate();   // agent.js: the note reaches the tracer before the crash report
   const pc = details.address;
   const memory = details.memory ? details.memory.address : null;
   const info = {
@@ -385,14 +366,20 @@ function onException(details) {
   } catch (e) {
     info.error = String(e);
   }
-  if (handled !== null) {
+  /* a fault signal the program has a handler of its own for (signals.js wrapped it: it
+   * may handle the fault and go on) */
+  const handled = info.signal !== null && FAULT_SIGNALS.has(info.signal) &&
+                  originalActions.has(info.signal);
+  if (handled) {
     toProgramsHandler(tid, pc, info.how === 'copied' ? ptr(info.realPc) : null);
     /* A real fault is reported all the same, marked handled: if the program's handler
      * gives up and raises it again (Python's faulthandler, a crash reporter), the host
      * shows this fault, not the raise (messages.py). */
-    if (si === null || info.sent)
+    if (info.sent)
       return false;
     info.handled = true;
+  } else {
+    noteXstate();   // agent.js: the note reaches the tracer before the crash report
   }
   let stack = null;
   try {
@@ -412,7 +399,7 @@ function onException(details) {
   send(info, stack);
   let ack = null;
   recv('crash-ack', (m) => { ack = m; }).wait();
-  if (handled !== null)
+  if (handled)
     return false;                     // the program's handler runs (bt_fault_entry)
   if (info.hold && ack !== null && ack.hold === true) {
     /* park the thread (holding.py): out of the handler, out of Stalker (as the handler

@@ -297,6 +297,18 @@ bt_redirect (int sig, gpointer info, gpointer uctx)
   return TRUE;
 }
 
+/* A handler run natively, recorded through `pending` (the next block appends it): its
+ * synthetic block now; the id the thread was in, which the caller leaves pending again
+ * after the handler (the thread goes on inside it), is returned. */
+static guint32
+bt_pend_handler (BtThread * t, guint32 block)
+{
+  guint32 interrupted = (t->npending > 0) ? t->pending[t->npending - 1] : bt_last_id (t);
+
+  bt_leave_pending (t, block);
+  return interrupted;
+}
+
 /* The handler the kernel calls for every signal whose handler we wrapped (SA_SIGINFO).
  * At an unsafe point the handler runs natively and leaves its synthetic block and the
  * interrupted block's id pending; a delivery that would leave the same pair as the last
@@ -336,8 +348,7 @@ bt_signal_entry (int sig, gpointer info, gpointer uctx)
       bt_call_handler (s, sig, info, uctx);
       return;
     }
-    interrupted = (n > 0) ? t->pending[n - 1] : bt_last_id (t);
-    bt_leave_pending (t, s->block);
+    interrupted = bt_pend_handler (t, s->block);
   }
   bt_call_handler (s, sig, info, uctx);
   if (t != NULL && interrupted != BT_NO_ID)
@@ -383,10 +394,7 @@ bt_fault_entry (int sig, gpointer info, gpointer uctx)
     t->fault_real = 0;
     t->fault_stalker = 0;
     if (s->block != 0)
-    {
-      interrupted = (t->npending > 0) ? t->pending[t->npending - 1] : bt_last_id (t);
-      bt_leave_pending (t, s->block);
-    }
+      interrupted = bt_pend_handler (t, s->block);
   }
   bt_call_handler (s, sig, info, uctx);
   if (t == NULL)

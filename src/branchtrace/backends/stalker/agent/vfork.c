@@ -27,48 +27,36 @@
 #define OFF_VFORK_RAX 4016
 #define OFF_TID 92
 
-static void
-bt_put_abs (guint8 * b, guint * n, guint64 address)
-{
-  guint i;
-
-  for (i = 0; i != 4; i++)
-    b[(*n)++] = (guint8) (address >> (8 * i));
-}
-
-/* After a followed thread's `syscall` at `insn` (kept already, with its marker). */
+/* After a followed thread's `syscall` at `insn` (kept already, with its marker), on
+ * emit.c's byte emitter (emit_abs: `prefix op modrm sib disp32`, an address below 2 GiB). */
 void
 bt_emit_vfork_check (GumX86Writer * cw, BtThread * t, const cs_insn * insn)
 {
-  guint8 b[96];
-  guint n = 0, done_at, parent_at, i;
-  guint64 T = GPOINTER_TO_SIZE (t), next = insn->address + insn->size;
+  BtCode c;
+  guint done_at, parent_at;
+  guint64 T = GPOINTER_TO_SIZE (t);
 
   if (T + 4096 > BT_LOW_LIMIT)
     return;                           /* T above 2 GiB: no check (the child is recorded) */
-  b[n++] = 0x48; b[n++] = 0x8b; b[n++] = 0x0c; b[n++] = 0x25;       /* mov rcx, [armed] */
-  bt_put_abs (b, &n, T + OFF_VFORK_ARMED);
-  b[n++] = 0xe3; done_at = n; b[n++] = 0;                           /* jrcxz done */
-  b[n++] = 0x48; b[n++] = 0x89; b[n++] = 0x04; b[n++] = 0x25;       /* mov [vrax], rax */
-  bt_put_abs (b, &n, T + OFF_VFORK_RAX);
-  b[n++] = 0xb8; b[n++] = 186; b[n++] = 0; b[n++] = 0; b[n++] = 0;  /* mov eax, gettid */
-  b[n++] = 0x0f; b[n++] = 0x05;                                     /* syscall */
-  b[n++] = 0x8b; b[n++] = 0x0c; b[n++] = 0x25;                      /* mov ecx, [tid] */
-  bt_put_abs (b, &n, T + OFF_TID);
-  b[n++] = 0x48; b[n++] = 0xf7; b[n++] = 0xd1;                      /* not rcx */
-  b[n++] = 0x48; b[n++] = 0x8d; b[n++] = 0x4c; b[n++] = 0x01; b[n++] = 0x01;  /* lea */
-  b[n++] = 0x48; b[n++] = 0x8b; b[n++] = 0x04; b[n++] = 0x25;       /* mov rax, [vrax] */
-  bt_put_abs (b, &n, T + OFF_VFORK_RAX);
-  b[n++] = 0xe3; parent_at = n; b[n++] = 0;                         /* jrcxz parent */
-  b[n++] = 0xff; b[n++] = 0x25; b[n++] = 0; b[n++] = 0; b[n++] = 0; b[n++] = 0;
-  for (i = 0; i != 8; i++)                                          /* jmp [rip+0] */
-    b[n++] = (guint8) (next >> (8 * i));
-  b[parent_at] = (guint8) (n - (parent_at + 1));
-  b[n++] = 0x48; b[n++] = 0xc7; b[n++] = 0x04; b[n++] = 0x25;       /* mov qword [armed], 0 */
-  bt_put_abs (b, &n, T + OFF_VFORK_ARMED);
-  b[n++] = 0; b[n++] = 0; b[n++] = 0; b[n++] = 0;
-  b[done_at] = (guint8) (n - (done_at + 1));
-  if (n != 76)
+  c.n = 0;
+  c.bad = FALSE;
+  emit_abs (&c, 0x48, 0x8b, RCX, T + OFF_VFORK_ARMED);                  /* mov rcx, [armed] */
+  e1 (&c, 0xe3); done_at = c.n; e1 (&c, 0);                             /* jrcxz done */
+  emit_abs (&c, 0x48, 0x89, RAX, T + OFF_VFORK_RAX);                    /* mov [vrax], rax */
+  e1 (&c, 0xb8); e4 (&c, 186);                                          /* mov eax, gettid */
+  e1 (&c, 0x0f); e1 (&c, 0x05);                                         /* syscall */
+  e1 (&c, 0x8b); e1 (&c, 0x0c); e1 (&c, 0x25); e4 (&c, (guint32) (T + OFF_TID));  /* mov ecx, [tid] */
+  en (&c, (const guint8 []) { 0x48, 0xf7, 0xd1 }, 3);                  /* not rcx */
+  en (&c, (const guint8 []) { 0x48, 0x8d, 0x4c, 0x01, 0x01 }, 5);      /* lea rcx, [rcx+rax+1] */
+  emit_abs (&c, 0x48, 0x8b, RAX, T + OFF_VFORK_RAX);                    /* mov rax, [vrax] */
+  e1 (&c, 0xe3); parent_at = c.n; e1 (&c, 0);                           /* jrcxz parent */
+  en (&c, (const guint8 []) { 0xff, 0x25, 0, 0, 0, 0 }, 6);            /* jmp [rip+0] */
+  e8 (&c, insn->address + insn->size);                                  /*   the next insn */
+  patch_here (&c, parent_at);
+  emit_abs (&c, 0x48, 0xc7, RAX, T + OFF_VFORK_ARMED);                  /* mov qword [armed], 0 */
+  e4 (&c, 0);
+  patch_here (&c, done_at);
+  if (c.bad || c.n != 76)
     return;                           /* crash.js (pastSyscallMarker) skips 76 bytes */
-  gum_x86_writer_put_bytes (cw, b, n);
+  gum_x86_writer_put_bytes (cw, c.b, c.n);
 }
