@@ -4,6 +4,7 @@ wait for Frida's agent to leave it, judged from /proc, and a detach that never e
 
 from __future__ import annotations
 
+import mmap
 import os
 import threading
 import time
@@ -13,35 +14,77 @@ import pytest
 
 from branchtrace.backends.stalker import ending
 from branchtrace.backends.stalker.unload import (
+    Before,
     agent_mapped,
+    before_attach,
+    frida_left,
     leftover_threads,
+    loader_regions,
     task_ids,
+    tracer_pid,
     wait_unloaded,
 )
 
 
 def test_a_thread_outside_the_program_is_waited_for() -> None:
     pid = os.getpid()
-    program = task_ids(pid)
-    assert threading.get_native_id() in program
+    before = before_attach(pid)
+    assert threading.get_native_id() in before.threads
     go = threading.Event()
     extra = threading.Thread(target=go.wait)
     extra.start()
     try:
-        assert leftover_threads(pid, program) == {extra.native_id}
-        assert not wait_unloaded(pid, program, timeout=0.05)
+        assert leftover_threads(pid, before.threads) == {extra.native_id}
+        assert not wait_unloaded(pid, before, set(), timeout=0.05)
+        assert frida_left(pid, before, {extra.native_id})   # one the program started
     finally:
         go.set()
         extra.join()
-    assert wait_unloaded(pid, program, timeout=5.0)
-    assert leftover_threads(pid, program) == set()
+    assert wait_unloaded(pid, before, set(), timeout=5.0)
+    assert leftover_threads(pid, before.threads) == set()
+
+
+def test_the_helpers_loader_memory_is_waited_for() -> None:
+    """Frida's helper frees its loader's memory (a small anonymous rwx region) in the
+    program after the agent has left: a region like it that was not there before the
+    attach keeps the wait going until it is unmapped; one that was there does not."""
+    pid = os.getpid()
+    before = before_attach(pid)
+    assert tracer_pid(pid) == before.tracer == 0
+    rwx = mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC
+    region = mmap.mmap(-1, 72 * 1024, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, prot=rwx)
+    try:
+        region[0] = 0xc3                     # touched, as the helper's copy is
+        new = loader_regions(pid) - before.loaders
+        assert len(new) == 1
+        assert not frida_left(pid, before, set())
+        assert not wait_unloaded(pid, before, set(), timeout=0.05)
+        already = Before(before.threads, before.agent, before.loaders | new, before.tracer)
+        assert frida_left(pid, already, set())
+    finally:
+        region.close()
+    assert loader_regions(pid) <= before.loaders
+    assert wait_unloaded(pid, before, set(), timeout=5.0)
+
+
+def test_a_large_rwx_region_is_a_jit_not_the_loader() -> None:
+    pid = os.getpid()
+    before = before_attach(pid)
+    rwx = mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC
+    heap = mmap.mmap(-1, 4 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, prot=rwx)
+    try:
+        assert loader_regions(pid) <= before.loaders
+        assert frida_left(pid, before, set())
+    finally:
+        heap.close()
 
 
 def test_no_agent_here_and_a_gone_process_counts_as_unloaded() -> None:
     assert not agent_mapped(os.getpid())   # the frida module is loaded, not its agent
     gone = 2 ** 22 + 12345                 # past pid_max: no such process
     assert task_ids(gone) == set() and not agent_mapped(gone)
-    assert wait_unloaded(gone, set(), timeout=0.0)
+    assert loader_regions(gone) == set() and tracer_pid(gone) == 0
+    assert wait_unloaded(gone, Before(frozenset(), False, frozenset(), 0), set(), timeout=0.0)
 
 
 class StuckSession:

@@ -129,7 +129,7 @@ class StalkerBackend(Backend):
         from ..linux.program import find_program, start_vaddr
         from .host import Host
         from .launch import Launcher
-        from .unload import agent_mapped, task_ids, wait_unloaded
+        from .unload import Before, before_attach, wait_unloaded
 
         if store.capacity > MAX_CAPACITY:
             raise UsageError(
@@ -154,11 +154,10 @@ class StalkerBackend(Backend):
         self._host = host
         if self._interrupted:
             host.interrupt()
-        before: set[int] = set()
-        mapped = False
+        before: Before | None = None
         try:
             if target.pid is not None:
-                before, mapped = task_ids(target.pid), agent_mapped(target.pid)
+                before = before_attach(target.pid)
                 host.start(target.pid)
             else:
                 early = self._take_early(target)
@@ -184,15 +183,15 @@ class StalkerBackend(Backend):
             self._host = None
             host.stop()
             host.close()
-            if target.pid is not None and host.detached:
+            if before is not None and target.pid is not None and host.detached:
                 # Frida finishes unloading its agent from the program after detach
                 # returns; attaching again before that (record() called back to back in
                 # one process) killed the program within a few cycles (SIGSEGV or
                 # SIGTRAP), or never came back. Wait until the agent is gone (unload.py),
                 # then leave the program a moment more, so that a next attach meets a
                 # clean process.
-                if not wait_unloaded(target.pid, before | set(host.threads), UNLOAD_WAIT_S,
-                                     mapping=not mapped):
+                if not wait_unloaded(target.pid, before, set(host.threads),
+                                     UNLOAD_WAIT_S):
                     notes.append("Frida's agent was still leaving the program "
                                  f"{UNLOAD_WAIT_S:g} s after the detach")
                 time.sleep(ATTACH_SETTLE_S)
