@@ -190,7 +190,7 @@ class StalkerBackend(Backend):
                 # SIGTRAP), or never came back. Wait until the agent is gone (unload.py),
                 # then leave the program a moment more, so that a next attach meets a
                 # clean process.
-                if not wait_unloaded(target.pid, before, set(host.threads),
+                if not wait_unloaded(target.pid, host.stuck or before, set(host.threads),
                                      UNLOAD_WAIT_S):
                     notes.append("Frida's agent was still leaving the program "
                                  f"{UNLOAD_WAIT_S:g} s after the detach")
@@ -301,7 +301,7 @@ def _probe_uncached() -> Probe:
         return Probe(False, f"cannot start a test program under ptrace: {err}")
     try:
         device = frida.get_local_device()
-        session = attach(device, pid)
+        device, session = attach(device, pid)
         script = session.create_script("send(Process.arch)")
         got: list[object] = []
         script.on("message", lambda m, d: got.append(m.get("payload")))

@@ -36,7 +36,10 @@ from .execs import ExecCatcher, ExecFollowing
 from . import fillcache, hold
 from .messages import Crash, Messages
 from .resume import Resuming
-from .launch import Attaching, Launcher, attach, check_attachable, mapped_paths
+from . import launch
+from .launch import (RETRY_NOTE, Attaching, Launcher, attach, check_attachable,
+                     mapped_paths)
+from .unload import Before, before_attach, task_ids
 from .triggers import Triggering
 
 _POLL = 0.02  # seconds between checks of the end conditions
@@ -115,6 +118,11 @@ class Host(Messages, Resuming, ExecFollowing, ChildFollowing, Ending, Triggering
         self._session: Any = None
         self._script: Any = None
         self._device: Any = parent._device if parent is not None else None
+        #: the program as it was when a stuck attach was given up (launch.attach): the
+        #: stuck agent's threads and memory, which stay, are not ours to wait for
+        self.stuck: Before | None = None
+        #: and the threads its agent added (never followed)
+        self.foreign: set[int] = set()
         self._launcher: Launcher | None = None
         self._agent_errors: list[str] = []
         self.detached = True   # stop(): False if Frida's detach did not end in time
@@ -181,10 +189,22 @@ class Host(Messages, Resuming, ExecFollowing, ChildFollowing, Ending, Triggering
             if attaching is not None:
                 self._device, self._session = attaching.result()
                 self._loaded = attaching.agent
+                if attaching.retried:
+                    self.notes.append(RETRY_NOTE.format(timeout=launch.ATTACH_TIMEOUT))
             else:
-                self._device = self._device or frida.get_local_device()
-                self._session = (hold.attach_parked(pid, lambda: attach(self._device, pid))
-                                 if hold.is_parked(pid) else attach(self._device, pid))
+                device = self._device or frida.get_local_device()
+                threads = task_ids(pid)
+
+                def retried() -> None:
+                    self.stuck = before_attach(pid)
+                    # the stuck agent's threads (and any the program started meanwhile:
+                    # not told apart, left unfollowed)
+                    self.foreign = set(self.stuck.threads - threads)
+                    self.notes.append(RETRY_NOTE.format(timeout=launch.ATTACH_TIMEOUT))
+
+                self._device, self._session = (
+                    hold.attach_parked(pid, lambda: attach(device, pid, on_retry=retried))
+                    if hold.is_parked(pid) else attach(device, pid, on_retry=retried))
         except frida.ProcessNotFoundError:
             raise TargetError(f"no process with pid {pid}") from None
         except frida.PermissionDeniedError as err:
@@ -228,6 +248,7 @@ class Host(Messages, Resuming, ExecFollowing, ChildFollowing, Ending, Triggering
             "mode": int(self.store.mode), "hostPid": os.getpid(), "bmi2": has_bmi2(),
             "avx512": has_avx512(),
             "only": list(self.only), "slots": slots, "ours": sorted(self.ours),
+            "foreign": sorted(self.foreign),
             "entry": entry, "started": self._launcher is not None,
             "parked": hold.is_parked(pid),
             "followChildren": self.follow_children, "holdOnCrash": self.hold_on_crash,

@@ -93,6 +93,9 @@ let parkedSlot = null;    // hold.py: the main thread's slot, until arm()
 let stopping = false;
 const followed = new Map();     // tid -> { ctx: NativePointer, base, size }
 const refused = new Set();      // tids that got no slot
+/* threads of another Frida agent, stuck in the program when an attach was given up and
+ * tried again (launch.py, attach): not the program's, never followed */
+const foreign = new Set();
 const keep = [];                // objects the C side points to
 
 /* Stream mode stores records through gs (gs.c): `rdgsbase rax; ret` and `wrgsbase rdi;
@@ -288,7 +291,8 @@ function inChild() {
 function followNew(tids, sharesTls = false) {
   if (inChild())
     return;
-  tids = tids.filter(tid => !followed.has(tid) && !refused.has(tid) && !isOurs(tid));
+  tids = tids.filter(tid => !followed.has(tid) && !refused.has(tid) && !isOurs(tid)
+                     && !foreign.has(tid));
   if (tids.length === 0 || stopping)
     return;
   for (const slot of requestSlots(tids)) {
@@ -764,8 +768,10 @@ rpc.exports = {
     const tools = Memory.alloc(4 * TOOL_SLOTS);
     keep.push(tools);
     cfg.add(CFG.tools).writePointer(tools);
+    for (const tid of p.foreign)
+      foreign.add(tid);
     for (const tid of taskIds())
-      if (isOurs(tid))
+      if (isOurs(tid) || foreign.has(tid))
         noteTool(tid);
     cfg.add(CFG.signals).writePointer(signals);
     const matched = p.only.length > 0 ? restrictTo(p.only) : [];
