@@ -5,7 +5,7 @@ is a local device whose attach waits until it is cancelled, as the stuck one doe
 trace must come out whole and say what happened, later attaches to that pid must go to
 the new host (the old one would wait on its stuck agent each time), and the program
 must not notice. (A real stuck agent cannot be made on purpose; the soak loop in the
-closing note of 2026-12-07 met 'NNN' of them.)"""
+closing note of 2026-12-07 met 8 of them.)"""
 
 from __future__ import annotations
 
