@@ -4,6 +4,7 @@ wait for Frida's agent to leave it, judged from /proc, and a detach that never e
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 import threading
@@ -36,7 +37,9 @@ def test_a_thread_outside_the_program_is_waited_for() -> None:
     try:
         assert leftover_threads(pid, before.threads) == {extra.native_id}
         assert not wait_unloaded(pid, before, set(), timeout=0.05)
-        assert frida_left(pid, before, {extra.native_id})   # one the program started
+        # one the program started (and whatever else this process runs meanwhile)
+        now = Before(before.threads, before.agent, frozenset(loader_regions(pid)), before.tracer)
+        assert frida_left(pid, now, leftover_threads(pid, before.threads))
     finally:
         go.set()
         extra.join()
@@ -44,37 +47,46 @@ def test_a_thread_outside_the_program_is_waited_for() -> None:
     assert leftover_threads(pid, before.threads) == set()
 
 
+def _rwx_region(size: int) -> tuple[mmap.mmap, str]:
+    """A private anonymous rwx mapping of ours, touched, and its ``start-end`` name."""
+    rwx = mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC
+    region = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, prot=rwx)
+    region[0] = 0xc3                     # touched, as the helper's copy is
+    view = ctypes.c_char.from_buffer(region)
+    start = ctypes.addressof(view)
+    del view                             # (an exported buffer keeps mmap from closing)
+    return region, f"{start:x}-{start + size:x}"
+
+
 def test_the_helpers_loader_memory_is_waited_for() -> None:
     """Frida's helper frees its loader's memory (a small anonymous rwx region) in the
     program after the agent has left: a region like it that was not there before the
-    attach keeps the wait going until it is unmapped; one that was there does not."""
+    attach keeps the wait going until it is unmapped; one that was there does not.
+    (This process is the program here: what else it maps or runs meanwhile is counted
+    as there before.)"""
     pid = os.getpid()
     before = before_attach(pid)
     assert tracer_pid(pid) == before.tracer == 0
-    rwx = mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC
-    region = mmap.mmap(-1, 72 * 1024, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, prot=rwx)
+    region, name = _rwx_region(72 * 1024)
     try:
-        region[0] = 0xc3                     # touched, as the helper's copy is
-        new = loader_regions(pid) - before.loaders
-        assert len(new) == 1
-        assert not frida_left(pid, before, set())
-        assert not wait_unloaded(pid, before, set(), timeout=0.05)
-        already = Before(before.threads, before.agent, before.loaders | new, before.tracer)
-        assert frida_left(pid, already, set())
+        assert name in loader_regions(pid)
+        threads = leftover_threads(pid, before.threads)
+        others = Before(before.threads, before.agent,
+                        frozenset(loader_regions(pid) - {name}), before.tracer)
+        assert not frida_left(pid, others, threads)
+        assert not wait_unloaded(pid, others, threads, timeout=0.05)
+        already = Before(others.threads, others.agent, others.loaders | {name}, others.tracer)
+        assert frida_left(pid, already, threads)
     finally:
         region.close()
-    assert loader_regions(pid) <= before.loaders
-    assert wait_unloaded(pid, before, set(), timeout=5.0)
+    assert name not in loader_regions(pid)
+    assert wait_unloaded(pid, others, leftover_threads(pid, before.threads), timeout=5.0)
 
 
 def test_a_large_rwx_region_is_a_jit_not_the_loader() -> None:
-    pid = os.getpid()
-    before = before_attach(pid)
-    rwx = mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC
-    heap = mmap.mmap(-1, 4 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, prot=rwx)
+    heap, name = _rwx_region(4 << 20)
     try:
-        assert loader_regions(pid) <= before.loaders
-        assert frida_left(pid, before, set())
+        assert name not in loader_regions(os.getpid())
     finally:
         heap.close()
 
