@@ -1,6 +1,6 @@
 """An attach that never answers (Frida 17.26's, ~1 in 2,300 back-to-back cycles under
 load: its new agent loaded in the program, both ends of its connection waiting) is
-given up and made again through a new Frida host (launch.attach). Here the stuck attach
+given up and made again through a new Frida host (fridaattach.attach). Here the stuck attach
 is a local device whose attach waits until it is cancelled, as the stuck one does: the
 trace must come out whole and say what happened, later attaches to that pid must go to
 the new host (the old one would wait on its stuck agent each time), and the program
@@ -18,7 +18,7 @@ import frida
 import pytest
 
 from branchtrace.backends import Target
-from branchtrace.backends.stalker import launch
+from branchtrace.backends.stalker import fridaattach
 from branchtrace.recorder import RecordConfig, record
 
 from test_targets import counter_lines
@@ -51,8 +51,8 @@ def test_a_stuck_attach_is_made_again_through_a_new_host(build, monkeypatch) -> 
         lambda: program.stdout.read1(65536), b"")), daemon=True)   # type: ignore[union-attr]
     reader.start()
     stuck = StuckHost()
-    monkeypatch.setattr(launch, "ATTACH_TIMEOUT", 1.0)
-    monkeypatch.setattr(launch, "_HOST_FOR_PID", {})
+    monkeypatch.setattr(fridaattach, "ATTACH_TIMEOUT", 1.0)
+    monkeypatch.setattr(fridaattach, "_HOST_FOR_PID", {})
     monkeypatch.setattr(frida, "get_local_device", lambda: stuck)
     try:
         t0 = time.monotonic()

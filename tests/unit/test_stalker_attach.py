@@ -1,4 +1,4 @@
-"""Frida's attach, bounded (backends/stalker/launch.py, ``attach``): one that never
+"""Frida's attach, bounded (backends/stalker/fridaattach.py, ``attach``): one that never
 answers is cancelled and tried again on a device of a new Frida host (the old host
 would only wait on its stuck agent again); one that never answers twice is a clear
 error, not a hang."""
@@ -11,8 +11,8 @@ import time
 import frida
 import pytest
 
-from branchtrace.backends.stalker import launch
-from branchtrace.backends.stalker.launch import attach
+from branchtrace.backends.stalker import fridaattach
+from branchtrace.backends.stalker.fridaattach import attach
 from branchtrace.errors import TargetError
 
 
@@ -38,11 +38,11 @@ class StuckDevice:
 
 @pytest.fixture(autouse=True)
 def no_hosts_yet(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(launch, "_HOST_FOR_PID", {})
+    monkeypatch.setattr(fridaattach, "_HOST_FOR_PID", {})
 
 
 def test_an_attach_that_answers_is_not_delayed(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(launch, "fresh_local_device", lambda: pytest.fail("no retry"))
+    monkeypatch.setattr(fridaattach, "fresh_local_device", lambda: pytest.fail("no retry"))
     device = StuckDevice(0)
     t0 = time.monotonic()
     assert attach(device, 42, timeout=5) == (device, "session 42")
@@ -52,7 +52,7 @@ def test_an_attach_that_answers_is_not_delayed(monkeypatch: pytest.MonkeyPatch) 
 def test_a_stuck_attach_is_cancelled_and_tried_again_on_a_new_host(
         monkeypatch: pytest.MonkeyPatch) -> None:
     stuck, fresh = StuckDevice(100), StuckDevice(0)
-    monkeypatch.setattr(launch, "fresh_local_device", lambda: fresh)
+    monkeypatch.setattr(fridaattach, "fresh_local_device", lambda: fresh)
     t0 = time.monotonic()
     assert attach(stuck, 42, timeout=0.2) == (fresh, "session 42")
     assert stuck.calls == 1 and fresh.calls == 1
@@ -60,12 +60,12 @@ def test_a_stuck_attach_is_cancelled_and_tried_again_on_a_new_host(
     # the old host would wait on its stuck agent again: this pid goes to the new one
     assert attach(stuck, 42, timeout=0.2) == (fresh, "session 42")
     assert stuck.calls == 1 and fresh.calls == 2
-    assert launch._HOST_FOR_PID == {42: fresh}   # other pids still go to the old one
+    assert fridaattach._HOST_FOR_PID == {42: fresh}   # other pids still go to the old one
 
 
 def test_the_retry_is_told(monkeypatch: pytest.MonkeyPatch) -> None:
     told: list[int] = []
-    monkeypatch.setattr(launch, "fresh_local_device", lambda: StuckDevice(0))
+    monkeypatch.setattr(fridaattach, "fresh_local_device", lambda: StuckDevice(0))
     attach(StuckDevice(0), 42, timeout=5, on_retry=lambda: told.append(1))
     assert told == []
     attach(StuckDevice(1), 44, timeout=0.1, on_retry=lambda: told.append(2))
@@ -75,7 +75,7 @@ def test_the_retry_is_told(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_stuck_every_time_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     devices = [StuckDevice(5) for _ in range(2)]
     made = iter(devices[1:])
-    monkeypatch.setattr(launch, "fresh_local_device", lambda: next(made))
+    monkeypatch.setattr(fridaattach, "fresh_local_device", lambda: next(made))
     # pytest-timeout's own Timer runs during every test: only ours must be gone
     before = {t for t in threading.enumerate() if isinstance(t, threading.Timer)}
     with pytest.raises(TargetError, match=r"cannot trace pid 42: Frida's attach did not "
@@ -88,6 +88,6 @@ def test_stuck_every_time_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_a_new_host_is_a_working_local_device() -> None:
     """What the retry attaches with: a local device of a manager of its own."""
-    device = launch.fresh_local_device()
+    device = fridaattach.fresh_local_device()
     assert device.type == "local"
     assert device.enumerate_processes(pids=[__import__("os").getpid()])

@@ -292,7 +292,8 @@ def _probe_uncached() -> Probe:
     import shutil
 
     true = shutil.which("true") or "/bin/true"
-    from .launch import Launcher, attach
+    from .fridaattach import attach
+    from .launch import Launcher
 
     launcher = Launcher((true,))
     try:

@@ -36,9 +36,9 @@ from .execs import ExecCatcher, ExecFollowing
 from . import fillcache, hold
 from .messages import Crash, Messages
 from .resume import Resuming
-from . import launch
-from .launch import (RETRY_NOTE, Attaching, Launcher, attach, check_attachable,
-                     mapped_paths)
+from . import fridaattach
+from .fridaattach import RETRY_NOTE, attach
+from .launch import Attaching, Launcher, check_attachable, mapped_paths
 from .unload import Before, before_attach, task_ids
 from .triggers import Triggering
 
@@ -118,7 +118,7 @@ class Host(Messages, Resuming, ExecFollowing, ChildFollowing, Ending, Triggering
         self._session: Any = None
         self._script: Any = None
         self._device: Any = parent._device if parent is not None else None
-        #: the program as it was when a stuck attach was given up (launch.attach): the
+        #: the program as it was when a stuck attach was given up (fridaattach.attach): the
         #: stuck agent's threads and memory, which stay, are not ours to wait for
         self.stuck: Before | None = None
         #: and the threads its agent added (never followed)
@@ -190,7 +190,7 @@ class Host(Messages, Resuming, ExecFollowing, ChildFollowing, Ending, Triggering
                 self._device, self._session = attaching.result()
                 self._loaded = attaching.agent
                 if attaching.retried:
-                    self.notes.append(RETRY_NOTE.format(timeout=launch.ATTACH_TIMEOUT))
+                    self.notes.append(RETRY_NOTE.format(timeout=fridaattach.ATTACH_TIMEOUT))
             else:
                 device = self._device or frida.get_local_device()
                 threads = task_ids(pid)
@@ -200,7 +200,7 @@ class Host(Messages, Resuming, ExecFollowing, ChildFollowing, Ending, Triggering
                     # the stuck agent's threads (and any the program started meanwhile:
                     # not told apart, left unfollowed)
                     self.foreign = set(self.stuck.threads - threads)
-                    self.notes.append(RETRY_NOTE.format(timeout=launch.ATTACH_TIMEOUT))
+                    self.notes.append(RETRY_NOTE.format(timeout=fridaattach.ATTACH_TIMEOUT))
 
                 self._device, self._session = (
                     hold.attach_parked(pid, lambda: attach(device, pid, on_retry=retried))

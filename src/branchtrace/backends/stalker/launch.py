@@ -10,8 +10,8 @@ has run), which is taken out again before the reaper detaches with SIGSTOP. Frid
 attaches to the stopped process and holds it until ``device.resume``.
 
 :class:`Launcher` is our side of the reaper: it reads when the program is ready and
-how it ended, and tells the reaper when Frida holds the program. :func:`attach` is
-Frida's attach with a time limit, and :func:`check_attachable` says in one line why a
+how it ended, and tells the reaper when Frida holds the program (the attach itself is
+:func:`.fridaattach.attach`), and :func:`check_attachable` says in one line why a
 running pid cannot be attached.
 """
 
@@ -25,10 +25,11 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from ...errors import TargetError
 from .agent_code import LoadedAgent
+from .fridaattach import attach
 
 if TYPE_CHECKING:
     from ...model import ExitInfo
@@ -274,74 +275,6 @@ def release_killed(pid: int, timeout: float = 1.0) -> None:
         time.sleep(0.002)
 
 
-#: The trace's note when an attach was tried again (:func:`attach`).
-RETRY_NOTE = ("Frida's attach did not answer in {timeout:g} s; attached again through a "
-              "new Frida host (the agent of the first attach stays in the program, idle)")
-
-#: How long one Frida attach may take (it takes ~0.1 s; ~1 s on a machine busy 3 times over).
-ATTACH_TIMEOUT = 15.0
-
-
-def attach(device: Any, pid: int, timeout: float | None = None, tries: int = 2,
-           on_retry: Callable[[], None] | None = None) -> tuple[Any, Any]:
-    """``device.attach(pid)``, given up after ``timeout`` seconds and tried again on a
-    device of a new Frida host: ``(device, session)``, the device the session is of.
-
-    Frida 17.26.2's attach can wait forever: under load, about one attach in 2,300
-    back-to-back attach-detach cycles of one program never returned (CI failed on it),
-    Frida's new agent loaded in the program, its connection to us open and empty, and
-    both ends waiting. The attach is cancelled (a ``frida.Cancellable``); the program
-    runs on meanwhile, it is never stopped by this. Trying again on the same device
-    waited too, every time: Frida's host makes an attach wait until the agent it
-    injected before into that pid has left, and the stuck one never leaves. A new
-    ``DeviceManager`` has a host of its own, with no such agent on its books: its
-    attach injects a fresh agent, which answers (the stuck one stays in the program,
-    idle; ``on_retry`` is called before each new try). The old host would make every
-    later attach to that pid wait the same way, so later attaches to it go through the
-    new one. Raises ``TargetError`` when every try timed out (``timeout``: default
-    ``ATTACH_TIMEOUT``)."""
-    import frida
-
-    timeout = ATTACH_TIMEOUT if timeout is None else timeout
-    device = _HOST_FOR_PID.get(pid, device)
-    for attempt in range(tries):
-        if attempt:
-            if on_retry is not None:
-                on_retry()
-            device = fresh_local_device()
-        cancellable = frida.Cancellable()  # type: ignore[no-untyped-call]
-        timer = threading.Timer(timeout, cancellable.cancel)
-        timer.daemon = True
-        timer.start()
-        try:
-            with cancellable:
-                session = device.attach(pid)
-            if attempt:
-                _HOST_FOR_PID[pid] = device
-            return device, session
-        except frida.OperationCancelledError:
-            continue
-        finally:
-            timer.cancel()
-    raise TargetError(f"cannot trace pid {pid}: Frida's attach did not finish in "
-                      f"{timeout:g} s, {tries} times")
-
-
-#: Frida hosts made by :func:`fresh_local_device`, kept for as long as we run.
-_HOSTS: list[Any] = []
-#: The device to attach to a pid with, where the default one had an attach stuck.
-_HOST_FOR_PID: dict[int, Any] = {}
-
-
-def fresh_local_device() -> Any:
-    """The local device of a new Frida ``DeviceManager``: a host of its own (its own
-    books of the agents it injected), where ``frida.get_local_device()`` always gives
-    the one of the process-wide manager."""
-    import frida
-
-    manager = frida.core.DeviceManager(frida._frida.DeviceManager())
-    _HOSTS.append(manager)
-    return manager.get_device_by_type("local", 0)
 
 
 def continue_if_stopped(pid: int) -> None:

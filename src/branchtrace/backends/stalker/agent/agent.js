@@ -94,7 +94,7 @@ let stopping = false;
 const followed = new Map();     // tid -> { ctx: NativePointer, base, size }
 const refused = new Set();      // tids that got no slot
 /* threads of another Frida agent, stuck in the program when an attach was given up and
- * tried again (launch.py, attach): not the program's, never followed */
+ * tried again (fridaattach.py): not the program's, never followed */
 const foreign = new Set();
 const keep = [];                // objects the C side points to
 
