@@ -53,6 +53,7 @@ def test_a_stuck_attach_is_made_again_through_a_new_host(build, monkeypatch) -> 
     stuck = StuckHost()
     monkeypatch.setattr(fridaattach, "ATTACH_TIMEOUT", 1.0)
     monkeypatch.setattr(fridaattach, "_HOST_FOR_PID", {})
+    monkeypatch.setattr(fridaattach, "STUCK_THREADS", {})
     monkeypatch.setattr(frida, "get_local_device", lambda: stuck)
     try:
         t0 = time.monotonic()
@@ -65,6 +66,8 @@ def test_a_stuck_attach_is_made_again_through_a_new_host(build, monkeypatch) -> 
         assert not any("still leaving" in n for n in trace.notes), trace.notes
         assert list(trace.threads) == [program.pid] and len(trace.threads[program.pid]) > 0
         assert took < 10, took
+        # what the stuck agent added (nothing, here) is kept for the next attaches
+        assert fridaattach.STUCK_THREADS == {program.pid: frozenset()}
         # the next attach to this pid goes straight to the new host
         again = record(Target(pid=program.pid), RecordConfig(backend="stalker", duration=0.1))
         assert stuck.calls == 1

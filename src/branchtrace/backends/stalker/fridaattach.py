@@ -68,6 +68,8 @@ def attach(device: Any, pid: int, timeout: float | None = None, tries: int = 2,
 _HOSTS: list[Any] = []
 #: The device to attach to a pid with, where the default one had an attach stuck.
 _HOST_FOR_PID: dict[int, Any] = {}
+#: The threads the stuck agent added to a pid (host.py): never followed, then or later.
+STUCK_THREADS: dict[int, frozenset[int]] = {}
 
 
 def fresh_local_device() -> Any:

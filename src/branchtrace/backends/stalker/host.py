@@ -200,11 +200,15 @@ class Host(Messages, Resuming, ExecFollowing, ChildFollowing, Ending, Triggering
                     # the stuck agent's threads (and any the program started meanwhile:
                     # not told apart, left unfollowed)
                     self.foreign = set(self.stuck.threads - threads)
+                    fridaattach.STUCK_THREADS[pid] = frozenset(self.foreign)
                     self.notes.append(RETRY_NOTE.format(timeout=fridaattach.ATTACH_TIMEOUT))
 
                 self._device, self._session = (
                     hold.attach_parked(pid, lambda: attach(device, pid, on_retry=retried))
                     if hold.is_parked(pid) else attach(device, pid, on_retry=retried))
+                # a stuck agent of an earlier attach to this pid is still there: its
+                # threads are not followed either (following them hung the next attach)
+                self.foreign |= fridaattach.STUCK_THREADS.get(pid, frozenset()) & task_ids(pid)
         except frida.ProcessNotFoundError:
             raise TargetError(f"no process with pid {pid}") from None
         except frida.PermissionDeniedError as err:
