@@ -9,8 +9,6 @@ closing note of 2026-12-07 met 8 of them.)"""
 
 from __future__ import annotations
 
-import subprocess
-import threading
 import time
 from typing import Any
 
@@ -21,7 +19,7 @@ from branchtrace.backends import Target
 from branchtrace.backends.stalker import fridaattach
 from branchtrace.recorder import RecordConfig, record
 
-from test_targets import counter_lines
+from test_targets import counter_running
 
 pytestmark = pytest.mark.backend("stalker")
 
@@ -45,17 +43,12 @@ class StuckHost:
 
 def test_a_stuck_attach_is_made_again_through_a_new_host(build, monkeypatch) -> None:
     exe = build("rel_counter")
-    program = subprocess.Popen([str(exe), "1000000"], stdout=subprocess.PIPE)
-    chunks: list[bytes] = []
-    reader = threading.Thread(target=lambda: chunks.extend(iter(
-        lambda: program.stdout.read1(65536), b"")), daemon=True)   # type: ignore[union-attr]
-    reader.start()
     stuck = StuckHost()
     monkeypatch.setattr(fridaattach, "ATTACH_TIMEOUT", 1.0)
     monkeypatch.setattr(fridaattach, "_HOST_FOR_PID", {})
     monkeypatch.setattr(fridaattach, "STUCK_THREADS", {})
     monkeypatch.setattr(frida, "get_local_device", lambda: stuck)
-    try:
+    with counter_running(exe, at_least=3) as program:
         t0 = time.monotonic()
         trace = record(Target(pid=program.pid), RecordConfig(backend="stalker", duration=0.3))
         took = time.monotonic() - t0
@@ -74,13 +67,3 @@ def test_a_stuck_attach_is_made_again_through_a_new_host(build, monkeypatch) -> 
         assert again.exit.status == "detached"
         assert not any("attached again" in n for n in again.notes), again.notes
         assert program.poll() is None, "the program died"
-        program.terminate()
-        program.wait(timeout=60)
-        reader.join(timeout=60)
-    finally:
-        if program.poll() is None:
-            program.kill()
-    out = b"".join(chunks)
-    assert program.returncode == -15, "the program did not live until we ended it"
-    printed = len(out.splitlines())
-    assert printed > 3 and out == counter_lines(printed)

@@ -4,8 +4,10 @@ every millisecond, setjmp/longjmp, exit from a worker thread, 50 attach/detach c
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import threading
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -142,32 +144,19 @@ def counter_lines(n: int) -> bytes:
     return "".join(out).encode()
 
 
-@pytest.mark.parametrize("via", ["api", "cli"])
-@pytest.mark.parametrize("backend", ALL_BACKENDS)
-def test_attach_and_detach_fifty_times(build, backend, via, soak):
-    """Back to back in one process (the API) or one branchtrace per cycle (the CLI):
-    the program never notices: it lives on, and every line it printed is right."""
-    exe = build("rel_counter")
-    cycles = 200 if soak else 50
-    assert native(exe, "3").stdout == counter_lines(3)
-    # long enough for any number of cycles; ended with SIGTERM once they are done. Its
-    # output is read as it comes: a full pipe would block it in write() for the rest
-    # of the test, which is no test of anything.
+@contextlib.contextmanager
+def counter_running(exe, at_least: int = 10) -> Iterator[subprocess.Popen[bytes]]:
+    """rel_counter, running for as long as the block lasts (long enough for anything),
+    then ended with SIGTERM: it must have lived until then, and every line it printed
+    must be right. Its output is read as it comes: a full pipe would block it in write()
+    for the rest of the test, which is no test of anything."""
     program = subprocess.Popen([str(exe), "1000000"], stdout=subprocess.PIPE)
     chunks: list[bytes] = []
     reader = threading.Thread(target=lambda: chunks.extend(iter(
         lambda: program.stdout.read1(65536), b"")), daemon=True)   # type: ignore[union-attr]
     reader.start()
     try:
-        for cycle in range(cycles):
-            if via == "api":
-                trace = record(Target(pid=program.pid), RecordConfig(backend=backend, duration=0.02))
-                assert trace.exit.status == "detached"
-            else:
-                done = cli("attach", str(program.pid), "--backend", backend, "--duration", "0.02",
-                           "--report", "never", timeout=60)
-                assert done.returncode == 0, done.stderr
-            assert program.poll() is None, f"the program died in cycle {cycle}: {program.poll()}"
+        yield program
         program.terminate()
         program.wait(timeout=60)
         reader.join(timeout=60)
@@ -177,7 +166,27 @@ def test_attach_and_detach_fifty_times(build, backend, via, soak):
     out = b"".join(chunks)
     assert program.returncode == -15, "the program did not live until we ended it"
     printed = len(out.splitlines())
-    assert printed > 10 and out == counter_lines(printed)   # every line as it should be
+    assert printed > at_least and out == counter_lines(printed)   # every line as it should be
+
+
+@pytest.mark.parametrize("via", ["api", "cli"])
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_attach_and_detach_fifty_times(build, backend, via, soak):
+    """Back to back in one process (the API) or one branchtrace per cycle (the CLI):
+    the program never notices: it lives on, and every line it printed is right."""
+    exe = build("rel_counter")
+    cycles = 200 if soak else 50
+    assert native(exe, "3").stdout == counter_lines(3)
+    with counter_running(exe) as program:
+        for cycle in range(cycles):
+            if via == "api":
+                trace = record(Target(pid=program.pid), RecordConfig(backend=backend, duration=0.02))
+                assert trace.exit.status == "detached"
+            else:
+                done = cli("attach", str(program.pid), "--backend", backend, "--duration", "0.02",
+                           "--report", "never", timeout=60)
+                assert done.returncode == 0, done.stderr
+            assert program.poll() is None, f"the program died in cycle {cycle}: {program.poll()}"
 
 
 def _children(pid: int) -> set[int]:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from branchtrace.backends.linux.permissions import tracer_of
 from branchtrace.backends.stalker import ending
 from branchtrace.backends.stalker.unload import (
     Before,
@@ -22,7 +23,6 @@ from branchtrace.backends.stalker.unload import (
     leftover_threads,
     loader_regions,
     task_ids,
-    tracer_pid,
     wait_unloaded,
 )
 
@@ -66,7 +66,7 @@ def test_the_helpers_loader_memory_is_waited_for() -> None:
     as there before.)"""
     pid = os.getpid()
     before = before_attach(pid)
-    assert tracer_pid(pid) == before.tracer == 0
+    assert tracer_of(pid) == before.tracer == 0
     region, name = _rwx_region(72 * 1024)
     try:
         assert name in loader_regions(pid)
@@ -95,7 +95,7 @@ def test_no_agent_here_and_a_gone_process_counts_as_unloaded() -> None:
     assert not agent_mapped(os.getpid())   # the frida module is loaded, not its agent
     gone = 2 ** 22 + 12345                 # past pid_max: no such process
     assert task_ids(gone) == set() and not agent_mapped(gone)
-    assert loader_regions(gone) == set() and tracer_pid(gone) == 0
+    assert loader_regions(gone) == set() and tracer_of(gone) == 0
     assert wait_unloaded(gone, Before(frozenset(), False, frozenset(), 0), set(), timeout=0.0)
 
 

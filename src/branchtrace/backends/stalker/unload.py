@@ -27,6 +27,8 @@ import os
 import time
 from dataclasses import dataclass
 
+from ..linux.permissions import tracer_of
+
 #: The name Frida's agent library has in the program's memory map.
 AGENT_MAPPING = "frida-agent"
 #: The largest region taken for the helper's loader memory (72 KiB seen: the
@@ -69,18 +71,6 @@ def loader_regions(pid: int) -> set[str]:
     return found
 
 
-def tracer_pid(pid: int) -> int:
-    """Who ptraces ``pid`` (0: nobody, or the process is gone)."""
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("TracerPid:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return 0
-
-
 @dataclass(frozen=True)
 class Before:
     """What the program was like before the attach, to tell Frida's leftovers from it."""
@@ -93,7 +83,7 @@ class Before:
 
 def before_attach(pid: int) -> Before:
     return Before(frozenset(task_ids(pid)), agent_mapped(pid),
-                  frozenset(loader_regions(pid)), tracer_pid(pid))
+                  frozenset(loader_regions(pid)), tracer_of(pid))
 
 
 def leftover_threads(pid: int, program: set[int] | frozenset[int]) -> set[int]:
@@ -107,7 +97,7 @@ def frida_left(pid: int, before: Before, followed: set[int]) -> bool:
     return (not (not before.agent and agent_mapped(pid))
             and not leftover_threads(pid, before.threads | followed)
             and loader_regions(pid) <= before.loaders
-            and tracer_pid(pid) == before.tracer)
+            and tracer_of(pid) == before.tracer)
 
 
 def wait_unloaded(pid: int, before: Before, followed: set[int], timeout: float = 5.0,
