@@ -30,7 +30,7 @@ class StuckHost:
     def __init__(self) -> None:
         self.calls = 0
 
-    def attach(self, pid: int) -> Any:
+    def attach(self, pid: int, **options: Any) -> Any:
         self.calls += 1
         cancellable = frida.Cancellable.get_current()
         assert cancellable is not None, "attach() must run under a Cancellable"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import frida
 import pytest
@@ -23,7 +24,7 @@ class StuckDevice:
         self.stuck = stuck
         self.calls = 0
 
-    def attach(self, pid: int) -> str:
+    def attach(self, pid: int, **options: Any) -> str:
         self.calls += 1
         if self.calls > self.stuck:
             return f"session {pid}"

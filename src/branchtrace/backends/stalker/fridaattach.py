@@ -22,6 +22,15 @@ from ...errors import TargetError
 RETRY_NOTE = ("Frida's attach did not answer in {timeout:g} s; attached again through a "
               "new Frida host (the agent of the first attach stays in the program, idle)")
 
+#: Frida's agent without its exit monitor, which hooks exit, _exit and abort before our
+#: script runs. A child the program forks before our fork hook is made (or after it is
+#: gone) keeps those hooks; its first call of them made Interceptor allocate in Frida's
+#: heap, whose spin lock a thread of Frida's held at the fork, busy loading our script:
+#: the child spun on it for ever (a program that forks and ``_exit``s, 2 of 11 attaches).
+#: We need no exit monitor: what a dying program leaves is in the store, and every message
+#: the agent sends at an exit it sends with ``ask``, which waits for our answer.
+SESSION_OPTIONS = {"exit_monitor": False}
+
 #: How long one Frida attach may take (it takes ~0.1 s; ~1 s on a machine busy 3 times over).
 ATTACH_TIMEOUT = 15.0
 
@@ -52,7 +61,7 @@ def attach(device: Any, pid: int, timeout: float | None = None, tries: int = 2,
         timer.start()
         try:
             with cancellable:
-                session = device.attach(pid)
+                session = device.attach(pid, **SESSION_OPTIONS)
             if attempt:
                 _HOST_FOR_PID[pid] = device
             return device, session

@@ -301,7 +301,7 @@ function followNew(tids, sharesTls = false) {
       continue;
     if (sharesTls)
       t.ctx.add(TH.sharesTls).writeU32(1);
-    Stalker.follow(slot.tid, followOptions(t.ctx));
+    withSignalsBlocked(() => Stalker.follow(slot.tid, followOptions(t.ctx)));   // signals.js
   }
 }
 

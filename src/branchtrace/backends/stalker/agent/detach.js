@@ -14,8 +14,10 @@ function stopRecording() {
       o.detach();
   }
   threadObserver = moduleObserver = entryHook = null;
-  for (const tid of followed.keys())
-    Stalker.unfollow(tid);
+  withSignalsBlocked(() => {   // signals.js: another thread's unfollow may ptrace it
+    for (const tid of followed.keys())
+      Stalker.unfollow(tid);
+  });
   /* returns go back through Stalker's code, where it lets a thread go */
   for (const t of followed.values())
     cm.cacheClear(t.ctx);
@@ -70,7 +72,7 @@ function unstickLoops() {
       if (start.equals(0))
         continue;
       try {
-        Stalker.invalidate(tid, ptr(start.toString()));
+        withSignalsBlocked(() => Stalker.invalidate(tid, ptr(start.toString())));
       } catch (e) {
         /* the thread is gone */
       }

@@ -126,3 +126,32 @@ function standInForSigint() {
   if (libc.sigaction(SIGINT, sigintAction(null), NULL) === 0)
     sigintOurs = true;
 }
+
+/* Stalker.follow, unfollow and invalidate of another thread go through Frida's
+ * gum_linux_modify_thread. It clones a helper process (CLONE_VM without CLONE_SIGHAND,
+ * a one-page stack, a bare TLS page) that ptrace-attaches the thread, and waits for its
+ * answer on a socketpair. The helper inherits the calling thread's signal handlers and
+ * mask, and the kernel tells a tracer of its tracee's stop with SIGCHLD: in a program
+ * that handles SIGCHLD (bash, make, servers) the program's handler ran in the helper,
+ * and faulted there. The helper died with the thread stopped, the caller waited for
+ * ever on its socket (it holds both ends), and the program was left stopped (state T).
+ * So these calls run with every asynchronous signal blocked in the calling thread: the
+ * helper inherits that mask, a signal sent to it stays pending until it exits, and one
+ * sent to the program meanwhile goes to another thread, or waits the few milliseconds.
+ * The fault signals stay open: blocked, a fault would kill the program at once. */
+const ASYNC_SIGNALS = uint64('0xffffffffbffffb27');   // all but 4, 5, 7, 8, 11, 31
+let pthreadSigmask = null;
+
+function withSignalsBlocked(body) {
+  if (pthreadSigmask === null)
+    pthreadSigmask = fn('pthread_sigmask', 'int', ['int', 'pointer', 'pointer']);
+  const set = Memory.alloc(256);   // two sigset_t: the blocked set, the old mask
+  const old = set.add(128);
+  set.writeU64(ASYNC_SIGNALS);
+  pthreadSigmask(0, set, old);     // SIG_BLOCK
+  try {
+    return body();
+  } finally {
+    pthreadSigmask(2, old, NULL);  // SIG_SETMASK
+  }
+}
