@@ -207,7 +207,7 @@ def test_attach_to_a_program_that_handles_sigchld(build, follow):
     (the CLI, 60 s) so that a regression fails this test instead of the whole run.
 
     A child forked before our fork hook was made kept Frida's exit monitor's hook on
-    _exit, and spun for ever on a lock of Frida's heap (2 of 11 attaches); the agent now
+    _exit, and spun for ever on a lock of Frida's heap (6 of 40 attaches); the agent now
     comes without the exit monitor (fridaattach.SESSION_OPTIONS)."""
     exe = build("rel_sigchld")
     assert native(exe, "3").stdout == sigchld_lines(3)

@@ -23,9 +23,11 @@ class StuckDevice:
     def __init__(self, stuck: int) -> None:
         self.stuck = stuck
         self.calls = 0
+        self.options: dict[str, Any] = {}
 
     def attach(self, pid: int, **options: Any) -> str:
         self.calls += 1
+        self.options = options
         if self.calls > self.stuck:
             return f"session {pid}"
         cancellable = frida.Cancellable.get_current()
@@ -48,6 +50,9 @@ def test_an_attach_that_answers_is_not_delayed(monkeypatch: pytest.MonkeyPatch) 
     t0 = time.monotonic()
     assert attach(device, 42, timeout=5) == (device, "session 42")
     assert time.monotonic() - t0 < 1 and device.calls == 1
+    # without Frida's exit monitor (fridaattach.SESSION_OPTIONS): its hooks on exit,
+    # _exit and abort left children forked before our fork hook stuck
+    assert device.options == {"exit_monitor": False}
 
 
 def test_a_stuck_attach_is_cancelled_and_tried_again_on_a_new_host(

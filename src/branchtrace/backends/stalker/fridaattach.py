@@ -26,9 +26,10 @@ RETRY_NOTE = ("Frida's attach did not answer in {timeout:g} s; attached again th
 #: script runs. A child the program forks before our fork hook is made (or after it is
 #: gone) keeps those hooks; its first call of them made Interceptor allocate in Frida's
 #: heap, whose spin lock a thread of Frida's held at the fork, busy loading our script:
-#: the child spun on it for ever (a program that forks and ``_exit``s, 2 of 11 attaches).
-#: We need no exit monitor: what a dying program leaves is in the store, and every message
-#: the agent sends at an exit it sends with ``ask``, which waits for our answer.
+#: the child spun on it for ever (a program that forks and ``_exit``s: 6 of 40 attaches
+#: left one; 0 of 75 without the monitor). We need no exit monitor: what a dying program
+#: leaves is in the store, and the agent's messages at an exit or a crash wait for our
+#: answer (docs/stalker.md, "A forked child and the hooks").
 SESSION_OPTIONS = {"exit_monitor": False}
 
 #: How long one Frida attach may take (it takes ~0.1 s; ~1 s on a machine busy 3 times over).
