@@ -36,6 +36,7 @@ from pathlib import Path
 MARKER_OP = b"\x0f\x1f\x80"          # nop dword [rax+disp32]: the body's end marker
 SAVE_RAX = b"\x48\xa3"                # mov [moffs64], rax: our code's first instruction
 SAVE_RCX_LOW = b"\x48\x89\x0c\x25"      # mov [disp32], rcx: the same below 2 GiB
+RESTORE_RCX_LOW = b"\x48\x8b\x0c\x25"   # mov rcx, [disp32]: its last instruction there
 
 
 def program_pid(bt: subprocess.Popen[bytes], exe: str) -> int | None:
@@ -108,9 +109,13 @@ def classify(regions: list[tuple[int, int, bytes]], samples: list[tuple[int, str
                 else "generated code: exit (Stalker)"] += 1
         else:
             body = None
+            restore = [RESTORE_RCX_LOW + struct.pack("<I", t + 8) for t in contexts]
             for insn in md.disasm(data[base + r:base + r + 400], lo + base + r):
                 if insn.mnemonic == "jmp" and insn.bytes[0] == 0xE9:
                     body = int(insn.op_str, 16)     # our code ends with `jmp body`
+                    break
+                if bytes(insn.bytes) in restore:    # or, below 2 GiB, runs on into it
+                    body = insn.address + insn.size
                     break
             out["generated code: record" if body is None or ip < body
                 else "generated code: body"] += 1

@@ -30,6 +30,8 @@ bt_emit_around_vac (GumX86Writer * cw, BtThread * t, const guint8 * head, guint 
   BtCode c;
 
   c.n = 0;
+  c.tramp = 0;
+  c.base = 0;
   en (&c, head, nhead);
   e1 (&c, 0x48); e1 (&c, 0xb9); e8 (&c, GPOINTER_TO_SIZE (t) + OFF_VAC);   /* mov rcx, imm64 */
   en (&c, tail, ntail);

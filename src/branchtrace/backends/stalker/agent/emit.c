@@ -15,7 +15,24 @@ typedef struct
   guint lo, hi, jend;   /* a block-start sequence: [lo, hi) reads and writes the cursor and
                          * `written` (a handler must not append meanwhile); jend: the end of
                          * its `jmp body` (what follows are the pend and slow paths) */
+  guint tramp;          /* a block start whose pend path comes after the block (emit_stub):
+                         * where the rel32 of its trampoline is; 0: none */
+  gint32 base;          /* how far b[0] is past the block's entry (a stub's: > 0) */
+  guint kind;           /* with tramp: BT_STUB_RING or BT_STUB_GS, the stub it needs */
+  guint store;          /* BT_STUB_GS: where its store is */
 } BtCode;
+
+#define BT_STUB_RING 1
+#define BT_STUB_GS 2
+
+/* A block-start code's pend path, to be emitted after the block (emit_stub) */
+typedef struct
+{
+  guint8 * code;        /* where the block-start code was written; NULL: no stub */
+  GumAddress pc;        /* and its address */
+  guint32 id;
+  guint kind, lo, hi, store, tramp;
+} BtStub;
 
 static void e1 (BtCode * c, guint8 v) { c->b[c->n++] = v; }
 static void e4 (BtCode * c, guint32 v)
@@ -130,7 +147,7 @@ emit_call_out_args (BtCode * c, guint64 T, guint8 fn, gboolean args, guint32 id)
   {
     e1 (c, 0xbe); e4 (c, id);                                         /* mov esi, id */
     en (c, (const guint8 []) { 0x48, 0x8d, 0x15 }, 3);               /* lea rdx, [rip-n] */
-    e4 (c, (guint32) -(gint32) (c->n + 4));
+    e4 (c, (guint32) -(c->base + (gint32) (c->n + 4)));
   }
   en (c, (const guint8 []) { 0xff, 0x50, fn }, 3);                   /* call [rax+fn] */
   en (c, (const guint8 []) { 0x48, 0x89, 0xdc }, 3);                 /* mov rsp, rbx */
@@ -257,23 +274,42 @@ bt_is_low (BtThread * t)
       entry + 64 <= BT_LOW_LIMIT && check + 8 <= BT_LOW_LIMIT;
 }
 
+/* `mov rcx, imm64` whose immediate begins with `jmp rel32`: the fall-through runs it as a
+ * mov (rcx is loaded again next), a `jrcxz` two bytes into it takes the jmp to the block's
+ * pend path, which comes after the block (emit_stub). So the common path runs on into the
+ * body: no `jmp body` over out-of-line code (one taken jump fewer per block). */
+static void
+emit_tramp (BtCode * c)
+{
+  e1 (c, 0x48); e1 (c, 0xb9); e1 (c, 0xe9);
+  c->tramp = c->n;
+  e4 (c, 0); e1 (c, 0xcc); e1 (c, 0xcc); e1 (c, 0xcc);
+}
+
 /* The ring of 2^16 records when the thread's memory is below 2 GiB: every address fits
  * a disp32, so the code needs no base register and rcx alone is saved. rax, which a
  * block's body often uses at once (a return value), never goes through memory: its
  * store and reload cost 3-9% of the whole run on bzip2, cc1 and jq (docs/stalker.md).
- *   mov [T+8], rcx; mov rcx, [T+nopend]; jrcxz pend
+ *   mov [T+8], rcx; mov rcx, [T+nopend]; jrcxz tramp
+ *   back: mov rcx, imm64 (tramp: its first five bytes are `jmp pend`)
  *   movzx ecx, word [W]; mov dword [rcx*4 + region], id       (W: `written`)
  *   mov rcx, [W]; lea rcx, [rcx+1]; mov [W], rcx
- *   mov rcx, [T+8]; jmp body
- *   pend: mov [T], rax; mov eax, T; the call out; mov rax, [rax]; jmp back
+ *   mov rcx, [T+8]
+ *   body: ...
+ *   pend (after Stalker's code for the block's branch, emit_stub): mov [T], rax;
+ *         mov eax, T; the call out; mov rax, [rax]; jmp back
  * (the pend path saves rax in a form that is no block start to signals.c) */
 static void
 build_record_low (BtCode * c, BtThread * t, guint32 id)
 {
   guint64 T = GPOINTER_TO_SIZE (t), W = GPOINTER_TO_SIZE (t->entry) + 16;
-  guint ppos, pback, spos;
 
-  ppos = emit_enter_low (c, t, FALSE, &pback);
+  emit_abs (c, 0x48, 0x89, RCX, T + OFF_SAVE_RCX);                      /* mov [T+8], rcx */
+  emit_abs (c, 0x48, 0x8b, RCX, T + OFF_NOPEND);                        /* mov rcx, [np] */
+  en (c, (const guint8 []) { 0xe3, 0x02 }, 2);                         /* jrcxz tramp */
+  c->lo = c->n;
+  emit_tramp (c);
+  emit_check_low (c, t);
   emit_abs (c, 0x0f, 0xb7, RCX, W);                                     /* movzx ecx, w[W] */
   en (c, (const guint8 []) { 0xc7, 0x04, 0x8d }, 3);                   /* mov [rcx*4+R], id */
   e4 (c, (guint32) GPOINTER_TO_SIZE (t->region)); e4 (c, id);
@@ -282,11 +318,8 @@ build_record_low (BtCode * c, BtThread * t, guint32 id)
   emit_abs (c, 0x48, 0x89, RCX, W);                                     /* mov [W], rcx */
   c->hi = c->n;
   emit_abs (c, 0x48, 0x8b, RCX, T + OFF_SAVE_RCX);                      /* mov rcx, [T+8] */
-  e1 (c, 0xe9); spos = c->n; e4 (c, 0);                                 /* jmp body */
   c->jend = c->n;
-  patch_here (c, ppos);
-  emit_call_out_low (c, T, OFF_FLUSH, TRUE, id, pback);
-  patch_here32 (c, spos);
+  c->kind = BT_STUB_RING;
 }
 
 /* Stream mode the same way (rcx and rdx saved; the chunk's end is a pointer in T):
@@ -325,7 +358,7 @@ build_stream_low (BtCode * c, BtThread * t, guint32 id)
 }
 
 static gboolean
-emit_record (GumX86Writer * cw, BtThread * t, guint32 id)
+emit_record (GumX86Writer * cw, BtThread * t, guint32 id, BtStub * stub)
 {
   BtCode c;
 
@@ -333,12 +366,76 @@ emit_record (GumX86Writer * cw, BtThread * t, guint32 id)
     bt_gs_decide (t);                 /* on the thread, before its first block (thread.c) */
   if (!build_record (&c, t, id))
     return FALSE;
+  stub->code = NULL;
+  if (c.tramp != 0)
+  {
+    stub->code = gum_x86_writer_cur (cw);
+    stub->pc = cw->pc;
+    stub->id = id;
+    stub->kind = c.kind;
+    stub->lo = c.lo;
+    stub->hi = c.hi;
+    stub->store = c.store;
+    stub->tramp = c.tramp;
+  }
   t->record_len = c.n;                /* the same for every block of the thread */
   t->seq_lo = c.lo;
   t->seq_hi = c.hi;
   t->seq_jend = c.jend;
   gum_x86_writer_put_bytes (cw, c.b, c.n);
   return TRUE;
+}
+
+/* jmp rel32 to `off` bytes into the block's start code, from a stub (c->base: where the
+ * stub's b[0] is, from the block's entry) */
+static void
+emit_jmp_entry (BtCode * c, guint off)
+{
+  e1 (c, 0xe9);
+  e4 (c, (guint32) ((gint32) off - (c->base + (gint32) (c->n + 4))));
+}
+
+static void build_stub_gs (BtCode * c, BtThread * t, const BtStub * s);   /* gs.c */
+
+/* After the block (after Stalker's code for its branch, which never falls through, or
+ * after the body's end when Stalker goes on in a block of its own: the jmp over the stub
+ * is for that case), the out-of-line paths of its block-start code, and the trampoline's
+ * jump pointed at them. The ring's:
+ *   jmp over; pend: mov [T], rax; mov eax, T; the call out (rdx = the block's entry);
+ *   mov rax, [rax]; jmp back; over:
+ * (stream through gs: gs.c, build_stub_gs) */
+static void
+emit_stub (GumX86Writer * cw, BtThread * t, const BtStub * s)
+{
+  BtCode c;
+  guint64 T = GPOINTER_TO_SIZE (t);
+  guint gpos, pend;
+  gint64 rel;
+  guint8 * p;
+
+  if (s->code == NULL)
+    return;
+  c.n = 0;
+  c.bad = FALSE;
+  c.tramp = 0;
+  c.base = (gint32) ((gint64) cw->pc - (gint64) s->pc);
+  e1 (&c, 0xe9); gpos = c.n; e4 (&c, 0);                               /* jmp over */
+  pend = c.n;
+  if (s->kind == BT_STUB_GS)
+    build_stub_gs (&c, t, s);
+  else
+  {
+    emit_abs (&c, 0x48, 0x89, RAX, T);                                  /* mov [T], rax */
+    e1 (&c, 0xb8); e4 (&c, (guint32) T);                               /* mov eax, T */
+    emit_call_out_args (&c, T, OFF_FLUSH, TRUE, s->id);
+    en (&c, (const guint8 []) { 0x48, 0x8b, 0x00 }, 3);                /* mov rax, [rax] */
+    emit_jmp_entry (&c, s->lo);                                         /* jmp back */
+  }
+  patch_here32 (&c, gpos);
+  rel = ((gint64) cw->pc + pend) - ((gint64) s->pc + s->tramp + 4);
+  p = s->code + s->tramp;
+  p[0] = rel & 0xff; p[1] = (rel >> 8) & 0xff; p[2] = (rel >> 16) & 0xff; p[3] = (rel >> 24) & 0xff;
+  gum_x86_writer_put_bytes (cw, c.b, c.n);
 }
 
 /* The end of a block's body (signals.c, bt_safe_point): `nop dword [rax+marker]`, seven
@@ -381,6 +478,10 @@ build_record (BtCode * out, BtThread * t, guint32 id)
 
   c.n = 0;
   c.bad = FALSE;
+  c.tramp = 0;
+  c.base = 0;
+  c.kind = 0;
+  c.store = 0;
   check = (t->check != NULL)
       ? (gint32) ((gint64) GPOINTER_TO_SIZE (t->check) - (gint64) T) : 0;
 

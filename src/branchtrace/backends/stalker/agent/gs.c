@@ -8,58 +8,74 @@
 
 /* Stream mode through gs (below): the ring's code, with the chunk boundary
  * found by the same `movzx` (written % 65536 == 0), where the slow path reserves the next
- * chunk and points gs at it before the record is stored:
- *   mov [T+8], rcx; mov rcx, [T+nopend]; jrcxz pend
- *   movzx ecx, word [W]; jrcxz boundary
+ * chunk and points gs at it before the record is stored. Both checks jump to the block's
+ * trampoline (emit.c, emit_tramp); its stub, after the block (emit_stub), tells them
+ * apart by nopend:
+ *   mov [T+8], rcx; mov rcx, [T+nopend]; jrcxz tramp
+ *   back: mov rcx, imm64 (tramp: its first five bytes are `jmp stub`)
+ *   movzx ecx, word [W]; jrcxz tramp
  *   store: mov dword gs:[rcx*4], id
  *   mov rcx, [W]; lea rcx, [rcx+1]; mov [W], rcx
- *   mov rcx, [T+8]; jmp body
- *   boundary: jmp slow (out of jrcxz's reach otherwise)
- *   pend: rax saved, the call out, rax put back; then back after the pend check, or,
- *         while gs_skip is 1, to `mov rcx, [T+8]`: the program has set its own gs and
- *         bt_flush_pending recorded the block, or gs is not pointed yet (thread.c:
- *         bt_gs_first points it from the pend path; after a detach nothing does)
+ *   hi: mov rcx, [T+8]
+ *   body: ...
+ *   stub: mov rcx, [T+nopend]; jrcxz pend
  *   slow: rax saved, the call out (bt_gs_slow), rax put back; ecx = 0; jmp store
+ *   pend: rax saved, the call out, rax put back; then back, or, while gs_skip is 1, to
+ *         hi: the program has set its own gs and bt_flush_pending recorded the block, or
+ *         gs is not pointed yet (thread.c: bt_gs_first points it from the pend path;
+ *         after a detach nothing does)
  * Against build_stream_low: no rdx saved and loaded again, no chunk end loaded, no
  * cursor read and written. */
 static void
 build_stream_gs (BtCode * c, BtThread * t, guint32 id)
 {
   guint64 T = GPOINTER_TO_SIZE (t), W = GPOINTER_TO_SIZE (t->entry) + 16;
-  guint ppos, pback, jpos, store, spos, tpos, hi;
 
-  ppos = emit_enter_low (c, t, FALSE, &pback);
+  emit_abs (c, 0x48, 0x89, RCX, T + OFF_SAVE_RCX);                      /* mov [T+8], rcx */
+  emit_abs (c, 0x48, 0x8b, RCX, T + OFF_NOPEND);                        /* mov rcx, [np] */
+  en (c, (const guint8 []) { 0xe3, 0x02 }, 2);                         /* jrcxz tramp */
+  c->lo = c->n;
+  emit_tramp (c);
+  emit_check_low (c, t);
   emit_abs (c, 0x0f, 0xb7, RCX, W);                                     /* movzx ecx, w[W] */
-  e1 (c, 0xe3); jpos = c->n; e1 (c, 0);                                 /* jrcxz boundary */
-  store = c->n;
+  e1 (c, 0xe3);                                                         /* jrcxz tramp */
+  e1 (c, (guint8) (gint8) ((gint32) c->tramp - 1 - (gint32) (c->n + 1)));
+  c->store = c->n;
   en (c, (const guint8 []) { 0x65, 0xc7, 0x04, 0x8d }, 4);             /* mov gs:[rcx*4], id */
   e4 (c, 0); e4 (c, id);
   emit_abs (c, 0x48, 0x8b, RCX, W);                                     /* mov rcx, [W] */
   en (c, (const guint8 []) { 0x48, 0x8d, 0x49, 0x01 }, 4);             /* lea rcx, [rcx+1] */
   emit_abs (c, 0x48, 0x89, RCX, W);                                     /* mov [W], rcx */
-  hi = c->hi = c->n;
+  c->hi = c->n;
   emit_abs (c, 0x48, 0x8b, RCX, T + OFF_SAVE_RCX);                      /* mov rcx, [T+8] */
-  e1 (c, 0xe9); spos = c->n; e4 (c, 0);                                 /* jmp body */
   c->jend = c->n;
-  patch_here (c, jpos);
-  e1 (c, 0xe9); tpos = c->n; e4 (c, 0);                                 /* jmp slow */
-  patch_here (c, ppos);
-  emit_abs (c, 0x48, 0x89, RAX, T);                                     /* mov [T], rax */
-  e1 (c, 0xb8); e4 (c, (guint32) T);                                   /* mov eax, T */
-  emit_call_out_args (c, T, OFF_FLUSH, TRUE, id);
-  en (c, (const guint8 []) { 0x48, 0x8b, 0x00 }, 3);                   /* mov rax, [rax] */
-  emit_abs (c, 0x48, 0x8b, RCX, T + OFF_GS_SKIP);                       /* mov rcx, [gs_skip] */
-  en (c, (const guint8 []) { 0xe3, 0x05 }, 2);                         /* jrcxz +5 */
-  e1 (c, 0xe9); e4 (c, (guint32) ((gint32) hi - (gint32) (c->n + 4))); /* jmp hi: recorded */
-  e1 (c, 0xe9); e4 (c, (guint32) ((gint32) pback - (gint32) (c->n + 4))); /* jmp back */
-  patch_here32 (c, tpos);
-  emit_abs (c, 0x48, 0x89, RAX, T);                                     /* mov [T], rax */
+  c->kind = BT_STUB_GS;
+}
+
+/* build_stream_gs's stub (emit.c, emit_stub calls it with `c` past its `jmp over`) */
+static void
+build_stub_gs (BtCode * c, BtThread * t, const BtStub * s)
+{
+  guint64 T = GPOINTER_TO_SIZE (t);
+  guint ppos;
+
+  emit_abs (c, 0x48, 0x8b, RCX, T + OFF_NOPEND);                        /* mov rcx, [np] */
+  e1 (c, 0xe3); ppos = c->n; e1 (c, 0);                                 /* jrcxz pend */
+  emit_abs (c, 0x48, 0x89, RAX, T);                                     /* slow: mov [T], rax */
   e1 (c, 0xb8); e4 (c, (guint32) T);                                   /* mov eax, T */
   emit_call_out_args (c, T, OFF_SLOW, FALSE, 0);
   en (c, (const guint8 []) { 0x48, 0x8b, 0x00 }, 3);                   /* mov rax, [rax] */
   e1 (c, 0xb9); e4 (c, 0);                                              /* mov ecx, 0 */
-  emit_jmp_back (c, store);
-  patch_here32 (c, spos);
+  emit_jmp_entry (c, s->store);                                         /* jmp store */
+  patch_here (c, ppos);
+  emit_abs (c, 0x48, 0x89, RAX, T);                                     /* pend: mov [T], rax */
+  e1 (c, 0xb8); e4 (c, (guint32) T);                                   /* mov eax, T */
+  emit_call_out_args (c, T, OFF_FLUSH, TRUE, s->id);
+  en (c, (const guint8 []) { 0x48, 0x8b, 0x00 }, 3);                   /* mov rax, [rax] */
+  emit_abs (c, 0x48, 0x8b, RCX, T + OFF_GS_SKIP);                       /* mov rcx, [gs_skip] */
+  en (c, (const guint8 []) { 0xe3, 0x05 }, 2);                         /* jrcxz +5 */
+  emit_jmp_entry (c, s->hi);                                            /* jmp hi: recorded */
+  emit_jmp_entry (c, s->lo);                                            /* jmp back */
 }
 
 /* Before an instruction of the program that may set its gs base, in a thread whose
@@ -82,6 +98,8 @@ bt_gs_guard (GumX86Writer * cw, BtThread * t, gboolean unconditional)
 
   c.n = 0;
   c.bad = FALSE;
+  c.tramp = 0;
+  c.base = 0;
   en (&c, (const guint8 []) { 0x48, 0x8d, 0x64, 0x24, 0x80, 0x51 }, 6);  /* lea rsp; push rcx */
   if (!unconditional)
   {

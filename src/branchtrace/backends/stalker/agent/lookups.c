@@ -70,6 +70,8 @@ build_ret (BtCode * out, BtThread * t, guint16 npop)
 
   c.n = 0;
   c.bad = FALSE;
+  c.tramp = 0;
+  c.base = 0;
   e1 (&c, 0x48); e1 (&c, 0xa3); e8 (&c, T + OFF_SAVE_RAX);               /* mov [T], rax */
   e1 (&c, 0x9f);                                                          /* lahf */
   e1 (&c, 0x48); e1 (&c, 0xa3); e8 (&c, T + OFF_SAVE_FLAGS);             /* mov [T+fl], rax */
@@ -144,6 +146,8 @@ build_indirect (BtCode * out, BtThread * t, const cs_insn * insn, gboolean call)
 
   c.n = 0;
   c.bad = FALSE;
+  c.tramp = 0;
+  c.base = 0;
   e1 (&c, 0x48); e1 (&c, 0xa3); e8 (&c, T + OFF_SAVE_RAX);               /* mov [T], rax */
   e1 (&c, 0x9f);                                                          /* lahf */
   e1 (&c, 0x48); e1 (&c, 0xa3); e8 (&c, T + OFF_SAVE_FLAGS);             /* mov [T+fl], rax */

@@ -138,6 +138,7 @@ transform (GumStalkerIterator * iterator, GumStalkerOutput * output, gpointer us
   guint8 kind = BT_OTHER, flags = BT_FLAG_VALID;
   guint ninsn = 0;
   guint64 * site;
+  BtStub stub = { NULL, 0, 0, 0, 0, 0, 0, 0 };
 
   bt_xstate_check (iterator);         /* xstate.c: before Stalker's helpers first run */
   while (gum_stalker_iterator_next (iterator, &insn))
@@ -160,7 +161,7 @@ transform (GumStalkerIterator * iterator, GumStalkerOutput * output, gpointer us
           bt_is_tool (t, (guint64) insn->detail->x86.operands[0].imm))
         flags |= BT_FLAG_HOOKED;      /* an Interceptor hook: Frida's code runs next */
       if (t == NULL || id >= bt_config.table_capacity || (flags & BT_FLAG_TOOL) != 0 ||
-          !emit_record (output->writer.x86, t, (guint32) id))
+          !emit_record (output->writer.x86, t, (guint32) id, &stub))
         flags |= BT_FLAG_UNRECORDED;
     }
     last = insn->address;
@@ -201,6 +202,8 @@ transform (GumStalkerIterator * iterator, GumStalkerOutput * output, gpointer us
   if (ninsn != 0 && (kind == BT_OTHER || kind == BT_SYSCALL) &&
       (flags & BT_FLAG_UNRECORDED) == 0)
     emit_body_end (output->writer.x86);  /* Stalker split the block: its jump comes next */
+  if (t != NULL)
+    emit_stub (output->writer.x86, t, &stub);   /* emit.c: the pend path, after the block */
 
   if (ninsn != 0 && id < bt_config.table_capacity)
   {
