@@ -4,6 +4,8 @@ with a slow consumer, byte-identical output, --only, and attach/detach."""
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 import json
 import subprocess
 import sys
@@ -115,6 +117,29 @@ def test_returns_to_many_sites_are_all_recorded(build, monkeypatch):
     assert np.array_equal(with_cache, _exe_window(without, exe))
 
 
+@pytest.mark.parametrize("mode", ["stream", "ring"])
+def test_trust_threshold_zero_keeps_the_out_of_line_paths_in_the_block(tmp_path, mode):
+    """The pend and slow paths of a block's start code come after the block (emit.c,
+    emit_stub), which is safe only while Stalker keeps a snapshot of each block's code
+    after it. With a trust threshold of 0 (BRANCHTRACE_STALKER_TRUST=0, for measuring)
+    it keeps none: the next block's code is adjacent, and backpatching fills the rest of a
+    block with NOPs, the stub included; a pend (a cache miss takes one) then slid into
+    the next block. bash died of SIGSEGV every time (and `python3 -c pass`). The agent
+    keeps those paths inline then: bash must run as natively."""
+    bash = shutil.which("bash")
+    assert bash is not None
+    script = "for i in 1 2 3; do echo $i; done; x=$(echo sub); echo $x"
+    out = tmp_path / "t.btrace"
+    env = dict(os.environ, BRANCHTRACE_STALKER_TRUST="0")
+    r = cli("run", "--backend", "stalker", "--mode", mode, "--report", "never", "-o", str(out),
+            "--", bash, "-c", script, env=env)
+    assert (r.returncode, r.stdout) == (0, "1\n2\n3\nsub\n"), r.stderr[-2000:]
+    stats = cli("stats", str(out))
+    assert stats.returncode == 0 and "exited with status 0" in stats.stdout
+    if mode == "stream":
+        assert "lost:      0" in stats.stdout
+
+
 def test_threads_each_record_their_own_work(build):
     exe = build("threads")
     trace = record(Target(argv=(str(exe),)), RecordConfig(backend="stalker", mode="stream"))
@@ -223,16 +248,12 @@ def test_xz_output_is_byte_identical(data_file):
 
 
 def test_python_output_is_byte_identical():
-    import os
-
     python = os.path.realpath(sys.executable)
     _same_output([python, "-S", "-c", "import hashlib\ns=0\nfor i in range(200000): s+=i*i%7\n"
                   "print(s, hashlib.sha256(str(s).encode()).hexdigest())"])
 
 
 def test_sqlite_output_is_byte_identical():
-    import shutil
-
     if shutil.which("sqlite3") is None:
         pytest.skip("the sqlite3 program is not installed")
     _same_output(["sqlite3", ":memory:", "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 "

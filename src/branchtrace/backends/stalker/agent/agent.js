@@ -29,7 +29,8 @@ const CFG = { table: 0, blocks: 8, capacity: 16, ranges: 24, nranges: 32, bmi2: 
               abort: 40, hostPid: 44, modules: 48, isTool: 56, threads: 64,
               signals: 72, hostStat: 80, interrupted: 88, inSigint: 92, enter: 96,
               restorer: 104, marker: 112, ntools: 116, tools: 120, ours: 128, nours: 136,
-              rdgs: 144, wrgs: 152, smc: 160, size: 168 };
+              rdgs: 144, wrgs: 152, smc: 160, inlinePaths: 164,
+              size: 168 };
 const TOOL_SLOTS = 256;
 /* BtXstate field offsets (xstate.c: the AVX-512 fix of Frida's epilog helpers) */
 const XS = { avx512: 0, learned: 4, patched: 24, failed: 28, size: 48 };
@@ -697,6 +698,7 @@ rpc.exports = {
 
     cfg = Memory.alloc(CFG.size);   // CModule data is read-only: the config lives here
     cfg.add(CFG.smc).writeU32(p.trust === -1 ? 1 : 0);   // no note of code from no file
+    cfg.add(CFG.inlinePaths).writeU32(p.trust === 0 ? 1 : 0);   // emit.c, emit_stub
     xstate = Memory.alloc(XS.size);
     xstate.add(XS.avx512).writeU32(p.avx512 ? 1 : 0);
     const forkParentCallback = new NativeCallback(forkParent, 'void', []);

@@ -485,7 +485,7 @@ build_record (BtCode * out, BtThread * t, guint32 id)
   check = (t->check != NULL)
       ? (gint32) ((gint64) GPOINTER_TO_SIZE (t->check) - (gint64) T) : 0;
 
-  if (t->mode == 1 && t->ring_pow2 == 16 && bt_is_low (t))
+  if (t->mode == 1 && t->ring_pow2 == 16 && bt_is_low (t) && !bt_config.inline_paths)
     build_record_low (&c, t, id);
   else if (t->mode == 2 && (t->gs == 1 || t->gs == 4) && bt_is_low (t))
     build_stream_gs (&c, t, id);

@@ -186,8 +186,9 @@ void
 bt_gs_decide (BtThread * t)
 {
   t->gs = 2;
-  if (bt_config.wrgs == NULL || t->mode != 2 || t->chunk != 65536 ||
-      t->capacity % t->chunk != 0 || t->reserved_end < t->chunk || !bt_is_low (t))
+  if (bt_config.wrgs == NULL || bt_config.inline_paths || t->mode != 2 ||
+      t->chunk != 65536 || t->capacity % t->chunk != 0 || t->reserved_end < t->chunk ||
+      !bt_is_low (t))
     return;                           /* (emit.c: the code with a cursor is made then) */
   t->slow = bt_gs_slow;
   if ((guint32) syscall (186) != t->tid)                            /* gettid */

@@ -181,6 +181,9 @@ struct _BtConfig
   void (* wrgs) (guint64);   /* 152 kernel does not let programs use them (gs.c) */
   guint32 smc;               /* 160 run --smc-check all: every block checked (no note of
                               *     code from no file, BT_EVENT_ANON_CODE) */
+  guint32 inline_paths;      /* 164 1: Stalker's trust threshold is 0, its blocks' code is
+                              *     adjacent and its backpatching may fill a block's end
+                              *     with NOPs: no paths after a block (emit.c, emit_stub) */
 };
 
 #define BT_TOOL_SLOTS 256
