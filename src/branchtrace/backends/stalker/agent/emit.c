@@ -178,14 +178,20 @@ emit_enter_low (BtCode * c, BtThread * t, gboolean save_rdx, guint * back)
 
 /* A call out of code that keeps rax out of T: save rax (`mov [T], rax` in its disp32
  * form, which signals.c does not take for a block start), rax = T, the call, rax put
- * back, and a jump back to `back` */
+ * back (emit_call_out_saved); and a jump back to `back` (emit_call_out_low) */
 static void
-emit_call_out_low (BtCode * c, guint64 T, guint8 fn, gboolean args, guint32 id, guint back)
+emit_call_out_saved (BtCode * c, guint64 T, guint8 fn, gboolean args, guint32 id)
 {
   emit_abs (c, 0x48, 0x89, RAX, T);                                     /* mov [T], rax */
   e1 (c, 0xb8); e4 (c, (guint32) T);                                   /* mov eax, T */
   emit_call_out_args (c, T, fn, args, id);
   en (c, (const guint8 []) { 0x48, 0x8b, 0x00 }, 3);                   /* mov rax, [rax] */
+}
+
+static void
+emit_call_out_low (BtCode * c, guint64 T, guint8 fn, gboolean args, guint32 id, guint back)
+{
+  emit_call_out_saved (c, T, fn, args, id);
   emit_jmp_back (c, back);
 }
 
@@ -213,6 +219,35 @@ emit_tramp (BtCode * c)
   e4 (c, 0); e1 (c, 0xcc); e1 (c, 0xcc); e1 (c, 0xcc);
 }
 
+/* The start of both variants with a trampoline (the ring's below, gs.c's stream):
+ * mov [T+8], rcx; mov rcx, [T+nopend]; jrcxz tramp; back (lo): the trampoline; the test
+ * counter */
+static void
+emit_enter_tramp (BtCode * c, BtThread * t)
+{
+  guint64 T = GPOINTER_TO_SIZE (t);
+
+  emit_abs (c, 0x48, 0x89, RCX, T + OFF_SAVE_RCX);                      /* mov [T+8], rcx */
+  emit_abs (c, 0x48, 0x8b, RCX, T + OFF_NOPEND);                        /* mov rcx, [np] */
+  en (c, (const guint8 []) { 0xe3, 0x02 }, 2);                         /* jrcxz tramp */
+  c->lo = c->n;
+  emit_tramp (c);
+  emit_check_low (c, t);
+}
+
+/* Their end: publish (mov rcx, [W]; lea rcx, [rcx+1]; mov [W], rcx), then rcx back
+ * (mov rcx, [T+8]), and the body follows */
+static void
+emit_leave_tramp (BtCode * c, BtThread * t, guint64 W)
+{
+  emit_abs (c, 0x48, 0x8b, RCX, W);                                     /* mov rcx, [W] */
+  en (c, (const guint8 []) { 0x48, 0x8d, 0x49, 0x01 }, 4);             /* lea rcx, [rcx+1] */
+  emit_abs (c, 0x48, 0x89, RCX, W);                                     /* mov [W], rcx */
+  c->hi = c->n;
+  emit_abs (c, 0x48, 0x8b, RCX, GPOINTER_TO_SIZE (t) + OFF_SAVE_RCX);   /* mov rcx, [T+8] */
+  c->jend = c->n;
+}
+
 /* The ring of 2^16 records when the thread's memory is below 2 GiB: every address fits
  * a disp32, so the code needs no base register and rcx alone is saved. rax, which a
  * block's body often uses at once (a return value), never goes through memory: its
@@ -229,23 +264,13 @@ emit_tramp (BtCode * c)
 static void
 build_record_low (BtCode * c, BtThread * t, guint32 id)
 {
-  guint64 T = GPOINTER_TO_SIZE (t), W = GPOINTER_TO_SIZE (t->entry) + 16;
+  guint64 W = GPOINTER_TO_SIZE (t->entry) + 16;
 
-  emit_abs (c, 0x48, 0x89, RCX, T + OFF_SAVE_RCX);                      /* mov [T+8], rcx */
-  emit_abs (c, 0x48, 0x8b, RCX, T + OFF_NOPEND);                        /* mov rcx, [np] */
-  en (c, (const guint8 []) { 0xe3, 0x02 }, 2);                         /* jrcxz tramp */
-  c->lo = c->n;
-  emit_tramp (c);
-  emit_check_low (c, t);
+  emit_enter_tramp (c, t);
   emit_abs (c, 0x0f, 0xb7, RCX, W);                                     /* movzx ecx, w[W] */
   en (c, (const guint8 []) { 0xc7, 0x04, 0x8d }, 3);                   /* mov [rcx*4+R], id */
   e4 (c, (guint32) GPOINTER_TO_SIZE (t->region)); e4 (c, id);
-  emit_abs (c, 0x48, 0x8b, RCX, W);                                     /* mov rcx, [W] */
-  en (c, (const guint8 []) { 0x48, 0x8d, 0x49, 0x01 }, 4);             /* lea rcx, [rcx+1] */
-  emit_abs (c, 0x48, 0x89, RCX, W);                                     /* mov [W], rcx */
-  c->hi = c->n;
-  emit_abs (c, 0x48, 0x8b, RCX, T + OFF_SAVE_RCX);                      /* mov rcx, [T+8] */
-  c->jend = c->n;
+  emit_leave_tramp (c, t, W);
   c->kind = BT_STUB_RING;
 }
 
@@ -352,10 +377,7 @@ emit_stub (GumX86Writer * cw, BtThread * t, const BtStub * s)
     build_stub_gs (&c, t, s);
   else
   {
-    emit_abs (&c, 0x48, 0x89, RAX, T);                                  /* mov [T], rax */
-    e1 (&c, 0xb8); e4 (&c, (guint32) T);                               /* mov eax, T */
-    emit_call_out_args (&c, T, OFF_FLUSH, TRUE, s->id);
-    en (&c, (const guint8 []) { 0x48, 0x8b, 0x00 }, 3);                /* mov rax, [rax] */
+    emit_call_out_saved (&c, T, OFF_FLUSH, TRUE, s->id);
     emit_jmp_entry (&c, s->lo);                                         /* jmp back */
   }
   patch_here32 (&c, gpos);

@@ -29,26 +29,16 @@
 static void
 build_stream_gs (BtCode * c, BtThread * t, guint32 id)
 {
-  guint64 T = GPOINTER_TO_SIZE (t), W = GPOINTER_TO_SIZE (t->entry) + 16;
+  guint64 W = GPOINTER_TO_SIZE (t->entry) + 16;
 
-  emit_abs (c, 0x48, 0x89, RCX, T + OFF_SAVE_RCX);                      /* mov [T+8], rcx */
-  emit_abs (c, 0x48, 0x8b, RCX, T + OFF_NOPEND);                        /* mov rcx, [np] */
-  en (c, (const guint8 []) { 0xe3, 0x02 }, 2);                         /* jrcxz tramp */
-  c->lo = c->n;
-  emit_tramp (c);
-  emit_check_low (c, t);
+  emit_enter_tramp (c, t);
   emit_abs (c, 0x0f, 0xb7, RCX, W);                                     /* movzx ecx, w[W] */
   e1 (c, 0xe3);                                                         /* jrcxz tramp */
   e1 (c, (guint8) (gint8) ((gint32) c->tramp - 1 - (gint32) (c->n + 1)));
   c->store = c->n;
   en (c, (const guint8 []) { 0x65, 0xc7, 0x04, 0x8d }, 4);             /* mov gs:[rcx*4], id */
   e4 (c, 0); e4 (c, id);
-  emit_abs (c, 0x48, 0x8b, RCX, W);                                     /* mov rcx, [W] */
-  en (c, (const guint8 []) { 0x48, 0x8d, 0x49, 0x01 }, 4);             /* lea rcx, [rcx+1] */
-  emit_abs (c, 0x48, 0x89, RCX, W);                                     /* mov [W], rcx */
-  c->hi = c->n;
-  emit_abs (c, 0x48, 0x8b, RCX, T + OFF_SAVE_RCX);                      /* mov rcx, [T+8] */
-  c->jend = c->n;
+  emit_leave_tramp (c, t, W);
   c->kind = BT_STUB_GS;
 }
 
@@ -61,17 +51,11 @@ build_stub_gs (BtCode * c, BtThread * t, const BtStub * s)
 
   emit_abs (c, 0x48, 0x8b, RCX, T + OFF_NOPEND);                        /* mov rcx, [np] */
   e1 (c, 0xe3); ppos = c->n; e1 (c, 0);                                 /* jrcxz pend */
-  emit_abs (c, 0x48, 0x89, RAX, T);                                     /* slow: mov [T], rax */
-  e1 (c, 0xb8); e4 (c, (guint32) T);                                   /* mov eax, T */
-  emit_call_out_args (c, T, OFF_SLOW, FALSE, 0);
-  en (c, (const guint8 []) { 0x48, 0x8b, 0x00 }, 3);                   /* mov rax, [rax] */
+  emit_call_out_saved (c, T, OFF_SLOW, FALSE, 0);                      /* slow */
   e1 (c, 0xb9); e4 (c, 0);                                              /* mov ecx, 0 */
   emit_jmp_entry (c, s->store);                                         /* jmp store */
   patch_here (c, ppos);
-  emit_abs (c, 0x48, 0x89, RAX, T);                                     /* pend: mov [T], rax */
-  e1 (c, 0xb8); e4 (c, (guint32) T);                                   /* mov eax, T */
-  emit_call_out_args (c, T, OFF_FLUSH, TRUE, s->id);
-  en (c, (const guint8 []) { 0x48, 0x8b, 0x00 }, 3);                   /* mov rax, [rax] */
+  emit_call_out_saved (c, T, OFF_FLUSH, TRUE, s->id);                  /* pend */
   emit_abs (c, 0x48, 0x8b, RCX, T + OFF_GS_SKIP);                       /* mov rcx, [gs_skip] */
   en (c, (const guint8 []) { 0xe3, 0x05 }, 2);                         /* jrcxz +5 */
   emit_jmp_entry (c, s->hi);                                            /* jmp hi: recorded */
