@@ -89,6 +89,7 @@ def classify(regions: list[tuple[int, int, bytes]], samples: list[tuple[int, str
     marker = MARKER_OP + markers.most_common(1)[0][0] if markers else b"\xff" * 8
     starts = [SAVE_RAX + struct.pack("<Q", t) for t in contexts]
     starts += [SAVE_RCX_LOW + struct.pack("<I", t + 8) for t in contexts if t < 1 << 31]
+    restore = {RESTORE_RCX_LOW + struct.pack("<I", t + 8) for t in contexts if t < 1 << 31}
     out: collections.Counter[str] = collections.Counter()
     for ip, dso in samples:
         region = next(((lo, data) for lo, hi, data in regions if lo <= ip < hi), None)
@@ -109,7 +110,6 @@ def classify(regions: list[tuple[int, int, bytes]], samples: list[tuple[int, str
                 else "generated code: exit (Stalker)"] += 1
         else:
             body = None
-            restore = [RESTORE_RCX_LOW + struct.pack("<I", t + 8) for t in contexts]
             for insn in md.disasm(data[base + r:base + r + 400], lo + base + r):
                 if insn.mnemonic == "jmp" and insn.bytes[0] == 0xE9:
                     body = int(insn.op_str, 16)     # our code ends with `jmp body`
